@@ -1,0 +1,49 @@
+"""Our own exceptions: each carries an exit code and a message that says what to do."""
+
+from __future__ import annotations
+
+
+class EnvmatrixError(Exception):
+    """Base class; `str(err)` is the whole user-facing message."""
+
+    exit_code = 1
+
+
+class ConfigError(EnvmatrixError):
+    """matrix.yaml is wrong: the message names the file, the key path or line, and the fix."""
+
+    exit_code = 2
+
+
+class EngineError(EnvmatrixError):
+    """The Docker engine is unreachable, refuses us, or ran out of something."""
+
+    exit_code = 3
+
+
+class BaseImageError(EnvmatrixError):
+    """A base image could not be found, pulled or bootstrapped."""
+
+    exit_code = 4
+
+
+class BuildError(EnvmatrixError):
+    """An image build failed; `log_tail` holds the end of the build log."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class RunDirError(EnvmatrixError):
+    """A run directory is missing, incomplete, or holds results of another configuration."""
+
+    exit_code = 6
+
+
+class CellsFailed(EnvmatrixError):
+    """The run finished but some cells did not produce numbers."""
+
+    exit_code = 10
