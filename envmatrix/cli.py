@@ -1,0 +1,197 @@
+"""`python -m envmatrix COMMAND`: what the nox sessions call.
+
+Exit codes: 0 all cells ok; 10 the run finished but some cells failed; 2 bad matrix.yaml;
+3 engine problem; 4 base image; 5 build; 6 run directory; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from envmatrix import __version__, config, pipeline
+from envmatrix.errors import CellsFailed, EnvmatrixError
+from envmatrix.progress import Progress
+from envmatrix.rundir import RunDir, create_run_dir, open_run_dir
+
+REPORTS_ROOT = Path("reports")
+
+
+def _plan_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--matrix", type=Path, default=Path("matrix.yaml"),
+                        help="the matrix file (default: matrix.yaml)")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="keep only environments or cells whose id matches (repeatable)")
+    parser.add_argument("--skip", action="append", default=[], metavar="GLOB",
+                        help="drop environments or cells whose id matches (repeatable)")
+
+
+def _run_args(parser: argparse.ArgumentParser, *, build_only: bool = False) -> None:
+    _plan_args(parser)
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="the run directory to create (default: reports/<run-id>)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="build every image again even when an identical one exists")
+    if not build_only:
+        parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                            help="finish an interrupted or partly failed run: only missing or "
+                                 "failed cells run again")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="envmatrix", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"envmatrix {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_args(sub.add_parser("matrix", help="all stages: bases, builds, cells, report"))
+    _run_args(sub.add_parser("run", help="bases, builds and cells, no report"))
+    _run_args(sub.add_parser("build", help="bases and image builds only"), build_only=True)
+    render_p = sub.add_parser("render", help="render the Dockerfiles, build nothing")
+    _plan_args(render_p)
+    render_p.add_argument("--out", type=Path, default=None, metavar="DIR")
+    _plan_args(sub.add_parser("list", help="dry run: every cell id and image tag"))
+    report_p = sub.add_parser("report", help="rebuild the report of a run directory")
+    report_p.add_argument("run_dir", type=Path, nargs="?", default=REPORTS_ROOT / "latest")
+    compare_p = sub.add_parser("compare", help="compare two run directories")
+    compare_p.add_argument("run_a", type=Path)
+    compare_p.add_argument("run_b", type=Path)
+    compare_p.add_argument("--out", type=Path, default=None, metavar="FILE")
+    compare_p.add_argument("--allow-different-hardware", action="store_true",
+                           help="compare runs whose CPUs differ (flagged in the report)")
+    clean_p = sub.add_parser("clean", help="remove the containers and images envmatrix made")
+    clean_p.add_argument("--bases", action="store_true",
+                         help="also remove base images that envmatrix bootstrapped")
+    return parser
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same path as Ctrl-C: containers removed, finished results kept.
+    raise KeyboardInterrupt
+
+
+def _open_or_create(args: argparse.Namespace) -> RunDir:
+    if getattr(args, "resume", None):
+        return open_run_dir(args.resume)
+    return create_run_dir(REPORTS_ROOT, out=args.out)
+
+
+def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
+    """matrix / run / build: the stages up to where the command stops."""
+    from envmatrix.engine import Engine  # the engine is only needed by these commands
+
+    plan = config.load_plan(args.matrix, only=args.only, skip=args.skip)
+    progress("plan", f"{len(plan.environments)} environments, {len(plan.cells)} cells "
+                     f"from {args.matrix}")
+    engine = Engine.connect()
+    swept = pipeline.runner.sweep_leftovers(engine)
+    if swept:
+        progress.warn("sweep", f"removed {swept} container(s) left by an earlier run")
+    run_dir = _open_or_create(args)
+    progress("run", f"run directory {run_dir.path}")
+    pipeline.write_resolved(plan, run_dir)
+    prepared = pipeline.prepare_workloads(plan, run_dir, progress)
+    pipeline.make_bases(engine, plan, run_dir, progress)
+    built = pipeline.build_images(engine, plan, run_dir, progress, rebuild=args.rebuild)
+    pipeline.write_resolved(plan, run_dir, built)
+    if args.command == "build":
+        return 0 if all(getattr(b, "ok", True) for b in built.values()) else 5
+    try:
+        results = pipeline.run_cells(engine, plan, run_dir, built, prepared, progress,
+                                     resume=bool(getattr(args, "resume", None)))
+    except KeyboardInterrupt:
+        progress.fail("stop", "interrupted: finished cells are kept")
+        print(f"Resume with: nox -s matrix -- --matrix {args.matrix} --resume {run_dir.path}")
+        return 130
+    harness_s = sum(float((r.get("host") or {}).get("duration_s") or 0.0) for r in results)
+    if args.command == "matrix":
+        report_path = pipeline.write_report(run_dir, progress)
+    total = progress.elapsed()
+    failed = [r for r in results if r.get("status") != "ok"]
+    progress("done", f"{len(results) - len(failed)}/{len(results)} cells ok; wall {total:.1f}s, "
+                     f"inside containers {harness_s:.1f}s, overhead {total - harness_s:.1f}s")
+    for r in failed:
+        progress.fail("failed", f"{r.get('cell')}: {r.get('status')}: {r.get('reason')}")
+    if args.command == "matrix":
+        print(f"Report: {report_path}")
+    else:
+        print(f"Results: {run_dir.results_dir}")
+    return CellsFailed.exit_code if failed else 0
+
+
+def cmd_render(args: argparse.Namespace, progress: Progress) -> int:
+    plan = config.load_plan(args.matrix, only=args.only, skip=args.skip)
+    run_dir = create_run_dir(REPORTS_ROOT, out=args.out)
+    pipeline.render_all(plan, run_dir, progress)
+    print(f"Dockerfiles: {run_dir.dockerfiles_dir}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, progress: Progress) -> int:
+    plan = config.load_plan(args.matrix, only=args.only, skip=args.skip)
+    tags = pipeline.image_tags(plan)
+    for env in plan.environments:
+        print(f"{env.id}\t{tags[env.id]}")
+        for cell in plan.cells:
+            if cell.environment.id == env.id:
+                print(f"  {cell.id}")
+    print(f"{len(plan.environments)} environments, {len(plan.cells)} cells; baseline "
+          f"{plan.baseline}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
+    run_dir = open_run_dir(args.run_dir)
+    print(f"Report: {pipeline.write_report(run_dir, progress)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
+    from envmatrix.compare import compare_runs
+
+    out = compare_runs(args.run_a, args.run_b, args.out,
+                       allow_different_hardware=args.allow_different_hardware)
+    print(f"Comparison: {out}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace, progress: Progress) -> int:
+    from envmatrix.engine import Engine
+
+    engine = Engine.connect()
+    containers = engine.remove_labelled_containers({"envmatrix.managed": "true"})
+    removed = engine.remove_labelled_images({"envmatrix.managed": "true"},
+                                            include_bases=args.bases)
+    progress("clean", f"removed {containers} container(s) and {removed} image(s)")
+    return 0
+
+
+COMMANDS: dict[str, Any] = {
+    "matrix": cmd_pipeline, "run": cmd_pipeline, "build": cmd_pipeline,
+    "render": cmd_render, "list": cmd_list, "report": cmd_report,
+    "compare": cmd_compare, "clean": cmd_clean,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    progress = Progress()
+    started = time.monotonic()
+    try:
+        return int(COMMANDS[args.command](args, progress))
+    except EnvmatrixError as err:
+        progress.fail("error", str(err))
+        return err.exit_code
+    except KeyboardInterrupt:
+        progress.fail("stop", f"interrupted after {time.monotonic() - started:.1f}s")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

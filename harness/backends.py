@@ -1,0 +1,194 @@
+"""The two runtimes the harness times: onnxruntime (every flavour) and TorchScript (torch).
+
+Both offer the same small surface to `harness.child`:
+  available, requested, options, notes, create(), input_specs(), output_specs(), active(),
+  runner(feeds) -> (call, args, sync), name_outputs(raw) -> [(name, value)].
+The runtime modules are imported here and nowhere else, and only when asked for.
+"""
+
+import re
+
+from harness import compat, fingerprint
+from harness.errors import HarnessError, ModelError, ProviderError
+
+GRAPH_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def one_line(text, limit=400):
+    """A runtime's (often multi-line, ANSI-coloured) message squeezed onto one line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class OrtBackend(object):
+    name = "onnxruntime"
+
+    def __init__(self, settings, model):
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise ProviderError("onnxruntime cannot be imported here ({}); install onnxruntime, "
+                                "onnxruntime-gpu or onnxruntime-openvino".format(one_line(err)))
+        self.ort = onnxruntime
+        self.settings = settings
+        self.model = model
+        package, package_version = fingerprint.runtime_package(fingerprint.distributions())
+        self.package = package or "onnxruntime"
+        self.version = onnxruntime.__version__
+        # The distribution's own version decides option spellings (onnxruntime-openvino 1.15.0
+        # reports __version__ 1.16.0).
+        self.package_version = compat.parse_version(package_version or self.version)
+        self.available = list(onnxruntime.get_available_providers())
+        self.requested = compat.provider_full_name(settings["provider"] or "cpu", self.available)
+        if self.requested not in self.available:
+            raise ProviderError(
+                "provider {} is not available in {} {}; available: {}".format(
+                    self.requested, self.package, self.version, ", ".join(self.available)))
+        self.options, self.notes = compat.translate_options(
+            self.requested, settings["provider_options"], self.package_version, self.package)
+        self.session = None
+
+    def _session_options(self):
+        options = self.ort.SessionOptions()
+        if self.settings["threads"]:
+            options.intra_op_num_threads = int(self.settings["threads"])
+        level = self.settings.get("graph_optimization")
+        if level:
+            enum = self.ort.GraphOptimizationLevel
+            options.graph_optimization_level = getattr(enum, GRAPH_OPT_LEVELS[level])
+        return options
+
+    def create(self):
+        try:
+            self.session = compat.create_session(self.ort, self.model["path"],
+                                                 self._session_options(), self.requested,
+                                                 self.options)
+        except Exception as err:  # noqa: BLE001 - the runtime's exception types vary by release
+            runtime = "{} {}".format(self.package, self.version)
+            reason = compat.explain_load_error(err, self.model, runtime,
+                                               compat.parse_version(self.version))
+            if reason:
+                raise ModelError(reason)
+            raise HarnessError("{} could not create a session for {}: {}".format(
+                runtime, self.model["path"], one_line(err)))
+
+    def input_specs(self):
+        return [(arg.name, arg.type, arg.shape) for arg in self.session.get_inputs()]
+
+    def output_specs(self):
+        return [(arg.name, arg.type, arg.shape) for arg in self.session.get_outputs()]
+
+    def active(self):
+        return list(self.session.get_providers())
+
+    def runner(self, feeds):
+        # A plain dict of ready numpy arrays and output_names=None: nothing is built per call.
+        return self.session.run, (None, dict(feeds)), None
+
+    def name_outputs(self, raw):
+        names = [arg.name for arg in self.session.get_outputs()]
+        return list(zip(names, raw))
+
+
+class TorchBackend(object):
+    """A TorchScript module (torch.jit.load) on cpu or cuda, under inference_mode/no_grad."""
+
+    name = "torch"
+
+    def __init__(self, settings, model):
+        try:
+            import torch
+        except ImportError as err:
+            raise ProviderError("torch cannot be imported here ({}); install torch for "
+                                "--backend torch".format(one_line(err)))
+        self.torch = torch
+        self.settings = settings
+        self.model = model
+        self.version = torch.__version__
+        self.available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        self.requested = torch_device(settings["provider"])
+        if self.requested.split(":")[0] not in self.available:
+            raise ProviderError("torch device {} is not available in torch {}; available: {}"
+                                .format(self.requested, self.version, ", ".join(self.available)))
+        self.options, self.notes = dict(settings["provider_options"]), []
+        if self.options:
+            self.notes.append("provider options are ignored by the torch backend")
+        if settings["threads"]:
+            torch.set_num_threads(int(settings["threads"]))
+        self.module = None
+        self._grad_context = None
+
+    def create(self):
+        torch = self.torch
+        try:
+            self.module = torch.jit.load(self.model["path"], map_location=self.requested)
+        except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/ValueError/...
+            raise ModelError("torch {} cannot load {} as TorchScript: {}".format(
+                self.version, self.model["path"], one_line(err)))
+        self.module.eval()
+        # inference_mode (torch >= 1.9) is cheaper than no_grad; both are thread-local and
+        # stay entered for the life of this process, which is one measurement.
+        mode = getattr(torch, "inference_mode", None) or torch.no_grad
+        self._grad_context = mode()
+        self._grad_context.__enter__()
+
+    def input_specs(self):
+        """Names from forward()'s schema; TorchScript keeps no dtypes or shapes, so those come
+        from --dtype/--shape or the --inputs file (float32 by default)."""
+        try:
+            arguments = self.module.forward.schema.arguments
+            names = [arg.name for arg in arguments if arg.name != "self"]
+        except AttributeError:
+            names = ["input"]
+        dtypes = self.settings.get("dtypes") or {}
+        return [(name, dtypes.get(name), None) for name in names]
+
+    def output_specs(self):
+        return None
+
+    def active(self):
+        return [self.requested]
+
+    def runner(self, feeds):
+        torch = self.torch
+        tensors = tuple(torch.from_numpy(array).to(self.requested) for array in feeds.values())
+        sync = torch.cuda.synchronize if self.requested.startswith("cuda") else None
+        return self.module, tensors, sync
+
+    def name_outputs(self, raw):
+        return [(name, tensor.detach().cpu().numpy()) for name, tensor in _flatten("output", raw)]
+
+
+def torch_device(provider):
+    """'cpu', 'cuda', 'cuda:1'; onnxruntime-style names (CPUExecutionProvider, CUDA) map to
+    the matching torch device, so one provider column can drive both backends."""
+    text = str(provider or "cpu").strip().lower()
+    if text.endswith("executionprovider"):
+        text = text[:-len("executionprovider")]
+    return text
+
+
+def _flatten(prefix, value):
+    """Tensors of a (nested) tuple/list/dict output, named output, output.0, output.key ..."""
+    if isinstance(value, (tuple, list)):
+        items = [("{}.{}".format(prefix, i), v) for i, v in enumerate(value)]
+    elif isinstance(value, dict):
+        items = [("{}.{}".format(prefix, k), v) for k, v in value.items()]
+    else:
+        return [(prefix, value)]
+    flat = []
+    for name, item in items:
+        flat.extend(_flatten(name, item))
+    return flat
+
+
+def make_backend(settings, model):
+    if settings["backend"] == "torch":
+        return TorchBackend(settings, model)
+    return OrtBackend(settings, model)

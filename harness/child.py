@@ -1,0 +1,97 @@
+"""One repeat in one fresh process: session creation, first inference, warm-up, timed loop.
+
+The parent (`harness.parent`) starts `python -m harness --child-index N --child-out FILE ...`
+once per repeat and merges the files. Repeat 0 also records the fingerprint, the input and
+output digests and (with --save-outputs) the outputs themselves.
+"""
+
+import time
+
+from harness import backends, fingerprint, inputs, measure, modelinfo, result
+
+
+def _feeds(settings, backend):
+    """(feeds, names taken from the --inputs file)."""
+    fixed = inputs.load_npz(settings["inputs_file"]) if settings["inputs_file"] else {}
+    feeds = inputs.make_inputs(backend.input_specs(), settings["seed"], settings["shapes"],
+                               settings["values"], fixed)
+    return feeds, set(fixed)
+
+
+def _describe_io(specs):
+    if specs is None:
+        return None
+    return [{"name": name, "dtype": inputs.ORT_TYPES.get(str(dtype), dtype),
+             "shape": None if shape is None else [d if isinstance(d, int) else (d or None)
+                                                  for d in shape]}
+            for name, dtype, shape in specs]
+
+
+def _provider_block(doc, backend):
+    active = backend.active()
+    block = doc["provider"]
+    block.update(requested=backend.requested, options=backend.options,
+                 available=backend.available, active=active,
+                 fallback=backend.requested not in active, notes=list(backend.notes))
+    if block["fallback"]:
+        block["reason"] = ("{} was requested but the session runs on {}: the provider failed "
+                           "to initialise (see the runtime's log lines)".format(
+                               backend.requested, ", ".join(active)))
+
+
+def _measure(settings, backend, feeds):
+    """The repeat record; the first inference's raw outputs come back too."""
+    call, args, sync = backend.runner(feeds)
+    t0 = time.perf_counter()
+    first = call(*args)
+    if sync is not None:
+        sync()
+    first_s = time.perf_counter() - t0
+    measure.warm_up(call, args, settings["warmup"], sync)
+    cpu0 = measure.cpu_seconds()
+    latencies, wall = measure.timed_loop(call, args, settings["min_iterations"],
+                                         settings["min_time_s"], sync)
+    cpu = measure.cpu_seconds() - cpu0
+    record = {"first_inference_s": first_s, "latencies_s": latencies,
+              "measure_wall_s": wall, "cpu_time_s": cpu,
+              "peak_rss_bytes": measure.peak_rss_bytes()}
+    return record, first
+
+
+def run_child(settings, index):
+    """Fill and return a result document for one repeat; HarnessError propagates."""
+    doc = result.new_result(settings)
+    doc["model"].update(modelinfo.describe(settings["model"], settings["backend"]))
+    backend = backends.make_backend(settings, doc["model"])
+    doc["provider"].update(requested=backend.requested, available=backend.available,
+                           options=backend.options, notes=list(backend.notes))
+    t0 = time.perf_counter()
+    backend.create()
+    create_s = time.perf_counter() - t0
+    _provider_block(doc, backend)
+    feeds, from_file = _feeds(settings, backend)
+    record, first = _measure(settings, backend, feeds)
+    record = dict([("index", index), ("session_create_s", create_s)] + sorted(record.items()))
+    doc["repeats"] = [record]
+    doc["model"]["inputs"] = _describe_io(backend.input_specs())
+    doc["model"]["outputs"] = _describe_io(backend.output_specs())
+    if index == 0:
+        _first_repeat_extras(settings, doc, backend, feeds, first, from_file)
+    doc["status"], doc["reason"] = "ok", None
+    doc["finished_at"] = result.utc_now()
+    return doc
+
+
+def _first_repeat_extras(settings, doc, backend, feeds, first, from_file):
+    named = backend.name_outputs(first)
+    doc["outputs"] = [measure.tensor_digest(name, value) for name, value in named]
+    digests = []
+    for name, array in feeds.items():
+        digest = measure.tensor_digest(name, array)
+        digest["source"] = "file" if name in from_file else (
+            "value" if name in settings["values"] else "generated")
+        digests.append(digest)
+    doc["inputs"] = digests
+    if settings["save_outputs"]:
+        result.save_npz_atomic(settings["save_outputs"], dict(named))
+    doc["fingerprint"] = fingerprint.collect(backend.available)

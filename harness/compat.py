@@ -1,0 +1,159 @@
+"""The differences between onnxruntime releases (1.7 .. 1.32) that the harness papers over.
+
+Checked by running the harness's tests against real releases (see tests/harness/). Each row:
+(first release it applies to, what differs, what the harness does).
+"""
+
+import re
+
+ORT_DIFFERENCES = (
+    ("1.7", "InferenceSession(path, sess_options, providers=[names], provider_options=[dicts]) "
+            "and providers=[(name, dict)] both work from 1.7 on",
+     "pass providers= and provider_options=; on TypeError (pre-1.7 builds) create the "
+     "session without them and call session.set_providers(names, options)"),
+    ("1.9", "with a GPU/OpenVINO build, providers= must be given explicitly (ValueError "
+            "otherwise); before 1.9 every built-in provider was registered by default",
+     "always pass the requested provider explicitly"),
+    ("1.7", "a provider that fails to initialise (bad option, missing device or library) is "
+            "dropped with a log line and the session silently runs on CPU",
+     "compare session.get_providers() with the request: provider.fallback = true"),
+    ("1.7", "get_available_providers(), session.get_providers(), SessionOptions."
+            "intra_op_num_threads and graph_optimization_level exist in every release",
+     "used as they are"),
+    ("1.7", "a model newer than the runtime fails to load: 'Unknown model file format version' "
+            "(<= 1.15) or 'Unsupported model IR version: N, max supported IR version: M', and "
+            "'... support for domain ai.onnx is till opset M' for a too-new opset",
+     "recognised and rewritten into one line saying what to re-export"),
+    ("ov<1.17", "onnxruntime-openvino before 1.17 (OVEP < 5.2): device_type carries the "
+                "precision ('CPU_FP32', 'GPU_FP16'); there is no 'precision' option",
+     "device_type=CPU + precision=FP32 is merged into device_type=CPU_FP32"),
+    ("ov>=1.17", "onnxruntime-openvino 1.17+: device_type 'CPU'/'GPU'/'NPU' plus a separate "
+                 "'precision' option; 'CPU_FP32' is deprecated (warning) and later removed",
+     "device_type=CPU_FP32 is split into device_type=CPU + precision=FP32"),
+)
+
+# Short names accepted by --provider (case-insensitive) -> onnxruntime's provider names.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "acl": "ACLExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+}
+
+OPENVINO = "OpenVINOExecutionProvider"
+OPENVINO_SPLIT_PRECISION = (1, 17)  # first onnxruntime-openvino with a 'precision' option
+_OV_COMBINED = re.compile(r"^(CPU|GPU(?:\.\d+)?|NPU|MYRIAD|VAD-M|VAD-F|HDDL)_(FP32|FP16)$")
+
+
+def parse_version(text):
+    """'1.16.3' -> (1, 16, 3); '1.8.0.dev2021' -> (1, 8, 0); unknown parts are dropped."""
+    parts = []
+    for piece in str(text).split("."):
+        match = re.match(r"\d+", piece)
+        if not match:
+            break
+        parts.append(int(match.group(0)))
+    return tuple(parts)
+
+
+def provider_full_name(name, available=()):
+    """'openvino' / 'OpenVINO' / 'OpenVINOExecutionProvider' -> 'OpenVINOExecutionProvider'.
+
+    Any other full name is matched case-insensitively against the available list, so
+    'dnnlexecutionprovider' works too; unknown names are returned unchanged for the caller to
+    report against the available list.
+    """
+    text = str(name).strip()
+    lowered = text.lower()
+    if lowered in PROVIDER_ALIASES:
+        return PROVIDER_ALIASES[lowered]
+    if not lowered.endswith("executionprovider"):
+        candidate = lowered + "executionprovider"
+    else:
+        candidate = lowered
+    for known in tuple(available) + tuple(PROVIDER_ALIASES.values()):
+        if known.lower() == candidate:
+            return known
+    return text
+
+
+def translate_options(provider, options, runtime_version, package):
+    """Provider options as this runtime spells them; returns (options, notes).
+
+    Only the OpenVINO EP needs translating: its device_type/precision split changed in 1.17.
+    `package` is the distribution under test (e.g. 'onnxruntime-openvino'), `runtime_version`
+    its version tuple.
+    """
+    options = dict(options)
+    notes = []
+    if provider != OPENVINO or "openvino" not in str(package):
+        return options, notes
+    device = options.get("device_type")
+    if runtime_version >= OPENVINO_SPLIT_PRECISION:
+        match = _OV_COMBINED.match(str(device or ""))
+        if match and "precision" not in options:
+            options["device_type"], options["precision"] = match.group(1), match.group(2)
+            notes.append("device_type={} split into device_type={} precision={} (onnxruntime-"
+                         "openvino >= 1.17)".format(device, match.group(1), match.group(2)))
+    elif device and "precision" in options and not _OV_COMBINED.match(str(device)):
+        precision = options.pop("precision")
+        options["device_type"] = "{}_{}".format(device, precision)
+        notes.append("device_type={} precision={} merged into device_type={} (onnxruntime-"
+                     "openvino < 1.17)".format(device, precision, options["device_type"]))
+    elif device and not _OV_COMBINED.match(str(device)) and "_" not in str(device) \
+            and ":" not in str(device):
+        options["device_type"] = "{}_FP32".format(device)
+        notes.append("device_type={} became {}_FP32 (onnxruntime-openvino < 1.17 wants the "
+                     "precision in device_type)".format(device, device))
+    return options, notes
+
+
+def create_session(ort, path, sess_options, provider, options):
+    """An InferenceSession on `provider` (plus the CPU fallback that onnxruntime always adds)."""
+    try:
+        return ort.InferenceSession(path, sess_options, providers=[provider],
+                                    provider_options=[options])
+    except TypeError:
+        # Builds older than 1.7 lack the keywords: create, then pick the providers afterwards.
+        session = ort.InferenceSession(path, sess_options)
+        session.set_providers([provider], [options])
+        return session
+
+
+_IR_MAX = re.compile(r"max supported IR version: (\d+)")
+_OPSET_MAX = re.compile(r"domain ([\w.]*) is till opset (\d+)")
+
+
+# onnxruntime < 1.9 says only "Unknown model file format version"; 1.7 and 1.8 read IR 7 at
+# most (checked), later releases name their limit in the message.
+OLD_IR_LIMIT = ((1, 9), 7)
+
+
+def explain_load_error(message, model, runtime, runtime_version=()):
+    """A one-line reason for a model the runtime refused, or None when it is another error."""
+    text = str(message)
+    ir_version = model.get("ir_version")
+    opset = model.get("opsets", {}).get("", model.get("opsets", {}).get("ai.onnx"))
+    too_new_ir = "Unknown model file format version" in text or _IR_MAX.search(text)
+    too_new_opset = _OPSET_MAX.search(text)
+    if not (too_new_ir or too_new_opset):
+        return None
+    limits = []
+    if _IR_MAX.search(text):
+        limits.append("IR version <= {}".format(_IR_MAX.search(text).group(1)))
+    elif too_new_ir and runtime_version and runtime_version < OLD_IR_LIMIT[0]:
+        limits.append("IR version <= {}".format(OLD_IR_LIMIT[1]))
+    if too_new_opset:
+        limits.append("opset <= {}".format(too_new_opset.group(2)))
+    advice = " and ".join(limits) if limits else "a lower IR version and opset"
+    return ("model IR version {} / opset {} is newer than {} accepts; re-export it with {} "
+            "(e.g. the exporter's opset_version, onnx.version_converter, and model.ir_version)"
+            .format(ir_version, opset, runtime, advice))

@@ -1,0 +1,259 @@
+"""Deterministic input tensors, identical bytes on every numpy version.
+
+numpy's random streams are not promised to stay the same across releases, so inputs are made
+from a counter-based hash (splitmix64) computed with plain uint64 array arithmetic, which wraps
+identically in every numpy since 1.13. Each input gets its own 64-bit key derived with sha256
+from the seed and the input's name, so adding an input never changes another input's bytes.
+
+Value ranges (documented contract, see harness/README.md):
+- floating point: k / 2**23 - 1 for k in [0, 2**24): uniform in [-1, 1), exact in float32;
+- integers: [0, 1000) (token-id like), narrowed to the type's range for 8/16-bit types;
+- bool: the top bit of the hash.
+`values` fill a whole tensor (or a scalar) with one number; `fixed` tensors (from an .npz file)
+are taken as they are, after checking their names, dtypes and fixed dimensions.
+"""
+
+import collections
+import hashlib
+
+import numpy as np
+
+from harness.errors import HarnessInputError
+
+GENERATOR_VERSION = "splitmix64/1"
+INT_HIGH = 1000  # generated integers lie in [0, INT_HIGH)
+
+# onnxruntime's type strings -> numpy dtype names; numpy names are accepted as they are.
+ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint64)": "uint64",
+    "tensor(uint32)": "uint32",
+    "tensor(uint16)": "uint16",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+SUPPORTED = frozenset(ORT_TYPES.values())
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def normalize_dtype(name, dtype_str):
+    """'tensor(float)' or 'float32' -> 'float32'; anything we cannot generate is an error.
+
+    None (a TorchScript model says nothing about dtypes) means float32.
+    """
+    text = "float32" if dtype_str is None else str(dtype_str)
+    text = ORT_TYPES.get(text, text)
+    if text not in SUPPORTED:
+        raise HarnessInputError(
+            "input '{}' has type {}, which the harness cannot feed; supported: {}".format(
+                name, dtype_str, ", ".join(sorted(SUPPORTED))))
+    return text
+
+
+def input_key(seed, name):
+    """The 64-bit key of one input's stream: independent of the other inputs."""
+    text = "envmatrix-inputs/1|{}|{}".format(int(seed), name).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big")
+
+
+def splitmix64(key, count):
+    """`count` 64-bit hashes of (key, 1..count); uint64 arrays wrap silently on overflow."""
+    index = np.arange(1, count + 1, dtype=np.uint64)
+    z = np.uint64(key) + index * _GAMMA
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def generate(name, dtype, shape, seed):
+    """One deterministic tensor of `dtype` (numpy name) and `shape` (tuple of ints)."""
+    count = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    bits = splitmix64(input_key(seed, name), count)
+    np_dtype = np.dtype(dtype)
+    if np_dtype.kind == "f":
+        data = (bits >> np.uint64(40)).astype(np.float64) / float(2 ** 23) - 1.0
+    elif np_dtype.kind == "b":
+        data = (bits >> np.uint64(63)) == np.uint64(1)
+    else:
+        high = min(INT_HIGH, int(np.iinfo(np_dtype).max) + 1)
+        data = bits % np.uint64(high)
+    return contiguous(data.astype(np_dtype).reshape(shape))
+
+
+def contiguous(array):
+    """A C-contiguous array of the same shape (np.ascontiguousarray turns 0-d into 1-d)."""
+    return array if array.flags.c_contiguous else np.array(array, order="C")
+
+
+def parse_value(name, dtype, text):
+    """'16000' -> the number in the input's dtype; bools accept true/false/1/0."""
+    np_dtype = np.dtype(dtype)
+    word = str(text).strip()
+    try:
+        if np_dtype.kind == "b":
+            lowered = word.lower()
+            if lowered not in ("true", "false", "1", "0"):
+                raise ValueError(word)
+            return lowered in ("true", "1")
+        if np_dtype.kind in "iu":
+            number = int(word, 0)
+            info = np.iinfo(np_dtype)
+            if not info.min <= number <= info.max:
+                raise ValueError(word)
+            return number
+        return float(word)
+    except ValueError:
+        raise HarnessInputError(
+            "--value {}={}: '{}' is not a valid {} value (the model's type for this input)".format(
+                name, text, text, dtype))
+
+
+def _dim_label(dim):
+    return "'{}'".format(dim) if isinstance(dim, str) and dim else "unnamed"
+
+
+def _is_fixed(dim):
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0
+
+
+def resolve_shape(name, model_shape, given):
+    """The concrete shape of one input: the model's, with dynamic dims taken from `given`."""
+    if given is not None:
+        given = tuple(int(d) for d in given)
+        if model_shape is not None:
+            check_against_model(name, model_shape, given, "--shape {}".format(name))
+        return given
+    if model_shape is None:
+        raise HarnessInputError(
+            "input '{}' has an unknown rank; pass --shape {}=D1,D2,...".format(name, name))
+    for index, dim in enumerate(model_shape):
+        if not _is_fixed(dim):
+            raise HarnessInputError(
+                "input '{}' dimension {} ({}) is dynamic and unset; pass --shape {}=D1,...,D{} "
+                "(model shape {})".format(name, index, _dim_label(dim), name, len(model_shape),
+                                          format_shape(model_shape)))
+    return tuple(model_shape)
+
+
+def check_against_model(name, model_shape, shape, what):
+    """A given shape must have the model's rank and agree with every fixed dimension."""
+    if len(shape) != len(model_shape):
+        raise HarnessInputError(
+            "{} has rank {} but the model's input '{}' has rank {} (shape {})".format(
+                what, len(shape), name, len(model_shape), format_shape(model_shape)))
+    for index, (want, got) in enumerate(zip(model_shape, shape)):
+        if _is_fixed(want) and want != got:
+            raise HarnessInputError(
+                "{} gives dimension {} = {} but the model fixes it at {} (shape {})".format(
+                    what, index, got, want, format_shape(model_shape)))
+
+
+def format_shape(shape):
+    if shape is None:
+        return "unknown"
+    return "[" + ", ".join(str(d) if _is_fixed(d) else str(d or "?") for d in shape) + "]"
+
+
+def _check_names(option, names, known):
+    for name in names:
+        if name not in known:
+            raise HarnessInputError(
+                "{} names input '{}', which the model does not have; model inputs: {}".format(
+                    option, name, ", ".join(known)))
+
+
+def _fixed_tensor(name, dtype, model_shape, array):
+    array = np.asarray(array)
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        raise HarnessInputError(
+            "--inputs tensor '{}' is {} but the model wants {}".format(name, array.dtype, dtype))
+    if model_shape is not None:
+        check_against_model(name, model_shape, array.shape, "--inputs tensor '{}'".format(name))
+    return contiguous(array)
+
+
+def make_inputs(specs, seed, shapes=None, values=None, fixed=None):
+    """Input tensors for a model, in the model's input order.
+
+    specs: list of (name, dtype_str, shape); dtype_str a numpy name or onnxruntime's
+        'tensor(float)' form (None: unknown, float32 when generated); shape a list of int, or None/str for dynamic dims (or None for an
+        unknown rank).
+    seed: int; shapes: {name: tuple of ints} fixing dynamic dims; values: {name: text} filling
+        an input with one number; fixed: {name: ndarray} taken as they are (an .npz file).
+    Raises HarnessInputError (a ValueError) with a one-line message naming the input and the fix.
+    """
+    shapes = dict(shapes or {})
+    values = dict(values or {})
+    fixed = dict(fixed or {})
+    known = [spec[0] for spec in specs]
+    _check_names("--shape", shapes, known)
+    _check_names("--value", values, known)
+    _check_names("--inputs file", fixed, known)
+    for name in fixed:
+        for option, given in (("--value", values), ("--shape", shapes)):
+            if name in given:
+                raise HarnessInputError(
+                    "input '{}' is given both by --inputs and {}; drop one".format(name, option))
+    feeds = collections.OrderedDict()
+    for name, dtype_str, model_shape in specs:
+        model_shape = None if model_shape is None else list(model_shape)
+        if name in fixed:
+            dtype = None if dtype_str is None else normalize_dtype(name, dtype_str)
+            feeds[name] = _fixed_tensor(name, dtype, model_shape, fixed[name])
+            continue
+        dtype = normalize_dtype(name, dtype_str)
+        shape = resolve_shape(name, model_shape, shapes.get(name))
+        if name in values:
+            number = parse_value(name, dtype, values[name])
+            feeds[name] = np.full(shape, number, dtype=np.dtype(dtype))
+        else:
+            feeds[name] = generate(name, dtype, shape, seed)
+    return feeds
+
+
+def parse_assignments(option, items):
+    """['a=1', 'b=2'] -> OrderedDict; a malformed item is a one-line error naming the option."""
+    result = collections.OrderedDict()
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise HarnessInputError(
+                "{} {}: expected NAME=VALUE".format(option, item))
+        if name.strip() in result:
+            raise HarnessInputError("{} {}: '{}' given twice".format(option, item, name.strip()))
+        result[name.strip()] = text.strip()
+    return result
+
+
+def parse_shapes(items):
+    """['x=1,3,224,224'] -> {'x': (1, 3, 224, 224)}; dims must be non-negative integers."""
+    shapes = collections.OrderedDict()
+    for name, text in parse_assignments("--shape", items).items():
+        try:
+            dims = tuple(int(part) for part in text.split(",")) if text else ()
+        except ValueError:
+            dims = (-1,)
+        if any(d < 0 for d in dims):
+            raise HarnessInputError(
+                "--shape {}={}: expected comma-separated non-negative integers, "
+                "e.g. --shape {}=1,3,224,224".format(name, text, name))
+        shapes[name] = dims
+    return shapes
+
+
+def load_npz(path):
+    """{name: ndarray} from an .npz file, read fully so the file can be closed."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return collections.OrderedDict((name, archive[name]) for name in archive.files)
+    except (OSError, IOError, ValueError) as err:
+        raise HarnessInputError("--inputs {}: cannot read it as .npz ({})".format(path, err))

@@ -1,0 +1,103 @@
+"""The result document (schema envmatrix.result/1, docs/result-schema.md) and its atomic write."""
+
+import datetime
+import json
+import os
+import tempfile
+
+from harness import HARNESS_VERSION, RESULT_SCHEMA
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_result(settings):
+    """Every key of the schema, with null where nothing was measured yet."""
+    return {
+        "schema": RESULT_SCHEMA,
+        "status": "error",
+        "reason": "the harness stopped before measuring",
+        "log_tail": None,
+        "cell": settings.get("cell"),
+        "environment": settings.get("environment"),
+        "workload": settings.get("workload"),
+        "backend": settings.get("backend"),
+        "harness_version": HARNESS_VERSION,
+        "started_at": utc_now(),
+        "finished_at": None,
+        "provider": {"requested": settings.get("provider"),
+                     "options": dict(settings.get("provider_options") or {}),
+                     "available": None, "active": None, "fallback": None, "notes": []},
+        "model": {"path": settings.get("model"), "sha256": None, "ir_version": None,
+                  "opsets": {}, "inputs": None, "outputs": None},
+        "settings": public_settings(settings),
+        "inputs": None,
+        "repeats": [],
+        "summary": None,
+        "outputs": None,
+        "fingerprint": None,
+    }
+
+
+def public_settings(settings):
+    keys = ("warmup", "min_iterations", "min_time_s", "repeats", "threads", "seed", "shapes",
+            "values", "inputs_file", "provider_options", "graph_optimization", "dtypes")
+    public = dict((key, settings.get(key)) for key in keys)
+    public["shapes"] = dict((k, list(v)) for k, v in (settings.get("shapes") or {}).items())
+    return public
+
+
+def set_error(result, reason, status="error", traceback_text=None):
+    result["status"] = status
+    result["reason"] = reason
+    result["summary"] = None
+    if traceback_text:
+        result["traceback"] = traceback_text
+    result["finished_at"] = utc_now()
+    return result
+
+
+def write_atomic(path, text):
+    """Write `text` to `path` so that readers see the old file or the whole new one.
+
+    A temporary file in the same folder (same file system, so os.replace is atomic), flushed
+    and fsynced before the rename.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+
+
+def write_result(path, result):
+    write_atomic(path, json.dumps(result, indent=1, sort_keys=False, allow_nan=False) + "\n")
+
+
+def save_npz_atomic(path, arrays):
+    """np.savez to a temporary file beside `path`, then rename (parity outputs)."""
+    import numpy as np
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise

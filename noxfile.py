@@ -1,0 +1,91 @@
+"""The front door. Every session is a thin call into the `envmatrix` package.
+
+    nox -s matrix                      # the whole pipeline on matrix.yaml
+    nox -s matrix -- --only 'bookworm-*' --rebuild
+    nox -s tests                       # unit, harness and integration tests
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["matrix"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    session.install("-e", f".[{extras}]" if extras else ".")
+
+
+def _envmatrix(session: nox.Session, command: str) -> None:
+    _install(session)
+    session.run("python", "-m", "envmatrix", command, *session.posargs)
+
+
+@nox.session
+def matrix(session: nox.Session) -> None:
+    """Build every environment, run every cell, write the report."""
+    _envmatrix(session, "matrix")
+
+
+@nox.session
+def render(session: nox.Session) -> None:
+    """Render the Dockerfiles of the matrix without building anything."""
+    _envmatrix(session, "render")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Make base images and build (or reuse) every environment image."""
+    _envmatrix(session, "build")
+
+
+@nox.session
+def run(session: nox.Session) -> None:
+    """Build what is missing and run the cells, without writing the report."""
+    _envmatrix(session, "run")
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Rebuild the report of a run directory: nox -s report -- reports/<run-id>."""
+    _envmatrix(session, "report")
+
+
+@nox.session(name="list")
+def list_cells(session: nox.Session) -> None:
+    """Dry run: every cell id and image tag; nothing is built."""
+    _envmatrix(session, "list")
+
+
+@nox.session
+def clean(session: nox.Session) -> None:
+    """Remove the containers and images that envmatrix labelled."""
+    _envmatrix(session, "clean")
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """Compare two run directories: nox -s compare -- RUN_A RUN_B."""
+    _envmatrix(session, "compare")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit, harness and integration tests (integration needs a Docker engine)."""
+    _install(session, "test")
+    # torch only from a local wheel (find-links): PyPI's Linux torch is a multi-GB CUDA build.
+    # Without it the TorchScript tests skip and say so.
+    session.run("python", "-m", "pip", "install", "--no-index", "torch==2.13.0",
+                success_codes=[0, 1])
+    session.run("pytest", *(session.posargs or ["-ra", "tests"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy on the host package, vermin (Python 3.6+) on the harness."""
+    _install(session, "lint")
+    session.run("ruff", "check", "envmatrix", "tests", "noxfile.py", "benchmarks")
+    session.run("mypy")
+    session.run("vermin", "-q", "--no-tips", "-t=3.6-", "--violations", "harness")

@@ -1,0 +1,110 @@
+"""The report of a fake run directory: content, escaping, determinism (PNG bytes included)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
+
+from envmatrix.report import build_report, fence, md
+
+BASE = f"{BASELINE}--cnn--cpu"
+CAND = f"{CANDIDATE}--cnn--cpu"
+HOSTILE_ENV = "evil|<img src=x>`rm`*x*\nnext"
+HOSTILE = f"{HOSTILE_ENV}--cnn--cpu"
+
+
+def _run(root: Path, parity_broken: bool = False) -> Path:
+    y = np.random.default_rng(0).normal(size=(1, 100)).astype(np.float32)
+    results = [fake_result(BASE, p50=0.010, seed=1),
+               fake_result(CAND, p50=0.005, seed=2),
+               failed_result(HOSTILE, status="crashed", reason="killed by SIGSEGV",
+                             log_tail="Segmentation fault\n``` not the end")]
+    outputs = {BASE: {"y": y}, CAND: {"y": y + (1.0 if parity_broken else 0.0)}}
+    return make_run(root, results, outputs)
+
+
+def test_md_escapes_what_would_break_a_table_or_inject_html() -> None:
+    text = md(HOSTILE_ENV)
+    assert "<" not in text.replace("<br>", "") and ">" not in text.replace("<br>", "")
+    assert "\n" not in text
+    assert re.search(r"(?<!\\)[|`*]", text) is None
+
+
+def test_fence_is_not_closed_by_backticks_inside() -> None:
+    block = fence("a ``` b\n````")
+    assert block.startswith("`````\n") and block.endswith("\n`````")
+
+
+def test_report_summary_tables_and_failures(tmp_path: Path) -> None:
+    report = build_report(_run(tmp_path)).read_text()
+    summary = report.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    # Truth: half the latency, so p50 about -50% with an interval around it.
+    assert re.search(rf"{CANDIDATE} vs {BASELINE} \(baseline\), cnn on CPU: p50 -(4[5-9]|5[0-5])"
+                     r"\.\d% \[-\d+\.\d%, -\d+\.\d%\], faster; outputs match; runs on the "
+                     r"requested provider\.", summary), summary
+    assert "**invalid**: status crashed: killed by SIGSEGV" in summary
+    assert "| p50 (ms)" in report and "| throughput (/s)" in report
+    # The failed cell is listed with its log tail in a fence that its backticks cannot close.
+    assert "Segmentation fault" in report and "````\nSegmentation fault" in report
+    assert "docker run --rm --read-only" in report
+    assert f"nox -s matrix -- --matrix matrix.yaml --only {CANDIDATE}" in report
+
+
+def test_hostile_names_keep_every_table_row_intact(tmp_path: Path) -> None:
+    report = build_report(_run(tmp_path)).read_text()
+    prose = re.sub(r"^(`{3,})[^\n]*\n.*?^\1$", "", report, flags=re.M | re.S)  # drop fences
+    assert "<img" not in prose and "`rm`" not in prose and "evil" in prose
+    for block in re.findall(r"(?:^\|.*\n)+", report, flags=re.M):
+        counts = {len(re.findall(r"(?<!\\)\|", line)) for line in block.splitlines()}
+        assert len(counts) == 1, block  # same number of unescaped pipes on every row
+
+
+def test_a_parity_failure_is_headline_news(tmp_path: Path) -> None:
+    report = build_report(_run(tmp_path, parity_broken=True)).read_text()
+    head = report.split("## Workload", 1)[0]
+    assert "**Output parity failure:**" in head and "**OUTPUTS DIFFER**" in head
+
+
+def test_csv_and_json_hold_every_cell(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    build_report(run)
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert [r["cell"] for r in rows] == [BASE, CAND, HOSTILE]
+    assert rows[1]["verdict"] == "faster" and rows[2]["verdict"] == "invalid"
+    doc = json.loads((run / "results.json").read_text())
+    assert set(doc["cells"]) == {BASE, CAND, HOSTILE}
+    assert doc["verdicts"][0]["candidate"] == CAND
+
+
+def _outputs(run: Path) -> dict[str, bytes]:
+    files = [run / "report.md", run / "results.json", run / "results.csv",
+             *sorted((run / "plots").glob("*.png"))]
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
+
+
+def test_two_builds_give_identical_bytes_plots_included(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    build_report(run)
+    first = _outputs(run)
+    build_report(run)
+    assert _outputs(run) == first
+    assert {"plots/cnn-latency.png", "plots/cnn-ratio.png", "plots/cnn-throughput.png"} <= set(
+        first)
+    report = first["report.md"].decode()
+    for ref in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
+        assert (run / ref).is_file()
+
+
+def test_a_run_without_a_plan_is_refused_clearly(tmp_path: Path) -> None:
+    from envmatrix.errors import RunDirError
+
+    run = _run(tmp_path)
+    (run / "matrix.resolved.yaml").unlink()
+    with pytest.raises(RunDirError, match="matrix.resolved.yaml: missing"):
+        build_report(run)

@@ -1,0 +1,269 @@
+"""Runner logic with a fake engine: least-privilege specs, failure isolation, interrupt, resume.
+
+The real engine and harness are exercised in tests/integration/test_runner*.py; here a fake
+`run` plays the container's part by writing what a harness would into the scratch folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from envmatrix import results, runner
+from envmatrix.engine import ContainerOutcome, ContainerSpec
+from envmatrix.model import Base, Cell, Environment, Measure, Plan, Workload
+from envmatrix.rundir import RunDir, create_run_dir
+
+
+@dataclass(frozen=True)
+class Built:
+    tag: str
+    image_id: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+    log_tail: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    model_path: Path
+    inputs_path: Path
+    torchscript_path: Path | None = None
+
+
+Behaviour = Callable[[ContainerSpec, Path], ContainerOutcome]
+
+
+@dataclass
+class FakeEngine:
+    """Plays one container per call: `behaviours[cell]` writes files and returns the outcome."""
+
+    behaviours: dict[str, Behaviour]
+    calls: list[ContainerSpec] = field(default_factory=list)
+
+    def run(self, spec: ContainerSpec, *, timeout_s: float, log_path: Path | None = None,
+            on_start: Any = None) -> ContainerOutcome:  # fmt: skip
+        self.calls.append(spec)
+        cell = spec.labels["envmatrix.cell"]
+        out = Path(next(src for src, dst, _ in spec.mounts if dst == "/envmatrix/out"))
+        outcome = self.behaviours[cell](spec, out)
+        if log_path is not None:
+            log_path.write_text(outcome.log)
+        return outcome
+
+
+def outcome(code: int | None, log: str = "", **kw: Any) -> ContainerOutcome:
+    return ContainerOutcome(
+        exit_code=code, oom_killed=kw.get("oom", False), timed_out=kw.get("timed_out", False),
+        duration_s=1.5, log=log, container_id="c0ffee",
+    )  # fmt: skip
+
+
+def harness_ok(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+    doc = {"schema": results.SCHEMA, "status": "ok", "summary": {"latency_s": {"p50": 0.004}},
+           "cell": spec.command[spec.command.index("--cell") + 1]}  # fmt: skip
+    (out / "result.json").write_text(json.dumps(doc))
+    (out / "outputs.npz").write_bytes(b"npz")
+    return outcome(0, "measured\n")
+
+
+def segfault(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+    return outcome(139, "Fatal Python error: Segmentation fault\n")
+
+
+def interrupt(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+    raise KeyboardInterrupt
+
+
+MEASURE = Measure(warmup=2, min_iterations=5, min_time_s=0.25, repeats=2, threads=1,
+                  cpuset="1", timeout_s=30, memory_limit="512m", pids_limit=64)  # fmt: skip
+
+
+def make_plan(tmp_path: Path, providers: tuple[str, ...] = ("cpu",)) -> Plan:
+    base = Base(name="bullseye", image="debian:bullseye", family="debian")
+    envs = tuple(
+        Environment(id=f"env{v}", base=base, python="system",
+                    packages=(("onnxruntime", v),), providers=("cpu", "openvino"))
+        for v in ("1.8.0", "1.16.0")
+    )  # fmt: skip
+    wl = Workload(name="cnn", model="zoo:cnn")
+    cells = tuple(
+        Cell(id=f"{e.id}--cnn--{p}", environment=e, workload=wl, provider=p,
+             provider_options=(("device_type", "CPU"),) if p == "openvino" else ())
+        for e in envs for p in providers
+    )  # fmt: skip
+    return Plan(source=tmp_path / "matrix.yaml", bases=(base,), environments=envs,
+                workloads=(wl,), measure=MEASURE, baseline=envs[0].id, cells=cells)  # fmt: skip
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> RunDir:
+    run = create_run_dir(tmp_path / "reports", "r1")
+    (run.inputs_dir / "cnn").mkdir()
+    (run.inputs_dir / "cnn" / "model.onnx").write_bytes(b"onnx")
+    (run.inputs_dir / "cnn" / "inputs.npz").write_bytes(b"npz")
+    return run
+
+
+def prepared(run: RunDir) -> dict[str, Prepared]:
+    folder = run.inputs_dir / "cnn"
+    return {"cnn": Prepared(folder / "model.onnx", folder / "inputs.npz")}
+
+
+IMAGES = {"env1.8.0": Built("envmatrix/env1.8.0:aa", "sha256:aa"),
+          "env1.16.0": Built("envmatrix/env1.16.0:bb", "sha256:bb")}  # fmt: skip
+
+
+def test_harness_command_carries_every_setting() -> None:
+    cell = make_plan(Path("/x"), ("openvino",)).cells[0]
+    cmd = runner.harness_command(cell, MEASURE, PurePosixPath("/envmatrix/inputs/cnn/m.onnx"),
+                                 PurePosixPath("/envmatrix/inputs/cnn/inputs.npz"))  # fmt: skip
+    assert cmd[:3] == ["/opt/venv/bin/python", "-m", "harness"]
+    pairs = dict(zip(cmd[3::2], cmd[4::2]))
+    assert pairs["--provider"] == "OpenVINOExecutionProvider"
+    assert pairs["--provider-option"] == "device_type=CPU"
+    assert pairs["--model"] == "/envmatrix/inputs/cnn/m.onnx"
+    assert (pairs["--backend"], pairs["--seed"]) == ("onnxruntime", "0")
+    assert (pairs["--warmup"], pairs["--min-iterations"], pairs["--min-time"]) == ("2", "5", "0.25")
+    assert (pairs["--repeats"], pairs["--threads"], pairs["--cell"]) == ("2", "1", cell.id)
+    assert pairs["--out"] == "/envmatrix/out/result.json"
+    assert pairs["--save-outputs"] == "/envmatrix/out/outputs.npz"
+
+
+def test_cell_spec_is_least_privilege(tmp_path: Path, run_dir: RunDir) -> None:
+    plan = make_plan(tmp_path)
+    spec = runner.cell_spec(plan, run_dir, plan.cells[0], "sha256:aa", ["true"], "sha256:aa")
+    assert (spec.user, spec.network_disabled, spec.read_only_root) == ("65534:65534", True, True)
+    assert spec.cap_drop_all and spec.no_new_privileges
+    assert (spec.mem_limit, spec.pids_limit, spec.cpuset_cpus) == ("512m", 64, "1")
+    assert spec.environment["HOME"] == "/tmp" and spec.tmpfs == {"/tmp": "rw,size=256m"}
+    mounts = {dst: (src, ro) for src, dst, ro in spec.mounts}
+    assert mounts["/envmatrix/inputs"] == (str(run_dir.inputs_dir.resolve()), True)
+    assert mounts["/envmatrix/out"] == (str(run_dir.scratch(plan.cells[0].id).resolve()), False)
+    assert not any("docker.sock" in src for src, _, _ in spec.mounts)
+    assert spec.labels["envmatrix.run"] == "r1" and spec.labels["envmatrix.managed"] == "true"
+
+
+def test_inputs_outside_the_run_are_refused(run_dir: RunDir, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only one mounted"):
+        runner.container_path(run_dir, tmp_path / "elsewhere.onnx")
+
+
+def test_failures_are_isolated_and_each_is_recorded(tmp_path: Path, run_dir: RunDir) -> None:
+    plan = make_plan(tmp_path, ("cpu", "openvino"))
+    images: dict[str, Any] = {**IMAGES, "env1.8.0": Failed("pip failed", "ERROR: no wheel\n")}
+    engine = FakeEngine({"env1.16.0--cnn--cpu": segfault, "env1.16.0--cnn--openvino": harness_ok})
+    seen: list[str] = []
+    got = runner.run_cells(engine, plan, run_dir, images, prepared(run_dir),  # type: ignore[arg-type]
+                           progress=lambda stage, msg: seen.append(msg))  # fmt: skip
+    assert [r["status"] for r in got] == ["build_failed", "build_failed", "crashed", "ok"]
+    assert got[0]["log_tail"] == "ERROR: no wheel" and "pip failed" in got[0]["reason"]
+    assert got[2]["host"]["signal"] == "SIGSEGV" and "Segmentation fault" in got[2]["log_tail"]
+    assert len(engine.calls) == 2  # build failures never start a container
+    for result in got:
+        on_disk = json.loads(run_dir.result_path(result["cell"]).read_text())
+        assert on_disk["status"] == result["status"]
+    ok_cell = plan.cells[3].id
+    assert run_dir.output_path(ok_cell).read_bytes() == b"npz"
+    assert not run_dir.scratch(ok_cell).exists()  # cleaned after ok
+    assert run_dir.scratch(plan.cells[2].id).is_dir()  # kept after a failure
+    assert run_dir.run_log(plan.cells[2].id).read_text().startswith("Fatal Python error")
+    assert any("p50 4.00 ms" in line for line in seen)
+
+
+def test_scratch_is_emptied_and_writable_for_nobody(tmp_path: Path, run_dir: RunDir) -> None:
+    plan = make_plan(tmp_path)
+    stale = run_dir.scratch(plan.cells[0].id)
+    stale.mkdir(parents=True)
+    (stale / "result.json").write_text('{"schema": "envmatrix.result/1", "status": "ok"}')
+
+    def check(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+        assert list(out.iterdir()) == [] and (out.stat().st_mode & 0o777) == 0o777
+        return outcome(0)
+
+    engine = FakeEngine({c.id: check for c in plan.cells})
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    assert [r["status"] for r in got] == ["no_result", "no_result"]  # the old file was not read
+
+
+def test_interrupt_keeps_finished_results_and_resume_completes(
+    tmp_path: Path, run_dir: RunDir
+) -> None:
+    plan = make_plan(tmp_path, ("cpu", "openvino"))
+    first = {c.id: harness_ok for c in plan.cells}
+    first[plan.cells[1].id] = interrupt
+    engine = FakeEngine(first)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    assert json.loads(run_dir.result_path(plan.cells[0].id).read_text())["status"] == "ok"
+    stopped = json.loads(run_dir.result_path(plan.cells[1].id).read_text())
+    assert stopped["status"] == "interrupted" and "--resume" in stopped["reason"]
+    assert not run_dir.result_path(plan.cells[2].id).exists()
+
+    engine = FakeEngine({c.id: harness_ok for c in plan.cells})
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), resume=True)  # type: ignore[arg-type]
+    assert [r["status"] for r in got] == ["ok"] * 4
+    ran = [spec.labels["envmatrix.cell"] for spec in engine.calls]
+    assert ran == [c.id for c in plan.cells[1:]]  # the ok cell was kept, not re-measured
+
+
+def test_resume_remeasures_when_the_image_changed(tmp_path: Path, run_dir: RunDir) -> None:
+    plan = make_plan(tmp_path)
+    engine = FakeEngine({c.id: harness_ok for c in plan.cells})
+    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    rebuilt = {**IMAGES, "env1.8.0": replace(IMAGES["env1.8.0"], tag="envmatrix/env1.8.0:cc")}
+    engine.calls.clear()
+    runner.run_cells(engine, plan, run_dir, rebuilt, prepared(run_dir), resume=True)  # type: ignore[arg-type]
+    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [plan.cells[0].id]
+
+
+def test_adjust_hook_changes_the_launch(tmp_path: Path, run_dir: RunDir) -> None:
+    plan = make_plan(tmp_path)
+    seen: list[float] = []
+
+    class Recording(FakeEngine):
+        def run(self, spec: ContainerSpec, *, timeout_s: float, **kw: Any) -> ContainerOutcome:
+            seen.append(timeout_s)
+            return super().run(spec, timeout_s=timeout_s, **kw)
+
+    def adjust(cell: Cell, launch: runner.Launch) -> runner.Launch:
+        return runner.Launch(replace(launch.spec, command=["sleep", "9"]), timeout_s=3)
+
+    engine = Recording({c.id: lambda s, o: outcome(None, timed_out=True) for c in plan.cells})
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), adjust=adjust)  # type: ignore[arg-type]
+    assert seen == [3, 3] and engine.calls[0].command == ["sleep", "9"]
+    assert got[0]["status"] == "timeout" and got[0]["host"]["timeout_s"] == 3
+
+
+def test_sweep_asks_only_for_containers_envmatrix_labelled() -> None:
+    asked: list[dict[str, str]] = []
+
+    class Sweeping:
+        def remove_labelled_containers(self, labels: dict[str, str]) -> int:
+            asked.append(labels)
+            return 2
+
+    assert runner.sweep_leftovers(Sweeping()) == 2  # type: ignore[arg-type]
+    assert asked == [{"envmatrix.managed": "true"}]
+
+
+def test_torch_workloads_get_the_torchscript_file(tmp_path: Path, run_dir: RunDir) -> None:
+    plan = make_plan(tmp_path)
+    torch_wl = replace(plan.cells[0].workload, backend="torch")
+    plan = replace(plan, cells=(replace(plan.cells[0], workload=torch_wl),))
+    folder = run_dir.inputs_dir / "cnn"
+    (folder / "model.pt").write_bytes(b"pt")
+    ready = {"cnn": Prepared(folder / "model.onnx", folder / "inputs.npz", folder / "model.pt")}
+    engine = FakeEngine({plan.cells[0].id: harness_ok})
+    runner.run_cells(engine, plan, run_dir, IMAGES, ready)  # type: ignore[arg-type]
+    command = engine.calls[0].command
+    assert command[command.index("--model") + 1] == "/envmatrix/inputs/cnn/model.pt"
+    assert command[command.index("--backend") + 1] == "torch"

@@ -1,0 +1,150 @@
+"""Verdict statistics and validity rules on synthetic measurements of known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_report_fakes import BASELINE, CANDIDATE, fake_result, plan_dict
+
+from envmatrix import stats
+from envmatrix.stats import VerdictRules, check_validity, compare_cells, run_verdicts
+
+BASE = f"{BASELINE}--cnn--cpu"
+CAND = f"{CANDIDATE}--cnn--cpu"
+FAST_RULES = VerdictRules(n_boot=300)  # the verdict word does not depend on n_boot
+
+
+def _cell(cid: str) -> dict[str, str]:
+    env, workload, provider = cid.split("--")
+    return {"id": cid, "environment": env, "workload": workload, "provider": provider}
+
+
+def _verdict(base_p50: float, cand_p50: float, seed: int, cv: float = 0.01,
+             rules: VerdictRules = FAST_RULES) -> stats.Verdict:
+    results = {BASE: fake_result(BASE, p50=base_p50, cv=cv, seed=2 * seed),
+               CAND: fake_result(CAND, p50=cand_p50, cv=cv, seed=2 * seed + 1)}
+    return compare_cells(_cell(BASE), _cell(CAND), results, rules)
+
+
+def test_a_five_percent_slowdown_is_detected() -> None:
+    words = [_verdict(0.005, 0.00525, seed).verdict for seed in range(20)]
+    assert words.count(stats.SLOWER) >= 19, words
+
+
+def test_a_large_speedup_is_faster_with_a_ci_around_it() -> None:
+    v = _verdict(0.010, 0.005, seed=0)
+    assert v.verdict == stats.FASTER
+    p50 = v.ratios["p50"]
+    assert p50.low < p50.ratio < p50.high
+    assert p50.low > 0.45 and p50.high < 0.55
+    # Throughput goes the other way: twice the inferences per second.
+    assert 1.8 < v.ratios["throughput"].ratio < 2.2
+
+
+def test_identical_distributions_are_flagged_at_about_alpha_without_a_floor() -> None:
+    rng = np.random.default_rng(7)
+    rules = VerdictRules(min_effect=0.0)
+    flagged = 0
+    trials = 400
+    for _ in range(trials):
+        a, b = 0.005 * np.exp(rng.normal(0, 0.02, size=(2, 5)))
+        p = stats.repeats_p_value(a, b)
+        flagged += stats.decide(float(np.median(b) / np.median(a)), p, rules) != stats.UNCHANGED
+    # Exact 5-vs-5 Mann-Whitney: P(p < 0.05) under the null is 0.032.
+    assert 0.01 <= flagged / trials <= 0.06
+
+
+def test_the_effect_floor_keeps_tiny_significant_shifts_unchanged() -> None:
+    v = _verdict(0.005, 0.00505, seed=3, cv=0.001)  # +1%, very quiet: significant
+    assert v.p_value is not None and v.p_value < 0.05
+    assert v.verdict == stats.UNCHANGED
+
+
+def test_ci_covers_the_true_ratio() -> None:
+    trials, covered = 30, 0
+    for seed in range(trials):
+        v = _verdict(0.005, 0.0045, seed, cv=0.02, rules=VerdictRules(n_boot=500))
+        covered += v.ratios["p50"].low <= 0.9 <= v.ratios["p50"].high
+    # Five repeats a side make the repeat-level bootstrap a little narrow; measured ~90%.
+    assert covered / trials >= 0.8
+
+
+def test_verdicts_are_deterministic_and_order_free() -> None:
+    results = {BASE: fake_result(BASE, seed=1), CAND: fake_result(CAND, p50=0.0052, seed=2)}
+    first = compare_cells(_cell(BASE), _cell(CAND), results, FAST_RULES)
+    again = compare_cells(_cell(BASE), _cell(CAND), dict(reversed(results.items())), FAST_RULES)
+    assert first == again
+
+
+def test_too_few_repeats_are_said_in_the_notes() -> None:
+    results = {BASE: fake_result(BASE, repeats=3, seed=1),
+               CAND: fake_result(CAND, p50=0.008, repeats=3, seed=2)}
+    v = compare_cells(_cell(BASE), _cell(CAND), results, FAST_RULES)
+    assert v.verdict == stats.UNCHANGED  # 3 vs 3 can never reach p < 0.05
+    assert any("at least 4" in n for n in v.notes)
+    assert stats.min_repeats_for(0.05) == 4
+
+
+# ---------------------------------------------------------------- validity
+
+
+def test_a_provider_fallback_is_invalid() -> None:
+    res = fake_result(CAND, provider="OpenVINOExecutionProvider")
+    res["provider"].update(active=["CPUExecutionProvider"], fallback=True)
+    validity = check_validity(res)
+    assert not validity.valid
+    assert "OpenVINOExecutionProvider is not active" in validity.reasons[0]
+
+
+def test_a_version_mismatch_is_invalid_and_names_normalise() -> None:
+    res = fake_result(CAND, packages={"onnxruntime_openvino": "1.20.0", "numpy": "2.0"})
+    res["host"]["requested_packages"] = {"onnxruntime-openvino": "1.20.0"}
+    assert check_validity(res).valid
+    res["host"]["requested_packages"] = {"onnxruntime-openvino": "1.20.1"}
+    assert check_validity(res).reasons == (
+        "onnxruntime-openvino==1.20.1 requested but 1.20.0 installed",)
+    res["host"]["requested_packages"] = {"torch": "2.3.0"}
+    assert "not installed" in check_validity(res).reasons[0]
+
+
+@pytest.mark.parametrize(("want", "got", "same"), [
+    ("1.8", "1.8.0", True), ("2.3.0", "2.3.0+cpu", True), ("1.20.1", "1.20.0", False)])
+def test_versions_compare_by_release(want: str, got: str, same: bool) -> None:
+    assert (stats.version_mismatches({"x": want}, {"x": got}) == []) is same
+
+
+def test_too_few_iterations_or_too_little_time_is_invalid() -> None:
+    res = fake_result(CAND, iterations=40)
+    res["settings"]["min_time_s"] = 0.0
+    assert "40 iterations < 50" in check_validity(res).reasons[0]
+    res = fake_result(CAND)
+    res["settings"]["min_time_s"] = 5.0
+    assert "< 5.0 s" in check_validity(res).reasons[0]
+    res = fake_result(CAND)
+    res["settings"]["repeats"] = 6
+    assert "5 of 6 repeats" in check_validity(res).reasons[0]
+
+
+def test_high_repeat_spread_warns_but_stays_valid() -> None:
+    validity = check_validity(fake_result(CAND, cv=0.15, seed=4))
+    assert validity.valid
+    assert validity.warnings and "noisy" in validity.warnings[0]
+    assert not check_validity(fake_result(CAND, cv=0.005)).warnings
+
+
+def test_an_invalid_cell_gets_the_invalid_verdict_with_reasons() -> None:
+    bad = fake_result(CAND)
+    bad["provider"]["fallback"] = True
+    v = compare_cells(_cell(BASE), _cell(CAND), {BASE: fake_result(BASE), CAND: bad},
+                      FAST_RULES)
+    assert v.verdict == stats.INVALID and v.reasons and not v.ratios
+
+
+def test_a_baseline_without_the_provider_is_compared_with_its_cpu_cell() -> None:
+    ov = f"{CANDIDATE}--cnn--openvino"
+    plan = plan_dict([BASE, CAND, ov])
+    results = {c: fake_result(c, seed=i) for i, c in enumerate((BASE, CAND, ov))}
+    verdicts = run_verdicts(plan, results, FAST_RULES)
+    assert [v.candidate for v in verdicts] == [CAND, ov]
+    assert verdicts[1].baseline == BASE
+    assert any("compared with its cpu cell" in n for n in verdicts[1].notes)

@@ -1,0 +1,182 @@
+"""The zoo's models: deterministic bytes, valid ONNX at the asked versions, real outputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from envmatrix import zoo
+from harness.inputs import INT_HIGH
+
+# torch 2.9+ deprecates torch.jit; TorchScript is still what the images' torch versions load.
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit:DeprecationWarning")
+
+
+def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return list(session.run(None, feeds))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zoo.ZooModel]:
+    out = tmp_path_factory.mktemp("zoo")
+    return {name: zoo.write_model(name, out) for name in zoo.NAMES}
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_same_arguments_give_the_same_bytes(name: str, tmp_path: Path) -> None:
+    first = zoo.write_model(name, tmp_path / "a", seed=3).onnx_path.read_bytes()
+    second = zoo.write_model(name, tmp_path / "b", seed=3).onnx_path.read_bytes()
+    other_seed = zoo.write_model(name, tmp_path / "c", seed=4).onnx_path.read_bytes()
+    assert first == second
+    assert first != other_seed
+
+
+def test_rewriting_an_unchanged_model_keeps_the_file(tmp_path: Path) -> None:
+    path = zoo.write_model("mlp", tmp_path).onnx_path
+    before = path.stat().st_mtime_ns
+    zoo.write_model("mlp", tmp_path)
+    assert path.stat().st_mtime_ns == before
+    zoo.write_model("mlp", tmp_path, seed=1)
+    assert path.stat().st_mtime_ns != before
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize(("ir_version", "opset"), [(7, 11), (7, 13), (9, 18)])
+def test_checker_passes_at_the_asked_versions(
+    name: str, ir_version: int, opset: int, tmp_path: Path
+) -> None:
+    made = zoo.write_model(name, tmp_path, ir_version=ir_version, opset=opset)
+    model = onnx.load(str(made.onnx_path))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.ir_version == ir_version
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", opset)]
+    assert (made.ir_version, made.opset) == (ir_version, opset)
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_every_op_exists_at_opset_11(name: str, models: dict[str, zoo.ZooModel]) -> None:
+    """Old runtimes (onnxruntime 1.7/1.8) implement opset 11: no op may be newer."""
+    model = onnx.load(str(models[name].onnx_path))
+    for node in model.graph.node:
+        schema = onnx.defs.get_schema(node.op_type, 11)
+        assert schema.since_version <= 11, node.op_type
+
+
+def test_cnn_has_depthwise_convs_and_a_1000_class_head(models: dict[str, zoo.ZooModel]) -> None:
+    model = onnx.load(str(models["cnn"].onnx_path))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs]
+    assert len(convs) >= 8
+    assert sum(g > 1 for g in groups) >= 4
+    assert models["cnn"].inputs == (zoo.InputSpec("input", "float32", (1, 3, 224, 224)),)
+    assert models["cnn"].outputs == (zoo.InputSpec("logits", "float32", (1, 1000)),)
+
+
+def test_transformer_decomposes_layer_norm_and_gelu(models: dict[str, zoo.ZooModel]) -> None:
+    ops = {n.op_type for n in onnx.load(str(models["transformer"].onnx_path)).graph.node}
+    assert {"ReduceMean", "Sqrt", "Div", "Erf", "Softmax", "Gather"} <= ops
+    assert "LayerNormalization" not in ops
+
+
+def test_vocabulary_covers_every_generated_token_id() -> None:
+    assert zoo.VOCAB_SIZE >= INT_HIGH
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_onnxruntime_gives_finite_input_dependent_outputs(
+    name: str, models: dict[str, zoo.ZooModel]
+) -> None:
+    made = models[name]
+    outputs = _run(made.onnx_path, zoo.example_inputs(made.inputs, seed=0))
+    others = _run(made.onnx_path, zoo.example_inputs(made.inputs, seed=1))
+    for spec, out, other in zip(made.outputs, outputs, others):
+        assert out.shape == spec.shape and str(out.dtype) == spec.dtype
+        assert np.isfinite(out).all()
+        assert out.std() > 0.05, f"{spec.name} is nearly constant"
+        # Different inputs move the outputs by more than rounding: the network is not constant.
+        assert np.abs(out - other).max() > 1e-3 * np.abs(out).max()
+
+
+def test_attention_mask_hides_masked_tokens(models: dict[str, zoo.ZooModel]) -> None:
+    path = models["transformer"].onnx_path
+    feeds = zoo.example_inputs(models["transformer"].inputs)
+    feeds["attention_mask"][:, 64:] = 0
+    changed = {k: v.copy() for k, v in feeds.items()}
+    changed["input_ids"][:, 64:] = (changed["input_ids"][:, 64:] + 1) % zoo.VOCAB_SIZE
+    base, moved = _run(path, feeds)[0], _run(path, changed)[0]
+    np.testing.assert_allclose(base[:, :64], moved[:, :64], atol=1e-5)  # masked tokens unseen
+    unmasked = {k: v.copy() for k, v in changed.items()}
+    unmasked["attention_mask"][:] = 1
+    assert np.abs(_run(path, unmasked)[0][:, :64] - base[:, :64]).max() > 1e-2
+
+
+def test_generated_mask_values_count_as_zero_or_one(models: dict[str, zoo.ZooModel]) -> None:
+    """The harness fills int64 inputs with [0, 1000): the model reads any non-zero as 1."""
+    path = models["transformer"].onnx_path
+    feeds = zoo.example_inputs(models["transformer"].inputs)
+    feeds["attention_mask"][:, ::3] = 0
+    assert feeds["attention_mask"].max() > 1
+    binary = dict(feeds, attention_mask=(feeds["attention_mask"] > 0).astype(np.int64))
+    np.testing.assert_allclose(_run(path, feeds)[0], _run(path, binary)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_perturbed_weights_change_outputs_measurably(name: str, tmp_path: Path) -> None:
+    base = zoo.write_model(name, tmp_path / "base")
+    variant = zoo.write_model(name, tmp_path / "variant", perturb=0.01)
+    feeds = zoo.example_inputs(base.inputs)
+    for ref, out in zip(_run(base.onnx_path, feeds), _run(variant.onnx_path, feeds)):
+        relative = np.abs(ref - out).max() / np.abs(ref).max()
+        # far above fp32 rounding between runtimes (~1e-6), far below a different network
+        assert 1e-3 < relative < 0.5
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_torchscript_agrees_with_onnxruntime(name: str, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    made = zoo.write_model(name, tmp_path, torchscript=True)
+    assert made.torchscript_path == tmp_path / f"{name}.pt" and made.note == ""
+    feeds = zoo.example_inputs(made.inputs, seed=5)  # not the inputs the trace saw
+    module = torch.jit.load(str(made.torchscript_path))
+    with torch.no_grad():
+        result = module(*(torch.from_numpy(a) for a in feeds.values()))
+    results = [result] if isinstance(result, torch.Tensor) else list(result)
+    for ref, out in zip(_run(made.onnx_path, feeds), results, strict=True):
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_torchscript_of_a_perturbed_model_disagrees(tmp_path: Path) -> None:
+    """The agreement test above can fail: other weights give other outputs."""
+    torch = pytest.importorskip("torch")
+    base = zoo.write_model("mlp", tmp_path / "base")
+    variant = zoo.write_model("mlp", tmp_path / "variant", torchscript=True, perturb=0.01)
+    feeds = zoo.example_inputs(base.inputs)
+    assert variant.torchscript_path is not None
+    with torch.no_grad():
+        out = torch.jit.load(str(variant.torchscript_path))(torch.from_numpy(feeds["input"]))
+    assert not np.allclose(out.numpy(), _run(base.onnx_path, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_torchscript_without_torch_is_skipped_with_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    monkeypatch.setitem(sys.modules, "envmatrix.zoo_torch", None)
+    with pytest.warns(zoo.ZooWarning, match="torch is not importable"):
+        made = zoo.write_model("mlp", tmp_path, torchscript=True)
+    assert made.torchscript_path is None
+    assert "pip install torch" in made.note
+    assert made.onnx_path.is_file() and not (tmp_path / "mlp.pt").exists()
+
+
+def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown zoo model 'resnet'.*cnn, transformer, mlp"):
+        zoo.write_model("resnet", tmp_path)
+    with pytest.raises(ValueError, match="opset >= 11"):
+        zoo.write_model("mlp", tmp_path, opset=9)
