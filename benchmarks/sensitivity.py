@@ -67,7 +67,10 @@ import onnxruntime as ort
 from harness.measure import timed_loop, warm_up
 model, shape = sys.argv[1], tuple(json.loads(sys.argv[5]))
 warmup, min_iter, min_time = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+opts = ort.SessionOptions()
+if int(sys.argv[6]):
+    opts.intra_op_num_threads = int(sys.argv[6])
+sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 feeds = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
 warm_up(sess.run, (None, feeds), warmup)
 lat, wall = timed_loop(sess.run, (None, feeds), min_iter, min_time)
@@ -97,7 +100,7 @@ def measure_process(model: Path, m: Measure) -> dict[str, Any]:
     """One fresh process, as the harness runs one repeat."""
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(model), str(m.warmup), str(m.min_iterations),
-         str(m.min_time_s), json.dumps([BATCH, WIDTH])],
+         str(m.min_time_s), json.dumps([BATCH, WIDTH]), str(m.threads or 0)],
         cwd=REPO, check=True, capture_output=True, text=True)
     return dict(json.loads(out.stdout))
 
@@ -108,8 +111,9 @@ def record(rounds: int, m: Measure) -> dict[str, Any]:
     base_model, slow_model = tmp / "base.onnx", tmp / "slow.onnx"
     build_model(BLOCKS, base_model)
     build_model(BLOCKS + BLOCKS // 20, slow_model)
-    rec: dict[str, Any] = {"rounds": [], "measure": {"warmup": m.warmup, "min_iterations":
-                           m.min_iterations, "min_time_s": m.min_time_s, "repeats": m.repeats}}
+    rec: dict[str, Any] = {"rounds": [], "measure": {
+        "warmup": m.warmup, "min_iterations": m.min_iterations, "min_time_s": m.min_time_s,
+        "repeats": m.repeats, "threads": m.threads}}
     rec["load_before"] = os.getloadavg()
     for r in range(rounds):
         started = time.monotonic()
@@ -211,10 +215,15 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: the runtime's, as Measure.threads)")
     parser.add_argument("--save", type=Path, help="write the recorded processes here")
     parser.add_argument("--load", type=Path, help="analyse a recording instead of measuring")
     args = parser.parse_args()
-    rec = json.loads(args.load.read_text()) if args.load else record(args.rounds, Measure())
+    if args.load:
+        rec = json.loads(args.load.read_text())
+    else:
+        rec = record(args.rounds, Measure(threads=args.threads))
     if args.save:
         args.save.write_text(json.dumps(rec))
     report(rec, args.trials)

@@ -15,17 +15,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from envmatrix import __version__, config, pipeline
-from envmatrix.errors import CellsFailed, EnvmatrixError
+from envmatrix import __version__, config, images, pipeline
+from envmatrix.errors import BuildError, CellsFailed, EnvmatrixError
 from envmatrix.progress import Progress
 from envmatrix.rundir import RunDir, create_run_dir, open_run_dir
 
 REPORTS_ROOT = Path("reports")
+DEFAULT_MATRIX = Path("matrix.yaml")
 
 
 def _plan_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--matrix", type=Path, default=Path("matrix.yaml"),
-                        help="the matrix file (default: matrix.yaml)")
+    parser.add_argument("--matrix", type=Path, default=None,
+                        help="the matrix file (default: matrix.yaml; with --resume, the run's)")
     parser.add_argument("--only", action="append", default=[], metavar="GLOB",
                         help="keep only environments or cells whose id matches (repeatable)")
     parser.add_argument("--skip", action="append", default=[], metavar="GLOB",
@@ -81,10 +82,21 @@ def _open_or_create(args: argparse.Namespace) -> RunDir:
     return create_run_dir(REPORTS_ROOT, out=args.out)
 
 
+def _matrix_path(args: argparse.Namespace) -> Path:
+    """The matrix file: as given, else the one a resumed run was made from, else matrix.yaml."""
+    if args.matrix is not None:
+        return Path(args.matrix)
+    if getattr(args, "resume", None):
+        resolved = config.read_resolved(open_run_dir(args.resume).resolved_path)
+        return Path(resolved["source"])
+    return DEFAULT_MATRIX
+
+
 def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
     """matrix / run / build: the stages up to where the command stops."""
     from envmatrix.engine import Engine  # the engine is only needed by these commands
 
+    args.matrix = _matrix_path(args)
     plan = config.load_plan(args.matrix, only=args.only, skip=args.skip)
     progress("plan", f"{len(plan.environments)} environments, {len(plan.cells)} cells "
                      f"from {args.matrix}")
@@ -96,17 +108,19 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
     progress("run", f"run directory {run_dir.path}")
     pipeline.write_resolved(plan, run_dir)
     prepared = pipeline.prepare_workloads(plan, run_dir, progress)
-    pipeline.make_bases(engine, plan, run_dir, progress)
     built = pipeline.build_images(engine, plan, run_dir, progress, rebuild=args.rebuild)
     pipeline.write_resolved(plan, run_dir, built)
     if args.command == "build":
-        return 0 if all(getattr(b, "ok", True) for b in built.values()) else 5
+        failures = [b for b in built.values() if isinstance(b, images.BuildFailure)]
+        for failure in failures:
+            progress.fail("build", f"{failure.env_id}: {failure.message}")
+        return BuildError.exit_code if failures else 0
     try:
         results = pipeline.run_cells(engine, plan, run_dir, built, prepared, progress,
                                      resume=bool(getattr(args, "resume", None)))
     except KeyboardInterrupt:
         progress.fail("stop", "interrupted: finished cells are kept")
-        print(f"Resume with: nox -s matrix -- --matrix {args.matrix} --resume {run_dir.path}")
+        print(run_dir.resume_hint())
         return 130
     harness_s = sum(float((r.get("host") or {}).get("duration_s") or 0.0) for r in results)
     if args.command == "matrix":
@@ -125,7 +139,7 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_render(args: argparse.Namespace, progress: Progress) -> int:
-    plan = config.load_plan(args.matrix, only=args.only, skip=args.skip)
+    plan = config.load_plan(_matrix_path(args), only=args.only, skip=args.skip)
     run_dir = create_run_dir(REPORTS_ROOT, out=args.out)
     pipeline.render_all(plan, run_dir, progress)
     print(f"Dockerfiles: {run_dir.dockerfiles_dir}")
@@ -133,7 +147,7 @@ def cmd_render(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_list(args: argparse.Namespace, progress: Progress) -> int:
-    plan = config.load_plan(args.matrix, only=args.only, skip=args.skip)
+    plan = config.load_plan(_matrix_path(args), only=args.only, skip=args.skip)
     tags = pipeline.image_tags(plan)
     for env in plan.environments:
         print(f"{env.id}\t{tags[env.id]}")

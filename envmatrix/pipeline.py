@@ -7,35 +7,15 @@ records what it did in the run directory. The CLI picks which stages run.
 from __future__ import annotations
 
 import datetime as dt
-import time
-from dataclasses import dataclass, field
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from envmatrix import __version__, bases, config, images, inputs, render, report, runner
+from envmatrix import __version__, config, images, inputs, render, report, runner
 from envmatrix.engine import Engine
 from envmatrix.model import Plan
 from envmatrix.progress import Progress
-from envmatrix.rundir import RunDir
-
-HARNESS_DIR = Path(__file__).resolve().parent.parent / "harness"
-
-
-@dataclass
-class RunOutcome:
-    run_dir: RunDir
-    results: list[dict[str, Any]] = field(default_factory=list)
-    built: int = 0
-    reused: int = 0
-    build_failed: int = 0
-
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.results if r.get("status") != "ok"]
-
-    @property
-    def harness_seconds(self) -> float:
-        return sum(float((r.get("host") or {}).get("duration_s") or 0.0) for r in self.results)
+from envmatrix.rundir import RunDir, atomic_write_text
 
 
 def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = None) -> None:
@@ -69,38 +49,31 @@ def prepare_workloads(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[s
     return prepared
 
 
-def render_all(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, render.RenderedContext]:
-    """Render every environment's build context; the Dockerfiles are kept for people to read."""
-    rendered = {}
+def render_all(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, str]:
+    """Render every environment's Dockerfile into the run directory; returns the image tags."""
+    tags = {}
     for env in plan.environments:
-        ctx = render.render_environment(
-            env, plan, harness_dir=HARNESS_DIR, out_dir=run_dir.path / "contexts" / env.id
-        )
-        (run_dir.dockerfiles_dir / f"{env.id}.Dockerfile").write_text(ctx.dockerfile_text)
-        progress("render", f"{env.id}: tag {images.tag_for(env, ctx)}")
-        rendered[env.id] = ctx
-    return rendered
+        with tempfile.TemporaryDirectory(prefix=f"envmatrix-{env.id}-") as scratch:
+            ctx = render.render_environment(env, plan, harness_dir=images.packaged_harness_dir(),
+                                            out_dir=Path(scratch) / "context")
+        atomic_write_text(run_dir.dockerfiles_dir / f"{env.id}.Dockerfile", ctx.dockerfile_text)
+        tags[env.id] = images.tag_for(env, ctx)
+        progress("render", f"{env.id}: {tags[env.id]}")
+    return tags
 
 
-def make_bases(engine: Engine, plan: Plan, run_dir: RunDir, progress: Progress) -> None:
-    used = {env.base.name for env in plan.environments}
-    for base in plan.bases:
-        if base.name not in used:
-            continue
-        progress("base", f"{base.name}: {base.image}")
-        started = time.monotonic()
-        bases.ensure_base(engine, base, log_path=run_dir.logs_dir / f"base-{base.name}.log")
-        progress("base", f"{base.name}: ready ({time.monotonic() - started:.1f}s)")
+def image_tags(plan: Plan) -> dict[str, str]:
+    """The tag each environment's image has or will have; nothing is built."""
+    return {env.id: images.planned_tag(env, plan) for env in plan.environments}
 
 
 def build_images(
     engine: Engine, plan: Plan, run_dir: RunDir, progress: Progress, *, rebuild: bool
-) -> dict[str, Any]:
+) -> dict[str, images.BuildOutcome]:
+    """Bases first, then every environment image, built or reused by content hash."""
     progress("build", f"{len(plan.environments)} environment image(s)")
-    built = images.ensure_images(
-        engine, plan, run_dir=run_dir.path, rebuild=rebuild, progress=progress
-    )
-    return built
+    return images.ensure_images(engine, plan, run_dir=run_dir.path, rebuild=rebuild,
+                                progress=progress)
 
 
 def run_cells(

@@ -478,7 +478,7 @@ def select(cells: Sequence[Cell], only: Sequence[str] | None,
     def hit(cell: Cell, globs: Sequence[str]) -> bool:
         return any(fnmatchcase(cell.id, g) or fnmatchcase(cell.environment.id, g) for g in globs)
 
-    kept = [c for c in cells if (only is None or hit(c, only)) and not hit(c, skip or ())]
+    kept = [c for c in cells if (not only or hit(c, only)) and not hit(c, skip or ())]
     if not kept:
         raise ConfigError(f"--only {list(only or [])} with --skip {list(skip or [])} leaves no "
                           "cell to run. Fix: loosen the globs.")

@@ -22,7 +22,7 @@ class Progress:
         # User-controlled names (ids, paths) pass through escape() so they are never read as markup.
         stamp = f"[dim]{self.elapsed():7.1f}s[/dim]"
         text = f"{stamp} [bold]{escape(stage):<7}[/bold] {escape(message)}"
-        self.console.print(f"[{style}]{text}[/{style}]" if style else text)
+        self.console.print(f"[{style}]{text}[/{style}]" if style else text, soft_wrap=True)
 
     def warn(self, stage: str, message: str) -> None:
         self(stage, message, style="yellow")

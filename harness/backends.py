@@ -6,6 +6,7 @@ Both offer the same small surface to `harness.child`:
 The runtime modules are imported here and nowhere else, and only when asked for.
 """
 
+import collections
 import re
 
 from harness import compat, fingerprint
@@ -95,6 +96,9 @@ class OrtBackend(object):
         names = [arg.name for arg in self.session.get_outputs()]
         return list(zip(names, raw))
 
+    def adapt_fixed(self, fixed):
+        return fixed
+
 
 class TorchBackend(object):
     """A TorchScript module (torch.jit.load) on cpu or cuda, under inference_mode/no_grad."""
@@ -151,6 +155,18 @@ class TorchBackend(object):
 
     def output_specs(self):
         return None
+
+    def adapt_fixed(self, fixed):
+        """Tensors of an --inputs file made for the ONNX twin of this model carry the ONNX
+        input names (input_ids), which TorchScript's forward() may spell differently (ids).
+        When no name matches but the counts do, feed them in file order and say so."""
+        names = [spec[0] for spec in self.input_specs()]
+        if not fixed or set(fixed) & set(names) or len(fixed) != len(names):
+            return fixed
+        pairs = list(zip(fixed, names))
+        self.notes.append("inputs file tensors fed to forward() by position: " + ", ".join(
+            "{} -> {}".format(file_name, arg) for file_name, arg in pairs))
+        return collections.OrderedDict((arg, fixed[file_name]) for file_name, arg in pairs)
 
     def active(self):
         return [self.requested]

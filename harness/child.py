@@ -13,6 +13,7 @@ from harness import backends, fingerprint, inputs, measure, modelinfo, result
 def _feeds(settings, backend):
     """(feeds, names taken from the --inputs file)."""
     fixed = inputs.load_npz(settings["inputs_file"]) if settings["inputs_file"] else {}
+    fixed = backend.adapt_fixed(fixed)
     feeds = inputs.make_inputs(backend.input_specs(), settings["seed"], settings["shapes"],
                                settings["values"], fixed)
     return feeds, set(fixed)
@@ -70,6 +71,7 @@ def run_child(settings, index):
     create_s = time.perf_counter() - t0
     _provider_block(doc, backend)
     feeds, from_file = _feeds(settings, backend)
+    doc["provider"]["notes"] = list(backend.notes)
     record, first = _measure(settings, backend, feeds)
     record = dict([("index", index), ("session_create_s", create_s)] + sorted(record.items()))
     doc["repeats"] = [record]

@@ -69,3 +69,16 @@ def test_torch_errors(scripted: Path, tmp_path: Path) -> None:
     bad = run_harness(sys.executable, ["--model", str(broken), *FAST], tmp_path)
     assert bad.code == 2 and bad.doc["reason"].startswith(
         f"torch {torch.__version__} cannot load {broken} as TorchScript")
+
+
+def test_inputs_file_with_onnx_names_is_fed_by_position(scripted: Path, tmp_path: Path) -> None:
+    """The host writes one .npz with the ONNX model's input names for both backends."""
+    feeds = {"input": np.ones((1, 16), np.float32), "input_ids": np.zeros((1, 8), np.int64)}
+    np.savez(tmp_path / "in.npz", **feeds)
+    run = run_harness(sys.executable, ["--model", str(scripted), "--inputs",
+                                       str(tmp_path / "in.npz"), "--provider",
+                                       "CPUExecutionProvider", *FAST], tmp_path)
+    assert run.code == 0, run.doc["reason"]
+    assert run.doc["provider"]["notes"] == [
+        "inputs file tensors fed to forward() by position: input -> x, input_ids -> ids"]
+    assert [i["name"] for i in run.doc["inputs"]] == ["x", "ids"]
