@@ -69,7 +69,8 @@ def in_process(model: Path, args: argparse.Namespace) -> tuple[list[float], list
     run = session.run
     for _ in range(args.warmup):
         run(None, feed)
-    harness_p50, bare_p50 = [], []
+    harness_p50: list[float] = []
+    bare_p50: list[float] = []
     for round_index in range(args.rounds):
         pair = [("harness", harness_loop), ("bare", bare_loop)]
         if round_index % 2:  # alternate which goes first

@@ -12,11 +12,13 @@ import pytest
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
 from envmatrix.report import build_report, fence, md
+from envmatrix.stats import VerdictRules
 
 BASE = f"{BASELINE}--cnn--cpu"
 CAND = f"{CANDIDATE}--cnn--cpu"
 HOSTILE_ENV = "evil|<img src=x>`rm`*x*\nnext"
 HOSTILE = f"{HOSTILE_ENV}--cnn--cpu"
+RULES = VerdictRules(n_boot=300)  # fewer resamples: same code paths, faster tests
 
 
 def _run(root: Path, parity_broken: bool = False) -> Path:
@@ -42,7 +44,7 @@ def test_fence_is_not_closed_by_backticks_inside() -> None:
 
 
 def test_report_summary_tables_and_failures(tmp_path: Path) -> None:
-    report = build_report(_run(tmp_path)).read_text()
+    report = build_report(_run(tmp_path), RULES).read_text()
     summary = report.split("## Summary", 1)[1].split("\n## ", 1)[0]
     # Truth: half the latency, so p50 about -50% with an interval around it.
     assert re.search(rf"{CANDIDATE} vs {BASELINE} \(baseline\), cnn on CPU: p50 -(4[5-9]|5[0-5])"
@@ -57,7 +59,7 @@ def test_report_summary_tables_and_failures(tmp_path: Path) -> None:
 
 
 def test_hostile_names_keep_every_table_row_intact(tmp_path: Path) -> None:
-    report = build_report(_run(tmp_path)).read_text()
+    report = build_report(_run(tmp_path), RULES).read_text()
     prose = re.sub(r"^(`{3,})[^\n]*\n.*?^\1$", "", report, flags=re.M | re.S)  # drop fences
     assert "<img" not in prose and "`rm`" not in prose and "evil" in prose
     for block in re.findall(r"(?:^\|.*\n)+", report, flags=re.M):
@@ -66,14 +68,14 @@ def test_hostile_names_keep_every_table_row_intact(tmp_path: Path) -> None:
 
 
 def test_a_parity_failure_is_headline_news(tmp_path: Path) -> None:
-    report = build_report(_run(tmp_path, parity_broken=True)).read_text()
+    report = build_report(_run(tmp_path, parity_broken=True), RULES).read_text()
     head = report.split("## Workload", 1)[0]
     assert "**Output parity failure:**" in head and "**OUTPUTS DIFFER**" in head
 
 
 def test_csv_and_json_hold_every_cell(tmp_path: Path) -> None:
     run = _run(tmp_path)
-    build_report(run)
+    build_report(run, RULES)
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert [r["cell"] for r in rows] == [BASE, CAND, HOSTILE]
     assert rows[1]["verdict"] == "faster" and rows[2]["verdict"] == "invalid"
@@ -90,9 +92,9 @@ def _outputs(run: Path) -> dict[str, bytes]:
 
 def test_two_builds_give_identical_bytes_plots_included(tmp_path: Path) -> None:
     run = _run(tmp_path)
-    build_report(run)
+    build_report(run, RULES)
     first = _outputs(run)
-    build_report(run)
+    build_report(run, RULES)
     assert _outputs(run) == first
     assert {"plots/cnn-latency.png", "plots/cnn-ratio.png", "plots/cnn-throughput.png"} <= set(
         first)
@@ -107,4 +109,4 @@ def test_a_run_without_a_plan_is_refused_clearly(tmp_path: Path) -> None:
     run = _run(tmp_path)
     (run / "matrix.resolved.yaml").unlink()
     with pytest.raises(RunDirError, match="matrix.resolved.yaml: missing"):
-        build_report(run)
+        build_report(run, RULES)
