@@ -394,7 +394,10 @@ class Engine:
 
     # -- cleaning ------------------------------------------------------------------------------
 
-    def remove_labelled_containers(self, label_filter: dict[str, str]) -> int:
+    def remove_labelled_containers(
+        self, label_filter: dict[str, str], *, keep: Callable[[dict[str, str]], bool] | None = None
+    ) -> int:
+        """Remove the containers carrying these labels, except those `keep(labels)` spares."""
         try:
             containers = self._client.containers.list(
                 all=True, filters=_label_filters(label_filter)
@@ -403,6 +406,8 @@ class Engine:
             raise _engine_error(err, "listing containers") from err
         removed = 0
         for container in containers:
+            if keep is not None and keep(dict(container.labels or {})):
+                continue
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
                 removed += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -84,9 +85,32 @@ class Launch:
 Adjust = Callable[[Cell, Launch], Launch]
 
 
+OWNER_LABEL = "envmatrix.owner"
+
+
+def owner_label() -> str:
+    """Which process on which host runs a container: the sweep spares live runs' containers."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(labels: dict[str, str]) -> bool:
+    host, _, pid = labels.get(OWNER_LABEL, "").rpartition(":")
+    if not pid.isdigit():
+        return False  # no owner recorded: nothing can still be waiting for it
+    if host != socket.gethostname():
+        return True  # another host's run on a shared engine: we cannot tell, so keep it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, but another user's process
+    return True
+
+
 def sweep_leftovers(engine: Engine) -> int:
-    """Remove containers a dead run left behind (start-up); only ones we labelled."""
-    return engine.remove_labelled_containers(dict(MANAGED))
+    """Remove containers a dead run left behind (start-up); never those of a live run."""
+    return engine.remove_labelled_containers(dict(MANAGED), keep=_owner_alive)
 
 
 def harness_command(
@@ -148,7 +172,8 @@ def cell_spec(
             (str(run_dir.inputs_dir.resolve()), str(INPUTS_MOUNT), True),
             (str(run_dir.scratch(cell.id).resolve()), str(OUT_MOUNT), False),
         ],
-        labels={**MANAGED, "envmatrix.run": run_dir.run_id, "envmatrix.cell": cell.id},
+        labels={**MANAGED, "envmatrix.run": run_dir.run_id, "envmatrix.cell": cell.id,
+                OWNER_LABEL: owner_label()},
         network_disabled=True,
         read_only_root=True,
         tmpfs={"/tmp": "rw,size=256m"},

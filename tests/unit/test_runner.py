@@ -7,6 +7,7 @@ The real engine and harness are exercised in tests/integration/test_runner*.py; 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -247,12 +248,32 @@ def test_sweep_asks_only_for_containers_envmatrix_labelled() -> None:
     asked: list[dict[str, str]] = []
 
     class Sweeping:
-        def remove_labelled_containers(self, labels: dict[str, str]) -> int:
+        def remove_labelled_containers(self, labels: dict[str, str], *, keep: Any) -> int:
             asked.append(labels)
             return 2
 
     assert runner.sweep_leftovers(Sweeping()) == 2  # type: ignore[arg-type]
     assert asked == [{"envmatrix.managed": "true"}]
+
+
+def test_sweep_spares_containers_of_live_runs() -> None:
+    """A second run must never remove the containers of a run still going on."""
+    kept: list[dict[str, str]] = []
+
+    class Sweeping:
+        def remove_labelled_containers(self, labels: dict[str, str], *, keep: Any) -> int:
+            candidates = [
+                {runner.OWNER_LABEL: runner.owner_label()},  # this very process: alive
+                {runner.OWNER_LABEL: f"{socket.gethostname()}:999999999"},  # no such pid
+                {},  # no owner recorded
+                {runner.OWNER_LABEL: "another-host.invalid:1"},  # can't tell: keep
+            ]
+            kept.extend(c for c in candidates if keep(c))
+            return len(candidates) - len(kept)
+
+    assert runner.sweep_leftovers(Sweeping()) == 2  # type: ignore[arg-type]
+    assert kept == [{runner.OWNER_LABEL: runner.owner_label()},
+                    {runner.OWNER_LABEL: "another-host.invalid:1"}]
 
 
 def test_torch_workloads_get_the_torchscript_file(tmp_path: Path, run_dir: RunDir) -> None:

@@ -1,0 +1,439 @@
+"""What a valid matrix.yaml is (schema version 1): pydantic models, strict grammars, our words.
+
+The models check shape and grammar only: every free-form string field is matched with
+`re.fullmatch` against an allow-list in `GRAMMARS` (the JSON schema carries the same patterns),
+and unknown keys are errors with a "did you mean" hint. Cross-checks that need several parts of
+the file at once (bases, python sources, ids, runtimes, files) live in `envmatrix.config`.
+`validate` turns pydantic's errors into `Problem`s in our words, so raw pydantic text never
+reaches users. Nothing here reads files: `envmatrix.yamlsrc` reads the YAML.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, core_schema
+
+from envmatrix import plan as planlib
+from envmatrix.model import PROVIDER_NAMES, Measure
+from envmatrix.plan import KeyPath, Problem, kind_of, show
+
+SCHEMA_VERSION = 1
+REFERENCE = "docs/matrix-reference.md"
+DEFAULT_TEMPLATE = "default.Dockerfile.j2"
+RESERVED_ENV = ("PATH", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
+
+
+# -- grammars (checked with re.fullmatch, so a trailing newline never slips through) ----------
+
+_ALNUM = r"[a-z0-9]+"
+_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]{{1,5}})?"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+
+GRAMMARS: dict[str, str] = {
+    "id": r"[a-z0-9]+(?:[._-][a-z0-9]+)*",
+    "package": r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?",
+    "version": (r"[0-9]+(?:\.[0-9]+)*(?:[a-z]+[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
+                r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?"),
+    "env_name": r"[A-Z_][A-Z0-9_]*",
+    "env_value": r"[A-Za-z0-9 _.,:/=+@%-]*",
+    "image": (rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+              rf"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@{_DIGEST})?"),
+    "suite": r"[a-z][a-z0-9-]{1,30}",
+    "mirror": r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%+/-]*)?",
+    "index_url": r"(?:https?|file)://[A-Za-z0-9._~%+/:@=-]+",
+    "python": r"system|3\.[0-9]{1,2}",
+    "cuda": r"[0-9]{1,2}(?:\.[0-9]{1,3}){0,2}",
+    "provider": "|".join(PROVIDER_NAMES) + r"|[A-Za-z]+ExecutionProvider",
+    "option_key": r"[A-Za-z_][A-Za-z0-9_]*",
+    "option_value": r"[A-Za-z0-9 _.,:/=+@%-]*",
+    "input_name": r"[A-Za-z0-9_.:/-]+",
+    "value": r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|true|false",
+    "template": r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    "cpuset": r"[0-9]{1,4}(?:-[0-9]{1,4})?(?:,[0-9]{1,4}(?:-[0-9]{1,4})?)*",
+    "memory": r"[1-9][0-9]{0,12}[bkmg]?",
+    # Free text and paths: anything printable; no control or bidirectional-override characters.
+    "text": "[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*",
+}
+
+
+def _custom(message: str, fix: str) -> PydanticCustomError:
+    return PydanticCustomError("envmatrix", "{message}", {"message": message, "fix": fix})
+
+
+@dataclass(frozen=True)
+class _Grammar:
+    """Annotation for str fields: checked against GRAMMARS[name]; the JSON schema says the same."""
+
+    name: str
+    what: str
+    example: str
+    max_len: int = 200
+
+    def check(self, value: str) -> str:
+        if len(value) > self.max_len:
+            raise _custom(f"{show(value)} is longer than {self.max_len} characters.",
+                          f"write {self.what} like {self.example}.")
+        if not re.fullmatch(GRAMMARS[self.name], value):
+            raise _custom(f"{show(value)} is not {self.what}.",
+                          f"write {self.what} like {self.example}.")
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return {"type": "string", "pattern": f"^(?:{GRAMMARS[self.name]})$",
+                "maxLength": self.max_len, "description": self.what}
+
+
+def _no_dashes(value: str) -> str:
+    if "--" in value:
+        raise _custom(f"{show(value)} contains '--', which separates the parts of cell ids.",
+                      "use single separators, e.g. my-name.")
+    return value
+
+
+def _reserved_env(value: str) -> str:
+    if value in RESERVED_ENV or value.startswith("ENVMATRIX_"):
+        raise _custom(f"{value} is set by envmatrix itself.",
+                      f"choose another name (reserved: {', '.join(RESERVED_ENV)}, ENVMATRIX_*).")
+    return value
+
+
+def _short_provider(value: str) -> str:
+    """Full names of known providers become their short names: one spelling per provider."""
+    short = {full: short for short, full in PROVIDER_NAMES.items()}
+    return short.get(value, value)
+
+
+G = _Grammar  # short alias: the type aliases below read as one line each
+Slug = Annotated[str, G("id", "a slug (lower-case letters and digits joined by single . _ -)",
+                        "bookworm-ort1.20.1", 63), AfterValidator(_no_dashes)]
+PackageName = Annotated[str, G("package", "a PyPI project name", "onnxruntime", 100)]
+Version = Annotated[str, G("version", "an exact version (no ranges, URLs, spaces or operators)",
+                           '"1.20.1"', 64)]
+EnvName = Annotated[str, G("env_name", "an environment variable name", "OMP_NUM_THREADS", 128),
+                    AfterValidator(_reserved_env)]
+EnvValue = Annotated[str, G("env_value", "a value of letters, digits, spaces and _ . , : / = + @ "
+                            "% -", '"2"', 1024)]
+ImageRef = Annotated[str, G("image", "a docker image reference", "debian:bookworm", 255)]
+Suite = Annotated[str, G("suite", "a debootstrap suite name", "bookworm", 31)]
+Mirror = Annotated[str, G("mirror", "an http(s) mirror URL without spaces or quotes",
+                          "http://deb.example.org/debian", 300)]
+IndexUrl = Annotated[str, G("index_url", "an http(s) or file URL without spaces or quotes",
+                            "https://pypi.example.org/simple", 300)]
+PythonVersion = Annotated[str, G("python", '"system" or a version X.Y', '"3.10"', 6)]
+CudaVersion = Annotated[str, G("cuda", "a CUDA version", '"12.4"', 12)]
+Provider = Annotated[str, G("provider", "an execution provider (cpu, openvino, cuda, tensorrt, "
+                            "dnnl, rocm, coreml or a full XxxExecutionProvider name)",
+                            "openvino", 64), AfterValidator(_short_provider)]
+OptionKey = Annotated[str, G("option_key", "an option name", "device_type", 64)]
+OptionValue = Annotated[str, G("option_value", "an option value", "CPU", 256)]
+InputName = Annotated[str, G("input_name", "a model input name", "input_ids", 128)]
+ValueText = Annotated[str, G("value", "a number or true/false", "16000", 64)]
+TemplateName = Annotated[str, G("template", "a template file name", DEFAULT_TEMPLATE, 128)]
+Cpuset = Annotated[str, G("cpuset", "a CPU list", '"0-1"', 64)]
+MemoryText = Annotated[str, G("memory", "a memory size with an optional unit b, k, m or g",
+                              '"4g"', 16)]
+Text = Annotated[str, G("text", "one line of printable text", '"2021 stack"', 300)]
+PathText = Annotated[str, G("text", "a file path", "models/net.onnx", 4096), Field(min_length=1)]
+
+
+# -- models of matrix.yaml ------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors with a "did you mean" hint, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError("envmatrix_key", "unknown key", {
+                        "key": str(key), "known": sorted(cls.model_fields)})
+        return data
+
+
+class BootstrapSpec(_Strict):
+    suite: Suite
+    mirror: Optional[Mirror] = None
+    variant: Literal["minbase", "buildd"] = "minbase"
+
+
+class BaseSpec(_Strict):
+    image: ImageRef
+    family: Optional[Literal["debian", "ubuntu"]] = Field(
+        default=None, description="default: ubuntu when the image reference contains 'ubuntu'")
+    bootstrap: Optional[BootstrapSpec] = None
+    python_source: Literal["system", "image", "deadsnakes"] = "system"
+    cuda: Optional[CudaVersion] = None
+
+    @property
+    def resolved_family(self) -> str:
+        return self.family or ("ubuntu" if "ubuntu" in self.image.lower() else "debian")
+
+
+def _normalized_packages(value: dict[str, str]) -> dict[str, str]:
+    """PEP 503 names; two spellings of one package would otherwise silently collapse."""
+    out: dict[str, str] = {}
+    for name, version in value.items():
+        norm = planlib.normalize_package(name)
+        if norm in out:
+            raise _custom(f"package {norm!r} is pinned twice (spelled differently).",
+                          "keep one pin per package.")
+        out[norm] = version
+    return out
+
+
+Packages = Annotated[dict[PackageName, Version], AfterValidator(_normalized_packages)]
+ProviderOptions = dict[Provider, dict[OptionKey, OptionValue]]
+
+
+class _EnvironmentFields(_Strict):
+    python: PythonVersion = "system"
+    packages: Packages = {}
+    providers: Annotated[list[Provider], Field(min_length=1)] = ["cpu"]
+    env: dict[EnvName, EnvValue] = {}
+    provider_options: ProviderOptions = {}
+    description: Text = ""
+    template: TemplateName = DEFAULT_TEMPLATE
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_providers(cls, value: list[str]) -> list[str]:
+        repeated = sorted({p for p in value if value.count(p) > 1})
+        if repeated:
+            raise _custom(f"provider {repeated[0]!r} is listed twice.", "list it once.")
+        return value
+
+    @model_validator(mode="after")
+    def _options_for_listed_providers(self) -> "_EnvironmentFields":
+        for provider in self.provider_options:
+            if provider not in self.providers:
+                raise _custom(f"provider_options names {provider!r}, which is not in providers "
+                              f"{self.providers}.", f"add {provider!r} to providers, or remove "
+                              "its options.")
+        return self
+
+
+class EnvironmentSpec(_EnvironmentFields):
+    """One environment, as written or as one matrix combination."""
+
+    id: Optional[Slug] = None
+    base: Slug
+
+
+class MatrixEntrySpec(_Strict):
+    """An entry with `matrix:`; the other keys are shared by every combination."""
+
+    matrix: dict[str, Any] = Field(json_schema_extra={
+        "description": "axes (base, python, providers, a runtime package name or "
+                       "packages.<name>) mapping to lists, plus optional include and exclude",
+        "properties": {"include": {"type": "array", "items": {"type": "object"}},
+                       "exclude": {"type": "array", "items": {"type": "object"}}},
+        "additionalProperties": {"type": "array"}})
+    base: Optional[Slug] = None
+    python: Optional[PythonVersion] = None
+    packages: Packages = {}
+    providers: Optional[Annotated[list[Provider], Field(min_length=1)]] = None
+    env: dict[EnvName, EnvValue] = {}
+    provider_options: ProviderOptions = {}
+    description: Optional[Text] = None
+    template: Optional[TemplateName] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "id" in data:
+            raise PydanticCustomError("envmatrix_key", "unknown key", {
+                "key": "id", "known": sorted(cls.model_fields),
+                "why": "a matrix entry makes several environments, so it cannot carry one id",
+                "fix": "name one combination with an include entry that sets id:"})
+        return data
+
+
+def _entry_kind(value: Any) -> str:
+    return "matrix" if isinstance(value, dict) and "matrix" in value else "single"
+
+
+EnvironmentEntry = Annotated[
+    Union[Annotated[EnvironmentSpec, Tag("single")], Annotated[MatrixEntrySpec, Tag("matrix")]],
+    Discriminator(_entry_kind),
+]
+
+
+class WorkloadSpec(_Strict):
+    model: Annotated[PathText, Field(description="zoo:<name> or a path to an .onnx/.pt file")]
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    shapes: dict[InputName, list[Annotated[int, Field(ge=1, le=1_000_000)]]] = {}
+    values: dict[InputName, ValueText] = {}
+    inputs: Optional[PathText] = None
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    description: Text = ""
+
+
+_MEASURE = Measure()
+
+
+class MeasureSpec(_Strict):
+    warmup: Annotated[int, Field(ge=0, le=100_000)] = _MEASURE.warmup
+    min_iterations: Annotated[int, Field(ge=1, le=10_000_000)] = _MEASURE.min_iterations
+    min_time_s: Annotated[float, Field(gt=0, le=3600)] = _MEASURE.min_time_s
+    repeats: Annotated[int, Field(ge=1, le=100)] = _MEASURE.repeats
+    threads: Optional[Annotated[int, Field(ge=1, le=1024)]] = _MEASURE.threads
+    cpuset: Optional[Cpuset] = _MEASURE.cpuset
+    timeout_s: Annotated[float, Field(gt=0, le=86_400)] = _MEASURE.timeout_s
+    build_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = _MEASURE.build_timeout_s
+    memory_limit: MemoryText = _MEASURE.memory_limit
+    pids_limit: Annotated[int, Field(ge=16, le=1_000_000)] = _MEASURE.pids_limit
+
+
+class BuildSpec(_Strict):
+    ca_bundle: Optional[PathText] = Field(
+        default="auto", description="auto: the host's PIP_CERT, SSL_CERT_FILE, "
+        "REQUESTS_CA_BUNDLE or pip's cert setting; null: none; else a PEM file")
+    wheelhouse: Optional[PathText] = None
+    pip_index_url: Optional[IndexUrl] = None
+    template_dir: Optional[PathText] = None
+    offline: bool = False
+
+
+class ModelExportSpec(_Strict):
+    ir_version: Annotated[int, Field(ge=3, le=11)] = 7
+    opset: Annotated[int, Field(ge=11, le=25)] = 11
+
+
+def _version_one(value: int) -> int:
+    if value != SCHEMA_VERSION:
+        raise _custom(f"this envmatrix reads matrix version {SCHEMA_VERSION}, not {value}.",
+                      f"write version: {SCHEMA_VERSION} and follow {REFERENCE}.")
+    return value
+
+
+class MatrixFile(_Strict):
+    """The whole matrix.yaml."""
+
+    version: Annotated[int, AfterValidator(_version_one), WithJsonSchema({"const": 1})]
+    bases: Annotated[dict[Slug, BaseSpec], Field(min_length=1)]
+    environments: Annotated[list[EnvironmentEntry], Field(min_length=1)]
+    workloads: Annotated[dict[Slug, WorkloadSpec], Field(min_length=1)]
+    measure: MeasureSpec = MeasureSpec()
+    baseline: Optional[Slug] = None
+    build: BuildSpec = BuildSpec()
+    model_export: ModelExportSpec = ModelExportSpec()
+    model_dirs: list[PathText] = []
+
+
+# -- turning pydantic errors into problems --------------------------------------------------
+
+
+_MISSING_EXAMPLES = {
+    "version": "version: 1",
+    "bases": "bases: {bookworm: {image: debian:bookworm}}",
+    "environments": "environments: [{base: bookworm, packages: {onnxruntime: \"1.20.1\"}}]",
+    "workloads": "workloads: {cnn: {model: zoo:cnn}}",
+    "base": "base: <a name under bases:>",
+    "image": "image: debian:bookworm",
+    "model": "model: zoo:cnn",
+    "suite": "suite: bookworm",
+}
+
+_TYPE_MESSAGES: dict[str, tuple[str, str]] = {
+    "model_type": ("expected a mapping of key: value pairs, got {kind}.",
+                   "write `key: value` lines under it."),
+    "model_attributes_type": ("expected a mapping of key: value pairs, got {kind}.",
+                              "write `key: value` lines under it."),
+    "dict_type": ("expected a mapping of key: value pairs, got {kind}.",
+                  "write `key: value` lines under it."),
+    "list_type": ("expected a list, got {kind}.", "write a YAML list, e.g. [a, b]."),
+    "string_type": ("expected one text value, got {kind}.", "write a single value."),
+    "int_parsing": ("expected a whole number, got {kind}.", "write a number like 5."),
+    "int_type": ("expected a whole number, got {kind}.", "write a number like 5."),
+    "int_from_float": ("expected a whole number, got {kind}.", "write a number like 5."),
+    "float_parsing": ("expected a number, got {kind}.", "write a number like 2.5."),
+    "float_type": ("expected a number, got {kind}.", "write a number like 2.5."),
+    "finite_number": ("expected a finite number, got {kind}.", "write a number like 2.5."),
+    "bool_parsing": ("expected true or false, got {kind}.", "write true or false."),
+    "bool_type": ("expected true or false, got {kind}.", "write true or false."),
+    "greater_than_equal": ("{value} is too small: it must be at least {ge}.",
+                           "use a value >= {ge}."),
+    "greater_than": ("{value} is too small: it must be more than {gt}.",
+                     "use a value > {gt}."),
+    "less_than_equal": ("{value} is too large: it must be at most {le}.",
+                        "use a value <= {le}."),
+    "less_than": ("{value} is too large: it must be less than {lt}.", "use a value < {lt}."),
+    "too_short": ("needs at least {min_length} entry, got none.",
+                  "add at least {min_length} entry."),
+    "too_long": ("has more than {max_length} characters or entries.",
+                 "shorten it to {max_length}."),
+}
+
+
+def _problem_from_error(err: Any, root: KeyPath = ()) -> Problem:
+    """One pydantic error dict -> a Problem in our words (no raw pydantic text)."""
+    loc = tuple(part for i, part in enumerate(err["loc"])
+                if not (i == 2 and err["loc"][0] == "environments" and part in ("single",
+                                                                               "matrix")))
+    path, kind, ctx = (*root, *loc), err["type"], err.get("ctx") or {}
+    if path and path[-1] == "[key]":  # a bad mapping key: point at the key itself
+        path = path[:-1]
+        return Problem(path, f"key {path[-1]!r}: {ctx.get('message', err['msg'])}",
+                       ctx.get("fix", f"see {REFERENCE}."), at_key=True)
+    if kind == "envmatrix":
+        return Problem(path, ctx["message"], ctx["fix"])
+    if kind in ("envmatrix_key", "extra_forbidden"):
+        key = ctx.get("key", path[-1] if path else "?")
+        path = (*path, key) if kind == "envmatrix_key" else path
+        known = ctx.get("known", [])
+        why = ctx.get("why", f"unknown key {key!r}{planlib.did_you_mean(key, known)}")
+        fix = ctx.get("fix", f"remove it or use one of: {', '.join(known)}.")
+        return Problem(path, why + ".", fix, at_key=True)
+    if kind == "missing":
+        example = _MISSING_EXAMPLES.get(str(path[-1]), f"{path[-1]}: ...")
+        return Problem(path[:-1], f"required key {path[-1]!r} is missing.",
+                       f"add `{example}` (see {REFERENCE}).")
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        choices = re.findall(r"'([^']*)'", expected)
+        hint = planlib.did_you_mean(str(err["input"]), choices)
+        return Problem(path, f"{show(err['input'])} is not allowed here{hint}.",
+                       f"use one of {expected}.")
+    template = _TYPE_MESSAGES.get(kind)
+    if template:
+        shown = err["input"] if isinstance(err["input"], (int, float)) else show(err["input"])
+        if kind.startswith(("greater", "less")):
+            shown = str(err["input"])[:40]  # a number's text, as written
+        values = {"kind": kind_of(err["input"]), "value": shown, **ctx}
+        return Problem(path, template[0].format(**values), template[1].format(**values))
+    return Problem(path, f"invalid value {show(err.get('input'))}.", f"see {REFERENCE}.")
+
+
+def validate(model: type[BaseModel], data: Any, root: KeyPath = ()) -> Any:
+    """Validate or raise PlanError with every problem found, each in our words."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise planlib.PlanError(_problem_from_error(e, root) for e in err.errors()) from None
