@@ -100,14 +100,17 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
     plan = config.load_plan(args.matrix, only=args.only, skip=args.skip)
     progress("plan", f"{len(plan.environments)} environments, {len(plan.cells)} cells "
                      f"from {args.matrix}")
-    engine = Engine.connect()
-    swept = pipeline.runner.sweep_leftovers(engine)
-    if swept:
-        progress.warn("sweep", f"removed {swept} container(s) left by an earlier run")
+    # Template and model problems are matrix errors too (exit 2): find them before any engine
+    # contact, and template ones before a run directory exists.
+    pipeline.check_templates(plan)
     run_dir = _open_or_create(args)
     progress("run", f"run directory {run_dir.path}")
     pipeline.write_resolved(plan, run_dir)
     prepared = pipeline.prepare_workloads(plan, run_dir, progress)
+    engine = Engine.connect()
+    swept = pipeline.runner.sweep_leftovers(engine)
+    if swept:
+        progress.warn("sweep", f"removed {swept} container(s) left by an earlier run")
     built = pipeline.build_images(engine, plan, run_dir, progress, rebuild=args.rebuild)
     pipeline.write_resolved(plan, run_dir, built)
     if args.command == "build":
@@ -140,6 +143,7 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
 
 def cmd_render(args: argparse.Namespace, progress: Progress) -> int:
     plan = config.load_plan(_matrix_path(args), only=args.only, skip=args.skip)
+    pipeline.check_templates(plan)  # no half-filled run directory on a template error
     run_dir = create_run_dir(REPORTS_ROOT, out=args.out)
     pipeline.render_all(plan, run_dir, progress)
     print(f"Dockerfiles: {run_dir.dockerfiles_dir}")

@@ -347,6 +347,9 @@ class _Builder:
                                  "environment uses them. Fix: remove them or use them.")
 
 
+# -- the CA bundle builds hand to pip -------------------------------------------------------
+
+
 @functools.lru_cache(maxsize=1)
 def _pip_config_cert() -> Optional[str]:
     """The `cert` that the host's pip is configured with, if any (asked of pip itself)."""

@@ -90,7 +90,7 @@ class Measure:
     warmup: int = 10  # untimed iterations after the first inference
     min_iterations: int = 50
     min_time_s: float = 2.0
-    repeats: int = 5  # fresh processes per cell
+    repeats: int = 10  # fresh processes per cell: 10 detect a 5% change at 3% CV (sensitivity.py)
     threads: int | None = None  # intra-op threads; None = runtime default
     cpuset: str | None = None  # e.g. "0" or "0-1": CPU pinning of the container
     timeout_s: float = 600.0  # per cell, enforced on the host

@@ -49,6 +49,12 @@ def prepare_workloads(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[s
     return prepared
 
 
+def check_templates(plan: Plan) -> None:
+    """Render every Dockerfile in memory once: raises ConfigError on a template problem."""
+    for env in plan.environments:
+        render.render_dockerfile(env, plan)
+
+
 def render_all(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, str]:
     """Render every environment's Dockerfile into the run directory; returns the image tags."""
     tags = {}

@@ -445,18 +445,23 @@ def docker_run_command(data: RunData, cell: Mapping[str, Any]) -> list[str]:
         argv += ["--cpuset-cpus", str(cpuset)]
     argv += ["-e", "HOME=/tmp", "-e", f"ENVMATRIX_IMAGE_ID={host.get('image_id') or ''}",
              "-w", runner.HARNESS_HOME,
-             "-v", f"{data.run_dir.path.resolve() / 'inputs'}:{runner.INPUTS_MOUNT}:ro",
-             "-v", f"{data.run_dir.path.resolve() / 'scratch' / str(cell['id'])}:"
-                   f"{runner.OUT_MOUNT}",
+             # Relative to the run directory, so the report holds no path of this machine.
+             "-v", f"$PWD/inputs:{runner.INPUTS_MOUNT}:ro",
+             "-v", f"$PWD/scratch/{cell['id']}:{runner.OUT_MOUNT}",
              str(host.get("image_id") or host.get("image_tag"))]
     return argv + [str(a) for a in host.get("command") or []]
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """shlex.join, except that "$PWD/..." stays expandable by the shell."""
+    return " ".join(f'"{a}"' if a.startswith("$PWD/") else shlex.quote(a) for a in argv)
 
 
 def section_reproduce(data: RunData) -> str:
     lines = ["## How to reproduce", "",
              "Rebuild and measure one environment with the same matrix, or rerun one cell's "
-             "container by hand (the same flags as the runner; the scratch folder must exist "
-             "and be writable by uid 65534).", ""]
+             "container by hand from inside the run directory (the same flags as the runner; "
+             "first `mkdir -p scratch/<cell> && chmod 777 scratch/<cell>`).", ""]
     source = str(data.plan.get("source") or "matrix.yaml")
     for env in data.plan.get("environments") or []:
         cell = next((c for c in data.cells if c["environment"] == env["id"]), None)
@@ -465,7 +470,7 @@ def section_reproduce(data: RunData) -> str:
         host = (data.results.get(str(cell["id"])) or {}).get("host") or {} if cell else {}
         if cell is not None and host.get("image_id") and host.get("command"):
             body += ["", f"Cell {md(cell['id'])}:", "",
-                     fence(shlex.join(docker_run_command(data, cell)), "sh")]
+                     fence(shell_join(docker_run_command(data, cell)), "sh")]
         lines += body + [""]
     return "\n".join(lines).rstrip()
 

@@ -55,7 +55,11 @@ _PLAIN_TAGS = {_STANDARD_TAG + t for t in
 
 def read_with_lines(path: Path) -> Doc:
     """Compose (never construct) the YAML, then walk the nodes into plain data with lines."""
-    loader = yaml.SafeLoader(_read_text(path))
+    text = _read_text(path)
+    try:
+        loader = yaml.SafeLoader(text)  # checks every character before parsing starts
+    except yaml.reader.ReaderError as err:
+        raise _character_error(path, text, err) from None
     try:
         node = loader.get_single_node()
         doc = Doc()
@@ -79,6 +83,15 @@ def _read_text(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read the matrix file ({err}). "
                           "Fix: give a readable UTF-8 text file.") from None
+
+
+def _character_error(path: Path, text: str, err: yaml.reader.ReaderError) -> ConfigError:
+    """A control or other non-printable character: YAML refuses it, so do we, with its line."""
+    line = text.count("\n", 0, err.position) + 1
+    column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+    return ConfigError(f"{path}:{line}:{column}: character #x{err.character:04x} is not allowed "
+                       "in YAML (control and other non-printable characters are refused).\n"
+                       "  Fix: delete it; a matrix file holds printable text only.")
 
 
 def _syntax_error(path: Path, err: yaml.MarkedYAMLError) -> ConfigError:

@@ -94,6 +94,7 @@ def _reference_lines() -> set[str]:
         (Base("b", "ubuntu:20.04", "ubuntu"), "system"),
         (Base("b", "ubuntu:20.04", "ubuntu", python_source="deadsnakes"), "3.8"),
         (Base("b", "python:3.8", "debian", python_source="image"), "3.8"),
+        (Base("b", "python:3.8", "debian", python_source="image"), "system"),
     ]:
         env = Environment("ref", base, python, (("numpy", "1.0"),), ("cpu",))
         lines.update(render_dockerfile(env, PLAN).split("\n"))
