@@ -1,7 +1,8 @@
 """`python -m envmatrix COMMAND`: what the nox sessions call.
 
-Exit codes: 0 all cells ok; 10 the run finished but some cells failed; 2 bad matrix.yaml;
-3 engine problem; 4 base image; 5 build; 6 run directory; 130 interrupted.
+Exit codes: 0 all cells ok; 10 the run finished but some cells failed; 2 bad matrix.yaml or
+arguments; 3 engine problem; 4 base image; 5 build; 6 run directory; 7 compare: the runs were
+measured on different hardware; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from envmatrix import __version__, config, images, pipeline
-from envmatrix.errors import BuildError, CellsFailed, EnvmatrixError
+from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError
 from envmatrix.progress import Progress
 from envmatrix.rundir import RunDir, create_run_dir, open_run_dir
 
@@ -65,10 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     compare_p.add_argument("--out", type=Path, default=None, metavar="FILE")
     compare_p.add_argument("--allow-different-hardware", action="store_true",
                            help="compare runs whose CPUs differ (flagged in the report)")
+    compare_p.add_argument("--map", action="append", default=[], type=_env_pair,
+                           metavar="ENV_A=ENV_B", dest="mapping",
+                           help="match environment ENV_A of run A with ENV_B of run B "
+                                "(repeatable); other environments match by name")
     clean_p = sub.add_parser("clean", help="remove the containers and images envmatrix made")
     clean_p.add_argument("--bases", action="store_true",
                          help="also remove base images that envmatrix bootstrapped")
     return parser
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    """`--map ENV_A=ENV_B` -> (ENV_A, ENV_B); argparse turns the error into a usage message."""
+    env_a, sep, env_b = text.partition("=")
+    if not (sep and env_a.strip() and env_b.strip()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not ENV_A=ENV_B: give an environment id of run A, '=', and the "
+            "environment id of run B it should be compared with")
+    return env_a.strip(), env_b.strip()
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -170,11 +185,16 @@ def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
-    from envmatrix.compare import compare_runs
+    from envmatrix.compare import compare
 
-    out = compare_runs(args.run_a, args.run_b, args.out,
-                       allow_different_hardware=args.allow_different_hardware)
-    print(f"Comparison: {out}")
+    mapping = dict(args.mapping)
+    if len(mapping) < len(args.mapping):
+        raise ConfigError("--map names an environment of run A twice: give each ENV_A once.")
+    result = compare(args.run_a, args.run_b, args.out, mapping=mapping or None,
+                     allow_different_hardware=args.allow_different_hardware)
+    for pair in result.parity_failures:
+        progress.warn("parity", f"{pair.b} (B) computes different outputs from {pair.a} (A)")
+    print(f"Comparison: {result.path}")
     return 0
 
 

@@ -270,7 +270,8 @@ class Engine:
                 stream.log_tail(),
             )
         if stream.error is not None:
-            raise BuildError(self._build_error_message(tag, stream.error, log_path),
+            raise BuildError(self._build_error_message(tag, stream.error, log_path,
+                                                       stream.log_tail()),
                              stream.log_tail())
         image_id = self.image_id(tag)
         if image_id is None:
@@ -278,8 +279,13 @@ class Engine:
                              stream.log_tail())
         return image_id
 
-    def _build_error_message(self, tag: str, error: str, log_path: Path) -> str:
-        message = f"Build of {tag} failed: {error}. Full log: {log_path}."
+    def _build_error_message(self, tag: str, error: str, log_path: Path,
+                             log_tail: str = "") -> str:
+        # The builder's error repeats the whole failed RUN line; the tool's own last "ERROR:"
+        # line (pip's "No matching distribution found for ...") says what went wrong.
+        cause = next((line.strip() for line in reversed(log_tail.splitlines())
+                      if line.strip().startswith(("ERROR:", "E: "))), error)
+        message = f"Build of {tag} failed: {cause}. Full log: {log_path}."
         if "no space left on device" in error.lower():
             hint = self.disk_free_hint() or ""
             message += (f" The engine is out of disk{' (' + hint + ')' if hint else ''}: run "

@@ -43,6 +43,12 @@ class RunDirError(EnvmatrixError):
     exit_code = 6
 
 
+class DifferentHardwareError(EnvmatrixError):
+    """Two runs were measured on different CPUs; their timings do not compare."""
+
+    exit_code = 7
+
+
 class CellsFailed(EnvmatrixError):
     """The run finished but some cells did not produce numbers."""
 

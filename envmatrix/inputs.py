@@ -348,9 +348,10 @@ def _load_onnx(path: Path, what: str) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except FileNotFoundError as err:
-        raise ConfigError(f"{what}: file not found; fix the path") from err
+        raise ConfigError(f"{what}: file not found. Fix: correct the path") from err
     except Exception as err:  # protobuf's DecodeError and friends: not an ONNX file
-        raise ConfigError(f"{what}: cannot be read as an ONNX model ({err})") from err
+        raise ConfigError(f"{what}: cannot be read as an ONNX model ({err}). Fix: point `model:` "
+                          "at an .onnx file (export it with torch.onnx.export or tf2onnx)") from err
 
 
 def _copy(source: Path, target: Path) -> None:

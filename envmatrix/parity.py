@@ -155,8 +155,13 @@ def load_outputs(path: Path) -> dict[str, np.ndarray]:
 
 def cell_parity(run_dir: Path, base_cell: str, cand_cell: str) -> CellParity:
     """Parity of two cells of a run directory from their `outputs/<cell>.npz` files."""
-    base_path = run_dir / "outputs" / f"{base_cell}.npz"
-    cand_path = run_dir / "outputs" / f"{cand_cell}.npz"
+    return files_parity(base_cell, run_dir / "outputs" / f"{base_cell}.npz",
+                        cand_cell, run_dir / "outputs" / f"{cand_cell}.npz")
+
+
+def files_parity(base_cell: str, base_path: Path, cand_cell: str, cand_path: Path
+                 ) -> CellParity:
+    """Parity of two cells from their outputs .npz files, wherever they are (two runs)."""
     missing = [p.name for p in (base_path, cand_path) if not p.is_file()]
     if missing:
         return CellParity(base_cell, cand_cell, "missing", f"no outputs/{', '.join(missing)}")

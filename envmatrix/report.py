@@ -75,7 +75,7 @@ class RunData:
 
 
 def read_plan(run_dir: RunDir) -> dict[str, Any]:
-    """The resolved plan of a run (YAML is read in config.py only)."""
+    """The resolved plan of a run (read through config, whose yamlsrc alone parses YAML)."""
     return config.read_resolved(run_dir.resolved_path)
 
 

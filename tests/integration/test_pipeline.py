@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import envmatrix
-from envmatrix import config
+from envmatrix import config, pipeline
 from envmatrix.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -149,7 +149,7 @@ def test_done_line_accounts_for_the_wall_time(first_run: CliRun) -> None:
     ok, total, wall, inside, overhead = first_run.done()
     assert (ok, total) == (2, 2)
     assert 0 < inside < wall <= first_run.seconds
-    assert overhead == pytest.approx(wall - inside, abs=0.11)
+    assert overhead == pytest.approx(wall - inside, abs=0.16)  # each rounded to 0.1 s
 
 
 def test_second_run_builds_nothing(second_run: CliRun) -> None:
@@ -213,9 +213,7 @@ def test_bad_pin_report_lists_the_failed_cell_with_its_reason(bad_pin_run: CliRu
 
 
 def test_bad_pin_leaves_no_image_behind(bad_pin_run: CliRun, engine: Engine) -> None:
-    tag = config.load_plan(BAD_PIN).environment(BAD_ENV)
-    listed = envmatrix_cli(["list", "--matrix", str(BAD_PIN)], bad_pin_run.out.parent,
-                           bad_pin_run.out)
-    planned = re.search(rf"^{re.escape(tag.id)}\t(\S+)$", listed.stdout, re.MULTILINE)
-    assert planned, listed.stdout
-    assert engine.image_id(planned.group(1)) is None
+    assert bad_pin_run.code == 10, bad_pin_run.stderr
+    tag = pipeline.image_tags(config.load_plan(BAD_PIN))[BAD_ENV]
+    assert tag in bad_pin_run.stderr  # the tag the failed build was for
+    assert engine.image_id(tag) is None
