@@ -19,6 +19,7 @@ from typing import Any
 from envmatrix import __version__, config, images, pipeline
 from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError
 from envmatrix.progress import Progress
+from envmatrix.results import utc_now
 from envmatrix.rundir import RunDir, create_run_dir, open_run_dir
 
 REPORTS_ROOT = Path("reports")
@@ -107,8 +108,16 @@ def _matrix_path(args: argparse.Namespace) -> Path:
     return DEFAULT_MATRIX
 
 
+def _seconds_in_containers(results: list[dict[str, Any]], *, since: str) -> float:
+    """Container time of the cells measured by this invocation (not those a resume kept)."""
+    hosts = [r.get("host") or {} for r in results]
+    return sum(float(h.get("duration_s") or 0.0) for h in hosts
+               if str(h.get("started_at") or "") >= since)
+
+
 def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
     """matrix / run / build: the stages up to where the command stops."""
+    invocation_started = utc_now()
     from envmatrix.engine import Engine  # the engine is only needed by these commands
 
     args.matrix = _matrix_path(args)
@@ -140,7 +149,7 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
         progress.fail("stop", "interrupted: finished cells are kept")
         print(run_dir.resume_hint())
         return 130
-    harness_s = sum(float((r.get("host") or {}).get("duration_s") or 0.0) for r in results)
+    harness_s = _seconds_in_containers(results, since=invocation_started)
     if args.command == "matrix":
         report_path = pipeline.write_report(run_dir, progress)
     total = progress.elapsed()
