@@ -175,7 +175,10 @@ def _provider_problems(result: Mapping[str, Any]) -> list[str]:
     requested = prov.get("requested")
     active = prov.get("active") or []
     if prov.get("fallback") or (requested and active and requested not in active):
-        return [f"requested provider {requested} is not active (active: {', '.join(active)})"]
+        # The runtime's own words (e.g. "[OpenVINO] Device GPU is not available") say why.
+        why = f"; the runtime said: {prov['reason']}" if prov.get("reason") else ""
+        return [f"requested provider {requested} is not active, it fell back to "
+                f"{', '.join(active) or 'nothing'}{why}"]
     return []
 
 
