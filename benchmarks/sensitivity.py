@@ -14,7 +14,7 @@ extra work is in the model.
 
 How the trials are made: the two models are measured in fresh processes with the harness's own
 timing loop (`harness.measure.warm_up` / `timed_loop`, the default Measure settings: 10
-warm-up iterations, then at least 50 iterations and 2 s), in rounds of REPEATS baseline
+warm-up iterations, then at least 50 iterations and 1 s), in rounds of REPEATS baseline
 processes followed by REPEATS slow processes, like a run measures one cell after another.
 Measuring hundreds of full cells would take hours on 2 cores, so the trials then resample
 these recorded processes: a trial draws REPEATS processes of each side without replacement and

@@ -89,7 +89,7 @@ class Workload:
 class Measure:
     warmup: int = 10  # untimed iterations after the first inference
     min_iterations: int = 50
-    min_time_s: float = 2.0
+    min_time_s: float = 1.0  # per process; the verdicts rely on repeats, not on long loops
     repeats: int = 10  # fresh processes per cell: 10 detect a 5% change at 3% CV (sensitivity.py)
     threads: int | None = None  # intra-op threads; None = runtime default
     cpuset: str | None = None  # e.g. "0" or "0-1": CPU pinning of the container
