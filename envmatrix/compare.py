@@ -31,11 +31,11 @@ from envmatrix.report import (
     DASH,
     RunData,
     cpu_flags_diff,
-    details,
     fmt_ms,
     fmt_pct,
     load_run,
     md,
+    parity_tables,
     point_value,
     provider_name,
     table,
@@ -260,29 +260,8 @@ def section_parity(pairs: tuple[Pair, ...]) -> str:
     compared = [p for p in pairs if p.parity is not None]
     if not compared:
         return "\n".join(lines + ["No matched pair of cells had numbers on both sides."])
-    rows = []
-    for pair in compared:
-        par = pair.parity
-        assert par is not None
-        if not par.outputs:
-            rows.append([md(pair.b), DASH, None, None, None, None, None, None,
-                         f"{par.status}: {md(par.reason)}"])
-        for o in par.outputs:
-            rows.append([md(pair.b), md(o.name), md(o.dtype), _fmt_g(o.max_abs),
-                         _fmt_g(o.max_rel), None if o.cosine is None else f"{o.cosine:.6f}",
-                         f"{o.rtol:.0e}" if o.rtol else "exact",
-                         f"{o.atol:.1e}" if o.atol else "exact",
-                         "pass" if o.passed else f"**FAIL**: {md(o.reason)}"])
-    headers = ("cell in B", "output", "dtype", "max abs diff", "max rel diff", "cosine",
-               "rtol", "atol", "result")
-    lines += [table(headers, rows), ""]
-    for pair in compared:
-        for o in pair.parity.outputs if pair.parity else ():
-            if o.worst:
-                worst = table(("index", "A", "B", "abs diff"),
-                              [[str(list(w.index)), f"{w.baseline:.7g}", f"{w.candidate:.7g}",
-                                f"{w.abs_diff:.3g}"] for w in o.worst])
-                lines += [details(f"worst elements: {md(pair.b)} / {md(o.name)}", worst), ""]
+    parities = {pair.b: pair.parity for pair in compared if pair.parity is not None}
+    lines += parity_tables(parities, first_column="cell in B", sides=("A", "B"))
     return "\n".join(lines).rstrip()
 
 

@@ -338,31 +338,42 @@ def _fmt_g(x: float | None) -> str | None:
     return None if x is None else f"{x:.3g}"
 
 
+def parity_tables(parities: Mapping[str, CellParity], *, first_column: str,
+                  sides: tuple[str, str] = ("baseline", "candidate")) -> list[str]:
+    """Per output of each compared cell: differences, tolerances, result; worst elements.
+
+    Shared by the report (candidate vs baseline) and compare (run B vs run A).
+    """
+    rows = []
+    for cid, p in parities.items():
+        if not p.outputs:
+            rows.append([md(cid), DASH, None, None, None, None, None, None,
+                         f"{p.status}: {md(p.reason)}"])
+        for o in p.outputs:
+            rows.append([md(cid), md(o.name), md(o.dtype), _fmt_g(o.max_abs), _fmt_g(o.max_rel),
+                         None if o.cosine is None else f"{o.cosine:.6f}",
+                         f"{o.rtol:.0e}" if o.rtol else "exact", f"{o.atol:.1e}" if o.atol else
+                         "exact", "pass" if o.passed else f"**FAIL**: {md(o.reason)}"])
+    headers = (first_column, "output", "dtype", "max abs diff", "max rel diff", "cosine",
+               "rtol", "atol", "result")
+    lines = [table(headers, rows), ""]
+    for cid, p in parities.items():
+        for o in p.outputs:
+            if o.worst:
+                worst = table(("index", *sides, "abs diff"),
+                              [[str(list(w.index)), f"{w.baseline:.7g}", f"{w.candidate:.7g}",
+                                f"{w.abs_diff:.3g}"] for w in o.worst])
+                lines += [details(f"worst elements: {md(cid)} / {md(o.name)}", worst), ""]
+    return lines
+
+
 def section_parity(data: RunData) -> str:
     lines = ["## Output parity", "",
              "Each candidate's first-inference outputs against the baseline's, on identical "
              "inputs. Tolerances by dtype are in docs/report.md.", ""]
     if not data.parity:
         return "\n".join(lines + ["No pair of cells had outputs to compare."])
-    rows = []
-    for cid, p in data.parity.items():
-        if p.status == "missing":
-            rows.append([md(cid), DASH, None, None, None, None, None, None, md(p.reason)])
-        for o in p.outputs:
-            rows.append([md(cid), md(o.name), md(o.dtype), _fmt_g(o.max_abs), _fmt_g(o.max_rel),
-                         None if o.cosine is None else f"{o.cosine:.6f}",
-                         f"{o.rtol:.0e}" if o.rtol else "exact", f"{o.atol:.1e}" if o.atol else
-                         "exact", "pass" if o.passed else f"**FAIL**: {md(o.reason)}"])
-    headers = ("candidate", "output", "dtype", "max abs diff", "max rel diff", "cosine",
-               "rtol", "atol", "result")
-    lines += [table(headers, rows), ""]
-    for cid, p in data.parity.items():
-        for o in p.outputs:
-            if o.worst:
-                worst = table(("index", "baseline", "candidate", "abs diff"),
-                              [[str(list(w.index)), f"{w.baseline:.7g}", f"{w.candidate:.7g}",
-                                f"{w.abs_diff:.3g}"] for w in o.worst])
-                lines += [details(f"worst elements: {md(cid)} / {md(o.name)}", worst), ""]
+    lines += parity_tables(data.parity, first_column="candidate")
     return "\n".join(lines).rstrip()
 
 
