@@ -1,5 +1,6 @@
 """The result document (schema envmatrix.result/1, docs/result-schema.md) and its atomic write."""
 
+import contextlib
 import datetime
 import json
 import os
@@ -58,19 +59,20 @@ def set_error(result, reason, status="error", traceback_text=None):
     return result
 
 
-def write_atomic(path, text):
-    """Write `text` to `path` so that readers see the old file or the whole new one.
+@contextlib.contextmanager
+def _atomic_stream(path, mode, suffix):
+    """A stream to a temporary file beside `path`, renamed over it once complete.
 
-    A temporary file in the same folder (same file system, so os.replace is atomic), flushed
-    and fsynced before the rename.
+    Same folder, so os.replace is atomic: readers see the old file or the whole new one.
+    The data is flushed and fsynced before the rename; on any failure the temporary goes.
     """
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         os.makedirs(folder)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, mode) as stream:
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp_path, path)
@@ -78,6 +80,11 @@ def write_atomic(path, text):
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
+
+
+def write_atomic(path, text):
+    with _atomic_stream(path, "w", ".part") as stream:
+        stream.write(text)
 
 
 def write_result(path, result):
@@ -87,17 +94,5 @@ def write_result(path, result):
 def save_npz_atomic(path, arrays):
     """np.savez to a temporary file beside `path`, then rename (parity outputs)."""
     import numpy as np
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        os.makedirs(folder)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
+    with _atomic_stream(path, "wb", ".npz") as stream:
+        np.savez(stream, **arrays)
