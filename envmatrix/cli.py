@@ -227,6 +227,9 @@ COMMANDS: dict[str, Any] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Ctrl-C and SIGTERM both take the interrupt path (containers removed, results kept), also
+    # when a script started us in the background with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     progress = Progress()
     started = time.monotonic()

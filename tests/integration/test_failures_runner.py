@@ -143,10 +143,14 @@ def test_each_failure_gets_its_status_and_the_ok_cell_stays_ok(
 
 @pytest.fixture
 def interrupt_later() -> Iterator[list[threading.Timer]]:
+    # A process started in the background by a script inherits SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt: make Ctrl-C mean KeyboardInterrupt here, as the CLI does.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timers: list[threading.Timer] = []
     yield timers
     for timer in timers:
         timer.cancel()
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_interrupt_leaves_nothing_running_and_resume_completes(
