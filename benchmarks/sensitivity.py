@@ -1,30 +1,34 @@
 """How sensitive is the verdict at the default measurement budget on this machine?
 
 Prints two figures (not a timed test):
-- detection rate: how often a real 5% slowdown gets the verdict "slower" (goal >= 95%);
+- detection rate: how often a real ~5% slowdown gets the verdict "slower" (goal >= 95%);
 - false-positive rate: how often one unchanged model measured twice gets "faster" or "slower"
   (goal <= 5%);
-plus the same rates for other effect floors and repeat counts, and how often the bootstrap
-interval covers the true ratio.
+plus the same rates for other effect floors and round counts, the unpaired test on the same
+processes for comparison, and how often the paired bootstrap interval covers the true ratio.
 
-How the slowdown is made real: a model of BLOCKS identical MatMul+Relu blocks (the baseline)
+How the slowdown is made real: a model of BLOCKS identical MatMul+Relu blocks (the baseline A)
 and the same model with BLOCKS/20 more blocks (5% more work). Its true slowdown is measured
-over every recorded process and printed (the calibration). No hook in the harness: the
-extra work is in the model.
+over every recorded round and printed (the calibration). No hook in the harness: the extra
+work is in the model.
 
-How the trials are made: the two models are measured in fresh processes with the harness's own
-timing loop (`harness.measure.warm_up` / `timed_loop`, the default Measure settings: 10
-warm-up iterations, then at least 50 iterations and 1 s), in rounds of REPEATS baseline
-processes followed by REPEATS slow processes, like a run measures one cell after another.
-Measuring hundreds of full cells would take hours on 2 cores, so the trials then resample
-these recorded processes: a trial draws REPEATS processes of each side without replacement and
-applies the verdict rule of envmatrix.stats. "Unchanged measured twice" draws both sides from
-the baseline's processes (two disjoint sets); "paired rounds" uses whole rounds as recorded
-(round i against round j), which keeps the drift between rounds that resampling hides.
+How the processes are recorded: like `envmatrix.runner` measures a matrix, in interleaved
+rounds. Each round runs one fresh process each of A, the slow model and A again (A'), in an
+order that rotates from round to round, with the harness's own timing loop
+(`harness.measure.warm_up` / `timed_loop`) and the default Measure settings (10 warm-up
+iterations, then at least 50 iterations and 1 s). Whatever the machine's speed does over
+minutes, the three processes of a round see nearly the same of it.
 
-Usage: python benchmarks/sensitivity.py [--rounds 10] [--save rec.json | --load rec.json]
-On a machine shared with other work, the load average is printed with the figures: the goals
-are for a machine that measures one thing at a time (`nice -n -10` approximates one).
+How the trials are made: measuring hundreds of full matrices would take hours on 2 cores, so a
+trial draws ROUNDS_PER_TRIAL whole rounds with replacement (10: the default matrix's rounds,
+one process per cell and round) and applies the verdict rule of envmatrix.stats for cells
+measured in the same rounds: the Wilcoxon signed-rank test over the per-round log p50 ratios,
+the median ratio as the effect, the minimum-effect floor. Detection: slow vs A is "slower".
+False positive: A' vs A is anything but "no significant change".
+
+Usage: python benchmarks/sensitivity.py [--rounds 60] [--threads 1] [--save rec.json |
+--load rec.json]. On a machine shared with other work, the load average is printed with the
+figures: the goals are for a machine that measures one thing at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +52,21 @@ sys.path.insert(0, str(REPO))
 
 from envmatrix.model import Measure  # noqa: E402
 from envmatrix.stats import (  # noqa: E402
+    SLOWER,
+    UNCHANGED,
     VerdictRules,
-    comparison_rng,
     decide,
-    ratio_cis,
+    min_rounds_for,
+    paired_effect,
+    paired_log_ratios,
     repeats_p_value,
+    rounds_p_value,
 )
 
 BLOCKS = 20  # the slow model has BLOCKS + 1 blocks: 5% more work
 BATCH, WIDTH = 32, 384
-SLOWER = "slower"
+SIDES = ("base", "slow", "again")  # A, the slow model, A measured a second time (A')
+ROUNDS_PER_TRIAL = Measure().round_count  # the default matrix's rounds: 10
 
 CHILD = r"""
 import json, sys
@@ -105,115 +113,138 @@ def measure_process(model: Path, m: Measure) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
+def round_order(index: int) -> tuple[str, ...]:
+    """A, slow, A' rotated by one place per round: no side is always first or last."""
+    shift = index % len(SIDES)
+    return SIDES[shift:] + SIDES[:shift]
+
+
 def record(rounds: int, m: Measure) -> dict[str, Any]:
-    """rounds x (repeats baseline processes, then repeats slow processes)."""
+    """`rounds` interleaved rounds, each one process of A, the slow model and A'."""
     tmp = Path(tempfile.mkdtemp(prefix="envmatrix-sensitivity-"))
-    base_model, slow_model = tmp / "base.onnx", tmp / "slow.onnx"
-    build_model(BLOCKS, base_model)
-    build_model(BLOCKS + BLOCKS // 20, slow_model)
-    rec: dict[str, Any] = {"rounds": [], "measure": {
+    models = {"base": tmp / "base.onnx", "slow": tmp / "slow.onnx"}
+    build_model(BLOCKS, models["base"])
+    build_model(BLOCKS + BLOCKS // 20, models["slow"])
+    models["again"] = models["base"]
+    rec: dict[str, Any] = {"design": "interleaved rounds", "rounds": [], "measure": {
         "warmup": m.warmup, "min_iterations": m.min_iterations, "min_time_s": m.min_time_s,
-        "repeats": m.repeats, "threads": m.threads}}
+        "threads": m.threads}}
     rec["load_before"] = os.getloadavg()
+    started = time.monotonic()
     for r in range(rounds):
-        started = time.monotonic()
-        base = [measure_process(base_model, m) for _ in range(m.repeats)]
-        slow = [measure_process(slow_model, m) for _ in range(m.repeats)]
-        rec["rounds"].append({"base": base, "slow": slow})
-        print(f"round {r + 1}/{rounds}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+        order = round_order(r)
+        entry: dict[str, Any] = {"order": list(order)}
+        for side in order:
+            entry[side] = measure_process(models[side], m)
+        rec["rounds"].append(entry)
+        if (r + 1) % 10 == 0:
+            print(f"round {r + 1}/{rounds}: {time.monotonic() - started:.0f} s", file=sys.stderr)
     rec["load_after"] = os.getloadavg()
     rec["nice"] = os.nice(0)
     return rec
 
 
-def _p50s(procs: list[dict[str, Any]]) -> np.ndarray:
-    return np.array([np.percentile(p["latencies_s"], 50) for p in procs])
+# ---------------------------------------------------------------- analysis
 
 
-def _pooled_p50(procs: list[dict[str, Any]]) -> float:
-    return float(np.percentile(np.concatenate([p["latencies_s"] for p in procs]), 50))
+def p50_table(rec: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per side, the p50 of each round's process (seconds)."""
+    return {side: np.array([np.percentile(r[side]["latencies_s"], 50) for r in rec["rounds"]])
+            for side in SIDES}  # fmt: skip
 
 
-def verdict(base: list[dict[str, Any]], cand: list[dict[str, Any]], rules: VerdictRules) -> str:
-    """The verdict word envmatrix.stats gives these processes (the rule, without the CI)."""
-    ratio = _pooled_p50(cand) / _pooled_p50(base)
-    return decide(ratio, repeats_p_value(_p50s(base), _p50s(cand)), rules)
+def as_result(p50s: np.ndarray) -> dict[str, Any]:
+    """A result dict whose round r holds one repeat of p50 p50s[r]: what stats reads."""
+    return {"repeats": [{"round": r, "latencies_s": [float(v)]} for r, v in enumerate(p50s)]}
 
 
-def resampled_rates(pool_a: list[Any], pool_b: list[Any], n: int, trials: int,
-                    rules: VerdictRules, seed: int, same_pool: bool) -> tuple[float, float]:
-    """(share 'slower', share of any change) over trials drawing n processes a side."""
+def paired_verdict(base: np.ndarray, cand: np.ndarray, rules: VerdictRules) -> str:
+    """The verdict word of envmatrix.stats for two cells measured in the same rounds."""
+    logs = paired_log_ratios(as_result(base), as_result(cand))
+    if logs.size < min_rounds_for(rules.alpha):
+        return UNCHANGED  # stats would fall back to the unpaired test: not this design
+    return decide(float(np.exp(np.median(logs))), rounds_p_value(logs), rules)
+
+
+def unpaired_verdict(base: np.ndarray, cand: np.ndarray, rules: VerdictRules) -> str:
+    """The Mann-Whitney rule on the same processes, ignoring their rounds."""
+    return decide(float(np.median(cand) / np.median(base)), repeats_p_value(base, cand), rules)
+
+
+def rates(table: dict[str, np.ndarray], n: int, trials: int, rules: VerdictRules,
+          paired: bool = True, seed: int = 2) -> tuple[float, float]:
+    """(detection, false positives) over trials of n whole rounds drawn with replacement."""
     rng = np.random.default_rng(seed)
-    slower = changed = 0
+    rule = paired_verdict if paired else unpaired_verdict
+    detected = false_pos = 0
     for _ in range(trials):
-        if same_pool:  # two disjoint draws from one pool: the unchanged case
-            idx = rng.permutation(len(pool_a))[: 2 * n]
-            a, b = [pool_a[i] for i in idx[:n]], [pool_a[i] for i in idx[n:]]
-        else:
-            a = [pool_a[i] for i in rng.permutation(len(pool_a))[:n]]
-            b = [pool_b[i] for i in rng.permutation(len(pool_b))[:n]]
-        word = verdict(a, b, rules)
-        slower += word == SLOWER
-        changed += word != "no significant change"
-    return slower / trials, changed / trials
+        pick = rng.integers(0, table["base"].size, size=n)
+        base = table["base"][pick]
+        detected += rule(base, table["slow"][pick], rules) == SLOWER
+        false_pos += rule(base, table["again"][pick], rules) != UNCHANGED
+    return detected / trials, false_pos / trials
 
 
-def ci_coverage(pool_a: list[Any], pool_b: list[Any], truth: float, n: int, trials: int,
+def ci_coverage(table: dict[str, np.ndarray], truth: float, n: int, trials: int,
                 rules: VerdictRules) -> float:
+    """How often the paired bootstrap interval of n drawn rounds covers the true ratio."""
     rng = np.random.default_rng(1)
     covered = 0
-    for t in range(trials):
-        a = [np.asarray(pool_a[i]["latencies_s"]) for i in rng.permutation(len(pool_a))[:n]]
-        b = [np.asarray(pool_b[i]["latencies_s"]) for i in rng.permutation(len(pool_b))[:n]]
-        low, high = ratio_cis(a, b, rules, comparison_rng(rules, "a", str(t)))["p50"]
+    for _ in range(trials):
+        pick = rng.integers(0, table["base"].size, size=n)
+        logs = np.log(table["slow"][pick] / table["base"][pick])
+        _, low, high = paired_effect(logs, rules, rng)
         covered += low <= truth <= high
     return covered / trials
 
 
-def report(rec: dict[str, Any], trials: int) -> None:
+def describe(rec: dict[str, Any], table: dict[str, np.ndarray]) -> float:
+    """Print what was recorded and the calibration; returns the true slowdown ratio."""
     rounds = rec["rounds"]
-    base_pool = [p for r in rounds for p in r["base"]]
-    slow_pool = [p for r in rounds for p in r["slow"]]
-    n = int(rec["measure"]["repeats"])
-    truth = _pooled_p50(slow_pool) / _pooled_p50(base_pool)
-    cvs = [float(np.std(_p50s(r["base"]), ddof=1) / np.mean(_p50s(r["base"]))) for r in rounds]
+    iterations = sum(len(r[s]["latencies_s"]) for r in rounds for s in SIDES)
+    print(f"recorded: {len(rounds)} interleaved rounds x (A, slow, A') fresh processes, "
+          f"{iterations} iterations; settings {rec['measure']}; load average before "
+          f"{rec.get('load_before')}, after {rec.get('load_after')}, nice {rec.get('nice')}")
+    truth = float(np.median(table["slow"] / table["base"]))
+    pooled = float(np.median(table["slow"]) / np.median(table["base"]))
+    print(f"baseline p50 {np.median(table['base']) * 1e3:.3f} ms; true slowdown of the slow "
+          f"model (median of the per-round ratios over all rounds): {truth - 1:+.2%}; of the "
+          f"medians: {pooled - 1:+.2%} (calibration)")
+    base = table["base"]
+    print(f"drift: A's per-round p50 spans {base.min() * 1e3:.3f}..{base.max() * 1e3:.3f} ms "
+          f"(CV {np.std(base, ddof=1) / np.mean(base):.2%} across rounds); within a round, "
+          f"A' vs A differ by a median {np.median(np.abs(table['again'] / base - 1)):.2%}")
+    return truth
+
+
+def report(rec: dict[str, Any], trials: int) -> None:
+    table = p50_table(rec)
+    truth = describe(rec, table)
     rules = VerdictRules()
-    print(f"recorded: {len(rounds)} rounds x ({n} baseline + {n} slow) fresh processes, "
-          f"{sum(len(p['latencies_s']) for p in base_pool + slow_pool)} iterations; settings "
-          f"{rec['measure']}; load average before {rec.get('load_before')}, after "
-          f"{rec.get('load_after')}, nice {rec.get('nice')}")
-    print(f"baseline p50 {_pooled_p50(base_pool) * 1e3:.3f} ms; true slowdown of the slow "
-          f"model over all processes: {truth - 1:+.2%} (calibration)")
-    print(f"CV of the {n} repeat p50s within a round: median {np.median(cvs):.2%}, "
-          f"max {max(cvs):.2%}")
-    pairs = list(combinations(range(len(rounds)), 2))
-    det = [verdict(rounds[i]["base"], rounds[j]["slow"], rules) == SLOWER
-           for i in range(len(rounds)) for j in range(len(rounds))]
-    fp = [verdict(rounds[i]["base"], rounds[j]["base"], rules) != "no significant change"
-          for i, j in pairs]
-    print(f"\ndefault rule {rules.alpha=} {rules.min_effect=}, {n} repeats:")
-    print(f"  paired rounds: detection {np.mean(det):.1%} of {len(det)} pairs; false "
-          f"positives {np.mean(fp):.1%} of {len(fp)} pairs")
-    print(f"\nresampled, {trials} trials each: detection (5% slower -> 'slower') / false "
-          f"positives (unchanged -> any change)")
-    print(f"  {'repeats':>7} {'min_effect':>10} {'detect':>8} {'false+':>8}")
-    for reps in sorted({3, 4, n, 7, 10}):
-        if 2 * reps > len(base_pool):
-            continue
-        for floor in (0.0, 0.02, 0.03, 0.04):
-            r = VerdictRules(min_effect=floor)
-            det_rate, _ = resampled_rates(base_pool, slow_pool, reps, trials, r, 2, False)
-            _, fp_rate = resampled_rates(base_pool, base_pool, reps, trials, r, 3, True)
-            print(f"  {reps:>7} {floor:>10.0%} {det_rate:>8.1%} {fp_rate:>8.1%}")
-    cov = ci_coverage(base_pool, slow_pool, truth, n, 100, VerdictRules(n_boot=1000))
-    print(f"\n95% bootstrap CI of the p50 ratio covers the true ratio in {cov:.0%} of 100 "
-          f"resampled trials")
+    n = ROUNDS_PER_TRIAL
+    det, fp = rates(table, n, trials, rules)
+    print(f"\ndefault rule (alpha {rules.alpha}, min_effect {rules.min_effect:.0%}), {n} rounds "
+          f"of one process per cell, {trials} trials:")
+    print(f"  paired (Wilcoxon over rounds): detection {det:.1%}, false positives {fp:.1%}")
+    det_u, fp_u = rates(table, n, trials, rules, paired=False)
+    print(f"  unpaired (Mann-Whitney, same processes): detection {det_u:.1%}, false positives "
+          f"{fp_u:.1%}")
+    print(f"\npaired rule by rounds and floor ({trials} trials each): detection / false "
+          f"positives")
+    print(f"  {'rounds':>6} {'min_effect':>10} {'detect':>8} {'false+':>8}")
+    for count in (6, 8, 10, 15, 20):
+        for floor in (0.0, 0.02, 0.03):
+            d, f = rates(table, count, trials, VerdictRules(min_effect=floor))
+            print(f"  {count:>6} {floor:>10.0%} {d:>8.1%} {f:>8.1%}")
+    cov = ci_coverage(table, truth, n, 200, VerdictRules(n_boot=1000))
+    print(f"\n95% paired bootstrap CI of the p50 ratio covers the true ratio in {cov:.0%} of "
+          f"200 trials of {n} rounds")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=60, help="rounds to record")
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: the runtime's, as Measure.threads)")
@@ -222,6 +253,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.load:
         rec = json.loads(args.load.read_text())
+        if "again" not in (rec.get("rounds") or [{}])[0]:
+            parser.error(f"{args.load} was recorded by the block design (no A' per round): "
+                         "record again with this version")
     else:
         rec = record(args.rounds, Measure(threads=args.threads))
     if args.save:

@@ -90,13 +90,30 @@ class Measure:
     warmup: int = 10  # untimed iterations after the first inference
     min_iterations: int = 50
     min_time_s: float = 1.0  # per process; the verdicts rely on repeats, not on long loops
-    repeats: int = 10  # fresh processes per cell: 10 detect a 5% change at 3% CV (sensitivity.py)
+    repeats: int = 20  # fresh processes per cell: 20 rounds detect 5% (docs/report.md)
+    # Interleaved rounds: round 1 of every cell, then round 2 of every cell..., each round one
+    # container running repeats/rounds processes, so that slow drift of the machine hits every
+    # cell alike and the verdict can pair cells round by round. None: rounds = repeats.
+    rounds: int | None = None
     threads: int | None = None  # intra-op threads; None = runtime default
     cpuset: str | None = None  # e.g. "0" or "0-1": CPU pinning of the container
     timeout_s: float = 600.0  # per cell, enforced on the host
     build_timeout_s: float = 1800.0  # per image build, enforced on the host
     memory_limit: str = "4g"
     pids_limit: int = 512
+
+    @property
+    def round_count(self) -> int:
+        """How many rounds (containers) each cell is measured in."""
+        return self.repeats if self.rounds is None else self.rounds
+
+    @property
+    def repeats_per_round(self) -> int:
+        """Fresh processes in each round's container; config checks that rounds divide repeats."""
+        if not 1 <= self.round_count <= self.repeats or self.repeats % self.round_count:
+            raise ValueError(f"measure.rounds={self.rounds} must divide measure.repeats="
+                             f"{self.repeats} (1 <= rounds <= repeats)")
+        return self.repeats // self.round_count
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,12 @@ from envmatrix.rundir import RunDir, atomic_write_bytes, atomic_write_text, open
 from envmatrix.stats import (
     INVALID,
     UNCHANGED,
+    UNPAIRED,
     Validity,
     Verdict,
     VerdictRules,
     check_validity,
+    method_phrase,
     point_value,
     repeat_cv,
     repeat_latencies,
@@ -195,11 +197,19 @@ def section_summary(data: RunData) -> str:
         lines.append(f"Only the baseline {md(data.baseline)} was measured: nothing to compare.")
     lines += [f"- {summary_sentence(data, v)}" for v in data.verdicts]
     rules = data.rules
-    lines += ["", f"Verdicts: Mann-Whitney U over the per-process p50s at alpha {rules.alpha}, "
+    lines += ["", f"Verdicts: {verdict_methods(data.verdicts)} at alpha {rules.alpha}, "
                   f"and at least a {rules.min_effect:.0%} change in p50; intervals are "
-                  f"{rules.confidence:.0%} hierarchical bootstrap intervals "
-                  f"(see docs/report.md)."]
+                  f"{rules.confidence:.0%} bootstrap intervals (see docs/report.md)."]
     return "\n".join(lines)
+
+
+def verdict_methods(verdicts: Sequence[Verdict]) -> str:
+    """Which test(s) the verdicts used, with how many cells each where they differ."""
+    used = [v.method for v in verdicts if v.method]
+    methods = list(dict.fromkeys(used)) or [UNPAIRED]
+    if len(methods) == 1:
+        return method_phrase(methods[0])
+    return "; ".join(f"{method_phrase(m)} ({used.count(m)} cells)" for m in methods)
 
 
 # ---------------------------------------------------------------- per-workload tables

@@ -1,24 +1,35 @@
-"""Run the cells: one container per cell, one cell at a time, every outcome kept.
+"""Run the cells in interleaved rounds, one container at a time, every outcome kept.
 
-Benchmarks never overlap (they would measure each other), so cells run strictly in turn. Each
-container runs with least privilege: no network, all capabilities dropped, no-new-privileges,
-a read-only root with a tmpfs /tmp, user nobody (65534), memory and pids limits, the inputs
-mounted read-only and one writable scratch folder; never privileged, never the docker socket.
+Benchmarks never overlap (they would measure each other), so containers run strictly in turn.
+A cell is measured in `measure.round_count` rounds: round 1 of every cell, then round 2 of
+every cell, and so on, each round one container running `repeats_per_round` fresh processes.
+A machine whose speed drifts over minutes then shifts every cell of a round alike, and the
+verdict (envmatrix.stats) can compare cells round by round. Each round's harness result lands
+in `scratch/<cell>/round-<r>.json`; after a cell's last round they are merged into one result
+(repeats concatenated, each with its `round`, the summary recomputed by the harness's code).
 
-A failing cell never stops the next: its outcome is classified (results.classify) and written
-as a result with a status. Ctrl-C stops the current container (engine.run removes it), writes
-that cell's `interrupted` result, keeps every finished one and re-raises, so the CLI can print
-`RunDir.resume_hint()`; `--resume` later keeps ok results that still apply and runs the rest.
+Each container runs with least privilege: no network, all capabilities dropped,
+no-new-privileges, a read-only root with a tmpfs /tmp, user nobody (65534), memory and pids
+limits, the inputs mounted read-only and one writable scratch folder; never privileged, never
+the docker socket.
+
+A failing round never stops the other cells: its outcome is classified (results.classify) and
+written as the cell's result with a status, and that cell sits out the later rounds. Ctrl-C
+stops the current container (engine.run removes it), writes an `interrupted` result for every
+cell that started but did not finish its rounds, keeps every finished one and re-raises, so the
+CLI can print `RunDir.resume_hint()`; `--resume` later keeps ok results that still apply and
+measures the rest completely, interleaved among themselves.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, Union, cast
 
@@ -27,6 +38,7 @@ from envmatrix.engine import ContainerOutcome, ContainerSpec, Engine
 from envmatrix.errors import EngineError
 from envmatrix.model import PROVIDER_NAMES, Cell, Measure, Plan
 from envmatrix.rundir import RunDir
+from harness import measure as harness_measure
 
 NOBODY = 65534
 RUN_USER = f"{NOBODY}:{NOBODY}"
@@ -34,7 +46,6 @@ VENV_PYTHON = "/opt/venv/bin/python"
 HARNESS_HOME = "/opt/envmatrix"  # the harness package lives in HARNESS_HOME/harness
 INPUTS_MOUNT = PurePosixPath("/envmatrix/inputs")
 OUT_MOUNT = PurePosixPath("/envmatrix/out")
-RESULT_NAME = "result.json"
 OUTPUTS_NAME = "outputs.npz"
 MANAGED = {"envmatrix.managed": "true"}
 
@@ -113,10 +124,23 @@ def sweep_leftovers(engine: Engine) -> int:
     return engine.remove_labelled_containers(dict(MANAGED), keep=_owner_alive)
 
 
+def round_result_name(round_index: int) -> str:
+    """The harness result file of one round (0-based) in the cell's scratch folder."""
+    return f"round-{round_index}.json"
+
+
 def harness_command(
-    cell: Cell, measure: Measure, model: PurePosixPath, inputs: PurePosixPath
+    cell: Cell,
+    measure: Measure,
+    model: PurePosixPath,
+    inputs: PurePosixPath,
+    round_index: int = 0,
 ) -> list[str]:
-    """The harness's command line for one cell (paths as seen inside the container)."""
+    """The harness's command line for one round of a cell (paths as seen inside the container).
+
+    Outputs are saved in the first round only: parity needs one copy, and every round computes
+    the same outputs from the same inputs.
+    """
     command = [
         VENV_PYTHON, "-m", "harness",
         "--model", str(model),
@@ -131,7 +155,7 @@ def harness_command(
         "--warmup", str(measure.warmup),
         "--min-iterations", str(measure.min_iterations),
         "--min-time", f"{measure.min_time_s:g}",
-        "--repeats", str(measure.repeats),
+        "--repeats", str(measure.repeats_per_round),
     ]  # fmt: skip
     if measure.threads is not None:
         command += ["--threads", str(measure.threads)]
@@ -139,9 +163,10 @@ def harness_command(
         "--cell", cell.id,
         "--environment", cell.environment.id,
         "--workload", cell.workload.name,
-        "--out", str(OUT_MOUNT / RESULT_NAME),
-        "--save-outputs", str(OUT_MOUNT / OUTPUTS_NAME),
+        "--out", str(OUT_MOUNT / round_result_name(round_index)),
     ]  # fmt: skip
+    if round_index == 0:
+        command += ["--save-outputs", str(OUT_MOUNT / OUTPUTS_NAME)]
     return command
 
 
@@ -195,6 +220,18 @@ def prepare_scratch(path: Path) -> None:
     os.chmod(path, 0o777)
 
 
+@dataclass
+class _Measuring:
+    """A cell on its way through the rounds: what its ok rounds produced so far."""
+
+    index: int  # 1-based position in the plan, for progress lines
+    cell: Cell
+    image: BuiltImageLike
+    workload: PreparedLike
+    docs: list[dict[str, Any]] = field(default_factory=list)  # harness documents, ok rounds
+    hosts: list[dict[str, Any]] = field(default_factory=list)  # host evidence, ok rounds
+
+
 def run_cells(
     engine: Engine,
     plan: Plan,
@@ -206,28 +243,55 @@ def run_cells(
     progress: Progress | None = None,
     adjust: Adjust | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every cell of the plan in turn; one result per cell, in plan order."""
+    """Measure every cell of the plan in interleaved rounds; one result per cell, in plan order.
+
+    Cells that need no container (build failed, kept by --resume, inputs missing) are settled
+    first; the others run round 1 each, then round 2 each, and so on.
+    """
     say = progress or (lambda stage, message: None)
-    done: list[dict[str, Any]] = []
-    total = len(plan.cells)
+    total, rounds = len(plan.cells), plan.measure.round_count
+    done: dict[str, dict[str, Any]] = {}
+    measuring: list[_Measuring] = []
     for index, cell in enumerate(plan.cells, start=1):
-        say("run", f"[{index}/{total}] {cell.id}")
-        result = _run_or_reuse(engine, plan, run_dir, cell, images, prepared, resume, adjust)
-        done.append(result)
-        say("run", f"[{index}/{total}] {cell.id}: {_summary_line(result)}")
-    return done
+        settled = _settle_without_container(plan, run_dir, cell, images, prepared, resume)
+        if isinstance(settled, dict):
+            done[cell.id] = settled
+            say("run", f"[{index}/{total}] {cell.id}: {_summary_line(settled)}")
+        else:
+            measuring.append(_Measuring(index, cell, *settled))
+    current: _Measuring | None = None
+    try:
+        for round_index in range(rounds):
+            for item in [m for m in measuring if m.cell.id not in done]:
+                where = f"[{item.index}/{total}] {item.cell.id}"
+                if rounds > 1:
+                    where = f"[round {round_index + 1}/{rounds}] {where}"
+                say("run", where)
+                current = item
+                result = _run_round(engine, plan, run_dir, item, round_index, adjust)
+                current = None
+                if result is not None:
+                    done[item.cell.id] = result
+                    say("run", f"{where}: {_summary_line(result)}")
+                else:
+                    say("run", f"{where}: {_round_line(item)}")
+    except KeyboardInterrupt:
+        for unfinished in measuring:  # a container stopped mid-round recorded its own
+            if unfinished is not current and unfinished.cell.id not in done and unfinished.docs:
+                _record_unfinished(run_dir, plan, unfinished)
+        raise
+    return [done[cell.id] for cell in plan.cells]
 
 
-def _run_or_reuse(
-    engine: Engine,
+def _settle_without_container(
     plan: Plan,
     run_dir: RunDir,
     cell: Cell,
     images: Mapping[str, ImageEntry],
     prepared: Mapping[str, PreparedLike],
     resume: bool,
-    adjust: Adjust | None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | tuple[BuiltImageLike, PreparedLike]:
+    """The cell's result when no container is needed, else what its rounds need."""
     image = images.get(cell.environment.id)
     base_host = {"run_id": run_dir.run_id, "config_hash": cell.config_hash(plan.measure)}
     if image is None or not _is_built(image):
@@ -241,7 +305,7 @@ def _run_or_reuse(
     if workload is None:
         reason = f"inputs of workload {cell.workload.name!r} were not prepared"
         return _write(run_dir, cell, plan, "skipped", reason, None, base_host)
-    return run_cell(engine, plan, run_dir, cell, built, workload, adjust=adjust)
+    return built, workload
 
 
 def _is_built(image: ImageEntry) -> bool:
@@ -282,17 +346,11 @@ def _write(
     return result
 
 
-def run_cell(
-    engine: Engine,
-    plan: Plan,
-    run_dir: RunDir,
-    cell: Cell,
-    image: BuiltImageLike,
-    workload: PreparedLike,
-    *,
-    adjust: Adjust | None = None,
-) -> dict[str, Any]:
-    """Run one cell's container, classify what happened, write and return its result."""
+def _launch(
+    plan: Plan, run_dir: RunDir, item: _Measuring, round_index: int, adjust: Adjust | None
+) -> Launch:
+    """One round's container. measure.timeout_s is per cell: a round gets what is left of it."""
+    cell, workload = item.cell, item.workload
     model = workload.model_path
     if cell.workload.backend == "torch" and workload.torchscript_path is not None:
         model = workload.torchscript_path
@@ -301,30 +359,60 @@ def run_cell(
         plan.measure,
         container_path(run_dir, model),
         container_path(run_dir, workload.inputs_path),
+        round_index,
     )
+    image_id = item.image.image_id
     # The image id, not the tag: the exact image measured, even if the tag moves meanwhile.
-    spec = cell_spec(plan, run_dir, cell, image.image_id, command, image.image_id)
-    launch = Launch(spec=spec, timeout_s=plan.measure.timeout_s)
-    if adjust is not None:
-        launch = adjust(cell, launch)
-    scratch = run_dir.scratch(cell.id)
-    prepare_scratch(scratch)
-    run_dir.logs_dir.mkdir(parents=True, exist_ok=True)
-    run_dir.run_log(cell.id).unlink(missing_ok=True)  # a retry's log must be its own
-    host = _host_base(run_dir, cell, plan, image, launch)
+    spec = cell_spec(plan, run_dir, cell, image_id, command, image_id)
+    spent = sum(float(h.get("duration_s") or 0.0) for h in item.hosts)
+    launch = Launch(spec=spec, timeout_s=max(plan.measure.timeout_s - spent, 1.0))
+    return adjust(cell, launch) if adjust is not None else launch
+
+
+def _run_round(
+    engine: Engine,
+    plan: Plan,
+    run_dir: RunDir,
+    item: _Measuring,
+    round_index: int,
+    adjust: Adjust | None,
+) -> dict[str, Any] | None:
+    """One round of one cell; the cell's final result when this round ended it, else None."""
+    cell = item.cell
+    launch = _launch(plan, run_dir, item, round_index, adjust)
+    if round_index == 0:
+        prepare_scratch(run_dir.scratch(cell.id))
+        run_dir.logs_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.run_log(cell.id).unlink(missing_ok=True)  # a retry's log must be its own
+    round_log = run_dir.logs_dir / f"run-{cell.id}.round.log"
+    round_log.unlink(missing_ok=True)
+    host = _host_base(run_dir, cell, plan, item.image, launch)
     started = time.monotonic()
     try:
-        outcome = engine.run(
-            launch.spec, timeout_s=launch.timeout_s, log_path=run_dir.run_log(cell.id)
-        )
+        outcome = engine.run(launch.spec, timeout_s=launch.timeout_s, log_path=round_log)
     except KeyboardInterrupt:
-        _record_interrupted(run_dir, cell, plan, host, time.monotonic() - started)
+        _append_round_log(run_dir, cell, plan, round_index, round_log, None)
+        _record_interrupted(run_dir, item, plan, host, time.monotonic() - started, round_index)
         raise
     except EngineError as err:
         host.update(duration_s=round(time.monotonic() - started, 3), finished_at=results.utc_now())
         reason = f"the engine could not run the container: {err}"
-        return _write(run_dir, cell, plan, "error", reason, None, host)
-    return _collect(run_dir, cell, plan, launch, outcome, host)
+        return _finish_failed(run_dir, item, plan, None, "error", reason, None, host)
+    log = _append_round_log(run_dir, cell, plan, round_index, round_log, outcome.log)
+    return _collect(run_dir, item, plan, launch, outcome, host, round_index, log)
+
+
+def _append_round_log(
+    run_dir: RunDir, cell: Cell, plan: Plan, round_index: int, round_log: Path, fallback: str | None
+) -> str:
+    """Add one round's container log to the cell's run log; returns that round's log."""
+    text = round_log.read_text(errors="replace") if round_log.is_file() else (fallback or "")
+    round_log.unlink(missing_ok=True)
+    rounds = plan.measure.round_count
+    header = f"===== round {round_index + 1}/{rounds} =====\n" if rounds > 1 else ""
+    with run_dir.run_log(cell.id).open("a", encoding="utf-8", errors="replace") as handle:
+        handle.write(header + text)
+    return text
 
 
 def _host_base(
@@ -346,39 +434,83 @@ def _host_base(
     }
 
 
+# What each round's container leaves as evidence; a cell's host part lists them per round.
+ROUND_KEYS = ("container_id", "started_at", "finished_at", "duration_s", "timeout_s",
+              "exit_code", "oom_killed", "timed_out", "signal")  # fmt: skip
+
+
+def _cell_host(hosts: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    """A cell's host part: the first round's, the last round's outcome, the total container
+    time (`duration_s`), and with several rounds each round's evidence under `rounds`."""
+    first, last = hosts[0], hosts[-1]
+    merged = {**first, **{k: last[k] for k in ROUND_KEYS if k in last}}
+    merged["started_at"] = first.get("started_at")
+    merged["duration_s"] = round(sum(float(h.get("duration_s") or 0.0) for h in hosts), 3)
+    if rounds > 1:
+        merged["rounds"] = [{"round": i, **{k: h.get(k) for k in ROUND_KEYS}}
+                            for i, h in enumerate(hosts)]  # fmt: skip
+    return merged
+
+
+def _in_round(reason: str, round_index: int, rounds: int) -> str:
+    return f"round {round_index + 1}/{rounds}: {reason}" if rounds > 1 else reason
+
+
 def _record_interrupted(
-    run_dir: RunDir, cell: Cell, plan: Plan, host: dict[str, Any], elapsed: float
+    run_dir: RunDir,
+    item: _Measuring,
+    plan: Plan,
+    host: dict[str, Any],
+    elapsed: float,
+    round_index: int,
 ) -> None:
-    log_path = run_dir.run_log(cell.id)
+    log_path = run_dir.run_log(item.cell.id)
     log = log_path.read_text(errors="replace") if log_path.is_file() else None
     host.update(
         exit_code=None, oom_killed=False, timed_out=False, interrupted=True,
         duration_s=round(elapsed, 3), finished_at=results.utc_now(),
     )  # fmt: skip
-    reason = f"interrupted (Ctrl-C) after {elapsed:.1f} s; finish with `{run_dir.resume_hint()}`"
-    _write(run_dir, cell, plan, "interrupted", reason, results.log_tail(log), host)
+    rounds = plan.measure.round_count
+    reason = _in_round(
+        f"interrupted (Ctrl-C) after {elapsed:.1f} s; finish with `{run_dir.resume_hint()}`",
+        round_index, rounds,
+    )  # fmt: skip
+    cell_host = {**_cell_host([*item.hosts, host], rounds), "interrupted": True}
+    _write(run_dir, item.cell, plan, "interrupted", reason, results.log_tail(log), cell_host)
+
+
+def _record_unfinished(run_dir: RunDir, plan: Plan, item: _Measuring) -> None:
+    """An `interrupted` result for a cell that finished some rounds but not all."""
+    log_path = run_dir.run_log(item.cell.id)
+    log = log_path.read_text(errors="replace") if log_path.is_file() else None
+    rounds = plan.measure.round_count
+    reason = (f"interrupted (Ctrl-C) after {len(item.docs)} of {rounds} rounds; finish with "
+              f"`{run_dir.resume_hint()}`")
+    host = {**_cell_host(item.hosts, rounds), "interrupted": True}
+    _write(run_dir, item.cell, plan, "interrupted", reason, results.log_tail(log), host)
 
 
 def _collect(
     run_dir: RunDir,
-    cell: Cell,
+    item: _Measuring,
     plan: Plan,
     launch: Launch,
     outcome: ContainerOutcome,
     host: dict[str, Any],
-) -> dict[str, Any]:
-    """Classify a finished container, keep its outputs, write the cell's result."""
+    round_index: int,
+    log: str,
+) -> dict[str, Any] | None:
+    """Classify a finished round; the cell's result when it failed or was the last round."""
+    cell = item.cell
     scratch = run_dir.scratch(cell.id)
-    if not run_dir.run_log(cell.id).is_file():
-        run_dir.run_log(cell.id).write_text(outcome.log, errors="replace")
-    harness, problem = results.read_harness_file(scratch / RESULT_NAME)
+    harness, problem = results.read_harness_file(scratch / round_result_name(round_index))
     status, reason = results.classify(
         outcome,
         harness,
         problem,
         timeout_s=launch.timeout_s,
         memory_limit=launch.spec.mem_limit,
-        log=outcome.log,
+        log=log,
     )
     host.update(
         exit_code=outcome.exit_code,
@@ -389,16 +521,75 @@ def _collect(
         container_id=outcome.container_id,
         finished_at=results.utc_now(),
     )
-    host["outputs"] = _keep_outputs(run_dir, cell, scratch)
-    tail = None if status == "ok" else results.log_tail(outcome.log)
+    if round_index == 0:
+        host["outputs"] = _keep_outputs(run_dir, cell, scratch)
+    if status != "ok":
+        tail = results.log_tail(log)
+        return _finish_failed(run_dir, item, plan, harness, status, reason, tail, host)
+    item.docs.append(cast(dict[str, Any], harness))
+    item.hosts.append(host)
+    if len(item.docs) < plan.measure.round_count:
+        return None
+    return _finish_ok(run_dir, item, plan)
+
+
+def _finish_failed(
+    run_dir: RunDir,
+    item: _Measuring,
+    plan: Plan,
+    harness: dict[str, Any] | None,
+    status: str,
+    reason: str | None,
+    tail: str | None,
+    host: dict[str, Any],
+) -> dict[str, Any]:
+    """The failed round's result stands for the cell; its scratch stays for a post-mortem."""
+    rounds = plan.measure.round_count
+    round_index = len(item.docs)
     result = results.finalize_result(
-        harness, cell=cell, measure=plan.measure, status=status, reason=reason,
-        log_tail=tail, host=host,
+        harness, cell=item.cell, measure=plan.measure, status=status,
+        reason=_in_round(reason or f"status {status}", round_index, rounds),
+        log_tail=tail, host=_cell_host([*item.hosts, host], rounds),
     )  # fmt: skip
     results.write_result(run_dir, result)
-    if status == "ok":
-        shutil.rmtree(scratch, ignore_errors=True)  # failures keep theirs for a post-mortem
     return result
+
+
+def _finish_ok(run_dir: RunDir, item: _Measuring, plan: Plan) -> dict[str, Any]:
+    """Merge the cell's rounds into its result, write it, drop its scratch folder."""
+    merged = merge_rounds(item.docs, plan.measure)
+    result = results.finalize_result(
+        merged, cell=item.cell, measure=plan.measure, status="ok", reason=None,
+        log_tail=None, host=_cell_host(item.hosts, plan.measure.round_count),
+    )  # fmt: skip
+    results.write_result(run_dir, result)
+    shutil.rmtree(run_dir.scratch(item.cell.id), ignore_errors=True)
+    return result
+
+
+def merge_rounds(docs: list[dict[str, Any]], measure: Measure) -> dict[str, Any]:
+    """One harness document from a cell's ok rounds (in round order).
+
+    The first round's document, with every round's repeats concatenated (each gains its
+    0-based `round`; `index` is renumbered to stay unique in the cell), the summary recomputed
+    from all raw latencies by the harness's own code, and a provider fallback in any round
+    kept (it makes the cell invalid).
+    """
+    merged = copy.deepcopy(docs[0])
+    repeats: list[dict[str, Any]] = []
+    for round_index, doc in enumerate(docs):
+        for rep in doc.get("repeats") or []:
+            repeats.append({**rep, "index": len(repeats), "round": round_index})
+    merged["repeats"] = repeats
+    merged["summary"] = harness_measure.summarize(repeats)
+    # The cell's settings, not one round's: validity checks all repeats arrived.
+    merged["settings"] = {**(merged.get("settings") or {}), "repeats": measure.repeats,
+                          "rounds": len(docs)}  # fmt: skip
+    merged["finished_at"] = docs[-1].get("finished_at")
+    fell_back = [d["provider"] for d in docs if (d.get("provider") or {}).get("fallback")]
+    if fell_back:
+        merged["provider"] = copy.deepcopy(fell_back[0])
+    return merged
 
 
 def _keep_outputs(run_dir: RunDir, cell: Cell, scratch: Path) -> str | None:
@@ -417,11 +608,21 @@ def _relative(run_dir: RunDir, path: Path) -> str:
     return path.relative_to(run_dir.path).as_posix()
 
 
+def _p50_text(summary: Mapping[str, Any] | None) -> str | None:
+    latency = ((summary or {}).get("latency_s") or {}).get("p50")
+    return f"p50 {latency * 1000:.2f} ms" if isinstance(latency, (int, float)) else None
+
+
+def _round_line(item: _Measuring) -> str:
+    """Progress after an ok round that did not end the cell."""
+    p50 = _p50_text(item.docs[-1].get("summary")) or "ok"
+    return f"{p50} ({item.hosts[-1].get('duration_s')} s)"
+
+
 def _summary_line(result: dict[str, Any]) -> str:
     status = str(result.get("status"))
     if status != "ok":
         return f"{status}: {result.get('reason')}"
-    latency = ((result.get("summary") or {}).get("latency_s") or {}).get("p50")
     took = (result.get("host") or {}).get("duration_s")
-    p50 = f"p50 {latency * 1000:.2f} ms" if isinstance(latency, (int, float)) else "ok"
+    p50 = _p50_text(result.get("summary")) or "ok"
     return f"{p50} ({took} s)" if took is not None else p50

@@ -303,12 +303,28 @@ class MeasureSpec(_Strict):
     min_iterations: Annotated[int, Field(ge=1, le=10_000_000)] = _MEASURE.min_iterations
     min_time_s: Annotated[float, Field(gt=0, le=3600)] = _MEASURE.min_time_s
     repeats: Annotated[int, Field(ge=1, le=100)] = _MEASURE.repeats
+    rounds: Optional[Annotated[int, Field(ge=1, le=100, description=(
+        "interleaved rounds: each round runs repeats/rounds processes of every cell in turn; "
+        "null: as many rounds as repeats"))]] = _MEASURE.rounds
     threads: Optional[Annotated[int, Field(ge=1, le=1024)]] = _MEASURE.threads
     cpuset: Optional[Cpuset] = _MEASURE.cpuset
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] = _MEASURE.timeout_s
     build_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = _MEASURE.build_timeout_s
     memory_limit: MemoryText = _MEASURE.memory_limit
     pids_limit: Annotated[int, Field(ge=16, le=1_000_000)] = _MEASURE.pids_limit
+
+    @model_validator(mode="after")
+    def _rounds_divide_repeats(self) -> "MeasureSpec":
+        # Every round runs the same number of processes per cell: the paired verdict compares
+        # rounds with each other, so they must be alike.
+        rounds = self.rounds
+        if rounds is not None and (rounds > self.repeats or self.repeats % rounds):
+            divisors = [d for d in range(1, self.repeats + 1) if self.repeats % d == 0]
+            raise _custom(f"rounds: {rounds} does not divide repeats: {self.repeats} (each "
+                          "round runs repeats/rounds processes of every cell).",
+                          f"set rounds to one of {divisors}, or null for {self.repeats} rounds "
+                          "of one process each.")
+        return self
 
 
 class BuildSpec(_Strict):

@@ -7,8 +7,12 @@ same results always give the same report, whatever order cells are compared in.
 The statistics, in short:
 - The *verdict* comes from the fresh processes (repeats), because on a shared machine the
   process-to-process spread (page placement, frequency, neighbours) dwarfs the
-  iteration-to-iteration spread within one process: a Mann-Whitney U test on the per-repeat
-  p50s, plus a floor on the effect size so that a real but negligible shift is not news.
+  iteration-to-iteration spread within one process, plus a floor on the effect size so that a
+  real but negligible shift is not news. When the two cells were measured in the same
+  interleaved rounds (envmatrix.runner), the machine's slow drift hit both alike in each
+  round, so the test pairs them: a Wilcoxon signed-rank test on the per-round log ratios of
+  p50s, the effect being the median ratio. Otherwise (other runs, a resumed cell, too few
+  rounds) a Mann-Whitney U test on the per-repeat p50s.
 - The *confidence intervals* come from a hierarchical bootstrap: resample repeats, then
   iterations within each resampled repeat, and take the statistic of the pooled sample.
 - A cell is *valid* only when it measured what was asked (provider, package versions,
@@ -25,12 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, wilcoxon
 
 FASTER = "faster"
 SLOWER = "slower"
 UNCHANGED = "no significant change"
 INVALID = "invalid"
+
+# How a verdict was tested (Verdict.method).
+PAIRED = "wilcoxon-rounds"  # Wilcoxon signed-rank over per-round p50 ratios
+UNPAIRED = "mann-whitney"  # Mann-Whitney U over per-repeat p50s
 
 # Metrics with a ratio and CI in every verdict. For throughput a ratio above 1 is better.
 METRICS = ("p50", "p99", "mean", "throughput")
@@ -84,6 +92,8 @@ class Verdict:
     p_value: float | None = None
     reasons: tuple[str, ...] = ()  # why invalid
     notes: tuple[str, ...] = ()  # e.g. "compared with the baseline's cpu cell", noise
+    method: str | None = None  # PAIRED | UNPAIRED; None when no test ran (invalid)
+    rounds: int | None = None  # rounds paired (PAIRED only)
 
     @property
     def p50(self) -> RatioCI | None:
@@ -115,6 +125,44 @@ def repeat_cv(result: Mapping[str, Any]) -> float | None:
     if p50s.size < 2 or float(np.mean(p50s)) <= 0:
         return None
     return float(np.std(p50s, ddof=1) / np.mean(p50s))
+
+
+def round_p50s(result: Mapping[str, Any]) -> dict[int, float] | None:
+    """Per round: the median of its repeats' p50s; None unless every repeat has its `round`."""
+    reps = result.get("repeats") or []
+    if not reps or any(r.get("round") is None for r in reps):
+        return None
+    by_round: dict[int, list[float]] = {}
+    for rep in reps:
+        lat = rep.get("latencies_s") or []
+        if lat:
+            by_round.setdefault(int(rep["round"]), []).append(float(np.percentile(lat, 50)))
+    return {r: float(np.median(v)) for r, v in sorted(by_round.items())}
+
+
+def _window(result: Mapping[str, Any]) -> tuple[str, str, Any]:
+    host = result.get("host") or {}
+    return str(host.get("started_at") or ""), str(host.get("finished_at") or ""), host.get("run_id")
+
+
+def interleaved(base_res: Mapping[str, Any], cand_res: Mapping[str, Any]) -> bool:
+    """Were the two cells measured in the same rounds: one run, overlapping in time?
+
+    A resumed run re-measures some cells later, interleaved only among themselves: their
+    round k did not happen next to a kept cell's round k, so those pairs carry no shared drift.
+    """
+    b_start, b_end, b_run = _window(base_res)
+    c_start, c_end, c_run = _window(cand_res)
+    if not (b_start and b_end and c_start and c_end) or b_run != c_run:
+        return False
+    return b_start <= c_end and c_start <= b_end
+
+
+def paired_log_ratios(base_res: Mapping[str, Any], cand_res: Mapping[str, Any]) -> np.ndarray:
+    """log(candidate round p50 / baseline round p50) for every round both cells measured."""
+    base, cand = round_p50s(base_res) or {}, round_p50s(cand_res) or {}
+    shared = sorted(set(base) & set(cand))
+    return np.log(np.array([cand[r] / base[r] for r in shared], dtype=float))
 
 
 def _stat_from_pool(pool: np.ndarray, metric: str) -> float:
@@ -306,6 +354,45 @@ def min_repeats_for(alpha: float) -> int:
     return n
 
 
+def min_rounds_for(alpha: float) -> int:
+    """Smallest n whose exact two-sided Wilcoxon signed-rank test can reach p < alpha.
+
+    The smallest possible p with n pairs is 2 / 2**n: 0.125 with 4 pairs, 0.0625 with 5, 0.031
+    with 6. So pairing needs 6 shared rounds at alpha 0.05; with fewer it could never decide.
+    """
+    n = 1
+    while 2.0 / 2**n >= alpha:
+        n += 1
+    return n
+
+
+def rounds_p_value(log_ratios: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank test of the per-round log ratios against 0.
+
+    Exact for up to 50 distinct values (scipy's choice); with tied values, the normal
+    approximation with tie correction: scipy's exact path with ties is a permutation test
+    that costs 100 ms a call, and ties only arise when rounds are resampled (sensitivity.py).
+    Rounds of exactly equal p50s carry no sign and are dropped.
+    """
+    nonzero = log_ratios[log_ratios != 0.0]
+    if not nonzero.size:
+        return 1.0
+    tied = np.unique(np.abs(nonzero)).size < nonzero.size
+    method = "approx" if tied else "auto"
+    return float(wilcoxon(log_ratios, alternative="two-sided", method=method).pvalue)
+
+
+def paired_effect(log_ratios: np.ndarray, rules: VerdictRules, rng: np.random.Generator
+                  ) -> tuple[float, float, float]:
+    """(median ratio, CI low, CI high): the percentile bootstrap resamples whole rounds."""
+    ratios = np.exp(log_ratios)
+    picks = rng.integers(0, ratios.size, size=(rules.n_boot, ratios.size))
+    boot = np.median(ratios[picks], axis=1)
+    tail = (1.0 - rules.confidence) / 2.0 * 100.0
+    low, high = np.percentile(boot, [tail, 100.0 - tail])
+    return float(np.median(ratios)), float(low), float(high)
+
+
 # ---------------------------------------------------------------- one comparison
 
 
@@ -356,7 +443,11 @@ def measured_comparison(
     rules: VerdictRules,
     notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Ratios with CIs, p-value and verdict word of two valid cells (Verdict fields)."""
+    """Ratios with CIs, p-value, verdict word and method of two valid cells (Verdict fields).
+
+    Paired by round when both cells were measured in the same interleaved rounds and share
+    enough of them (`min_rounds_for`); else the unpaired test over all repeats.
+    """
     rng = comparison_rng(rules, base_id, cand_id)
     cis = ratio_cis(repeat_latencies(base_res), repeat_latencies(cand_res), rules, rng)
     ratios = {}
@@ -364,15 +455,41 @@ def measured_comparison(
         base_v, cand_v = point_value(base_res, metric), point_value(cand_res, metric)
         point = cand_v / base_v if base_v and cand_v is not None else float("nan")
         ratios[metric] = RatioCI(metric, point, *cis[metric])
-    base_p50s, cand_p50s = repeat_p50s(base_res), repeat_p50s(cand_res)
-    p_value = repeats_p_value(base_p50s, cand_p50s)
     notes = list(notes)
+    log_ratios = np.array([])
+    if interleaved(base_res, cand_res):
+        log_ratios = paired_log_ratios(base_res, cand_res)
+    paired = log_ratios.size >= min_rounds_for(rules.alpha)
+    p_value: float | None
+    if paired:
+        ratios["p50"] = RatioCI("p50", *paired_effect(log_ratios, rules, rng))
+        p_value = rounds_p_value(log_ratios)
+    else:
+        if log_ratios.size > 1:  # rounds: 1 chose no interleaving: nothing to say
+            notes.append(f"only {log_ratios.size} shared rounds (pairing needs "
+                         f"{min_rounds_for(rules.alpha)}): tested unpaired over the repeats")
+        p_value = _unpaired_p_value(base_res, cand_res, rules, notes)
+    return {"verdict": decide(ratios["p50"].ratio, p_value, rules), "ratios": ratios,
+            "p_value": p_value, "notes": tuple(notes), "method": PAIRED if paired else UNPAIRED,
+            "rounds": int(log_ratios.size) if paired else None}
+
+
+def _unpaired_p_value(base_res: Mapping[str, Any], cand_res: Mapping[str, Any],
+                      rules: VerdictRules, notes: list[str]) -> float | None:
+    base_p50s, cand_p50s = repeat_p50s(base_res), repeat_p50s(cand_res)
     n_min = min_repeats_for(rules.alpha)
     if min(base_p50s.size, cand_p50s.size) < n_min:
         notes.append(f"too few repeats for a verdict: the test needs at least {n_min} "
                      f"per side to reach alpha={rules.alpha}")
-    verdict = decide(ratios["p50"].ratio, p_value, rules)
-    return {"verdict": verdict, "ratios": ratios, "p_value": p_value, "notes": tuple(notes)}
+    return repeats_p_value(base_p50s, cand_p50s)
+
+
+def method_phrase(method: str) -> str:
+    """How a verdict was tested, in words for reports."""
+    if method == PAIRED:
+        return ("a Wilcoxon signed-rank test over the per-round p50 ratios (cells measured in "
+                "interleaved rounds, paired by round)")
+    return "a Mann-Whitney U test over the per-process p50s"
 
 
 # ---------------------------------------------------------------- a whole run

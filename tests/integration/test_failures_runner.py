@@ -77,7 +77,7 @@ CRAFTED: dict[str, list[str]] = {
     "exit": [PY, "-c", "import sys; print('giving up', file=sys.stderr); sys.exit(3)"],
     "segv": [PY, "-c", "import ctypes; ctypes.string_at(0)"],  # a real fault, not a kill()
     "oom": [PY, "-c", "x = b'x' * (600 << 20); print(len(x))"],
-    "malformed": ["sh", "-c", 'printf \'{"schema": "envmatrix.res\' > /envmatrix/out/result.json'],
+    "malformed": ["sh", "-c", 'printf \'{"schema": "envmatrix.res\' > /envmatrix/out/round-0.json'],
     "timeout": ["sleep", "60"],
 }
 
@@ -164,7 +164,10 @@ def test_interrupt_leaves_nothing_running_and_resume_completes(
     run, prepared = make_run(tmp_path, plan, "interrupted")
 
     def stall_b(cell: Cell, launch: runner.Launch) -> runner.Launch:
-        if not cell.id.endswith("-b"):
+        # In b's last round: a has finished all its rounds by then, c only the first.
+        last_round = runner.round_result_name(plan.measure.round_count - 1)
+        out = launch.spec.command[launch.spec.command.index("--out") + 1]
+        if not cell.id.endswith("-b") or not out.endswith(last_round):
             return launch
         # Ctrl-C as a person would press it: SIGINT to this process while b's container runs.
         timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
@@ -179,7 +182,8 @@ def test_interrupt_leaves_nothing_running_and_resume_completes(
     assert json.loads(a.read_text())["status"] == "ok"
     stopped = json.loads(b.read_text())
     assert stopped["status"] == "interrupted" and "--resume" in stopped["reason"]
-    assert not c.exists()
+    unfinished = json.loads(c.read_text())  # one of its two rounds done
+    assert unfinished["status"] == "interrupted" and "--resume" in unfinished["reason"]
     kept = a.read_bytes()
 
     got = runner.run_cells(engine, plan, run, {built.env_id: built}, prepared, resume=True)

@@ -7,6 +7,7 @@ The real engine and harness are exercised in tests/integration/test_runner*.py; 
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -15,10 +16,12 @@ from typing import Any
 
 import pytest
 
-from envmatrix import results, runner
+from envmatrix import config, results, runner
 from envmatrix.engine import ContainerOutcome, ContainerSpec
+from envmatrix.errors import ConfigError
 from envmatrix.model import Base, Cell, Environment, Measure, Plan, Workload
 from envmatrix.rundir import RunDir, create_run_dir
+from harness import measure as harness_measure
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,26 @@ def outcome(code: int | None, log: str = "", **kw: Any) -> ContainerOutcome:
     )  # fmt: skip
 
 
+def arg(spec: ContainerSpec, flag: str) -> str:
+    return spec.command[spec.command.index(flag) + 1]
+
+
+def harness_doc(spec: ContainerSpec, p50: float = 0.004) -> dict[str, Any]:
+    """What the harness writes for one round: one repeat per process it was asked for."""
+    reps = [{"index": i, "session_create_s": 0.2, "first_inference_s": 0.01,
+             "latencies_s": [p50 * f for f in (0.9, 1.0, 1.0, 1.1, 1.3)],
+             "measure_wall_s": 5.3 * p50, "cpu_time_s": 0.1, "peak_rss_bytes": 1 << 20}
+            for i in range(int(arg(spec, "--repeats")))]  # fmt: skip
+    return {"schema": results.SCHEMA, "status": "ok", "cell": arg(spec, "--cell"),
+            "settings": {"repeats": len(reps)}, "repeats": reps,
+            "summary": harness_measure.summarize(reps),
+            "provider": {"requested": "CPUExecutionProvider", "fallback": False}}  # fmt: skip
+
+
 def harness_ok(spec: ContainerSpec, out: Path) -> ContainerOutcome:
-    doc = {"schema": results.SCHEMA, "status": "ok", "summary": {"latency_s": {"p50": 0.004}},
-           "cell": spec.command[spec.command.index("--cell") + 1]}  # fmt: skip
-    (out / "result.json").write_text(json.dumps(doc))
-    (out / "outputs.npz").write_bytes(b"npz")
+    (out / PurePosixPath(arg(spec, "--out")).name).write_text(json.dumps(harness_doc(spec)))
+    if "--save-outputs" in spec.command:
+        (out / "outputs.npz").write_bytes(b"npz")
     return outcome(0, "measured\n")
 
 
@@ -134,9 +152,15 @@ def test_harness_command_carries_every_setting() -> None:
     assert pairs["--model"] == "/envmatrix/inputs/cnn/m.onnx"
     assert (pairs["--backend"], pairs["--seed"]) == ("onnxruntime", "0")
     assert (pairs["--warmup"], pairs["--min-iterations"], pairs["--min-time"]) == ("2", "5", "0.25")
-    assert (pairs["--repeats"], pairs["--threads"], pairs["--cell"]) == ("2", "1", cell.id)
-    assert pairs["--out"] == "/envmatrix/out/result.json"
+    # Two repeats in two rounds (rounds null = repeats): one process per container.
+    assert (pairs["--repeats"], pairs["--threads"], pairs["--cell"]) == ("1", "1", cell.id)
+    assert pairs["--out"] == "/envmatrix/out/round-0.json"
     assert pairs["--save-outputs"] == "/envmatrix/out/outputs.npz"
+    later = runner.harness_command(cell, replace(MEASURE, repeats=6, rounds=3),
+                                   PurePosixPath("/m.onnx"), PurePosixPath("/i.npz"), 2)
+    assert later[later.index("--repeats") + 1] == "2"
+    assert later[later.index("--out") + 1] == "/envmatrix/out/round-2.json"
+    assert "--save-outputs" not in later  # outputs come from the first round only
 
 
 def test_cell_spec_is_least_privilege(tmp_path: Path, run_dir: RunDir) -> None:
@@ -168,7 +192,9 @@ def test_failures_are_isolated_and_each_is_recorded(tmp_path: Path, run_dir: Run
     assert [r["status"] for r in got] == ["build_failed", "build_failed", "crashed", "ok"]
     assert got[0]["log_tail"] == "ERROR: no wheel" and "pip failed" in got[0]["reason"]
     assert got[2]["host"]["signal"] == "SIGSEGV" and "Segmentation fault" in got[2]["log_tail"]
-    assert len(engine.calls) == 2  # build failures never start a container
+    # Build failures never start a container; the crashed cell sits out the second round.
+    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [
+        plan.cells[2].id, plan.cells[3].id, plan.cells[3].id]
     for result in got:
         on_disk = json.loads(run_dir.result_path(result["cell"]).read_text())
         assert on_disk["status"] == result["status"]
@@ -176,7 +202,9 @@ def test_failures_are_isolated_and_each_is_recorded(tmp_path: Path, run_dir: Run
     assert run_dir.output_path(ok_cell).read_bytes() == b"npz"
     assert not run_dir.scratch(ok_cell).exists()  # cleaned after ok
     assert run_dir.scratch(plan.cells[2].id).is_dir()  # kept after a failure
-    assert run_dir.run_log(plan.cells[2].id).read_text().startswith("Fatal Python error")
+    log = run_dir.run_log(plan.cells[2].id).read_text().splitlines()
+    assert log[:2] == ["===== round 1/2 =====", "Fatal Python error: Segmentation fault"]
+    assert got[2]["reason"].startswith("round 1/2: killed by SIGSEGV")
     assert any("p50 4.00 ms" in line for line in seen)
 
 
@@ -195,25 +223,154 @@ def test_scratch_is_emptied_and_writable_for_nobody(tmp_path: Path, run_dir: Run
     assert [r["status"] for r in got] == ["no_result", "no_result"]  # the old file was not read
 
 
+def interrupt_on_call(n: int) -> Behaviour:
+    """Measures normally, except that its n-th container is stopped with Ctrl-C."""
+    calls = []
+
+    def behave(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+        calls.append(spec)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return harness_ok(spec, out)
+
+    return behave
+
+
 def test_interrupt_keeps_finished_results_and_resume_completes(
     tmp_path: Path, run_dir: RunDir
 ) -> None:
     plan = make_plan(tmp_path, ("cpu", "openvino"))
     first = {c.id: harness_ok for c in plan.cells}
-    first[plan.cells[1].id] = interrupt
+    first[plan.cells[1].id] = interrupt_on_call(2)  # Ctrl-C in cell 1's second round
     engine = FakeEngine(first)
     with pytest.raises(KeyboardInterrupt):
         runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
     assert json.loads(run_dir.result_path(plan.cells[0].id).read_text())["status"] == "ok"
     stopped = json.loads(run_dir.result_path(plan.cells[1].id).read_text())
     assert stopped["status"] == "interrupted" and "--resume" in stopped["reason"]
-    assert not run_dir.result_path(plan.cells[2].id).exists()
+    assert stopped["reason"].startswith("round 2/2: interrupted (Ctrl-C)")
+    for cell in plan.cells[2:]:  # one round of two done: unfinished, so interrupted too
+        unfinished = json.loads(run_dir.result_path(cell.id).read_text())
+        assert unfinished["status"] == "interrupted" and unfinished["summary"] is None
+        assert "after 1 of 2 rounds" in unfinished["reason"] and "--resume" in unfinished["reason"]
 
     engine = FakeEngine({c.id: harness_ok for c in plan.cells})
     got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), resume=True)  # type: ignore[arg-type]
     assert [r["status"] for r in got] == ["ok"] * 4
     ran = [spec.labels["envmatrix.cell"] for spec in engine.calls]
-    assert ran == [c.id for c in plan.cells[1:]]  # the ok cell was kept, not re-measured
+    # The ok cell was kept, not re-measured; the others were measured again in full rounds.
+    assert ran == [c.id for c in plan.cells[1:]] * 2
+
+
+def test_interrupt_in_the_first_round_leaves_unstarted_cells_without_a_result(
+    tmp_path: Path, run_dir: RunDir
+) -> None:
+    plan = make_plan(tmp_path, ("cpu", "openvino"))
+    behaviours = {c.id: harness_ok for c in plan.cells}
+    behaviours[plan.cells[1].id] = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_cells(FakeEngine(behaviours), plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    statuses = [json.loads(run_dir.result_path(c.id).read_text())["status"]
+                for c in plan.cells[:2]]  # fmt: skip
+    assert statuses == ["interrupted", "interrupted"]  # cell 0 had 1 of 2 rounds
+    assert not any(run_dir.result_path(c.id).exists() for c in plan.cells[2:])  # "not run"
+
+
+def test_rounds_interleave_cells_and_merge_into_one_result(
+    tmp_path: Path, run_dir: RunDir
+) -> None:
+    measure = replace(MEASURE, repeats=6, rounds=3)
+    plan = replace(make_plan(tmp_path, ("cpu", "openvino")), measure=measure)
+    engine = FakeEngine({c.id: harness_ok for c in plan.cells})
+    seen: list[str] = []
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir),  # type: ignore[arg-type]
+                           progress=lambda stage, msg: seen.append(msg))  # fmt: skip
+    ids = [c.id for c in plan.cells]
+    assert [s.labels["envmatrix.cell"] for s in engine.calls] == ids * 3  # round-major order
+    assert [arg(s, "--out") for s in engine.calls[::4]] == [
+        f"/envmatrix/out/round-{r}.json" for r in range(3)]
+    for result in got:
+        reps = result["repeats"]
+        assert [(r["index"], r["round"]) for r in reps] == [(i, i // 2) for i in range(6)]
+        assert result["summary"] == harness_measure.summarize(reps)
+        assert result["settings"]["repeats"] == 6 and result["settings"]["rounds"] == 3
+        assert [r["round"] for r in result["host"]["rounds"]] == [0, 1, 2]
+        assert result["host"]["duration_s"] == pytest.approx(3 * 1.5)
+        assert run_dir.output_path(result["cell"]).read_bytes() == b"npz"
+        assert not run_dir.scratch(result["cell"]).exists()
+    assert sum("[round 3/3]" in line for line in seen) == 2 * len(ids)
+    log = run_dir.run_log(ids[0]).read_text()
+    assert [line for line in log.splitlines() if line.startswith("=====")] == [
+        f"===== round {r}/3 =====" for r in (1, 2, 3)]
+
+
+def test_a_failed_round_ends_its_cell_and_the_others_go_on(
+    tmp_path: Path, run_dir: RunDir
+) -> None:
+    plan = replace(make_plan(tmp_path), measure=replace(MEASURE, repeats=3))
+    crashing = plan.cells[0].id
+    calls: list[int] = []
+
+    def crash_in_round_two(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+        calls.append(1)
+        return segfault(spec, out) if len(calls) == 2 else harness_ok(spec, out)
+
+    engine = FakeEngine({crashing: crash_in_round_two, plan.cells[1].id: harness_ok})
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    assert [r["status"] for r in got] == ["crashed", "ok"]
+    assert got[0]["reason"].startswith("round 2/3: killed by SIGSEGV")
+    assert [r["round"] for r in got[0]["host"]["rounds"]] == [0, 1]
+    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [
+        crashing, plan.cells[1].id, crashing, plan.cells[1].id, plan.cells[1].id]
+    assert len(got[1]["repeats"]) == 3
+    assert run_dir.scratch(crashing).is_dir()  # kept for a post-mortem
+
+
+def test_later_rounds_get_what_is_left_of_the_cell_timeout(
+    tmp_path: Path, run_dir: RunDir
+) -> None:
+    plan = replace(make_plan(tmp_path), measure=replace(MEASURE, repeats=3))
+    seen: list[float] = []
+
+    class Recording(FakeEngine):
+        def run(self, spec: ContainerSpec, *, timeout_s: float, **kw: Any) -> ContainerOutcome:
+            seen.append(timeout_s)
+            return super().run(spec, timeout_s=timeout_s, **kw)
+
+    runner.run_cells(Recording({c.id: harness_ok for c in plan.cells}), plan, run_dir, IMAGES,  # type: ignore[arg-type]
+                     prepared(run_dir))  # fmt: skip
+    assert seen[::2] == [30.0, 28.5, 27.0]  # each fake container takes 1.5 s
+
+
+def test_merge_keeps_a_fallback_of_any_round() -> None:
+    spec = ContainerSpec(image="x", command=["--repeats", "2", "--cell", "c"])
+    docs = [harness_doc(spec), harness_doc(spec, p50=0.008)]
+    docs[1]["provider"] = {"requested": "OpenVINOExecutionProvider", "fallback": True,
+                           "active": ["CPUExecutionProvider"]}  # fmt: skip
+    merged = runner.merge_rounds(docs, replace(MEASURE, repeats=4))
+    assert merged["provider"]["fallback"] is True
+    assert merged["summary"]["repeat_p50_s"] == [0.004, 0.004, 0.008, 0.008]
+    assert docs[0]["repeats"][0].get("round") is None  # the inputs were not changed
+
+
+@pytest.mark.parametrize(("repeats", "rounds", "per_round"), [(10, None, 1), (10, 5, 2),
+                                                             (10, 1, 10), (7, 7, 1)])
+def test_rounds_split_the_repeats(repeats: int, rounds: int | None, per_round: int) -> None:
+    assert Measure(repeats=repeats, rounds=rounds).repeats_per_round == per_round
+
+
+@pytest.mark.parametrize("rounds", [3, 11])
+def test_rounds_must_divide_the_repeats(rounds: int, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="must divide"):
+        _ = Measure(repeats=10, rounds=rounds).repeats_per_round
+    matrix = tmp_path / "matrix.yaml"
+    text = (Path(__file__).resolve().parents[2] / "matrix.yaml").read_text()
+    text = re.sub(r"(?m)^  repeats: .*$", "  repeats: 10", text)
+    matrix.write_text(re.sub(r"(?m)^  rounds: .*$", f"  rounds: {rounds}", text))
+    with pytest.raises(ConfigError, match=r"matrix.yaml:\d+: measure: rounds: .* does not "
+                                          r"divide repeats: 10[\s\S]*Fix: set rounds to one of "
+                                          r"\[1, 2, 5, 10\]"):
+        config.load_plan(matrix)
 
 
 def test_resume_remeasures_when_the_image_changed(tmp_path: Path, run_dir: RunDir) -> None:
@@ -223,7 +380,7 @@ def test_resume_remeasures_when_the_image_changed(tmp_path: Path, run_dir: RunDi
     rebuilt = {**IMAGES, "env1.8.0": replace(IMAGES["env1.8.0"], tag="envmatrix/env1.8.0:cc")}
     engine.calls.clear()
     runner.run_cells(engine, plan, run_dir, rebuilt, prepared(run_dir), resume=True)  # type: ignore[arg-type]
-    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [plan.cells[0].id]
+    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [plan.cells[0].id] * 2
 
 
 def test_adjust_hook_changes_the_launch(tmp_path: Path, run_dir: RunDir) -> None:
