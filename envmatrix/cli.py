@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from envmatrix import __version__, config, images, pipeline
+from envmatrix import __version__, config, images, pipeline, runner
 from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError
 from envmatrix.progress import Progress
 from envmatrix.results import utc_now
@@ -132,7 +132,7 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
     pipeline.write_resolved(plan, run_dir)
     prepared = pipeline.prepare_workloads(plan, run_dir, progress)
     engine = Engine.connect()
-    swept = pipeline.runner.sweep_leftovers(engine)
+    swept = runner.sweep_leftovers(engine)
     if swept:
         progress.warn("sweep", f"removed {swept} container(s) left by an earlier run")
     built = pipeline.build_images(engine, plan, run_dir, progress, rebuild=args.rebuild)
@@ -143,8 +143,8 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
             progress.fail("build", f"{failure.env_id}: {failure.message}")
         return BuildError.exit_code if failures else 0
     try:
-        results = pipeline.run_cells(engine, plan, run_dir, built, prepared, progress,
-                                     resume=bool(getattr(args, "resume", None)))
+        results = runner.run_cells(engine, plan, run_dir, built, prepared,
+                                   resume=bool(getattr(args, "resume", None)), progress=progress)
     except KeyboardInterrupt:
         progress.fail("stop", "interrupted: finished cells are kept")
         print(run_dir.resume_hint())

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from envmatrix import __version__, config, images, inputs, render, report, runner
+from envmatrix import __version__, config, images, inputs, render, report
 from envmatrix.engine import Engine
 from envmatrix.model import Plan
 from envmatrix.progress import Progress
@@ -80,21 +80,6 @@ def build_images(
     progress("build", f"{len(plan.environments)} environment image(s)")
     return images.ensure_images(engine, plan, run_dir=run_dir.path, rebuild=rebuild,
                                 progress=progress)
-
-
-def run_cells(
-    engine: Engine,
-    plan: Plan,
-    run_dir: RunDir,
-    built: dict[str, Any],
-    prepared: dict[str, Any],
-    progress: Progress,
-    *,
-    resume: bool,
-) -> list[dict[str, Any]]:
-    return runner.run_cells(
-        engine, plan, run_dir, built, prepared, resume=resume, progress=progress
-    )
 
 
 def write_report(run_dir: RunDir, progress: Progress) -> Path:
