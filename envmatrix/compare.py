@@ -41,9 +41,16 @@ from envmatrix.report import (
     table,
 )
 from envmatrix.rundir import atomic_write_text
-from envmatrix.stats import INVALID, VerdictRules, check_validity, measured_comparison
+from envmatrix.stats import (
+    INVALID,
+    UNPAIRED,
+    VerdictRules,
+    check_validity,
+    measured_comparison,
+    method_phrase,
+)
 
-__all__ = ["Comparison", "DifferentHardwareError", "compare", "compare_runs", "match_cells",
+__all__ = ["Comparison", "DifferentHardwareError", "compare", "match_cells",
            "pair_parity"]
 
 Key = tuple[str, str, str]  # (environment, workload, provider)
@@ -276,7 +283,8 @@ def render_comparison(a: RunData, b: RunData, comparison: Comparison,
     if comparison.unmatched:
         lines += ["Cells without a partner in the other run:", ""]
         lines += [f"- {md(u)}" for u in comparison.unmatched] + [""]
-    lines += [f"Verdicts: Mann-Whitney U over the per-process p50s at alpha {rules.alpha}, "
+    # Two runs are never measured in shared rounds, so their cells compare unpaired.
+    lines += [f"Verdicts: {method_phrase(UNPAIRED)} at alpha {rules.alpha}, "
               f"at least a {rules.min_effect:.0%} change in p50 (docs/report.md).", ""]
     lines.append(section_parity(comparison.pairs))
     return "\n".join(lines) + "\n"
@@ -318,16 +326,3 @@ def compare(
     atomic_write_text(path, render_comparison(a, b, result, rules))
     return result
 
-
-def compare_runs(
-    run_a: Path,
-    run_b: Path,
-    out: Path | None = None,
-    *,
-    mapping: Mapping[str, str] | None = None,
-    allow_different_hardware: bool = False,
-    rules: VerdictRules | None = None,
-) -> Path:
-    """`compare`, returning only the path of the written comparison."""
-    return compare(run_a, run_b, out, mapping=mapping,
-                   allow_different_hardware=allow_different_hardware, rules=rules).path

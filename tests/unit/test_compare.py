@@ -11,7 +11,7 @@ import pytest
 from test_report_fakes import BASELINE, fake_result, make_run
 
 from envmatrix import cli, errors
-from envmatrix.compare import DifferentHardwareError, compare, compare_runs
+from envmatrix.compare import DifferentHardwareError, compare
 from envmatrix.errors import ConfigError
 from envmatrix.stats import VerdictRules
 
@@ -54,7 +54,7 @@ def _section(text: str, title: str) -> str:
 def test_a_slower_second_run_is_slower(tmp_path: Path) -> None:
     a = _run(tmp_path, "run-a", 0.005, seed=1)
     b = _run(tmp_path, "run-b", 0.0055, seed=2)
-    text = compare_runs(a, b, rules=RULES).read_text()
+    text = compare(a, b, rules=RULES).path.read_text()
     assert (b / "compare-run-a.md").is_file()
     row = next(line for line in text.splitlines() if line.startswith("| cnn"))
     assert "slower" in row and "| +" in row  # p50 change B vs A is positive
@@ -64,11 +64,12 @@ def test_different_hardware_is_refused_by_default(tmp_path: Path) -> None:
     a = _run(tmp_path, "run-a", 0.005, seed=1)
     b = _run(tmp_path, "run-b", 0.005, seed=2, cpu_model="AMD EPYC 9654", cores=4)
     with pytest.raises(DifferentHardwareError) as err:
-        compare_runs(a, b, rules=RULES)
+        compare(a, b, rules=RULES)
     message = str(err.value)
     assert "CPU model" in message and "AMD EPYC 9654" in message and "cores visible" in message
     assert "--allow-different-hardware" in message
-    allowed = compare_runs(a, b, tmp_path / "cmp.md", allow_different_hardware=True, rules=RULES)
+    allowed = compare(a, b, tmp_path / "cmp.md", allow_different_hardware=True,
+                      rules=RULES).path
     text = allowed.read_text()
     assert "**Different hardware:**" in text
 
@@ -84,10 +85,10 @@ def test_different_hardware_error_lives_with_the_other_errors() -> None:
 def test_a_mapping_pairs_differently_named_environments(tmp_path: Path) -> None:
     a = _run(tmp_path, "run-a", 0.005, seed=1)
     b = _run(tmp_path, "run-b", 0.005, seed=2, env="renamed-env")
-    unmapped = compare_runs(a, b, tmp_path / "x.md", rules=RULES).read_text()
+    unmapped = compare(a, b, tmp_path / "x.md", rules=RULES).path.read_text()
     assert "without a partner" in unmapped
-    mapped = compare_runs(a, b, tmp_path / "y.md", mapping={BASELINE: "renamed-env"},
-                          rules=RULES)
+    mapped = compare(a, b, tmp_path / "y.md", mapping={BASELINE: "renamed-env"},
+                     rules=RULES).path
     text = mapped.read_text()
     assert "without a partner" not in text and "renamed-env--cnn--cpu" in text
 
