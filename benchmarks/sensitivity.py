@@ -50,7 +50,7 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from envmatrix.model import Measure  # noqa: E402
+from envmatrix.plan import Measure  # noqa: E402
 from envmatrix.stats import (  # noqa: E402
     SLOWER,
     UNCHANGED,

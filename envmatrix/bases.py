@@ -17,7 +17,7 @@ from pathlib import Path
 
 from envmatrix.engine import BOOTSTRAP_LABEL, MANAGED_LABEL, Engine
 from envmatrix.errors import BaseImageError
-from envmatrix.model import Base, Bootstrap
+from envmatrix.plan import Base, Bootstrap
 
 DEBOOTSTRAP_TIMEOUT_S = 1800.0
 

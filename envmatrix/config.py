@@ -22,11 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from envmatrix import plan as planlib
-from envmatrix import yamlsrc
+from envmatrix import expand, grammar, yamlsrc
+from envmatrix import plan as planmod
 from envmatrix.errors import ConfigError, RunDirError
-from envmatrix.model import Base, Bootstrap, Environment, Measure, Plan, Workload
-from envmatrix.plan import KeyPath, Problem, kind_of
+from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan, Workload
+from envmatrix.problems import (
+    KeyPath,
+    PlanError,
+    Problem,
+    did_you_mean,
+    format_path,
+    kind_of,
+    unique,
+)
 from envmatrix.spec import (
     DEFAULT_TEMPLATE,
     GRAMMARS,
@@ -92,7 +100,7 @@ class _Builder:
 
     def check(self) -> None:
         if self.problems:
-            raise planlib.PlanError(self.problems)
+            raise PlanError(self.problems)
 
     # bases ---------------------------------------------------------------------------------
 
@@ -119,31 +127,31 @@ class _Builder:
                 if isinstance(entry, MatrixEntrySpec):
                     drafts += self._combinations(self.data["environments"][index], entry, where)
                 else:
-                    origin = planlib.origin_of(self.data["environments"][index], where)
+                    origin = expand.origin_of(self.data["environments"][index], where)
                     drafts.append(_Draft(entry, where, origin))
-            except planlib.PlanError as err:
+            except PlanError as err:
                 self.problems += err.problems
         return drafts
 
     def _combinations(self, raw: dict[str, Any], entry: MatrixEntrySpec,
                       where: KeyPath) -> list[_Draft]:
-        axes, include, exclude = planlib.parse_matrix(raw, where)
-        combos = planlib.expand_matrix(axes, exclude, include, (*where, "matrix"))
+        axes, include, exclude = expand.parse_matrix(raw, where)
+        combos = expand.expand_matrix(axes, exclude, include, (*where, "matrix"))
         varied = tuple(sorted({k.split(".", 1)[1] for c in combos for k in c
                                if k.startswith("packages.")}))
         by_providers = any("providers" in c for c in combos)
         drafts, problems = [], []
         for combo in combos:
-            merged, origin = planlib.merge_combination(raw, combo, where)
+            merged, origin = expand.merge_combination(raw, combo, where)
             try:
                 spec = validate(EnvironmentSpec, merged)
-            except planlib.PlanError as err:
-                problems += [Problem(planlib.origin_path(origin, p.path, where), p.message, p.fix,
+            except PlanError as err:
+                problems += [Problem(expand.origin_path(origin, p.path, where), p.message, p.fix,
                                      p.at_key) for p in err.problems]
                 continue
             drafts.append(_Draft(spec, where, origin, varied, by_providers))
         if problems:
-            raise planlib.PlanError(planlib.unique(problems))
+            raise PlanError(unique(problems))
         return drafts
 
     def environments(self, drafts: list[_Draft], bases: Mapping[str, Base]) -> list[Environment]:
@@ -155,11 +163,11 @@ class _Builder:
             if base is None:
                 self.problems.append(Problem(
                     draft.path("base"), f"unknown base {spec.base!r}"
-                    f"{planlib.did_you_mean(spec.base, bases)}.",
+                    f"{did_you_mean(spec.base, bases)}.",
                     f"use one of {', '.join(bases)}, or add it under bases:."))
                 continue
             self._check_python(draft, base)
-            draft.env_id = spec.id or planlib.environment_id(
+            draft.env_id = spec.id or expand.environment_id(
                 spec.base, spec.python, spec.packages, draft.varied,
                 spec.providers if draft.varied_providers else ())
             pairs.append((draft, Environment(
@@ -169,10 +177,10 @@ class _Builder:
                 template=spec.template)))
         self._check_ids([draft for draft, _ in pairs])
         for draft, env in pairs:
-            for key, message, fix in planlib.check_environment(env):
+            for key, message, fix in expand.check_environment(env):
                 self.problems.append(Problem(draft.path(*key), f"environment {env.id}: {message}",
                                              fix))
-            note = planlib.numpy_warning(env)
+            note = expand.numpy_warning(env)
             if note:
                 self.warnings.append(f"{self.source}: {note}")
         return [env for _, env in pairs]
@@ -193,7 +201,7 @@ class _Builder:
     def _check_ids(self, drafts: list[_Draft]) -> None:
         seen: dict[str, _Draft] = {}
         for draft in drafts:
-            why = planlib.check_id(draft.env_id)
+            why = grammar.check_id(draft.env_id)
             if why:
                 self.problems.append(Problem(draft.path("id"), why, "set a shorter id: with "
                                              "lower-case letters, digits and . _ -."))
@@ -202,7 +210,7 @@ class _Builder:
                 same = " (another combination of this matrix)" if first.where == draft.where else ""
                 self.problems.append(Problem(
                     draft.path("id"), f"environment id {draft.env_id!r} is also the id of "
-                    f"{planlib.format_path(first.where)}{same}.",
+                    f"{format_path(first.where)}{same}.",
                     "add a distinct id: to one of them (for a matrix combination, an include "
                     "entry with id:)."))
 
@@ -244,7 +252,7 @@ class _Builder:
         name = model.split(":", 1)[1]
         if name not in zoo.NAMES:
             self.problems.append(Problem(
-                where, f"{model!r} is not in the zoo{planlib.did_you_mean(name, zoo.NAMES)}.",
+                where, f"{model!r} is not in the zoo{did_you_mean(name, zoo.NAMES)}.",
                 f"use one of {', '.join('zoo:' + n for n in zoo.NAMES)}, or a model file path."))
 
     def _user_file(self, text: str, where: KeyPath, allowed: Sequence[Path],
@@ -270,7 +278,7 @@ class _Builder:
 
     def check_model_export(self, envs: Sequence[Environment],
                            workloads: Sequence[Workload]) -> None:
-        limits = planlib.model_limits(envs)
+        limits = expand.model_limits(envs)
         export = self.spec.model_export
         if not limits or not any(w.is_zoo for w in workloads):
             return
@@ -322,7 +330,7 @@ class _Builder:
         if wanted not in ids:
             self.problems.append(Problem(
                 ("baseline",), f"baseline {wanted!r} is not an environment id"
-                f"{planlib.did_you_mean(wanted, ids)}.", f"use one of {', '.join(ids)}."))
+                f"{did_you_mean(wanted, ids)}.", f"use one of {', '.join(ids)}."))
         return wanted
 
     def check_cells(self, envs: Sequence[Environment], workloads: Sequence[Workload],
@@ -389,14 +397,14 @@ def load_plan(path: Union[Path, str], *, only: Optional[list[str]] = None,
     doc = yamlsrc.read_with_lines(source)
     try:
         return _build(source, doc, only, skip)
-    except planlib.PlanError as err:
+    except PlanError as err:
         raise ConfigError(_format(source, doc, err.problems)) from None
 
 
 def _build(source: Path, doc: Doc, only: Optional[list[str]],
            skip: Optional[list[str]]) -> Plan:
     if not isinstance(doc.data, dict):
-        raise planlib.PlanError([Problem((), f"the file holds {kind_of(doc.data)}, not a mapping.",
+        raise PlanError([Problem((), f"the file holds {kind_of(doc.data)}, not a mapping.",
                                          "start with `version: 1`, then bases:, environments: "
                                          "and workloads: (see matrix.yaml).")])
     builder = _Builder(source, doc.data, validate(MatrixFile, doc.data))
@@ -410,7 +418,7 @@ def _build(source: Path, doc: Doc, only: Optional[list[str]],
     baseline = builder.baseline(envs)
     options = {d.env_id: {p: tuple(sorted(o.items())) for p, o in d.spec.provider_options.items()}
                for d in drafts}
-    cells = planlib.make_cells(envs, workloads, options)
+    cells = expand.make_cells(envs, workloads, options)
     builder.check_cells(envs, workloads, cells)
     builder.check()
     return _selected_plan(builder, envs, workloads, cells, baseline, settings, only, skip)
@@ -421,7 +429,7 @@ def _selected_plan(builder: _Builder, envs: Sequence[Environment],
                    settings: Mapping[str, Optional[str]], only: Optional[list[str]],
                    skip: Optional[list[str]]) -> Plan:
     if only is not None or skip is not None:
-        cells = planlib.select(cells, only, skip)
+        cells = expand.select(cells, only, skip)
     kept_envs = [e for e in envs if any(c.environment.id == e.id for c in cells)]
     if baseline not in {e.id for e in kept_envs}:
         builder.warnings.append(f"baseline {baseline} is not selected; comparing against "
@@ -454,8 +462,8 @@ def _selected_plan(builder: _Builder, envs: Sequence[Environment],
 
 
 def _format(source: Path, doc: Doc, problems: Sequence[Problem]) -> str:
-    blocks = [f"{source}:{doc.line(p.path, p.at_key)}: {planlib.format_path(p.path)}: "
-              f"{p.message}\n  Fix: {p.fix}" for p in planlib.unique(problems)]
+    blocks = [f"{source}:{doc.line(p.path, p.at_key)}: {format_path(p.path)}: "
+              f"{p.message}\n  Fix: {p.fix}" for p in unique(problems)]
     if len(blocks) == 1:
         return blocks[0]
     return f"{source}: {len(blocks)} problems:\n" + "\n".join(blocks)
@@ -463,7 +471,7 @@ def _format(source: Path, doc: Doc, problems: Sequence[Problem]) -> str:
 
 def dump_resolved(plan: Plan, path: Union[Path, str], extra: Mapping[str, Any]) -> None:
     """Write plan_to_dict(plan) plus `run: extra` as YAML, atomically (temp, fsync, rename)."""
-    doc = {**planlib.plan_to_dict(plan), "run": json.loads(json.dumps(dict(extra), default=str))}
+    doc = {**planmod.plan_to_dict(plan), "run": json.loads(json.dumps(dict(extra), default=str))}
     yamlsrc.write_plain(path, doc)
 
 
@@ -477,9 +485,9 @@ def read_resolved(path: Union[Path, str]) -> dict[str, Any]:
                           "created (it writes matrix.resolved.yaml first).") from None
     except (OSError, UnicodeDecodeError, yamlsrc.YamlError) as err:
         raise RunDirError(f"{target}: unreadable ({err}). Fix: re-run the matrix.") from None
-    if not isinstance(data, dict) or data.get("schema") != planlib.PLAN_SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") != planmod.PLAN_SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else kind_of(data)
-        raise RunDirError(f"{target}: expected schema {planlib.PLAN_SCHEMA}, found {found!r}. "
+        raise RunDirError(f"{target}: expected schema {planmod.PLAN_SCHEMA}, found {found!r}. "
                           "Fix: use a run directory written by this envmatrix version.")
     return data
 

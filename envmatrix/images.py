@@ -23,7 +23,7 @@ from envmatrix import __version__
 from envmatrix.bases import ensure_base
 from envmatrix.engine import MANAGED_LABEL, Engine
 from envmatrix.errors import EnvmatrixError
-from envmatrix.model import Base, Environment, Plan
+from envmatrix.plan import Base, Environment, Plan
 from envmatrix.render import RenderedContext, render_environment
 
 Progress = Callable[[str, str], None]

@@ -25,7 +25,7 @@ from onnx import external_data_helper
 
 from envmatrix import zoo
 from envmatrix.errors import ConfigError
-from envmatrix.model import Workload
+from envmatrix.plan import Workload
 from envmatrix.rundir import atomic_write_bytes
 from envmatrix.zoo import InputSpec
 from harness.errors import HarnessInputError

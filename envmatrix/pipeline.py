@@ -13,7 +13,7 @@ from typing import Any
 
 from envmatrix import __version__, config, images, inputs, render, report
 from envmatrix.engine import Engine
-from envmatrix.model import Plan
+from envmatrix.plan import Plan
 from envmatrix.progress import Progress
 from envmatrix.rundir import RunDir, atomic_write_text
 

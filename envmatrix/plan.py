@@ -1,491 +1,199 @@
-"""Pure plan logic: matrix expansion, environment ids, cells, selection, the resolved-plan dict.
+"""The plan: the validated, expanded matrix that every stage after `config` works from.
 
-Nothing here reads files or YAML: `envmatrix.config` validates matrix.yaml and calls these
-functions. Problems are reported as `Problem`s carrying a key path (e.g.
-`("environments", 1, "matrix", "exclude", 0)`); config turns the path into a file and line.
+`config` turns matrix.yaml into a `Plan` (with `expand`); `render`, `bases`, `images`, `runner`
+and `report` read it and never look at YAML. Everything here is plain frozen data. A run
+writes its plan to `matrix.resolved.yaml` with `plan_to_dict`, and whatever reads a run
+directory back (report, compare, resume) gets the same typed objects from `plan_from_dict`:
+one shape on the way in and on the way back.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-from collections.abc import Iterable, Mapping, Sequence
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
-from fnmatch import fnmatchcase
-from typing import Any, Union
-
-from envmatrix.errors import ConfigError
-from envmatrix.model import PROVIDER_NAMES, Cell, Environment, Plan, Workload
+from pathlib import Path
+from typing import Any
 
 PLAN_SCHEMA = "envmatrix.plan/1"
 
-KeyPath = tuple[Union[str, int], ...]
-
-# Distributions that provide the `onnxruntime` module: at most one per environment, because each
-# overwrites the others' files.
-ORT_DISTRIBUTIONS = (
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "onnxruntime-openvino",
-    "onnxruntime-directml",
-    "onnxruntime-rocm",
-)
-# Runtime package -> short tag used in generated ids (order: the tags' order inside an id).
-RUNTIME_TAGS: tuple[tuple[str, str], ...] = (
-    ("onnxruntime", "ort"),
-    ("onnxruntime-gpu", "ortgpu"),
-    ("onnxruntime-openvino", "ortov"),
-    ("onnxruntime-directml", "ortdml"),
-    ("onnxruntime-rocm", "ortrocm"),
-    ("torch", "torch"),
-)
-# Package names a matrix axis may use bare (`onnxruntime: [...]`); others need `packages.<name>`.
-KNOWN_PACKAGES = frozenset(name for name, _ in RUNTIME_TAGS) | {"numpy", "openvino", "onnx"}
-# Environment fields a matrix axis may vary, and the extra ones an include entry may set.
-AXIS_FIELDS = ("base", "python", "providers")
-INCLUDE_FIELDS = (*AXIS_FIELDS, "id", "env", "description", "provider_options", "template")
-# Providers that only exist in some distributions: requesting them elsewhere is a mistake.
-PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {
-    "openvino": ("onnxruntime-openvino",),
-    "cuda": ("onnxruntime-gpu", "torch"),
-    "tensorrt": ("onnxruntime-gpu",),
-    "rocm": ("onnxruntime-rocm",),
+# Provider short names users write in matrix.yaml -> onnxruntime's provider names.
+PROVIDER_NAMES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
 }
-TORCH_PROVIDERS = ("cpu", "cuda")  # devices the torch backend can use
-NUMPY2_SINCE = (1, 19)  # onnxruntime releases before this were built against numpy 1.x
-# Newest ONNX IR version and opset that old onnxruntime releases read (onnxruntime's
-# docs/Versioning.md); releases from 1.9 on read IR 8+, beyond every default here.
-ORT_MODEL_LIMITS: dict[tuple[int, ...], tuple[int, int]] = {
-    (1, 0): (6, 11), (1, 1): (6, 11), (1, 2): (6, 11), (1, 3): (6, 12), (1, 4): (6, 12),
-    (1, 5): (6, 12), (1, 6): (7, 13), (1, 7): (7, 13), (1, 8): (7, 14),
-}
-ID_PATTERN = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")  # also a docker repository component
-ID_MAX = 63
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the matrix, at a key path, with the fix."""
+class Bootstrap:
+    """How to make a base image locally when it is absent and cannot be pulled."""
 
-    path: KeyPath
-    message: str
-    fix: str
-    at_key: bool = False  # point at the key's line (unknown keys) rather than its value's
-
-
-class PlanError(ConfigError):
-    """Problems found by the pure functions; config re-raises them with file and line."""
-
-    def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(f"{format_path(p.path)}: {p.message} Fix: {p.fix}"
-                                   for p in self.problems))
-
-
-def format_path(path: KeyPath) -> str:
-    """`("environments", 1, "packages", "numpy")` -> `environments[1].packages.numpy`."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z0-9_-]+", part):
-            text += f".{part}" if text else part
-        else:
-            text += f"[{part!r}]"
-    return text or "(top level)"
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """` (did you mean 'base'?)` or an empty string."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def normalize_package(name: str) -> str:
-    """PEP 503 normal form, so `ONNXRuntime_GPU` and `onnxruntime-gpu` are one package."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def show(value: Any) -> str:
-    """A value as safe, short text for a message: repr escapes newlines and control bytes."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def kind_of(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"the text {show(value)}"
-
-
-# -- matrix expansion (GitHub Actions semantics) ---------------------------------------------
+    suite: str  # debootstrap suite, e.g. "bookworm" or "jammy"
+    mirror: str | None = None  # None: debootstrap's own default mirror
+    variant: str = "minbase"
 
 
 @dataclass(frozen=True)
-class Src:
-    """A matrix value and where it was written; equality looks at the value only."""
-
-    value: Any
-    path: KeyPath = field(compare=False)
-
-
-Combination = dict[str, Src]
-
-
-def axis_key(key: str, where: KeyPath) -> str:
-    """Canonical key of an axis or include/exclude key: a field name or `packages.<name>`."""
-    if key in INCLUDE_FIELDS:
-        return key
-    if key.startswith("packages."):
-        return "packages." + normalize_package(key[len("packages."):])
-    if normalize_package(key) in KNOWN_PACKAGES:
-        return "packages." + normalize_package(key)
-    hint = did_you_mean(key, [*INCLUDE_FIELDS, *sorted(KNOWN_PACKAGES)])
-    raise PlanError([Problem(
-        where, f"unknown matrix key {key!r}{hint}.",
-        f"use one of {', '.join(AXIS_FIELDS)}, a runtime package name "
-        f"({', '.join(sorted(KNOWN_PACKAGES))}), or packages.<name> to vary another package.",
-        at_key=True)])
-
-
-def expand_matrix(
-    axes: Mapping[str, Sequence[Src]],
-    exclude: Sequence[Mapping[str, Src]],
-    include: Sequence[Mapping[str, Src]],
-    where: KeyPath,
-) -> list[Combination]:
-    """The axes' cartesian product, minus `exclude`, plus `include` (GitHub Actions rules).
-
-    An exclude entry drops combinations that match all its keys. An include entry is merged
-    into every original combination whose original axis values it does not contradict (keys
-    added by earlier includes may be overwritten); an entry merged nowhere becomes a new
-    combination. Excludes that remove nothing and an empty result are errors: in a benchmark
-    matrix they are always mistakes.
-    """
-    combos = _product(axes, where)
-    combos = _apply_exclude(combos, axes, exclude, where)
-    combos = _apply_include(combos, axes, include)
-    if not combos:
-        raise PlanError([Problem(where, "the matrix expands to no environment at all.",
-                                 "add axis values or include entries, or remove an exclude.")])
-    return combos
-
-
-def _product(axes: Mapping[str, Sequence[Src]], where: KeyPath) -> list[Combination]:
-    combos: list[Combination] = [{}] if axes else []
-    for key, values in axes.items():
-        if not values:
-            raise PlanError([Problem((*where, key), f"axis {key!r} has no values.",
-                                     "give it at least one value, or remove the axis.")])
-        combos = [{**combo, key: value} for combo in combos for value in values]
-    return combos
-
-
-def _apply_exclude(combos: list[Combination], axes: Mapping[str, Sequence[Src]],
-                   exclude: Sequence[Mapping[str, Src]], where: KeyPath) -> list[Combination]:
-    for index, entry in enumerate(exclude):
-        path = (*where, "exclude", index)
-        unknown = [key for key in entry if key not in axes]
-        if unknown or not entry:
-            raise PlanError([Problem(
-                path, f"exclude entry names {unknown or 'no key'}, which is not an axis.",
-                f"exclude entries may only use the axes {', '.join(axes) or '(none)'}.")])
-        kept = [c for c in combos if any(c[key] != value for key, value in entry.items())]
-        if len(kept) == len(combos):
-            raise PlanError([Problem(path, "exclude entry matches no combination.",
-                                     "fix its values to match an axis value, or remove it.")])
-        combos = kept
-    return combos
-
-
-def _apply_include(combos: list[Combination], axes: Mapping[str, Sequence[Src]],
-                   include: Sequence[Mapping[str, Src]]) -> list[Combination]:
-    originals = [dict(c) for c in combos]  # original axis values, never overwritten
-    added: list[Combination] = []
-    for entry in include:
-        matched = False
-        for original, combo in zip(originals, combos):
-            if all(original[k] == v for k, v in entry.items() if k in axes):
-                combo.update({k: v for k, v in entry.items() if k not in axes})
-                matched = True
-        if not matched:
-            added.append(dict(entry))
-    return combos + added
-
-
-# -- matrix entries: axes, include/exclude, combinations -> environment data --------------
-
-
-def origin_of(raw: Any, where: KeyPath) -> dict[tuple[str, ...], KeyPath]:
-    """Key path of each value in a plain environment entry (for cross-check messages)."""
-    origin: dict[tuple[str, ...], KeyPath] = {}
-    for key, value in (raw.items() if isinstance(raw, dict) else ()):
-        origin[(key,)] = (*where, key)
-        if isinstance(value, dict):
-            for sub in value:
-                origin[(key, normalize_package(sub) if key == "packages" else sub)] = (
-                    *where, key, sub)
-    return origin
-
-
-def parse_matrix(raw: dict[str, Any], where: KeyPath) -> tuple[
-        dict[str, list[Src]], list[dict[str, Src]], list[dict[str, Src]]]:
-    """Axes, include and exclude with canonical keys and each value's key path."""
-    mpath = (*where, "matrix")
-    shared = {k for k in raw if k != "matrix"}
-    shared |= {"packages." + normalize_package(n) for n in raw.get("packages") or {}}
-    axes: dict[str, list[Src]] = {}
-    for key, values in raw["matrix"].items():
-        if key in ("include", "exclude"):
-            continue
-        canon = axis_key(key, (*mpath, key))
-        problem = _axis_problem(key, canon, values, axes, shared)
-        if problem:
-            raise PlanError([Problem((*mpath, key), *problem)])
-        axes[canon] = [Src(v, (*mpath, key, i)) for i, v in enumerate(values)]
-    include = _entries(raw["matrix"].get("include", []), (*mpath, "include"))
-    exclude = _entries(raw["matrix"].get("exclude", []), (*mpath, "exclude"))
-    return axes, include, exclude
-
-
-def _axis_problem(key: str, canon: str, values: Any, axes: Mapping[str, Any],
-                  shared: set[str]) -> tuple[str, str] | None:
-    if canon not in AXIS_FIELDS and not canon.startswith("packages."):
-        return (f"{key!r} cannot be a matrix axis.",
-                f"vary {', '.join(AXIS_FIELDS)} or packages; set {key} in an include "
-                "entry or next to matrix:.")
-    if not isinstance(values, list):
-        return (f"axis {key!r} must list its values, got {kind_of(values)}.",
-                f"write {key}: [{show(values)}].")
-    if canon in axes:
-        return (f"axis {key!r} varies {canon}, which another axis already varies.",
-                "keep one of the two axes.")
-    if canon in shared:
-        return (f"{key!r} is both an axis and a shared value next to matrix:; the shared value "
-                "would never be used.", "remove one of them.")
-    return None
-
-
-def _entries(raw: Any, where: KeyPath) -> list[dict[str, Src]]:
-    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
-        raise PlanError([Problem(where, f"expected a list of mappings, got {kind_of(raw)}.",
-                                         "write entries like - {base: bookworm}.")])
-    return [{axis_key(k, (*where, i, k)): Src(v, (*where, i, k)) for k, v in e.items()}
-            for i, e in enumerate(raw)]
-
-
-def merge_combination(raw: dict[str, Any], combo: Mapping[str, Src], where: KeyPath) -> tuple[
-        dict[str, Any], dict[tuple[str, ...], KeyPath]]:
-    """Shared values next to `matrix:` overlaid with one combination's values (which win)."""
-    merged = {k: v for k, v in raw.items() if k != "matrix"}
-    origin = origin_of(merged, where)
-    for key, src in combo.items():
-        if key.startswith("packages."):
-            name = key.split(".", 1)[1]
-            merged["packages"] = {**(merged.get("packages") or {}), name: src.value}
-            origin[("packages", name)] = src.path
-        elif key in ("env", "provider_options") and isinstance(src.value, dict):
-            merged[key] = {**(merged.get(key) or {}), **src.value}
-            origin.update({(key, sub): (*src.path, sub) for sub in src.value})
-        else:
-            merged[key] = src.value
-            origin[(key,)] = src.path
-    return merged, origin
-
-
-def origin_path(origin: Mapping[tuple[str, ...], KeyPath], loc: KeyPath,
-                 where: KeyPath) -> KeyPath:
-    """Map a path inside a merged combination back to where the value was written."""
-    keys = tuple(str(p) for p in loc)
-    for depth in range(len(keys), 0, -1):
-        if keys[:depth] in origin:
-            return (*origin[keys[:depth]], *loc[depth:])
-    return (*where, "matrix")
-
-
-def unique(problems: Sequence[Problem]) -> list[Problem]:
-    seen, out = set(), []
-    for p in problems:
-        if (p.path, p.message) not in seen:
-            seen.add((p.path, p.message))
-            out.append(p)
-    return out
-
-
-# -- ids ------------------------------------------------------------------------------------
-
-
-def slug(text: str) -> str:
-    """Lower-case, every run of other characters one '-', no separator at either end."""
-    text = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
-    text = re.sub(r"[._-]{2,}", lambda m: m.group()[0], text)
-    return text.strip("._-")
-
-
-def environment_id(base: str, python: str, packages: Mapping[str, str],
-                   varied: Sequence[str] = (), providers: Sequence[str] = ()) -> str:
-    """A stable slug: base, python (unless system), runtime pins, varied packages, providers.
-
-    `varied` names non-runtime packages that a matrix varies (e.g. numpy) and `providers` is
-    given when a matrix varies them, so combinations differing only there get different ids.
-    Positions in the file never enter the id.
-    """
-    parts = [base]
-    if python != "system":
-        parts.append(f"py{python}")
-    parts += [f"{tag}{packages[name]}" for name, tag in RUNTIME_TAGS if name in packages]
-    runtimes = {name for name, _ in RUNTIME_TAGS}
-    parts += [f"{name}{packages[name]}" for name in varied
-              if name in packages and name not in runtimes]
-    parts += [provider_slug(p) for p in providers]
-    return slug("-".join(parts))
-
-
-def check_id(env_id: str) -> str | None:
-    """Why `env_id` is not usable as an id, or None."""
-    if len(env_id) > ID_MAX:
-        return f"id {env_id!r} is longer than {ID_MAX} characters."
-    if not ID_PATTERN.fullmatch(env_id):
-        return (f"id {env_id[:80]!r} is not a slug: lower-case letters and digits, joined by "
-                "single '.', '_' or '-'.")
-    return None
-
-
-def provider_slug(provider: str) -> str:
-    """`openvino` stays; a full name like `MIGraphXExecutionProvider` becomes `migraphx`."""
-    if provider in PROVIDER_NAMES:
-        return provider
-    return slug(provider.removesuffix("ExecutionProvider"))
-
-
-def cell_id(env_id: str, workload: str, provider: str) -> str:
-    return f"{env_id}--{workload}--{provider_slug(provider)}"
-
-
-# -- environment checks ---------------------------------------------------------------------
-
-
-def release(version: str) -> tuple[int, ...]:
-    """The numeric release part of a validated version: `1.8.0rc1` -> (1, 8, 0)."""
-    head = re.match(r"[0-9]+(?:\.[0-9]+)*", version)
-    return tuple(int(p) for p in head.group().split(".")) if head else ()
-
-
-def check_environment(env: Environment) -> list[tuple[tuple[str, ...], str, str]]:
-    """Combinations known not to work: (key inside the environment, message, fix) for each."""
-    packages = env.package_dict
-    found: list[tuple[tuple[str, ...], str, str]] = []
-    ort = [name for name in ORT_DISTRIBUTIONS if name in packages]
-    if len(ort) > 1:
-        found.append((("packages",), f"{' and '.join(ort)} both install the onnxruntime module.",
-                      "keep one onnxruntime distribution per environment (a matrix include "
-                      "entry extends every combination whose axis values it matches; to add a "
-                      "separate one, give it an axis value no combination has)."))
-    if not ort and "torch" not in packages:
-        found.append((("packages",), "no inference runtime is pinned.",
-                      "pin onnxruntime (or onnxruntime-gpu, onnxruntime-openvino, torch)."))
-    for provider in env.providers:
-        needs = PROVIDER_NEEDS.get(provider)
-        if needs and not any(name in packages for name in needs):
-            found.append((("providers",), f"provider {provider!r} needs {' or '.join(needs)}, "
-                          "which this environment does not pin.",
-                          f"add {needs[0]} to packages, or remove {provider!r} from providers."))
-    numpy = packages.get("numpy")
-    old = [name for name in ort if release(packages[name]) < NUMPY2_SINCE]
-    if old and numpy and release(numpy) >= (2,):
-        found.append((("packages", "numpy"),
-                      f"{old[0]} {packages[old[0]]} was built against numpy 1.x and fails to "
-                      f"import with numpy {numpy}.", "pin numpy<2, e.g. numpy: \"1.23.5\"."))
-    return found
-
-
-def numpy_warning(env: Environment) -> str | None:
-    """A warning when an old onnxruntime leaves numpy unpinned (pip would pick numpy 2)."""
-    packages = env.package_dict
-    old = [n for n in ORT_DISTRIBUTIONS if n in packages and release(packages[n]) < NUMPY2_SINCE]
-    if old and "numpy" not in packages:
-        return (f"environment {env.id}: {old[0]} {packages[old[0]]} needs numpy 1.x but numpy is "
-                "not pinned; pip may install numpy 2 and the import fails. "
-                "Fix: pin numpy, e.g. numpy: \"1.23.5\".")
-    return None
-
-
-def model_limits(environments: Iterable[Environment]) -> tuple[int, int, str] | None:
-    """The tightest (IR version, opset, environment id) that old runtimes in the plan read."""
-    tightest: tuple[int, int, str] | None = None
-    for env in environments:
-        for name in ORT_DISTRIBUTIONS:
-            version = env.package_dict.get(name)
-            limits = ORT_MODEL_LIMITS.get(release(version)[:2]) if version else None
-            if limits and (tightest is None or limits < tightest[:2]):
-                tightest = (*limits, env.id)
-    return tightest
-
-
-# -- cells and selection --------------------------------------------------------------------
-
-
-def runs(env: Environment, workload: Workload, provider: str) -> bool:
-    """Whether an environment can run a workload on a provider at all."""
-    packages = env.package_dict
-    if workload.backend == "torch":
-        return "torch" in packages and provider in TORCH_PROVIDERS
-    return any(name in packages for name in ORT_DISTRIBUTIONS)
-
-
-def make_cells(
-    environments: Sequence[Environment],
-    workloads: Sequence[Workload],
-    provider_options: Mapping[str, Mapping[str, tuple[tuple[str, str], ...]]] | None = None,
-) -> list[Cell]:
-    """Every environment x workload x provider of that environment that can run.
-
-    `provider_options` maps environment id -> provider -> options. A torch workload pairs with
-    torch environments on cpu/cuda only; an onnxruntime workload with onnxruntime environments.
-    """
-    options = provider_options or {}
-    return [
-        Cell(cell_id(env.id, wl.name, provider), env, wl, provider,
-             tuple(options.get(env.id, {}).get(provider, ())))
-        for env in environments
-        for wl in workloads
-        for provider in env.providers
-        if runs(env, wl, provider)
-    ]
-
-
-def select(cells: Sequence[Cell], only: Sequence[str] | None,
-           skip: Sequence[str] | None) -> list[Cell]:
-    """Cells kept by `only`/`skip` globs, each matched against environment ids and cell ids.
-
-    A cell is kept when some `only` glob matches its id or its environment's id (or `only` is
-    not given) and no `skip` glob matches either. A glob matching nothing is an error, so a
-    typo never silently runs (or skips) everything.
-    """
-    ids = sorted({c.environment.id for c in cells} | {c.id for c in cells})
-    for flag, globs in (("--only", only), ("--skip", skip)):
-        for glob in globs or ():
-            if not any(fnmatchcase(i, glob) for i in ids):
-                raise ConfigError(
-                    f"{flag} {glob!r} matches no environment or cell id. Ids are:\n  "
-                    + "\n  ".join(ids)
-                    + f"\nFix: give a glob matching one of them, e.g. {flag} '{ids[0]}*'.")
-
-    def hit(cell: Cell, globs: Sequence[str]) -> bool:
-        return any(fnmatchcase(cell.id, g) or fnmatchcase(cell.environment.id, g) for g in globs)
-
-    kept = [c for c in cells if (not only or hit(c, only)) and not hit(c, skip or ())]
-    if not kept:
-        raise ConfigError(f"--only {list(only or [])} with --skip {list(skip or [])} leaves no "
-                          "cell to run. Fix: loosen the globs.")
-    return kept
-
-
-# -- the resolved plan ----------------------------------------------------------------------
+class Base:
+    name: str  # key in matrix.yaml `bases:`
+    image: str  # image reference, e.g. "debian:bookworm", "nvidia/cuda:10.2-runtime-ubuntu18.04"
+    family: str  # "debian" or "ubuntu": selects apt details in the template
+    bootstrap: Bootstrap | None = None
+    # "system": the distribution's python3; "image": the base already provides python (official
+    # python images); "deadsnakes": pythonX.Y from the deadsnakes PPA (Ubuntu only).
+    python_source: str = "system"
+    cuda: str | None = None  # CUDA version the base provides, for the report and fingerprint
+
+
+@dataclass(frozen=True)
+class Environment:
+    id: str  # stable slug, e.g. "bullseye-ort1.8.0"; image tag, file names, report rows
+    base: Base
+    python: str  # "system" or a version like "3.6" (needs python_source deadsnakes/image)
+    packages: tuple[tuple[str, str], ...]  # exact pins (name, version), sorted by name
+    providers: tuple[str, ...]  # short provider names, e.g. ("cpu", "openvino")
+    env: tuple[tuple[str, str], ...] = ()  # environment variables set in the image
+    description: str = ""
+    template: str = "default.Dockerfile.j2"  # template file name inside the template folder
+
+    @property
+    def package_dict(self) -> dict[str, str]:
+        return dict(self.packages)
+
+    def runtime(self) -> tuple[str, str] | None:
+        """The inference runtime under test: (package, version), or None."""
+        for name in ("onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime", "torch"):
+            if name in self.package_dict:
+                return name, self.package_dict[name]
+        return None
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str  # slug used in cell ids
+    model: str  # "zoo:<name>" for a generated model, or a path to a user .onnx file
+    backend: str = "onnxruntime"  # or "torch" (TorchScript of a zoo model or a user .pt)
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # fixed dynamic dims per input
+    values: tuple[tuple[str, str], ...] = ()  # fixed scalar values per input, as text
+    inputs: str | None = None  # user .npz of input tensors (path), overrides generation
+    seed: int = 0
+    description: str = ""
+
+    @property
+    def is_zoo(self) -> bool:
+        return self.model.startswith("zoo:")
+
+
+@dataclass(frozen=True)
+class Measure:
+    warmup: int = 10  # untimed iterations after the first inference
+    min_iterations: int = 50
+    min_time_s: float = 1.0  # per process; the verdicts rely on repeats, not on long loops
+    repeats: int = 20  # fresh processes per cell: 20 rounds detect 5% (docs/report.md)
+    # Interleaved rounds: round 1 of every cell, then round 2 of every cell..., each round one
+    # container running repeats/rounds processes, so that slow drift of the machine hits every
+    # cell alike and the verdict can pair cells round by round. None: rounds = repeats.
+    rounds: int | None = None
+    threads: int | None = None  # intra-op threads; None = runtime default
+    cpuset: str | None = None  # e.g. "0" or "0-1": CPU pinning of the container
+    timeout_s: float = 600.0  # per cell, enforced on the host
+    build_timeout_s: float = 1800.0  # per image build, enforced on the host
+    memory_limit: str = "4g"
+    pids_limit: int = 512
+
+    @property
+    def round_count(self) -> int:
+        """How many rounds (containers) each cell is measured in."""
+        return self.repeats if self.rounds is None else self.rounds
+
+    @property
+    def repeats_per_round(self) -> int:
+        """Fresh processes in each round's container; config checks that rounds divide repeats."""
+        if not 1 <= self.round_count <= self.repeats or self.repeats % self.round_count:
+            raise ValueError(f"measure.rounds={self.rounds} must divide measure.repeats="
+                             f"{self.repeats} (1 <= rounds <= repeats)")
+        return self.repeats // self.round_count
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str  # "<environment>--<workload>--<provider>"
+    environment: Environment
+    workload: Workload
+    provider: str  # short name, key of PROVIDER_NAMES or a full onnxruntime provider name
+    provider_options: tuple[tuple[str, str], ...] = ()
+
+    def config_hash(self, measure: Measure) -> str:
+        """Hash of everything that shapes this cell's numbers: stale results are refused."""
+        doc = {"cell": asdict(self), "measure": asdict(measure)}
+        text = json.dumps(doc, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: Path  # the matrix file
+    bases: tuple[Base, ...]
+    environments: tuple[Environment, ...]
+    workloads: tuple[Workload, ...]
+    measure: Measure
+    baseline: str  # environment id
+    cells: tuple[Cell, ...]
+    ca_bundle: str | None = None  # path to a PEM bundle handed to pip in builds
+    wheelhouse: str | None = None  # folder of wheels handed to pip in builds
+    pip_index_url: str | None = None  # None: pip's default index
+    template_dir: str | None = None  # user template folder; None: the packaged dockerfiles/
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def environment(self, env_id: str) -> Environment:
+        for env in self.environments:
+            if env.id == env_id:
+                return env
+        raise KeyError(env_id)
+
+    def cell(self, cell_id: str) -> Cell:
+        for cell in self.cells:
+            if cell.id == cell_id:
+                return cell
+        raise KeyError(cell_id)
+
+    def cells_of(self, env_id: str) -> list[Cell]:
+        return [c for c in self.cells if c.environment.id == env_id]
+
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """The image an environment's cells ran in, as the run recorded it."""
+
+    tag: str | None
+    image_id: str | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The `run:` part of matrix.resolved.yaml: what this run added to the plan."""
+
+    run_id: str = ""
+    envmatrix_version: str = ""
+    started_at: str = ""
+    images: dict[str, ImageRecord] = field(default_factory=dict)  # environment id ->
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A run directory's plan read back: the `Plan` the run used and what the run recorded."""
+
+    plan: Plan
+    run: RunRecord
+
+
+# -- the resolved plan, both ways -----------------------------------------------------------
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -528,3 +236,74 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "config_hash": c.config_hash(plan.measure),
         } for c in plan.cells],
     }
+
+
+def _pairs(mapping: Any) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in (mapping or {}).items()))
+
+
+def _base(doc: dict[str, Any]) -> Base:
+    boot = doc.get("bootstrap")
+    return Base(name=str(doc["name"]), image=str(doc["image"]), family=str(doc["family"]),
+                bootstrap=Bootstrap(**boot) if boot else None,
+                python_source=str(doc.get("python_source") or "system"), cuda=doc.get("cuda"))
+
+
+def _environment(doc: dict[str, Any], bases: dict[str, Base]) -> Environment:
+    return Environment(
+        id=str(doc["id"]), base=bases[str(doc["base"])], python=str(doc["python"]),
+        packages=_pairs(doc.get("packages")), providers=tuple(doc.get("providers") or ()),
+        env=_pairs(doc.get("env")), description=str(doc.get("description") or ""),
+        template=str(doc.get("template") or "default.Dockerfile.j2"))
+
+
+def _workload(doc: dict[str, Any]) -> Workload:
+    return Workload(
+        name=str(doc["name"]), model=str(doc["model"]),
+        backend=str(doc.get("backend") or "onnxruntime"),
+        shapes=tuple(sorted((str(k), tuple(int(d) for d in v))
+                            for k, v in (doc.get("shapes") or {}).items())),
+        values=_pairs(doc.get("values")), inputs=doc.get("inputs"),
+        seed=int(doc.get("seed") or 0), description=str(doc.get("description") or ""))
+
+
+def _run_record(doc: Any) -> RunRecord:
+    doc = doc if isinstance(doc, dict) else {}
+    images = {str(env_id): ImageRecord(tag=(rec or {}).get("tag"),
+                                       image_id=(rec or {}).get("image_id"))
+              for env_id, rec in (doc.get("images") or {}).items()}
+    return RunRecord(run_id=str(doc.get("run_id") or ""),
+                     envmatrix_version=str(doc.get("envmatrix_version") or ""),
+                     started_at=str(doc.get("started_at") or ""), images=images)
+
+
+def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
+    """The inverse of `plan_to_dict` (plus the `run:` part): the typed plan a run used.
+
+    Raises KeyError or TypeError on a document that is not a resolved plan; the caller that
+    read the file words that for users (`config.read_resolved`).
+    """
+    bases = {b.name: b for b in (_base(d) for d in doc.get("bases") or [])}
+    for env_doc in doc.get("environments") or []:  # plans of old runs may not list bases
+        if env_doc["base"] not in bases:
+            bases[env_doc["base"]] = Base(env_doc["base"], env_doc.get("image", "?"), "debian")
+    envs = {e.id: e for e in (_environment(d, bases) for d in doc.get("environments") or [])}
+    workloads = {w.name: w for w in (_workload(d) for d in doc.get("workloads") or [])}
+    cells = tuple(
+        Cell(id=str(c["id"]), environment=envs[str(c["environment"])],
+             workload=workloads[str(c["workload"])], provider=str(c["provider"]),
+             provider_options=_pairs(c.get("provider_options")))
+        for c in doc.get("cells") or [])
+    build = doc.get("build") or {}
+    plan = Plan(
+        source=Path(str(doc.get("source") or "matrix.yaml")),
+        bases=tuple(bases.values()), environments=tuple(envs.values()),
+        workloads=tuple(workloads.values()), measure=Measure(**(doc.get("measure") or {})),
+        baseline=str(doc["baseline"]), cells=cells,
+        ca_bundle=build.get("ca_bundle_resolved"), wheelhouse=build.get("wheelhouse"),
+        pip_index_url=build.get("pip_index_url"), template_dir=build.get("template_dir"),
+        extra={"model_export": dict(doc.get("model_export") or {}),
+               "offline": bool(build.get("offline", False)),
+               "configured_build": {"ca_bundle": build.get("ca_bundle")},
+               "warnings": list(doc.get("warnings") or [])})
+    return ResolvedPlan(plan=plan, run=_run_record(doc.get("run")))

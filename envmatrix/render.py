@@ -24,9 +24,9 @@ from typing import Any
 
 import jinja2
 
-from envmatrix import __version__
+from envmatrix import __version__, grammar
 from envmatrix.errors import ConfigError, EnvmatrixError
-from envmatrix.model import Environment, Plan
+from envmatrix.plan import Environment, Plan
 
 PACKAGED_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "dockerfiles"
 BUILD_DIR = "build"  # context subfolder only the builder stage copies
@@ -35,16 +35,8 @@ CA_FILE = f"{BUILD_DIR}/ca.pem"
 WHEELHOUSE_DIR = f"{BUILD_DIR}/wheelhouse"
 WHEEL_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
-# Allow-lists (ASCII only, checked with fullmatch so a trailing newline cannot slip through).
-_ENV_ID = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")  # a docker repository component
-_IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
-_PYTHON_VERSION = re.compile(r"[23]\.[0-9]{1,2}")
-_PACKAGE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")  # PEP 508
-_PACKAGE_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")  # PEP 440, local parts
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_ENV_VALUE = re.compile(r"[A-Za-z0-9 _.,:/=+@%-]{0,1024}")
-_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_RESERVED_ENV = ("PATH", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
+# The same grammars as the config check (envmatrix.grammar), checked again here as defence in
+# depth: a value that reached the plan some other way still cannot add a Dockerfile line.
 FAMILIES = ("debian", "ubuntu")
 PYTHON_SOURCES = ("system", "image", "deadsnakes")
 
@@ -68,19 +60,18 @@ def _refuse(plan: Plan, env: Environment, key: str, value: object, fix: str) -> 
     )
 
 
-def _check(pattern: re.Pattern[str], value: str, plan: Plan, env: Environment, key: str,
-           fix: str) -> None:
-    if not isinstance(value, str) or not value.isascii() or not pattern.fullmatch(value):
+def _check(name: str, value: str, plan: Plan, env: Environment, key: str, fix: str) -> None:
+    if not isinstance(value, str) or not value.isascii() or not grammar.matches(name, value):
         raise _refuse(plan, env, key, value, fix)
 
 
 def validate_environment(env: Environment, plan: Plan) -> None:
     """Refuse any value a template could turn into more (or other) Dockerfile lines."""
-    _check(_ENV_ID, env.id, plan, env, "id",
+    _check("id", env.id, plan, env, "id",
            "use lower-case letters, digits and single . _ - between them")
-    _check(_IMAGE_REF, env.base.image, plan, env, "base.image",
+    _check("image", env.base.image, plan, env, "base.image",
            "give an image reference like debian:bookworm or nvidia/cuda:12.4.1-runtime-ubuntu22.04")
-    _check(_TEMPLATE_NAME, env.template, plan, env, "template",
+    _check("template", env.template, plan, env, "template",
            "name a file inside the template folder, e.g. default.Dockerfile.j2")
     if env.base.family not in FAMILIES:
         raise _refuse(plan, env, "base.family", env.base.family, f"use one of {FAMILIES}")
@@ -89,15 +80,15 @@ def validate_environment(env: Environment, plan: Plan) -> None:
                       f"use one of {PYTHON_SOURCES}")
     _validate_python(env, plan)
     for name, version in env.packages:
-        _check(_PACKAGE_NAME, name, plan, env, "packages",
+        _check("package", name, plan, env, "packages",
                "use a PyPI project name (letters, digits, . _ -)")
-        _check(_PACKAGE_VERSION, version, plan, env, f"packages.{name}",
+        _check("version", version, plan, env, f"packages.{name}",
                "pin an exact version like 1.16.3 (no operators, spaces or markers)")
     for key, value in env.env:
-        _check(_ENV_KEY, key, plan, env, "env", "use a variable name like OMP_NUM_THREADS")
-        if key in _RESERVED_ENV or key.startswith("ENVMATRIX_"):
+        _check("env_name", key, plan, env, "env", "use a variable name like OMP_NUM_THREADS")
+        if grammar.is_reserved_env(key):
             raise _refuse(plan, env, f"env.{key}", key, "envmatrix sets this variable itself")
-        _check(_ENV_VALUE, value, plan, env, f"env.{key}",
+        _check("env_value", value, plan, env, f"env.{key}",
                "use letters, digits, spaces and _ . , : / = + @ % - only")
 
 
@@ -108,7 +99,7 @@ def _validate_python(env: Environment, plan: Plan) -> None:
             raise _refuse(plan, env, "python", env.python,
                           "python_source deadsnakes needs a version like 3.8")
         return
-    _check(_PYTHON_VERSION, env.python, plan, env, "python", "use `system` or X.Y like 3.8")
+    _check("python", env.python, plan, env, "python", "use `system` or X.Y like 3.8")
     if source == "system":
         raise _refuse(plan, env, "python", env.python,
                       "the distribution's python3 cannot be chosen: use `python: system`, or a "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envmatrix.errors import RunDirError
-from envmatrix.model import PROVIDER_NAMES, Cell, Measure
+from envmatrix.plan import PROVIDER_NAMES, Cell, Measure
 from envmatrix.rundir import RunDir, atomic_write_json
 
 SCHEMA = "envmatrix.result/1"

@@ -36,7 +36,7 @@ from typing import Any, Protocol, Union, cast
 from envmatrix import results
 from envmatrix.engine import ContainerOutcome, ContainerSpec, Engine
 from envmatrix.errors import EngineError
-from envmatrix.model import PROVIDER_NAMES, Cell, Measure, Plan
+from envmatrix.plan import PROVIDER_NAMES, Cell, Measure, Plan
 from envmatrix.rundir import RunDir
 from harness import measure as harness_measure
 

@@ -28,49 +28,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, core_schema
 
-from envmatrix import plan as planlib
-from envmatrix.model import PROVIDER_NAMES, Measure
-from envmatrix.plan import KeyPath, Problem, kind_of, show
+from envmatrix import grammar, problems
+from envmatrix.grammar import GRAMMARS, RESERVED_ENV
+from envmatrix.plan import PROVIDER_NAMES, Measure
+from envmatrix.problems import KeyPath, Problem, kind_of, show
 
 SCHEMA_VERSION = 1
 REFERENCE = "docs/matrix-reference.md"
 DEFAULT_TEMPLATE = "default.Dockerfile.j2"
-RESERVED_ENV = ("PATH", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
-
-
-# -- grammars (checked with re.fullmatch, so a trailing newline never slips through) ----------
-
-_ALNUM = r"[a-z0-9]+"
-_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
-_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
-_DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]{{1,5}})?"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-
-GRAMMARS: dict[str, str] = {
-    "id": r"[a-z0-9]+(?:[._-][a-z0-9]+)*",
-    "package": r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?",
-    "version": (r"[0-9]+(?:\.[0-9]+)*(?:[a-z]+[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
-                r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?"),
-    "env_name": r"[A-Z_][A-Z0-9_]*",
-    "env_value": r"[A-Za-z0-9 _.,:/=+@%-]*",
-    "image": (rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
-              rf"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@{_DIGEST})?"),
-    "suite": r"[a-z][a-z0-9-]{1,30}",
-    "mirror": r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%+/-]*)?",
-    "index_url": r"(?:https?|file)://[A-Za-z0-9._~%+/:@=-]+",
-    "python": r"system|3\.[0-9]{1,2}",
-    "cuda": r"[0-9]{1,2}(?:\.[0-9]{1,3}){0,2}",
-    "provider": "|".join(PROVIDER_NAMES) + r"|[A-Za-z]+ExecutionProvider",
-    "option_key": r"[A-Za-z_][A-Za-z0-9_]*",
-    "option_value": r"[A-Za-z0-9 _.,:/=+@%-]*",
-    "input_name": r"[A-Za-z0-9_.:/-]+",
-    "value": r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|true|false",
-    "template": r"[A-Za-z0-9][A-Za-z0-9._-]*",
-    "cpuset": r"[0-9]{1,4}(?:-[0-9]{1,4})?(?:,[0-9]{1,4}(?:-[0-9]{1,4})?)*",
-    "memory": r"[1-9][0-9]{0,12}[bkmg]?",
-    # Free text and paths: anything printable; no control or bidirectional-override characters.
-    "text": "[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*",
-}
 
 
 def _custom(message: str, fix: str) -> PydanticCustomError:
@@ -84,11 +49,15 @@ class _Grammar:
     name: str
     what: str
     example: str
-    max_len: int = 200
+    max_len: Optional[int] = None  # None: grammar.MAX_LENGTH's
+
+    @property
+    def limit(self) -> int:
+        return self.max_len or grammar.MAX_LENGTH[self.name]
 
     def check(self, value: str) -> str:
-        if len(value) > self.max_len:
-            raise _custom(f"{show(value)} is longer than {self.max_len} characters.",
+        if len(value) > self.limit:
+            raise _custom(f"{show(value)} is longer than {self.limit} characters.",
                           f"write {self.what} like {self.example}.")
         if not re.fullmatch(GRAMMARS[self.name], value):
             raise _custom(f"{show(value)} is not {self.what}.",
@@ -102,7 +71,7 @@ class _Grammar:
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
                                      handler: GetJsonSchemaHandler) -> dict[str, Any]:
         return {"type": "string", "pattern": f"^(?:{GRAMMARS[self.name]})$",
-                "maxLength": self.max_len, "description": self.what}
+                "maxLength": self.limit, "description": self.what}
 
 
 def _no_dashes(value: str) -> str:
@@ -113,7 +82,7 @@ def _no_dashes(value: str) -> str:
 
 
 def _reserved_env(value: str) -> str:
-    if value in RESERVED_ENV or value.startswith("ENVMATRIX_"):
+    if grammar.is_reserved_env(value):
         raise _custom(f"{value} is set by envmatrix itself.",
                       f"choose another name (reserved: {', '.join(RESERVED_ENV)}, ENVMATRIX_*).")
     return value
@@ -127,33 +96,33 @@ def _short_provider(value: str) -> str:
 
 G = _Grammar  # short alias: the type aliases below read as one line each
 Slug = Annotated[str, G("id", "a slug (lower-case letters and digits joined by single . _ -)",
-                        "bookworm-ort1.20.1", 63), AfterValidator(_no_dashes)]
-PackageName = Annotated[str, G("package", "a PyPI project name", "onnxruntime", 100)]
+                        "bookworm-ort1.20.1"), AfterValidator(_no_dashes)]
+PackageName = Annotated[str, G("package", "a PyPI project name", "onnxruntime")]
 Version = Annotated[str, G("version", "an exact version (no ranges, URLs, spaces or operators)",
-                           '"1.20.1"', 64)]
-EnvName = Annotated[str, G("env_name", "an environment variable name", "OMP_NUM_THREADS", 128),
+                           '"1.20.1"')]
+EnvName = Annotated[str, G("env_name", "an environment variable name", "OMP_NUM_THREADS"),
                     AfterValidator(_reserved_env)]
 EnvValue = Annotated[str, G("env_value", "a value of letters, digits, spaces and _ . , : / = + @ "
-                            "% -", '"2"', 1024)]
-ImageRef = Annotated[str, G("image", "a docker image reference", "debian:bookworm", 255)]
-Suite = Annotated[str, G("suite", "a debootstrap suite name", "bookworm", 31)]
+                            "% -", '"2"')]
+ImageRef = Annotated[str, G("image", "a docker image reference", "debian:bookworm")]
+Suite = Annotated[str, G("suite", "a debootstrap suite name", "bookworm")]
 Mirror = Annotated[str, G("mirror", "an http(s) mirror URL without spaces or quotes",
-                          "http://deb.example.org/debian", 300)]
+                          "http://deb.example.org/debian")]
 IndexUrl = Annotated[str, G("index_url", "an http(s) or file URL without spaces or quotes",
-                            "https://pypi.example.org/simple", 300)]
-PythonVersion = Annotated[str, G("python", '"system" or a version X.Y', '"3.10"', 6)]
-CudaVersion = Annotated[str, G("cuda", "a CUDA version", '"12.4"', 12)]
+                            "https://pypi.example.org/simple")]
+PythonVersion = Annotated[str, G("python", '"system" or a version X.Y', '"3.10"')]
+CudaVersion = Annotated[str, G("cuda", "a CUDA version", '"12.4"')]
 Provider = Annotated[str, G("provider", "an execution provider (cpu, openvino, cuda, tensorrt, "
                             "dnnl, rocm, coreml or a full XxxExecutionProvider name)",
-                            "openvino", 64), AfterValidator(_short_provider)]
-OptionKey = Annotated[str, G("option_key", "an option name", "device_type", 64)]
-OptionValue = Annotated[str, G("option_value", "an option value", "CPU", 256)]
-InputName = Annotated[str, G("input_name", "a model input name", "input_ids", 128)]
-ValueText = Annotated[str, G("value", "a number or true/false", "16000", 64)]
-TemplateName = Annotated[str, G("template", "a template file name", DEFAULT_TEMPLATE, 128)]
-Cpuset = Annotated[str, G("cpuset", "a CPU list", '"0-1"', 64)]
+                            "openvino"), AfterValidator(_short_provider)]
+OptionKey = Annotated[str, G("option_key", "an option name", "device_type")]
+OptionValue = Annotated[str, G("option_value", "an option value", "CPU")]
+InputName = Annotated[str, G("input_name", "a model input name", "input_ids")]
+ValueText = Annotated[str, G("value", "a number or true/false", "16000")]
+TemplateName = Annotated[str, G("template", "a template file name", DEFAULT_TEMPLATE)]
+Cpuset = Annotated[str, G("cpuset", "a CPU list", '"0-1"')]
 MemoryText = Annotated[str, G("memory", "a memory size with an optional unit b, k, m or g",
-                              '"4g"', 16)]
+                              '"4g"')]
 Text = Annotated[str, G("text", "one line of printable text", '"2021 stack"', 300)]
 PathText = Annotated[str, G("text", "a file path", "models/net.onnx", 4096), Field(min_length=1)]
 
@@ -200,7 +169,7 @@ def _normalized_packages(value: dict[str, str]) -> dict[str, str]:
     """PEP 503 names; two spellings of one package would otherwise silently collapse."""
     out: dict[str, str] = {}
     for name, version in value.items():
-        norm = planlib.normalize_package(name)
+        norm = grammar.normalize_package(name)
         if norm in out:
             raise _custom(f"package {norm!r} is pinned twice (spelled differently).",
                           "keep one pin per package.")
@@ -424,7 +393,7 @@ def _problem_from_error(err: Any, root: KeyPath = ()) -> Problem:
         key = ctx.get("key", path[-1] if path else "?")
         path = (*path, key) if kind == "envmatrix_key" else path
         known = ctx.get("known", [])
-        why = ctx.get("why", f"unknown key {key!r}{planlib.did_you_mean(key, known)}")
+        why = ctx.get("why", f"unknown key {key!r}{problems.did_you_mean(key, known)}")
         fix = ctx.get("fix", f"remove it or use one of: {', '.join(known)}.")
         return Problem(path, why + ".", fix, at_key=True)
     if kind == "missing":
@@ -434,7 +403,7 @@ def _problem_from_error(err: Any, root: KeyPath = ()) -> Problem:
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         choices = re.findall(r"'([^']*)'", expected)
-        hint = planlib.did_you_mean(str(err["input"]), choices)
+        hint = problems.did_you_mean(str(err["input"]), choices)
         return Problem(path, f"{show(err['input'])} is not allowed here{hint}.",
                        f"use one of {expected}.")
     template = _TYPE_MESSAGES.get(kind)
@@ -452,4 +421,4 @@ def validate(model: type[BaseModel], data: Any, root: KeyPath = ()) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise planlib.PlanError(_problem_from_error(e, root) for e in err.errors()) from None
+        raise problems.PlanError(_problem_from_error(e, root) for e in err.errors()) from None

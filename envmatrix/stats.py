@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.stats import mannwhitneyu, wilcoxon
+
+from envmatrix.grammar import normalize_package
 
 FASTER = "faster"
 SLOWER = "slower"
@@ -190,11 +191,6 @@ def point_value(result: Mapping[str, Any], metric: str) -> float | None:
 
 
 # ---------------------------------------------------------------- validity
-
-
-def normalize_package(name: str) -> str:
-    """PEP 503 name: onnxruntime_openvino, ONNXRuntime-OpenVINO -> onnxruntime-openvino."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _release(version: str) -> tuple[str, ...]:

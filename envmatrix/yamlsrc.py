@@ -14,9 +14,9 @@ from typing import Any, Union
 
 import yaml
 
-from envmatrix import plan as planlib
+from envmatrix import problems
 from envmatrix.errors import ConfigError
-from envmatrix.plan import KeyPath
+from envmatrix.problems import KeyPath
 from envmatrix.rundir import atomic_write_text
 
 MAX_FILE_BYTES = 1 << 20
@@ -150,7 +150,7 @@ def _walk_mapping(node: yaml.MappingNode, loader: yaml.SafeLoader, where: KeyPat
 def _yaml_problem(path: Path, node: yaml.Node, message: str, fix: str,
                   where: KeyPath = ()) -> ConfigError:
     line = node.start_mark.line + 1
-    prefix = f"{planlib.format_path(where)}: " if where else ""
+    prefix = f"{problems.format_path(where)}: " if where else ""
     return ConfigError(f"{path}:{line}: {prefix}{message}\n  Fix: {fix}")
 
 

@@ -14,7 +14,7 @@ import pytest
 from envmatrix.bases import ensure_base
 from envmatrix.engine import Engine
 from envmatrix.errors import EngineError
-from envmatrix.model import Base, Bootstrap
+from envmatrix.plan import Base, Bootstrap
 
 
 def _in_ci() -> bool:

@@ -16,7 +16,7 @@ import pytest
 from envmatrix.config import load_plan
 from envmatrix.engine import ContainerSpec, Engine
 from envmatrix.images import BuildFailure, BuiltImage, ensure_image, ensure_images
-from envmatrix.model import Plan
+from envmatrix.plan import Plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ import pytest
 from envmatrix.bases import ensure_base
 from envmatrix.engine import Engine
 from envmatrix.errors import BaseImageError
-from envmatrix.model import Base, Bootstrap
+from envmatrix.plan import Base, Bootstrap
 
 pytestmark = pytest.mark.integration
 

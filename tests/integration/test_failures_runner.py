@@ -26,7 +26,7 @@ import pytest
 from envmatrix import config, images, inputs, runner
 from envmatrix.engine import Engine
 from envmatrix.images import BuildFailure, BuiltImage
-from envmatrix.model import Cell, Measure, Plan
+from envmatrix.plan import Cell, Measure, Plan
 from envmatrix.rundir import RunDir, create_run_dir
 
 pytestmark = pytest.mark.integration

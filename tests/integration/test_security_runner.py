@@ -19,7 +19,7 @@ import pytest
 from envmatrix import config, images, inputs, runner
 from envmatrix.engine import ContainerOutcome, ContainerSpec, Engine
 from envmatrix.images import BuiltImage
-from envmatrix.model import Cell, Measure, Plan
+from envmatrix.plan import Cell, Measure, Plan
 from envmatrix.rundir import create_run_dir
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from envmatrix import config
 from envmatrix.errors import ConfigError
-from envmatrix.model import PROVIDER_NAMES, Plan
+from envmatrix.plan import PROVIDER_NAMES, Plan
 
 VALID: dict[str, Any] = {
     "version": 1,

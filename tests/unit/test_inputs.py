@@ -21,7 +21,7 @@ from envmatrix.inputs import (
     prepare_workload,
     read_specs,
 )
-from envmatrix.model import Workload
+from envmatrix.plan import Workload
 from harness.inputs import make_inputs
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit:DeprecationWarning")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from envmatrix.errors import ConfigError
-from envmatrix.model import Base, Bootstrap, Environment, Measure, Plan
+from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan
 from envmatrix.render import (
     CA_FILE,
     lint_dockerfile,

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envmatrix.errors import ConfigError
-from envmatrix.model import Base, Bootstrap, Environment, Measure, Plan
+from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan
 from envmatrix.render import lint_dockerfile, render_dockerfile
 
 PLAN = Plan(source=Path("matrix.yaml"), bases=(), environments=(), workloads=(),

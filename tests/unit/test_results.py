@@ -11,7 +11,7 @@ import pytest
 
 from envmatrix import results
 from envmatrix.errors import RunDirError
-from envmatrix.model import Base, Cell, Environment, Measure, Workload
+from envmatrix.plan import Base, Cell, Environment, Measure, Workload
 from envmatrix.rundir import RunDir, atomic_write_json, create_run_dir
 
 MEASURE = Measure(repeats=2, min_time_s=0.5)

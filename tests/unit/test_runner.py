@@ -19,7 +19,7 @@ import pytest
 from envmatrix import config, results, runner
 from envmatrix.engine import ContainerOutcome, ContainerSpec
 from envmatrix.errors import ConfigError
-from envmatrix.model import Base, Cell, Environment, Measure, Plan, Workload
+from envmatrix.plan import Base, Cell, Environment, Measure, Plan, Workload
 from envmatrix.rundir import RunDir, create_run_dir
 from harness import measure as harness_measure
 

@@ -6,22 +6,25 @@ import json
 
 import pytest
 
-from envmatrix import plan as P
+from envmatrix import expand, grammar, problems
+from envmatrix import plan as planmod
 from envmatrix.errors import ConfigError
-from envmatrix.model import Base, Cell, Environment, Measure, Plan, Workload
+from envmatrix.plan import Base, Cell, Environment, Measure, Plan, Workload
 
 WHERE = ("environments", 0, "matrix")
 
 
-def axes(**values: list) -> dict[str, list[P.Src]]:
-    return {k: [P.Src(v, (*WHERE, k, i)) for i, v in enumerate(vs)] for k, vs in values.items()}
+def axes(**values: list) -> dict[str, list[expand.Src]]:
+    return {k: [expand.Src(v, (*WHERE, k, i)) for i, v in enumerate(vs)]
+            for k, vs in values.items()}
 
 
-def entries(*dicts: dict, kind: str = "include") -> list[dict[str, P.Src]]:
-    return [{k: P.Src(v, (*WHERE, kind, i, k)) for k, v in d.items()} for i, d in enumerate(dicts)]
+def entries(*dicts: dict, kind: str = "include") -> list[dict[str, expand.Src]]:
+    return [{k: expand.Src(v, (*WHERE, kind, i, k)) for k, v in d.items()}
+            for i, d in enumerate(dicts)]
 
 
-def plain(combos: list[dict[str, P.Src]]) -> list[dict]:
+def plain(combos: list[dict[str, expand.Src]]) -> list[dict]:
     return [{k: s.value for k, s in c.items()} for c in combos]
 
 
@@ -29,14 +32,14 @@ def plain(combos: list[dict[str, P.Src]]) -> list[dict]:
 
 
 def test_product_order_follows_axes_and_values():
-    got = plain(P.expand_matrix(axes(base=["a", "b"], onnxruntime=["1", "2"]), [], [], WHERE))
+    got = plain(expand.expand_matrix(axes(base=["a", "b"], onnxruntime=["1", "2"]), [], [], WHERE))
     assert got == [{"base": "a", "onnxruntime": "1"}, {"base": "a", "onnxruntime": "2"},
                    {"base": "b", "onnxruntime": "1"}, {"base": "b", "onnxruntime": "2"}]
 
 
 def test_github_actions_documented_include_example():
     """The example from GitHub's docs on matrix include, with the documented result."""
-    got = plain(P.expand_matrix(
+    got = plain(expand.expand_matrix(
         axes(fruit=["apple", "pear"], animal=["cat", "dog"]), [],
         entries({"color": "green"}, {"color": "pink", "animal": "cat"},
                 {"fruit": "apple", "shape": "circle"}, {"fruit": "banana"},
@@ -53,38 +56,38 @@ def test_github_actions_documented_include_example():
 
 
 def test_include_never_overwrites_an_original_axis_value():
-    got = plain(P.expand_matrix(axes(base=["a"]), [], entries({"base": "b", "python": "3.8"}),
+    got = plain(expand.expand_matrix(axes(base=["a"]), [], entries({"base": "b", "python": "3.8"}),
                                 WHERE))
     assert got == [{"base": "a"}, {"base": "b", "python": "3.8"}]
 
 
 def test_exclude_removes_combinations_matching_all_keys():
-    got = plain(P.expand_matrix(axes(base=["a", "b"], onnxruntime=["1", "2"]),
+    got = plain(expand.expand_matrix(axes(base=["a", "b"], onnxruntime=["1", "2"]),
                                 entries({"base": "b", "onnxruntime": "1"}, kind="exclude"), [],
                                 WHERE))
     assert {"base": "b", "onnxruntime": "1"} not in got and len(got) == 3
 
 
 def test_exclude_on_one_key_removes_a_whole_row():
-    got = plain(P.expand_matrix(axes(base=["a", "b"], onnxruntime=["1", "2"]),
+    got = plain(expand.expand_matrix(axes(base=["a", "b"], onnxruntime=["1", "2"]),
                                 entries({"base": "a"}, kind="exclude"), [], WHERE))
     assert got == [{"base": "b", "onnxruntime": "1"}, {"base": "b", "onnxruntime": "2"}]
 
 
 def test_exclude_runs_before_include():
-    got = plain(P.expand_matrix(axes(base=["a", "b"]), entries({"base": "a"}, kind="exclude"),
+    got = plain(expand.expand_matrix(axes(base=["a", "b"]), entries({"base": "a"}, kind="exclude"),
                                 entries({"base": "a", "python": "3.8"}), WHERE))
     assert got == [{"base": "b"}, {"base": "a", "python": "3.8"}]
 
 
 def test_list_values_compare_whole():
-    got = plain(P.expand_matrix(axes(providers=[["cpu"], ["openvino", "cpu"]]),
+    got = plain(expand.expand_matrix(axes(providers=[["cpu"], ["openvino", "cpu"]]),
                                 entries({"providers": ["cpu"]}, kind="exclude"), [], WHERE))
     assert got == [{"providers": ["openvino", "cpu"]}]
 
 
 def test_include_only_matrix_gives_one_combination_per_entry():
-    got = plain(P.expand_matrix({}, [], entries({"base": "a"}, {"base": "b"}), WHERE))
+    got = plain(expand.expand_matrix({}, [], entries({"base": "a"}, {"base": "b"}), WHERE))
     assert got == [{"base": "a"}, {"base": "b"}]
 
 
@@ -99,18 +102,18 @@ def test_include_only_matrix_gives_one_combination_per_entry():
     ({}, [], [], WHERE, "expands to no environment"),
 ])
 def test_expansion_errors_carry_the_key_path(ax, exclude, include, path, text):
-    with pytest.raises(P.PlanError) as err:
-        P.expand_matrix(ax, exclude, include, WHERE)
+    with pytest.raises(problems.PlanError) as err:
+        expand.expand_matrix(ax, exclude, include, WHERE)
     assert err.value.problems[0].path == path
     assert text in err.value.problems[0].message
 
 
 def test_axis_keys_are_canonical():
-    assert P.axis_key("base", ()) == "base"
-    assert P.axis_key("onnxruntime_openvino", ()) == "packages.onnxruntime-openvino"
-    assert P.axis_key("packages.Scipy", ()) == "packages.scipy"
-    with pytest.raises(P.PlanError) as err:
-        P.axis_key("pyhton", ("m",))
+    assert expand.axis_key("base", ()) == "base"
+    assert expand.axis_key("onnxruntime_openvino", ()) == "packages.onnxruntime-openvino"
+    assert expand.axis_key("packages.Scipy", ()) == "packages.scipy"
+    with pytest.raises(problems.PlanError) as err:
+        expand.axis_key("pyhton", ("m",))
     assert "did you mean 'python'" in err.value.problems[0].message
 
 
@@ -126,28 +129,28 @@ def test_axis_keys_are_canonical():
     ("bookworm", "system", {"torch": "2.5.0+cpu"}, (), "bookworm-torch2.5.0-cpu"),
 ])
 def test_generated_ids(base, python, packages, varied, expected):
-    assert P.environment_id(base, python, packages, varied) == expected
-    assert P.check_id(expected) is None
+    assert expand.environment_id(base, python, packages, varied) == expected
+    assert grammar.check_id(expected) is None
 
 
 def test_ids_do_not_depend_on_package_order():
-    a = P.environment_id("b", "system", {"numpy": "1", "onnxruntime": "2"}, ("numpy",))
-    b = P.environment_id("b", "system", {"onnxruntime": "2", "numpy": "1"}, ("numpy",))
+    a = expand.environment_id("b", "system", {"numpy": "1", "onnxruntime": "2"}, ("numpy",))
+    b = expand.environment_id("b", "system", {"onnxruntime": "2", "numpy": "1"}, ("numpy",))
     assert a == b == "b-ort2-numpy1"
 
 
 @pytest.mark.parametrize("bad", ["Upper", "-lead", "trail-", "a--b", "a b", "x" * 64, "a\n"])
 def test_bad_ids_are_refused(bad):
-    assert P.check_id(bad)
+    assert grammar.check_id(bad)
 
 
 def test_slug_collapses_separators():
-    assert P.slug("A+B__c..d") == "a-b_c.d"
+    assert expand.slug("A+B__c..d") == "a-b_c.d"
 
 
 def test_cell_ids_use_short_provider_names():
-    assert P.cell_id("e", "cnn", "openvino") == "e--cnn--openvino"
-    assert P.cell_id("e", "cnn", "MIGraphXExecutionProvider") == "e--cnn--migraphx"
+    assert expand.cell_id("e", "cnn", "openvino") == "e--cnn--openvino"
+    assert expand.cell_id("e", "cnn", "MIGraphXExecutionProvider") == "e--cnn--migraphx"
 
 
 # -- environments, cells, selection ---------------------------------------------------------
@@ -161,32 +164,32 @@ def env(env_id: str, providers=("cpu",), **packages: str) -> Environment:
 
 
 def test_check_environment_finds_known_breakage():
-    found = P.check_environment(env("e", ("openvino",), onnxruntime="1.8.0", numpy="2.0.0"))
+    found = expand.check_environment(env("e", ("openvino",), onnxruntime="1.8.0", numpy="2.0.0"))
     keys = [key for key, _, _ in found]
     assert keys == [("providers",), ("packages", "numpy")]
-    assert P.check_environment(env("e", ("cpu",), onnxruntime="1.20.1", numpy="2.0.0")) == []
-    two = P.check_environment(env("e", onnxruntime="1.20.1", onnxruntime_openvino="1.24.1"))
+    assert expand.check_environment(env("e", ("cpu",), onnxruntime="1.20.1", numpy="2.0.0")) == []
+    two = expand.check_environment(env("e", onnxruntime="1.20.1", onnxruntime_openvino="1.24.1"))
     assert "both install the onnxruntime module" in two[0][1]
 
 
 def test_numpy_warning_only_for_old_runtime_without_numpy():
-    assert "pin numpy" in (P.numpy_warning(env("e", onnxruntime="1.8.0")) or "")
-    assert P.numpy_warning(env("e", onnxruntime="1.19.0")) is None
-    assert P.numpy_warning(env("e", onnxruntime="1.8.0", numpy="1.23.5")) is None
+    assert "pin numpy" in (expand.numpy_warning(env("e", onnxruntime="1.8.0")) or "")
+    assert expand.numpy_warning(env("e", onnxruntime="1.19.0")) is None
+    assert expand.numpy_warning(env("e", onnxruntime="1.8.0", numpy="1.23.5")) is None
 
 
 def test_model_limits_pick_the_oldest_runtime():
     envs = [env("new", onnxruntime="1.20.1"), env("old", onnxruntime="1.8.0"),
             env("older", onnxruntime_gpu="1.6.0")]
-    assert P.model_limits(envs) == (7, 13, "older")
-    assert P.model_limits([env("new", onnxruntime="1.20.1")]) is None
+    assert expand.model_limits(envs) == (7, 13, "older")
+    assert expand.model_limits([env("new", onnxruntime="1.20.1")]) is None
 
 
 def test_cells_pair_backends_with_runtimes():
     ort = env("ort", ("openvino", "cpu"), onnxruntime_openvino="1.24.1")
     torch = env("torch", ("cpu", "openvino"), torch="2.5.0")
     wls = [Workload("cnn", "zoo:cnn"), Workload("tcnn", "zoo:cnn", backend="torch")]
-    cells = P.make_cells([ort, torch], wls, {"ort": {"openvino": (("device_type", "CPU"),)}})
+    cells = expand.make_cells([ort, torch], wls, {"ort": {"openvino": (("device_type", "CPU"),)}})
     assert [c.id for c in cells] == ["ort--cnn--openvino", "ort--cnn--cpu", "torch--tcnn--cpu"]
     assert cells[0].provider_options == (("device_type", "CPU"),)
     assert cells[1].provider_options == ()
@@ -195,7 +198,7 @@ def test_cells_pair_backends_with_runtimes():
 def _cells() -> list[Cell]:
     envs = [env("bullseye-ort1.8.0", onnxruntime="1.8.0"),
             env("bookworm-ortov1.24.1", ("openvino", "cpu"), onnxruntime_openvino="1.24.1")]
-    return P.make_cells(envs, [Workload("cnn", "zoo:cnn"), Workload("tf", "zoo:transformer")])
+    return expand.make_cells(envs, [Workload("cnn", "zoo:cnn"), Workload("tf", "zoo:transformer")])
 
 
 @pytest.mark.parametrize("only, skip, expected", [
@@ -207,19 +210,19 @@ def _cells() -> list[Cell]:
     (["bookworm-*"], ["*--cpu"], 2),
 ])
 def test_select_globs_match_environment_and_cell_ids(only, skip, expected):
-    assert len(P.select(_cells(), only, skip)) == expected
+    assert len(expand.select(_cells(), only, skip)) == expected
 
 
 def test_select_glob_matching_nothing_lists_the_ids():
     with pytest.raises(ConfigError) as err:
-        P.select(_cells(), ["trixie-*"], None)
+        expand.select(_cells(), ["trixie-*"], None)
     text = str(err.value)
     assert "--only 'trixie-*' matches no environment or cell id" in text
     assert "bookworm-ortov1.24.1--cnn--openvino" in text and "Fix:" in text
     with pytest.raises(ConfigError, match="--skip 'nope' matches no"):
-        P.select(_cells(), None, ["nope"])
+        expand.select(_cells(), None, ["nope"])
     with pytest.raises(ConfigError, match="leaves no cell"):
-        P.select(_cells(), ["bookworm-*"], ["bookworm-*"])
+        expand.select(_cells(), ["bookworm-*"], ["bookworm-*"])
 
 
 def test_plan_to_dict_is_json_and_complete():
@@ -228,7 +231,7 @@ def test_plan_to_dict_is_json_and_complete():
     plan = Plan(source=__import__("pathlib").Path("m.yaml"), bases=(BASE,), environments=envs,
                 workloads=tuple(dict.fromkeys(c.workload for c in cells)), measure=Measure(),
                 baseline=envs[0].id, cells=tuple(cells), extra={"model_export": {"opset": 11}})
-    doc = json.loads(json.dumps(P.plan_to_dict(plan)))
+    doc = json.loads(json.dumps(planmod.plan_to_dict(plan)))
     assert doc["schema"] == "envmatrix.plan/1" and doc["source"] == "m.yaml"
     assert [e["id"] for e in doc["environments"]] == [e.id for e in envs]
     assert doc["environments"][0]["packages"] == {"onnxruntime": "1.8.0"}
@@ -239,7 +242,7 @@ def test_plan_to_dict_is_json_and_complete():
 
 
 def test_format_path():
-    assert P.format_path(("environments", 1, "packages", "onnxruntime")) == \
+    assert problems.format_path(("environments", 1, "packages", "onnxruntime")) == \
         "environments[1].packages.onnxruntime"
-    assert P.format_path(("workloads", "my model")) == "workloads['my model']"
-    assert P.format_path(()) == "(top level)"
+    assert problems.format_path(("workloads", "my model")) == "workloads['my model']"
+    assert problems.format_path(()) == "(top level)"

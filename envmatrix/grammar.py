@@ -1,0 +1,85 @@
+"""One grammar table: what an id, a version, a package or variable name may look like.
+
+The config check (`spec`, with pydantic) and the render-time injection guard (`render`, as
+defence in depth) both match values against these patterns with `re.fullmatch`, so the two can
+never disagree about what is allowed; the JSON schema for editors carries the same patterns.
+"""
+
+from __future__ import annotations
+
+import re
+
+from envmatrix.plan import PROVIDER_NAMES
+
+_ALNUM = r"[a-z0-9]+"
+_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]{{1,5}})?"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+
+GRAMMARS: dict[str, str] = {
+    # Also a docker repository component and a file name: ids name images, logs and results.
+    "id": r"[a-z0-9]+(?:[._-][a-z0-9]+)*",
+    "package": r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?",
+    "version": (r"[0-9]+(?:\.[0-9]+)*(?:[a-z]+[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
+                r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?"),
+    "env_name": r"[A-Z_][A-Z0-9_]*",
+    "env_value": r"[A-Za-z0-9 _.,:/=+@%-]*",
+    "image": (rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+              rf"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@{_DIGEST})?"),
+    "suite": r"[a-z][a-z0-9-]{1,30}",
+    "mirror": r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%+/-]*)?",
+    "index_url": r"(?:https?|file)://[A-Za-z0-9._~%+/:@=-]+",
+    "python": r"system|3\.[0-9]{1,2}",
+    "cuda": r"[0-9]{1,2}(?:\.[0-9]{1,3}){0,2}",
+    "provider": "|".join(PROVIDER_NAMES) + r"|[A-Za-z]+ExecutionProvider",
+    "option_key": r"[A-Za-z_][A-Za-z0-9_]*",
+    "option_value": r"[A-Za-z0-9 _.,:/=+@%-]*",
+    "input_name": r"[A-Za-z0-9_.:/-]+",
+    "value": r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|true|false",
+    "template": r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    "cpuset": r"[0-9]{1,4}(?:-[0-9]{1,4})?(?:,[0-9]{1,4}(?:-[0-9]{1,4})?)*",
+    "memory": r"[1-9][0-9]{0,12}[bkmg]?",
+    # Free text and paths: anything printable; no control or bidirectional-override characters.
+    "text": "[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*",
+}
+
+# Longest values (ids also name docker images and files, which have limits of their own).
+MAX_LENGTH = {"id": 63, "package": 100, "version": 64, "env_name": 128, "env_value": 1024,
+              "image": 255, "suite": 31, "mirror": 300, "index_url": 300, "python": 6,
+              "cuda": 12, "provider": 64, "option_key": 64, "option_value": 256,
+              "input_name": 128, "value": 64, "template": 128, "cpuset": 64, "memory": 16,
+              "text": 300}
+ID_MAX = MAX_LENGTH["id"]
+
+# Environment variables envmatrix sets in every image itself; ENVMATRIX_* are reserved too.
+RESERVED_ENV = ("PATH", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
+RESERVED_ENV_PREFIX = "ENVMATRIX_"
+
+_COMPILED = {name: re.compile(pattern) for name, pattern in GRAMMARS.items()}
+
+
+def matches(grammar: str, value: object) -> bool:
+    """Whether `value` is a str that the grammar accepts whole and within its length limit."""
+    if not isinstance(value, str) or len(value) > MAX_LENGTH.get(grammar, len(value)):
+        return False
+    return _COMPILED[grammar].fullmatch(value) is not None
+
+
+def is_reserved_env(name: str) -> bool:
+    return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIX)
+
+
+def normalize_package(name: str) -> str:
+    """PEP 503 normal form, so `ONNXRuntime_GPU` and `onnxruntime-gpu` are one package."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def check_id(env_id: str) -> str | None:
+    """Why `env_id` is not usable as an id, or None."""
+    if len(env_id) > ID_MAX:
+        return f"id {env_id!r} is longer than {ID_MAX} characters."
+    if not _COMPILED["id"].fullmatch(env_id):
+        return (f"id {env_id[:80]!r} is not a slug: lower-case letters and digits, joined by "
+                "single '.', '_' or '-'.")
+    return None
