@@ -16,11 +16,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from envmatrix import __version__, config, images, pipeline, runner
+from envmatrix import __version__, config, pipeline
 from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError
 from envmatrix.progress import Progress
-from envmatrix.results import utc_now
-from envmatrix.rundir import RunDir, create_run_dir, open_run_dir
+from envmatrix.rundir import create_run_dir, open_run_dir
 
 REPORTS_ROOT = Path("reports")
 DEFAULT_MATRIX = Path("matrix.yaml")
@@ -92,76 +91,44 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _open_or_create(args: argparse.Namespace) -> RunDir:
-    if getattr(args, "resume", None):
-        return open_run_dir(args.resume)
-    return create_run_dir(REPORTS_ROOT, out=args.out)
-
-
 def _matrix_path(args: argparse.Namespace) -> Path:
     """The matrix file: as given, else the one a resumed run was made from, else matrix.yaml."""
     if args.matrix is not None:
         return Path(args.matrix)
     if getattr(args, "resume", None):
-        resolved = config.read_resolved(open_run_dir(args.resume).resolved_path)
-        return Path(resolved["source"])
+        return config.read_resolved(open_run_dir(args.resume).resolved_path).plan.source
     return DEFAULT_MATRIX
 
 
-def _seconds_in_containers(results: list[dict[str, Any]], *, since: str) -> float:
-    """Container time of the cells measured by this invocation (not those a resume kept)."""
-    hosts = [r.get("host") or {} for r in results]
-    return sum(float(h.get("duration_s") or 0.0) for h in hosts
-               if str(h.get("started_at") or "") >= since)
+STOP_AFTER: dict[str, pipeline.Stop] = {"matrix": "report", "run": "run", "build": "build"}
 
 
 def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
-    """matrix / run / build: the stages up to where the command stops."""
-    invocation_started = utc_now()
-    from envmatrix.engine import Engine  # the engine is only needed by these commands
-
-    args.matrix = _matrix_path(args)
-    plan = config.load_plan(args.matrix, only=args.only, skip=args.skip)
-    progress("plan", f"{len(plan.environments)} environments, {len(plan.cells)} cells "
-                     f"from {args.matrix}")
-    # Template and model problems are matrix errors too (exit 2): find them before any engine
-    # contact, and template ones before a run directory exists.
-    pipeline.check_templates(plan)
-    run_dir = _open_or_create(args)
-    progress("run", f"run directory {run_dir.path}")
-    pipeline.write_resolved(plan, run_dir)
-    prepared = pipeline.prepare_workloads(plan, run_dir, progress)
-    engine = Engine.connect()
-    swept = runner.sweep_leftovers(engine)
-    if swept:
-        progress.warn("sweep", f"removed {swept} container(s) left by an earlier run")
-    built = pipeline.build_images(engine, plan, run_dir, progress, rebuild=args.rebuild)
-    pipeline.write_resolved(plan, run_dir, built)
-    if args.command == "build":
-        failures = [b for b in built.values() if isinstance(b, images.BuildFailure)]
-        for failure in failures:
-            progress.fail("build", f"{failure.env_id}: {failure.message}")
-        return BuildError.exit_code if failures else 0
+    """matrix / run / build: pipeline.run up to where the command stops."""
+    request = pipeline.Request(
+        matrix=_matrix_path(args), reports_root=REPORTS_ROOT, only=args.only, skip=args.skip,
+        out=args.out, rebuild=args.rebuild, resume=getattr(args, "resume", None),
+        stop_after=STOP_AFTER[args.command])
     try:
-        results = runner.run_cells(engine, plan, run_dir, built, prepared,
-                                   resume=bool(getattr(args, "resume", None)), progress=progress)
-    except KeyboardInterrupt:
-        progress.fail("stop", "interrupted: finished cells are kept")
-        print(run_dir.resume_hint())
-        return 130
-    harness_s = _seconds_in_containers(results, since=invocation_started)
-    if args.command == "matrix":
-        report_path = pipeline.write_report(run_dir, progress)
-    total = progress.elapsed()
-    failed = [r for r in results if r.get("status") != "ok"]
+        outcome = pipeline.run(request, progress)
+    except pipeline.Interrupted as stop:
+        progress.fail("stop", str(stop))
+        print(stop.run_dir.resume_hint())
+        return stop.exit_code
+    if request.stop_after == "build":
+        for failure in outcome.build_failures:
+            progress.fail("build", f"{failure.env_id}: {failure.message}")
+        return BuildError.exit_code if outcome.build_failures else 0
+    total, results, failed = progress.elapsed(), outcome.results, outcome.failed
     progress("done", f"{len(results) - len(failed)}/{len(results)} cells ok; wall {total:.1f}s, "
-                     f"inside containers {harness_s:.1f}s, overhead {total - harness_s:.1f}s")
+                     f"inside containers {outcome.harness_s:.1f}s, overhead "
+                     f"{total - outcome.harness_s:.1f}s")
     for r in failed:
         progress.fail("failed", f"{r.get('cell')}: {r.get('status')}: {r.get('reason')}")
-    if args.command == "matrix":
-        print(f"Report: {report_path}")
+    if outcome.report_path is not None:
+        print(f"Report: {outcome.report_path}")
     else:
-        print(f"Results: {run_dir.results_dir}")
+        print(f"Results: {outcome.run_dir.results_dir}")
     return CellsFailed.exit_code if failed else 0
 
 

@@ -116,12 +116,11 @@ def hardware_differences(a: RunData, b: RunData) -> list[str]:
 
 
 def _keyed(data: RunData) -> dict[Key, str]:
-    return {(str(c["environment"]), str(c["workload"]), str(c["provider"])): str(c["id"])
-            for c in data.cells}
+    return {(c.environment.id, c.workload.name, c.provider): c.id for c in data.cells}
 
 
 def _environments(data: RunData) -> list[str]:
-    return list(dict.fromkeys(str(c["environment"]) for c in data.cells))
+    return [env.id for env in data.plan.environments]
 
 
 def check_mapping(a: RunData, b: RunData, mapping: Mapping[str, str]) -> None:
@@ -215,8 +214,8 @@ def _row(a: RunData, b: RunData, pair: Pair, rules: VerdictRules) -> list[Any]:
     ida, idb = pair.a, pair.b
     ra, rb = a.results.get(ida) or {}, b.results.get(idb) or {}
     va, vb = check_validity(ra, rules), check_validity(rb, rules)
-    cell = next(c for c in b.cells if c["id"] == idb)
-    lead = [md(cell["workload"]), md(provider_name(str(cell["provider"]))), md(ida), md(idb),
+    cell = b.plan.cell(idb)
+    lead = [md(cell.workload.name), md(provider_name(cell.provider)), md(ida), md(idb),
             fmt_ms(point_value(ra, "p50")) if va.valid else None,
             fmt_ms(point_value(rb, "p50")) if vb.valid else None]
     parity = parity_word(pair.parity)

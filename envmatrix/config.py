@@ -475,8 +475,12 @@ def dump_resolved(plan: Plan, path: Union[Path, str], extra: Mapping[str, Any]) 
     yamlsrc.write_plain(path, doc)
 
 
-def read_resolved(path: Union[Path, str]) -> dict[str, Any]:
-    """Read a matrix.resolved.yaml back (the only way other modules read YAML)."""
+def read_resolved(path: Union[Path, str]) -> planmod.ResolvedPlan:
+    """Read a matrix.resolved.yaml back into the typed plan the run used (and its run record).
+
+    The only way other modules read a run's plan: YAML through yamlsrc, then
+    `plan.plan_from_dict`, so report, compare and resume see the objects the run saw.
+    """
     target = Path(path)
     try:
         data = yamlsrc.read_plain(target)
@@ -489,7 +493,11 @@ def read_resolved(path: Union[Path, str]) -> dict[str, Any]:
         found = data.get("schema") if isinstance(data, dict) else kind_of(data)
         raise RunDirError(f"{target}: expected schema {planmod.PLAN_SCHEMA}, found {found!r}. "
                           "Fix: use a run directory written by this envmatrix version.")
-    return data
+    try:
+        return planmod.plan_from_dict(data)
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunDirError(f"{target}: the plan is damaged ({type(err).__name__}: {err}). Fix: "
+                          "re-run the matrix, or restore the file from the run's copy.") from None
 
 
 def matrix_json_schema() -> dict[str, Any]:

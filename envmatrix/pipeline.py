@@ -1,21 +1,108 @@
-"""The stages in order: plan → inputs → bases → images → cells → report.
+"""The stages in order, in one place: plan → inputs → bases and images → cells → report.
 
-Each function here is one stage's glue: it calls the stage's module, reports progress and
-records what it did in the run directory. The CLI picks which stages run.
+`run` is the whole pipeline; `cli` calls it for `matrix`, `run` and `build` (which stop after
+the cells or after the builds) and only parses arguments and maps errors to exit codes. Each
+helper below is one stage's glue: it calls the stage's module, reports progress and records
+what it did in the run directory (docs/architecture.md follows one cell through them).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from envmatrix import __version__, config, images, inputs, render, report
+from envmatrix import __version__, config, images, inputs, render, report, runner
 from envmatrix.engine import Engine
+from envmatrix.errors import EnvmatrixError
 from envmatrix.plan import Plan
 from envmatrix.progress import Progress
-from envmatrix.rundir import RunDir, atomic_write_text
+from envmatrix.results import utc_now
+from envmatrix.rundir import RunDir, atomic_write_text, create_run_dir, open_run_dir
+
+Stop = Literal["build", "run", "report"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a pipeline command asks for (the CLI's arguments, typed)."""
+
+    matrix: Path
+    reports_root: Path
+    only: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    out: Path | None = None
+    rebuild: bool = False
+    resume: Path | None = None
+    stop_after: Stop = "report"
+
+
+@dataclass
+class Outcome:
+    """What a pipeline run left behind."""
+
+    run_dir: RunDir
+    build_failures: list[images.BuildFailure] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)  # one per cell, plan order
+    report_path: Path | None = None
+    harness_s: float = 0.0  # container time of the cells measured by this invocation
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if r.get("status") != "ok"]
+
+
+class Interrupted(EnvmatrixError):
+    """Ctrl-C or SIGTERM while cells ran: finished results are kept, the run can resume."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir: RunDir) -> None:
+        super().__init__("interrupted: finished cells are kept")
+        self.run_dir = run_dir
+
+
+def run(request: Request, progress: Progress) -> Outcome:
+    """Every stage in order, up to `request.stop_after`."""
+    started = utc_now()
+    plan = config.load_plan(request.matrix, only=request.only, skip=request.skip)
+    progress("plan", f"{len(plan.environments)} environments, {len(plan.cells)} cells "
+                     f"from {request.matrix}")
+    # Template and model problems are matrix errors too (exit 2): find them before any engine
+    # contact, and template ones before a run directory exists.
+    check_templates(plan)
+    run_dir = open_run_dir(request.resume) if request.resume else create_run_dir(
+        request.reports_root, out=request.out)
+    progress("run", f"run directory {run_dir.path}")
+    write_resolved(plan, run_dir)
+    prepared = prepare_workloads(plan, run_dir, progress)
+    engine = Engine.connect()
+    swept = runner.sweep_leftovers(engine)
+    if swept:
+        progress.warn("sweep", f"removed {swept} container(s) left by an earlier run")
+    built = build_images(engine, plan, run_dir, progress, rebuild=request.rebuild)
+    write_resolved(plan, run_dir, built)
+    outcome = Outcome(run_dir, [b for b in built.values() if isinstance(b, images.BuildFailure)])
+    if request.stop_after == "build":
+        return outcome
+    try:
+        outcome.results = runner.run_cells(engine, plan, run_dir, built, prepared,
+                                           resume=request.resume is not None, progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
+    outcome.harness_s = seconds_in_containers(outcome.results, since=started)
+    if request.stop_after == "report":
+        outcome.report_path = write_report(run_dir, progress)
+    return outcome
+
+
+def seconds_in_containers(results: list[dict[str, Any]], *, since: str) -> float:
+    """Container time of the cells measured since `since` (not those a resume kept)."""
+    hosts = [r.get("host") or {} for r in results]
+    return sum(float(h.get("duration_s") or 0.0) for h in hosts
+               if str(h.get("started_at") or "") >= since)
 
 
 def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = None) -> None:

@@ -191,6 +191,12 @@ class ResolvedPlan:
 
     plan: Plan
     run: RunRecord
+    # Each cell's config hash as the run wrote it: results are checked against what the run
+    # recorded, so a later envmatrix that hashes more fields never calls old results stale.
+    config_hashes: dict[str, str] = field(default_factory=dict)
+
+    def config_hash(self, cell: Cell) -> str:
+        return self.config_hashes.get(cell.id) or cell.config_hash(self.plan.measure)
 
 
 # -- the resolved plan, both ways -----------------------------------------------------------
@@ -306,4 +312,6 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
                "offline": bool(build.get("offline", False)),
                "configured_build": {"ca_bundle": build.get("ca_bundle")},
                "warnings": list(doc.get("warnings") or [])})
-    return ResolvedPlan(plan=plan, run=_run_record(doc.get("run")))
+    hashes = {str(c["id"]): str(c["config_hash"]) for c in doc.get("cells") or []
+              if c.get("config_hash")}
+    return ResolvedPlan(plan=plan, run=_run_record(doc.get("run")), config_hashes=hashes)

@@ -25,6 +25,7 @@ from tabulate import tabulate
 
 from envmatrix import config, plots
 from envmatrix.parity import CellParity, cell_parity
+from envmatrix.plan import Cell, Environment, Plan, RunRecord
 from envmatrix.results import load_results
 from envmatrix.rundir import RunDir, atomic_write_bytes, atomic_write_text, open_run_dir
 from envmatrix.stats import (
@@ -57,7 +58,8 @@ class RunData:
     """Everything the report says, computed once from a run directory."""
 
     run_dir: RunDir
-    plan: dict[str, Any]
+    plan: Plan  # the plan the run used, read back typed (config.read_resolved)
+    run: RunRecord  # what the run recorded beside it: id, images
     results: dict[str, dict[str, Any]]  # cell id -> result, plan order
     rules: VerdictRules
     validity: dict[str, Validity] = field(default_factory=dict)
@@ -66,29 +68,24 @@ class RunData:
 
     @property
     def baseline(self) -> str:
-        return str(self.plan["baseline"])
+        return self.plan.baseline
 
     @property
-    def cells(self) -> list[dict[str, Any]]:
-        return list(self.plan.get("cells") or [])
+    def cells(self) -> tuple[Cell, ...]:
+        return self.plan.cells
 
     def verdict_of(self, cell_id: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.candidate == cell_id), None)
 
 
-def read_plan(run_dir: RunDir) -> dict[str, Any]:
-    """The resolved plan of a run (read through config, whose yamlsrc alone parses YAML)."""
-    return config.read_resolved(run_dir.resolved_path)
-
-
 def load_run(path: Path, rules: VerdictRules | None = None) -> RunData:
     """Read a run directory and compute validity, verdicts and parity for every cell."""
     run_dir = open_run_dir(path)
-    plan = read_plan(run_dir)
-    results = {str(r["cell"]): r for r in load_results(run_dir, plan)}
-    data = RunData(run_dir, plan, results, rules or VerdictRules())
+    resolved = config.read_resolved(run_dir.resolved_path)
+    results = {str(r["cell"]): r for r in load_results(run_dir, resolved)}
+    data = RunData(run_dir, resolved.plan, resolved.run, results, rules or VerdictRules())
     data.validity = {cid: check_validity(r, data.rules) for cid, r in results.items()}
-    data.verdicts = run_verdicts(plan, results, data.rules)
+    data.verdicts = run_verdicts(data.plan, results, data.rules)
     for v in data.verdicts:
         if v.baseline and _both_ok(results, v.baseline, v.candidate):
             data.parity[v.candidate] = cell_parity(run_dir.path, v.baseline, v.candidate)
@@ -225,9 +222,9 @@ def _latency(result: Mapping[str, Any], key: str) -> float | None:
     return point_value(result, key)
 
 
-def cell_row(data: RunData, cell: Mapping[str, Any]) -> dict[str, Any]:
+def cell_row(data: RunData, cell: Cell) -> dict[str, Any]:
     """The numbers of one cell as the table, the CSV and results.json show them."""
-    cid = str(cell["id"])
+    cid = cell.id
     res = data.results.get(cid) or {}
     summary = res.get("summary") or {}
     ok = res.get("status") == "ok"
@@ -235,8 +232,8 @@ def cell_row(data: RunData, cell: Mapping[str, Any]) -> dict[str, Any]:
     rss = summary.get("peak_rss_bytes") if ok else None
     thr = summary.get("throughput_per_s") if ok else None
     return {
-        "cell": cid, "environment": cell["environment"], "workload": cell["workload"],
-        "provider": cell["provider"], "status": res.get("status"),
+        "cell": cid, "environment": cell.environment.id, "workload": cell.workload.name,
+        "provider": cell.provider, "status": res.get("status"),
         "valid": data.validity[cid].valid if cid in data.validity else False,
         "p50_ms": fmt_ms(_latency(res, "p50")), "p90_ms": fmt_ms(_latency(res, "p90")),
         "p99_ms": fmt_ms(_latency(res, "p99")), "mean_ms": fmt_ms(_latency(res, "mean")),
@@ -269,14 +266,14 @@ def _table_cells(row: Mapping[str, Any]) -> list[Any]:
 
 
 def workloads(data: RunData) -> list[str]:
-    return list(dict.fromkeys(str(c["workload"]) for c in data.cells))
+    return list(dict.fromkeys(c.workload.name for c in data.cells))
 
 
 def section_workload(data: RunData, workload: str, plot_files: Sequence[str]) -> str:
-    cells = [c for c in data.cells if c["workload"] == workload]
+    cells = [c for c in data.cells if c.workload.name == workload]
     rows = [_table_cells(cell_row(data, c)) for c in cells]
     lines = [f"## Workload {md(workload)}", "", table(TABLE_HEADERS, rows), ""]
-    notes = [(c["id"], n) for c in cells for n in _cell_notes(data, str(c["id"]))]
+    notes = [(c.id, n) for c in cells for n in _cell_notes(data, c.id)]
     lines += [f"- {md(cid)}: {md(note)}" for cid, note in notes]
     if notes:
         lines.append("")
@@ -296,28 +293,29 @@ def _cell_notes(data: RunData, cid: str) -> list[str]:
 
 def env_fingerprint(data: RunData, env_id: str) -> dict[str, Any]:
     """The fingerprint of an environment's first cell that produced one."""
-    for c in data.cells:
-        res = data.results.get(str(c["id"])) or {}
-        if c["environment"] == env_id and res.get("fingerprint"):
+    for c in data.plan.cells_of(env_id):
+        res = data.results.get(c.id) or {}
+        if res.get("fingerprint"):
             return dict(res["fingerprint"])
     return {}
 
 
-def _runtime(env: Mapping[str, Any], fp: Mapping[str, Any]) -> str | None:
+def _runtime(env: Environment, fp: Mapping[str, Any]) -> str | None:
+    runtime = env.runtime()
+    if runtime is None:
+        return None
     pkgs = fp.get("packages") or {}
-    for name in ("onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime", "torch"):
-        if name in (env.get("packages") or {}):
-            return f"{name} {pkgs.get(name) or pkgs.get(name.replace('-', '_')) or '?'}"
-    return None
+    name = runtime[0]
+    return f"{name} {pkgs.get(name) or pkgs.get(name.replace('-', '_')) or '?'}"
 
 
 def section_environments(data: RunData) -> str:
     rows = []
-    for env in data.plan.get("environments") or []:
-        fp = env_fingerprint(data, env["id"])
-        name = md(env["id"]) + (" (baseline)" if env["id"] == data.baseline else "")
-        rows.append([name, md(env.get("image")), md((fp.get("python") or {}).get("version")
-                                                     or env.get("python")),
+    for env in data.plan.environments:
+        fp = env_fingerprint(data, env.id)
+        name = md(env.id) + (" (baseline)" if env.id == data.baseline else "")
+        rows.append([name, md(env.base.image), md((fp.get("python") or {}).get("version")
+                                                  or env.python),
                      md((fp.get("os") or {}).get("pretty_name") or ""), md(fp.get("glibc") or ""),
                      md(_runtime(env, fp) or ""), md((fp.get("packages") or {}).get("numpy", "")),
                      md(", ".join(fp.get("providers_available") or []))])
@@ -399,20 +397,24 @@ def cpu_flags_diff(base: Iterable[str], cand: Iterable[str]) -> str:
     return " ".join(x for x in (added, removed) if x)
 
 
+def _active_providers(data: RunData, cell: Cell) -> str:
+    active = ((data.results.get(cell.id) or {}).get("provider") or {}).get("active") or ["?"]
+    return f"{cell.provider}: {', '.join(active)}"
+
+
 def provenance_items(data: RunData, env_id: str) -> list[tuple[str, str]]:
     """(item, value) pairs that identify what an environment ran on, in a fixed order."""
-    env: dict[str, Any] = next(
-        (e for e in data.plan.get("environments") or [] if e["id"] == env_id), {})
+    env = data.plan.environment(env_id)
     fp = env_fingerprint(data, env_id)
-    images = ((data.plan.get("run") or {}).get("images") or {}).get(env_id) or {}
+    image = data.run.images.get(env_id)
     cpu = fp.get("cpu") or {}
     pkgs = fp.get("packages") or {}
-    active = sorted({f"{c['provider']}: {', '.join((data.results.get(c['id']) or {}).get('provider', {}).get('active') or ['?'])}"  # noqa: E501
-                     for c in data.cells if c["environment"] == env_id})
+    active = sorted({_active_providers(data, c) for c in data.plan.cells_of(env_id)})
     return [
-        ("base image", str(env.get("image") or (fp.get("image") or {}).get("base") or "?")),
-        ("image id", str(images.get("image_id") or (fp.get("image") or {}).get("id") or "?")),
-        ("Python", str((fp.get("python") or {}).get("version") or env.get("python") or "?")),
+        ("base image", env.base.image),
+        ("image id", str((image.image_id if image else None)
+                         or (fp.get("image") or {}).get("id") or "?")),
+        ("Python", str((fp.get("python") or {}).get("version") or env.python)),
         ("OS", str((fp.get("os") or {}).get("pretty_name") or "?")),
         ("kernel", str((fp.get("os") or {}).get("kernel") or "?")),
         ("glibc", str(fp.get("glibc") or "?")),
@@ -429,16 +431,16 @@ def section_provenance(data: RunData) -> str:
              "environment (from the fingerprints the harness recorded inside each image).", ""]
     base_items = dict(provenance_items(data, data.baseline))
     base_flags = (env_fingerprint(data, data.baseline).get("cpu") or {}).get("flags") or []
-    for env in data.plan.get("environments") or []:
-        if env["id"] == data.baseline:
+    for env in data.plan.environments:
+        if env.id == data.baseline:
             continue
-        lines += [f"### {md(env['id'])} vs {md(data.baseline)}", ""]
-        fingerprint = env_fingerprint(data, env["id"])
+        lines += [f"### {md(env.id)} vs {md(data.baseline)}", ""]
+        fingerprint = env_fingerprint(data, env.id)
         if not fingerprint:
             lines += ["No fingerprint: no cell of this environment reached the harness.", ""]
             continue
         rows = []
-        for item, value in provenance_items(data, env["id"]):
+        for item, value in provenance_items(data, env.id):
             same = value == base_items.get(item)
             rows.append([item, md(base_items.get(item)), md(value),
                          "same" if same else "**differs**"])
@@ -449,26 +451,26 @@ def section_provenance(data: RunData) -> str:
     return "\n".join(lines).rstrip()
 
 
-def docker_run_command(data: RunData, cell: Mapping[str, Any]) -> list[str]:
+def docker_run_command(data: RunData, cell: Cell) -> list[str]:
     """The `docker run` of one cell with the runner's flags (composed from the result)."""
     from envmatrix import runner  # its mount points and user; imported late (docker SDK)
 
-    res = data.results.get(str(cell["id"])) or {}
+    res = data.results.get(cell.id) or {}
     host = res.get("host") or {}
-    measure = data.plan.get("measure") or {}
+    measure = data.plan.measure
     argv = ["docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp:rw,size=256m",
             "--user", runner.RUN_USER, "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--network", "none",
-            "--pids-limit", str(host.get("pids_limit") or measure.get("pids_limit")),
-            "--memory", str(host.get("memory_limit") or measure.get("memory_limit"))]
-    cpuset = host.get("cpuset") or measure.get("cpuset")
+            "--pids-limit", str(host.get("pids_limit") or measure.pids_limit),
+            "--memory", str(host.get("memory_limit") or measure.memory_limit)]
+    cpuset = host.get("cpuset") or measure.cpuset
     if cpuset:
         argv += ["--cpuset-cpus", str(cpuset)]
     argv += ["-e", "HOME=/tmp", "-e", f"ENVMATRIX_IMAGE_ID={host.get('image_id') or ''}",
              "-w", runner.HARNESS_HOME,
              # Relative to the run directory, so the report holds no path of this machine.
              "-v", f"$PWD/inputs:{runner.INPUTS_MOUNT}:ro",
-             "-v", f"$PWD/scratch/{cell['id']}:{runner.OUT_MOUNT}",
+             "-v", f"$PWD/scratch/{cell.id}:{runner.OUT_MOUNT}",
              str(host.get("image_id") or host.get("image_tag"))]
     return argv + [str(a) for a in host.get("command") or []]
 
@@ -483,14 +485,14 @@ def section_reproduce(data: RunData) -> str:
              "Rebuild and measure one environment with the same matrix, or rerun one cell's "
              "container by hand from inside the run directory (the same flags as the runner; "
              "first `mkdir -p scratch/<cell> && chmod 777 scratch/<cell>`).", ""]
-    source = str(data.plan.get("source") or "matrix.yaml")
-    for env in data.plan.get("environments") or []:
-        cell = next((c for c in data.cells if c["environment"] == env["id"]), None)
-        nox = shlex.join(["nox", "-s", "matrix", "--", "--matrix", source, "--only", env["id"]])
-        body = [f"### {md(env['id'])}", "", fence(nox, "sh")]
-        host = (data.results.get(str(cell["id"])) or {}).get("host") or {} if cell else {}
+    source = str(data.plan.source)
+    for env in data.plan.environments:
+        cell = next(iter(data.plan.cells_of(env.id)), None)
+        nox = shlex.join(["nox", "-s", "matrix", "--", "--matrix", source, "--only", env.id])
+        body = [f"### {md(env.id)}", "", fence(nox, "sh")]
+        host = (data.results.get(cell.id) or {}).get("host") or {} if cell else {}
         if cell is not None and host.get("image_id") and host.get("command"):
-            body += ["", f"Cell {md(cell['id'])}:", "",
+            body += ["", f"Cell {md(cell.id)}:", "",
                      fence(shell_join(docker_run_command(data, cell)), "sh")]
         lines += body + [""]
     return "\n".join(lines).rstrip()
@@ -512,7 +514,7 @@ def measured_totals(data: RunData) -> dict[str, float]:
 
 
 def section_measured(data: RunData) -> str:
-    m = data.plan.get("measure") or {}
+    m = data.plan.measure
     t = measured_totals(data)
     rows = []
     for cid, res in data.results.items():
@@ -524,9 +526,9 @@ def section_measured(data: RunData) -> str:
                      else None, f"{cv:.1%}" if cv is not None else None])
     return "\n".join([
         "## How much was measured", "",
-        f"Settings: {m.get('repeats')} fresh processes per cell, each {m.get('warmup')} warm-up "
-        f"iterations then at least {m.get('min_iterations')} timed iterations and "
-        f"{m.get('min_time_s')} s. In all: {t['processes']} processes, {t['iterations']} timed "
+        f"Settings: {m.repeats} fresh processes per cell, each {m.warmup} warm-up "
+        f"iterations then at least {m.min_iterations} timed iterations and "
+        f"{m.min_time_s} s. In all: {t['processes']} processes, {t['iterations']} timed "
         f"iterations, {t['measured_s']:.1f} s measured, {t['cpu_s']:.1f} s CPU time.", "",
         table(("cell", "repeats", "iterations per repeat", "measured (s)",
                "CV of repeat p50s"), rows)])
@@ -534,10 +536,10 @@ def section_measured(data: RunData) -> str:
 
 def section_appendix(data: RunData) -> str:
     lines = ["## Appendix: fingerprints", ""]
-    for env in data.plan.get("environments") or []:
-        fp = env_fingerprint(data, env["id"])
+    for env in data.plan.environments:
+        fp = env_fingerprint(data, env.id)
         body = fence(json.dumps(fp, indent=2, sort_keys=True), "json") if fp else "none recorded"
-        lines += [details(f"{md(env['id'])}", body), ""]
+        lines += [details(f"{md(env.id)}", body), ""]
     return "\n".join(lines).rstrip()
 
 
@@ -547,14 +549,14 @@ def section_appendix(data: RunData) -> str:
 def _plot_series(data: RunData, workload: str) -> list[plots.Series]:
     series = []
     for c in data.cells:
-        if c["workload"] != workload:
+        if c.workload.name != workload:
             continue
-        res = data.results.get(str(c["id"])) or {}
+        res = data.results.get(c.id) or {}
         lat = [x * 1000.0 for rep in repeat_latencies(res) for x in rep.tolist()]
-        verdict = data.verdict_of(str(c["id"]))
+        verdict = data.verdict_of(c.id)
         ok = res.get("status") == "ok"
         series.append(plots.Series(
-            label=f"{c['environment']} / {provider_name(str(c['provider']))}",
+            label=f"{c.environment.id} / {provider_name(c.provider)}",
             latencies_ms=lat if ok else [],
             throughput_per_s=point_value(res, "throughput") if ok and lat else None,
             p50=verdict.ratios.get("p50") if verdict else None,
@@ -607,11 +609,9 @@ def results_document(data: RunData) -> dict[str, Any]:
 
 
 def render_markdown(data: RunData, plot_files: Mapping[str, Sequence[str]]) -> str:
-    source = data.plan.get("source")
     head = [f"# Upgrade-impact report: run {md(data.run_dir.run_id)}", "",
-            f"Matrix {md(source)}; baseline environment **{md(data.baseline)}**; "
-            f"{len(data.cells)} cells in {len(data.plan.get('environments') or [])} "
-            f"environments."]
+            f"Matrix {md(data.plan.source)}; baseline environment **{md(data.baseline)}**; "
+            f"{len(data.cells)} cells in {len(data.plan.environments)} environments."]
     sections = ["\n".join(head), section_summary(data)]
     sections += [section_workload(data, w, plot_files.get(w, ())) for w in workloads(data)]
     sections += [section_environments(data), section_problems(data), section_parity(data),

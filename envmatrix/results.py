@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envmatrix.errors import RunDirError
-from envmatrix.plan import PROVIDER_NAMES, Cell, Measure
+from envmatrix.plan import PROVIDER_NAMES, Cell, Measure, ResolvedPlan
 from envmatrix.rundir import RunDir, atomic_write_json
 
 SCHEMA = "envmatrix.result/1"
@@ -318,50 +318,47 @@ def reusable_result(
     return doc
 
 
-def load_results(run_dir: RunDir, plan_dict: dict[str, Any] | None) -> list[dict[str, Any]]:
+def load_results(run_dir: RunDir, resolved: ResolvedPlan | None) -> list[dict[str, Any]]:
     """Every result of a run; with the resolved plan, exactly one per plan cell, in plan order.
 
     Unknown schemas raise RunDirError; stale and missing cells become `skipped` (module doc).
     """
     files = sorted(run_dir.results_dir.glob("*.json"))
     found = {doc["cell"]: doc for doc in map(read_result, files)}
-    if plan_dict is None:
+    if resolved is None:
         return [found[key] for key in sorted(found)]
-    backends = {w.get("name"): w.get("backend") for w in plan_dict.get("workloads") or []}
     loaded = []
-    for entry in plan_dict.get("cells") or []:
-        doc = found.get(entry["id"])
+    for cell in resolved.plan.cells:
+        doc = found.get(cell.id)
+        recorded = resolved.config_hash(cell)
         if doc is None:
-            loaded.append(_placeholder(entry, backends, NOT_RUN))
-        elif (doc.get("host") or {}).get("config_hash") != entry.get("config_hash"):
-            loaded.append(_stale(doc, entry, backends))
+            loaded.append(_placeholder(cell, recorded, NOT_RUN))
+        elif (doc.get("host") or {}).get("config_hash") != recorded:
+            loaded.append(_stale(doc, cell, recorded))
         else:
             loaded.append(doc)
     return loaded
 
 
-def _placeholder(entry: dict[str, Any], backends: dict[Any, Any], reason: str) -> dict[str, Any]:
-    doc = _skeleton(entry["id"], entry.get("environment"), entry.get("workload"))
-    provider = str(entry.get("provider") or "")
+def _placeholder(cell: Cell, config_hash: str, reason: str) -> dict[str, Any]:
+    doc = _skeleton(cell.id, cell.environment.id, cell.workload.name)
     doc.update(
         status="skipped",
         reason=f"{reason}; {RESUME_HINT}",
-        backend=backends.get(entry.get("workload")),
-        provider={"requested": PROVIDER_NAMES.get(provider, provider),
-                  "options": dict(entry.get("provider_options") or {}),
-                  "available": None, "active": None, "fallback": None},
-        host={"config_hash": entry.get("config_hash"), "exit_code": None, "oom_killed": None,
+        backend=cell.workload.backend,
+        provider=_provider_part(cell),
+        host={"config_hash": config_hash, "exit_code": None, "oom_killed": None,
               "timed_out": None, "signal": None, "duration_s": None},
     )  # fmt: skip
     return doc
 
 
-def _stale(doc: dict[str, Any], entry: dict[str, Any], backends: dict[Any, Any]) -> dict[str, Any]:
+def _stale(doc: dict[str, Any], cell: Cell, config_hash: str) -> dict[str, Any]:
     old_hash = (doc.get("host") or {}).get("config_hash")
     reason = (
         f"stale: measured with config hash {old_hash}, but the plan now says "
-        f"{entry.get('config_hash')} (the cell's settings changed)"
+        f"{config_hash} (the cell's settings changed)"
     )
-    stale = _placeholder(entry, backends, reason)
+    stale = _placeholder(cell, config_hash, reason)
     stale["host"]["stale"] = {"status": doc.get("status"), "config_hash": old_hash}
     return stale

@@ -31,6 +31,7 @@ import numpy as np
 from scipy.stats import mannwhitneyu, wilcoxon
 
 from envmatrix.grammar import normalize_package
+from envmatrix.plan import Cell, Plan
 
 FASTER = "faster"
 SLOWER = "slower"
@@ -392,10 +393,9 @@ def paired_effect(log_ratios: np.ndarray, rules: VerdictRules, rng: np.random.Ge
 # ---------------------------------------------------------------- one comparison
 
 
-def _verdict(cand_cell: Mapping[str, Any], **kw: Any) -> Verdict:
-    return Verdict(candidate=str(cand_cell["id"]), environment=str(cand_cell["environment"]),
-                   workload=str(cand_cell["workload"]), provider=str(cand_cell["provider"]),
-                   **kw)
+def _verdict(cand_cell: Cell, **kw: Any) -> Verdict:
+    return Verdict(candidate=cand_cell.id, environment=cand_cell.environment.id,
+                   workload=cand_cell.workload.name, provider=cand_cell.provider, **kw)
 
 
 def _missing(cell_id: str) -> dict[str, Any]:
@@ -403,23 +403,23 @@ def _missing(cell_id: str) -> dict[str, Any]:
 
 
 def compare_cells(
-    base_cell: Mapping[str, Any] | None,
-    cand_cell: Mapping[str, Any],
+    base_cell: Cell | None,
+    cand_cell: Cell,
     results: Mapping[str, Mapping[str, Any]],
     rules: VerdictRules,
     notes: Sequence[str] = (),
 ) -> Verdict:
-    """The verdict of one candidate cell against one baseline cell (plan cell dicts)."""
-    cid = str(cand_cell["id"])
+    """The verdict of one candidate cell against one baseline cell."""
+    cid = cand_cell.id
     cand_res = results.get(cid) or _missing(cid)
     cand_valid = check_validity(cand_res, rules)
     reasons = list(cand_valid.reasons)
     notes = list(notes) + list(cand_valid.warnings)
     if base_cell is None:
-        reasons.append(f"the baseline has no {cand_cell['workload']} cell to compare with")
+        reasons.append(f"the baseline has no {cand_cell.workload.name} cell to compare with")
         return _verdict(cand_cell, baseline=None, verdict=INVALID, reasons=tuple(reasons),
                         notes=tuple(notes))
-    base_id = str(base_cell["id"])
+    base_id = base_cell.id
     base_res = results.get(base_id) or _missing(base_id)
     base_valid = check_validity(base_res, rules)
     reasons += [f"baseline {base_id}: {r}" for r in base_valid.reasons]
@@ -492,34 +492,32 @@ def method_phrase(method: str) -> str:
 
 
 def match_baseline(
-    cells: Sequence[Mapping[str, Any]], baseline_env: str, cand: Mapping[str, Any]
-) -> tuple[Mapping[str, Any] | None, list[str]]:
+    cells: Sequence[Cell], baseline_env: str, cand: Cell
+) -> tuple[Cell | None, list[str]]:
     """The baseline cell for a candidate: same workload and provider, else the cpu cell."""
     same_wl = [c for c in cells
-               if c["environment"] == baseline_env and c["workload"] == cand["workload"]]
+               if c.environment.id == baseline_env and c.workload.name == cand.workload.name]
     for c in same_wl:
-        if c["provider"] == cand["provider"]:
+        if c.provider == cand.provider:
             return c, []
     for c in same_wl:
-        if c["provider"] == "cpu":
-            note = (f"the baseline has no {cand['provider']} cell: compared with its cpu cell")
+        if c.provider == "cpu":
+            note = f"the baseline has no {cand.provider} cell: compared with its cpu cell"
             return c, [note]
     return None, []
 
 
 def run_verdicts(
-    plan: Mapping[str, Any],
+    plan: Plan,
     results: Mapping[str, Mapping[str, Any]],
     rules: VerdictRules | None = None,
 ) -> list[Verdict]:
-    """A verdict for every non-baseline cell of a resolved plan, in plan order."""
+    """A verdict for every non-baseline cell of a plan, in plan order."""
     rules = rules or VerdictRules()
-    cells = plan["cells"]
-    baseline = plan["baseline"]
     verdicts = []
-    for cell in cells:
-        if cell["environment"] == baseline:
+    for cell in plan.cells:
+        if cell.environment.id == plan.baseline:
             continue
-        base_cell, notes = match_baseline(cells, baseline, cell)
+        base_cell, notes = match_baseline(plan.cells, plan.baseline, cell)
         verdicts.append(compare_cells(base_cell, cell, results, rules, notes))
     return verdicts

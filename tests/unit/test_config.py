@@ -417,9 +417,9 @@ def test_dump_and_read_resolved_round_trip(tmp_path):
     target = tmp_path / "run" / "matrix.resolved.yaml"
     config.dump_resolved(plan, target, {"run_id": "r1", "out": tmp_path})
     back = config.read_resolved(target)
-    assert back["run"] == {"run_id": "r1", "out": str(tmp_path)}
-    del back["run"]
-    assert back == json.loads(json.dumps(plan_to_dict(plan)))
+    assert back.run.run_id == "r1"
+    assert back.plan == plan
+    assert plan_to_dict(back.plan) == json.loads(json.dumps(plan_to_dict(plan)))
     assert [p.name for p in target.parent.iterdir()] == ["matrix.resolved.yaml"]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from envmatrix.plan import Cell, Plan, plan_from_dict
 from envmatrix.rundir import create_run_dir
 from envmatrix.stats import check_validity
 
@@ -110,6 +111,16 @@ def plan_dict(cells: list[str], baseline: str = BASELINE) -> dict[str, Any]:
                    "config_hash": "h-" + c} for c in cells],
         "run": {"run_id": "run-1"},
     }  # fmt: skip
+
+
+def typed_plan(cells: list[str], baseline: str = BASELINE) -> Plan:
+    """The typed `Plan` that a run directory holding plan_dict(cells) reads back as."""
+    return plan_from_dict(plan_dict(cells, baseline)).plan
+
+
+def plan_cell(cell_id: str) -> Cell:
+    """One typed plan cell for an id `<environment>--<workload>--<provider>`."""
+    return typed_plan([cell_id], baseline=cell_id.split("--")[0]).cells[0]
 
 
 def make_run(root: Path, results: list[dict[str, Any]],

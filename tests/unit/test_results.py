@@ -11,7 +11,7 @@ import pytest
 
 from envmatrix import results
 from envmatrix.errors import RunDirError
-from envmatrix.plan import Base, Cell, Environment, Measure, Workload
+from envmatrix.plan import Base, Cell, Environment, Measure, Plan, ResolvedPlan, RunRecord, Workload
 from envmatrix.rundir import RunDir, atomic_write_json, create_run_dir
 
 MEASURE = Measure(repeats=2, min_time_s=0.5)
@@ -173,15 +173,12 @@ def _write_ok(run: RunDir, cell: Cell, measure: Measure, **host: Any) -> dict[st
     return doc
 
 
-def _plan_dict(cells: list[Cell], measure: Measure) -> dict[str, Any]:
-    return {
-        "workloads": [{"name": "cnn", "backend": "onnxruntime"}],
-        "cells": [
-            {"id": c.id, "environment": c.environment.id, "workload": c.workload.name,
-             "provider": c.provider, "provider_options": {}, "config_hash": c.config_hash(measure)}
-            for c in cells
-        ],
-    }  # fmt: skip
+def _resolved(cells: list[Cell], measure: Measure) -> ResolvedPlan:
+    plan = Plan(source=Path("matrix.yaml"), bases=(cells[0].environment.base,),
+                environments=tuple(dict.fromkeys(c.environment for c in cells)),
+                workloads=(cells[0].workload,), measure=measure,
+                baseline=cells[0].environment.id, cells=tuple(cells))
+    return ResolvedPlan(plan=plan, run=RunRecord())
 
 
 def test_load_results_one_per_plan_cell_with_stale_and_missing_marked(tmp_path: Path) -> None:
@@ -189,7 +186,7 @@ def test_load_results_one_per_plan_cell_with_stale_and_missing_marked(tmp_path: 
     fresh, changed, missing = make_cell(), make_cell(version="1.16.0"), make_cell("openvino")
     _write_ok(run, fresh, MEASURE)
     _write_ok(run, changed, replace(MEASURE, repeats=9))  # measured under other settings
-    loaded = results.load_results(run, _plan_dict([fresh, changed, missing], MEASURE))
+    loaded = results.load_results(run, _resolved([fresh, changed, missing], MEASURE))
     assert [d["cell"] for d in loaded] == [fresh.id, changed.id, missing.id]
     assert [d["status"] for d in loaded] == ["ok", "skipped", "skipped"]
     assert loaded[1]["reason"].startswith("stale: measured with config hash")

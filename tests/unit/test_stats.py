@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_report_fakes import BASELINE, CANDIDATE, fake_result, plan_dict
+from test_report_fakes import BASELINE, CANDIDATE, fake_result, plan_cell, typed_plan
 
 from envmatrix import stats
+from envmatrix.plan import Cell
 from envmatrix.stats import VerdictRules, check_validity, compare_cells, run_verdicts
 
 BASE = f"{BASELINE}--cnn--cpu"
@@ -14,9 +15,8 @@ CAND = f"{CANDIDATE}--cnn--cpu"
 FAST_RULES = VerdictRules(n_boot=300)  # the verdict word does not depend on n_boot
 
 
-def _cell(cid: str) -> dict[str, str]:
-    env, workload, provider = cid.split("--")
-    return {"id": cid, "environment": env, "workload": workload, "provider": provider}
+def _cell(cid: str) -> Cell:
+    return plan_cell(cid)
 
 
 def _verdict(base_p50: float, cand_p50: float, seed: int, cv: float = 0.01,
@@ -142,7 +142,7 @@ def test_an_invalid_cell_gets_the_invalid_verdict_with_reasons() -> None:
 
 def test_a_baseline_without_the_provider_is_compared_with_its_cpu_cell() -> None:
     ov = f"{CANDIDATE}--cnn--openvino"
-    plan = plan_dict([BASE, CAND, ov])
+    plan = typed_plan([BASE, CAND, ov])
     results = {c: fake_result(c, seed=i) for i, c in enumerate((BASE, CAND, ov))}
     verdicts = run_verdicts(plan, results, FAST_RULES)
     assert [v.candidate for v in verdicts] == [CAND, ov]
