@@ -142,3 +142,24 @@ def test_runtime_package_prefers_the_flavour(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(sys, "path", [str(tmp_path)])
     assert fingerprint.runtime_package() == ("onnxruntime-openvino", "1.24.1")
     assert fingerprint.runtime_package({"onnxruntime": "1.8.0"}) == ("onnxruntime", "1.8.0")
+
+
+def test_torch_backend_reports_torchs_own_thread_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch is not installed here: a stand-in module proves the calls and the block's shape."""
+    import types
+
+    from harness import backends
+
+    fake = types.ModuleType("torch")
+    counts = {"intra": 8, "inter": 4}
+    fake.__version__ = "0.0-fake"  # type: ignore[attr-defined]
+    fake.cuda = types.SimpleNamespace(is_available=lambda: False)  # type: ignore[attr-defined]
+    fake.set_num_threads = lambda n: counts.update(intra=n)  # type: ignore[attr-defined]
+    fake.get_num_threads = lambda: counts["intra"]  # type: ignore[attr-defined]
+    fake.get_num_interop_threads = lambda: counts["inter"]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    settings = {"provider": "cpu", "provider_options": {}, "threads": 2}
+    backend = backends.TorchBackend(settings, {"path": "net.pt"})
+    assert backend.import_s >= 0
+    assert backend.threads() == {"intra_op_requested": 2, "inter_op_requested": None,
+                                 "intra_op_effective": 2, "inter_op_effective": 4}
