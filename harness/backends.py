@@ -1,13 +1,15 @@
 """The two runtimes the harness times: onnxruntime (every flavour) and TorchScript (torch).
 
 Both offer the same small surface to `harness.child`:
-  available, requested, options, notes, create(), input_specs(), output_specs(), active(),
-  runner(feeds) -> (call, args, sync), name_outputs(raw) -> [(name, value)].
+  available, requested, options, notes, import_s, create(), input_specs(), output_specs(),
+  active(), runner(feeds) -> (call, args, sync), name_outputs(raw) -> [(name, value)],
+  threads() -> the thread counts asked for and, where the runtime says, in effect.
 The runtime modules are imported here and nowhere else, and only when asked for.
 """
 
 import collections
 import re
+import time
 
 from harness import compat, fingerprint
 from harness.errors import HarnessError, ModelError, ProviderError
@@ -31,15 +33,17 @@ class OrtBackend(object):
     name = "onnxruntime"
 
     def __init__(self, settings, model):
+        t0 = time.perf_counter()
         try:
             import onnxruntime
         except ImportError as err:
             raise ProviderError("onnxruntime cannot be imported here ({}); install onnxruntime, "
                                 "onnxruntime-gpu or onnxruntime-openvino".format(one_line(err)))
+        self.import_s = time.perf_counter() - t0  # numpy is already imported (harness.inputs)
         self.ort = onnxruntime
         self.settings = settings
         self.model = model
-        package, package_version = fingerprint.runtime_package(fingerprint.distributions())
+        package, package_version = fingerprint.runtime_package()
         self.package = package or "onnxruntime"
         self.version = onnxruntime.__version__
         # The distribution's own version decides option spellings (onnxruntime-openvino 1.15.0
@@ -99,6 +103,23 @@ class OrtBackend(object):
     def adapt_fixed(self, fixed):
         return fixed
 
+    def threads(self):
+        """What was asked (null: the runtime's default) and what the session's options say.
+
+        onnxruntime keeps 0 in its options when it picks the count itself, so the effective
+        count is known only when one was asked (threads.alive_in_loop shows what ran); its
+        inter-op pool only runs with ORT_PARALLEL, which the harness never sets.
+        """
+        intra = inter = None
+        try:
+            options = self.session.get_session_options()
+            intra = int(options.intra_op_num_threads) or None
+            inter = int(options.inter_op_num_threads) or None
+        except Exception:  # noqa: BLE001 - a build without get_session_options: unknown
+            pass
+        return {"intra_op_requested": self.settings["threads"], "inter_op_requested": None,
+                "intra_op_effective": intra, "inter_op_effective": inter}
+
 
 class TorchBackend(object):
     """A TorchScript module (torch.jit.load) on cpu or cuda, under inference_mode/no_grad."""
@@ -106,11 +127,13 @@ class TorchBackend(object):
     name = "torch"
 
     def __init__(self, settings, model):
+        t0 = time.perf_counter()
         try:
             import torch
         except ImportError as err:
             raise ProviderError("torch cannot be imported here ({}); install torch for "
                                 "--backend torch".format(one_line(err)))
+        self.import_s = time.perf_counter() - t0
         self.torch = torch
         self.settings = settings
         self.model = model
@@ -170,6 +193,18 @@ class TorchBackend(object):
 
     def active(self):
         return [self.requested]
+
+    def threads(self):
+        """What was asked (null: torch's default) and torch's own counts after the run."""
+        torch = self.torch
+        intra = inter = None
+        try:
+            intra = int(torch.get_num_threads())
+            inter = int(torch.get_num_interop_threads())
+        except Exception:  # noqa: BLE001 - very old torch without get_num_interop_threads
+            pass
+        return {"intra_op_requested": self.settings["threads"], "inter_op_requested": None,
+                "intra_op_effective": intra, "inter_op_effective": inter}
 
     def runner(self, feeds):
         torch = self.torch

@@ -40,7 +40,16 @@ def _provider_block(doc, backend):
                                backend.requested, ", ".join(active)))
 
 
-def _measure(settings, backend, feeds):
+def _since(wall_clock_start):
+    """Seconds of wall clock since a time.time() taken in another process (the parent), or
+    None without one (a child started by hand) or when the clock stepped backwards."""
+    if wall_clock_start is None:
+        return None
+    elapsed = time.time() - wall_clock_start
+    return elapsed if elapsed >= 0 else None
+
+
+def _measure(settings, backend, feeds, spawned_at):
     """The repeat record; the first inference's raw outputs come back too."""
     call, args, sync = backend.runner(feeds)
     t0 = time.perf_counter()
@@ -48,19 +57,34 @@ def _measure(settings, backend, feeds):
     if sync is not None:
         sync()
     first_s = time.perf_counter() - t0
+    cold_start_s = _since(spawned_at)
     measure.warm_up(call, args, settings["warmup"], sync)
+    alive_before = measure.threads_alive()
     cpu0 = measure.cpu_seconds()
     latencies, wall = measure.timed_loop(call, args, settings["min_iterations"],
                                          settings["min_time_s"], sync)
     cpu = measure.cpu_seconds() - cpu0
+    alive_after = measure.threads_alive()
+    alive = [n for n in (alive_before, alive_after) if n is not None]
+    threads = backend.threads()
+    threads["alive_in_loop"] = max(alive) if alive else None
+    threads["cpus_available"] = measure.cpus_available(
+        fingerprint.cgroup_limits()["cpu_quota_cores"])
     record = {"first_inference_s": first_s, "latencies_s": latencies,
               "measure_wall_s": wall, "cpu_time_s": cpu,
+              "cores_used": cpu / wall if wall > 0 else None,
+              "cpu_per_inference_s": cpu / len(latencies),
+              "cold_start_s": cold_start_s, "threads": threads,
               "peak_rss_bytes": measure.peak_rss_bytes()}
     return record, first
 
 
-def run_child(settings, index):
-    """Fill and return a result document for one repeat; HarnessError propagates."""
+def run_child(settings, index, spawned_at=None, started_at=None):
+    """Fill and return a result document for one repeat; HarnessError propagates.
+
+    spawned_at: the parent's time.time() just before it started this process (cold start);
+    started_at: time.time() when this interpreter began running the harness's own code.
+    """
     doc = result.new_result(settings)
     doc["model"].update(modelinfo.describe(settings["model"], settings["backend"]))
     backend = backends.make_backend(settings, doc["model"])
@@ -72,7 +96,11 @@ def run_child(settings, index):
     _provider_block(doc, backend)
     feeds, from_file = _feeds(settings, backend)
     doc["provider"]["notes"] = list(backend.notes)
-    record, first = _measure(settings, backend, feeds)
+    record, first = _measure(settings, backend, feeds, spawned_at)
+    interpreter_start_s = None
+    if spawned_at is not None and started_at is not None and started_at >= spawned_at:
+        interpreter_start_s = started_at - spawned_at
+    record.update(import_s=backend.import_s, interpreter_start_s=interpreter_start_s)
     record = dict([("index", index), ("session_create_s", create_s)] + sorted(record.items()))
     doc["repeats"] = [record]
     doc["model"]["inputs"] = _describe_io(backend.input_specs())

@@ -71,6 +71,9 @@ def build_parser():
     internal.add_argument("--child-index", type=int, metavar="N",
                           help="run repeat N only, in this process")
     internal.add_argument("--child-out", metavar="FILE", help="where a child writes its result")
+    internal.add_argument("--spawned-at", type=float, metavar="EPOCH",
+                          help="the parent's time.time() just before it started this child "
+                               "(the child's cold_start_s counts from it)")
     return parser
 
 
@@ -150,14 +153,15 @@ def _failure(settings, err):
     return result.set_error(doc, reason, traceback_text=traceback.format_exc()), EXIT_INTERNAL
 
 
-def main(argv=None):
+def main(argv=None, started_at=None):
+    """started_at: time.time() when the interpreter reached the harness (__main__ sets it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = {"out": _out_from_argv(argv)}
     try:
         args = build_parser().parse_args(argv)
         settings = settings_from(args)
         if args.child_index is not None:
-            return _child_main(settings, args)
+            return _child_main(settings, args, started_at)
         from harness import parent
         doc, code = parent.run_parent(settings)
     except Exception as err:  # noqa: BLE001 - every failure must still leave a result
@@ -170,10 +174,11 @@ def main(argv=None):
         return EXIT_INTERNAL
 
 
-def _child_main(settings, args):
+def _child_main(settings, args, started_at):
     from harness import child
     try:
-        doc, code = child.run_child(settings, args.child_index), 0
+        doc, code = child.run_child(settings, args.child_index, spawned_at=args.spawned_at,
+                                    started_at=started_at), 0
     except Exception as err:  # noqa: BLE001 - reported to the parent through the file
         doc, code = _failure(settings, err)
     result.write_result(args.child_out, doc)

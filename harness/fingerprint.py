@@ -6,6 +6,7 @@ the fingerprint must not be the reason a measurement fails.
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -13,12 +14,6 @@ import sys
 # The CPU flags that decide which kernels inference runtimes pick.
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
              "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-
-# Distributions of the runtime stack, reported with their versions when installed; names
-# starting with these prefixes are reported too (onnxruntime-gpu, nvidia-cudnn-cu12, ...).
-PACKAGES = ("numpy", "onnxruntime", "openvino", "torch", "protobuf", "flatbuffers", "mkl",
-            "intel-openmp", "tensorrt")
-PACKAGE_PREFIXES = ("onnxruntime", "openvino", "nvidia-", "torch", "tensorrt")
 
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY",
             "CUDA_VISIBLE_DEVICES", "ORT_TENSORRT_FP16_ENABLE", "ENVMATRIX_BASE_IMAGE",
@@ -103,35 +98,117 @@ def cgroup_limits():
     return {"version": version, "cpu_quota_cores": quota, "memory_limit_bytes": memory}
 
 
-def distributions():
-    """{name: version} of every installed distribution (importlib.metadata or pkg_resources)."""
+def normalize_name(name):
+    """PEP 503 normal form: `ONNXRuntime_GPU` and `onnxruntime-gpu` are one distribution."""
+    return re.sub(r"[-_.]+", "-", str(name)).lower()
+
+
+def _metadata_fields(path):
+    """(Name, Version) from a METADATA / PKG-INFO file's headers; None for a missing field."""
+    name = version = None
     try:
-        from importlib import metadata  # novm (Python 3.8+; pkg_resources below otherwise)
-        found = {}
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    break  # the headers end at the first blank line; the description follows
+                key, sep, value = line.partition(":")
+                if not sep:
+                    continue
+                key = key.strip().lower()
+                if key == "name" and name is None:
+                    name = value.strip()
+                elif key == "version" and version is None:
+                    version = value.strip()
+    except (OSError, IOError):
+        pass
+    return name, version
+
+
+def _metadata_file(folder, entry):
+    """The metadata file of one sys.path entry's item, or None if it is no distribution."""
+    path = os.path.join(folder, entry)
+    if entry.endswith(".dist-info"):
+        return os.path.join(path, "METADATA")
+    if entry.endswith(".egg-info"):  # a folder (pip, setup.py develop) or the file itself
+        return os.path.join(path, "PKG-INFO") if os.path.isdir(path) else path
+    if entry.endswith(".egg") and os.path.isdir(path):  # easy_install's unzipped eggs
+        return os.path.join(path, "EGG-INFO", "PKG-INFO")
+    return None
+
+
+def _name_from_entry(entry):
+    """('onnxruntime-openvino', '1.24.1') from 'onnxruntime_openvino-1.24.1.dist-info';
+    (None, None) when the name carries no version (e.g. a development egg-info)."""
+    stem = entry.rsplit(".", 1)[0]
+    name, sep, rest = stem.partition("-")
+    if not sep or not rest:
+        return None, None
+    return name, rest.split("-", 1)[0]  # eggs: name-version-py3.6
+
+
+def scan_distributions(read_metadata=True, paths=None):
+    """{normalised name: version} of the *.dist-info / *.egg-info / *.egg found in sys.path.
+
+    The first of a name in sys.path order wins, as for imports. Works on every Python (the
+    3.6/3.7 path of `distributions`); with read_metadata=False only folder names are read,
+    which costs a few listdir calls (the runtime lookup before session creation uses that).
+    """
+    found = {}
+    seen = set()
+    for folder in (sys.path if paths is None else paths):
+        folder = os.path.abspath(folder or os.curdir)
+        if folder in seen or not os.path.isdir(folder):
+            continue
+        seen.add(folder)
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            metadata = _metadata_file(folder, entry)
+            if metadata is None:
+                continue
+            name, version = _name_from_entry(entry)
+            if read_metadata or name is None:
+                meta_name, meta_version = _metadata_fields(metadata)
+                name, version = meta_name or name, meta_version or version
+            if name:
+                found.setdefault(normalize_name(name), version)
+    return found
+
+
+def distributions():
+    """{normalised name: version} of every installed distribution.
+
+    importlib.metadata (Python 3.8+), else a scan of the metadata folders in sys.path; the
+    first of a name in sys.path order wins (the one `import` would load).
+    """
+    try:
+        from importlib import metadata  # novm (Python 3.8+; the scan below otherwise)
+    except ImportError:
+        return scan_distributions()
+    found = {}
+    try:
         for dist in metadata.distributions():
             name = dist.metadata["Name"]
             if name:
-                found[name.lower()] = dist.version
-        return found
-    except ImportError:
-        pass
-    try:
-        import pkg_resources  # Python 3.6/3.7 (setuptools)
-        return dict((d.project_name.lower(), d.version) for d in pkg_resources.working_set)
-    except ImportError:
-        return {}
+                found.setdefault(normalize_name(name), dist.version)
+    except Exception:  # noqa: BLE001 - a broken metadata file must not fail the fingerprint
+        return scan_distributions()
+    return found
 
 
 def packages():
+    """Every installed distribution with its version, sorted by name (fingerprint.packages).
+
+    Every one, not a list of interesting names: any package a matrix pins (onnx, protobuf,
+    ...) can be checked against what is really installed.
+    """
     installed = distributions()
-    wanted = {}
-    for name, version in sorted(installed.items()):
-        if name in PACKAGES or name.startswith(PACKAGE_PREFIXES):
-            wanted[name] = version
-    if "numpy" not in wanted:  # no metadata at all: at least the modules we imported
+    if "numpy" not in installed:  # no metadata at all: at least the module we imported
         import numpy
-        wanted["numpy"] = numpy.__version__
-    return wanted
+        installed["numpy"] = numpy.__version__
+    return dict(sorted(installed.items()))
 
 
 def nvidia_smi():
@@ -196,8 +273,14 @@ def collect(providers_available):
     }
 
 
-def runtime_package(installed):
-    """The onnxruntime distribution under test: onnxruntime-gpu / -openvino / plain."""
+def runtime_package(installed=None):
+    """The onnxruntime distribution under test: onnxruntime-gpu / -openvino / plain.
+
+    Without `installed`, a scan of folder names only: it runs before the session is created,
+    inside the measured cold start, so it must not read every distribution's metadata.
+    """
+    if installed is None:
+        installed = scan_distributions(read_metadata=False)
     for name in ("onnxruntime-openvino", "onnxruntime-gpu", "onnxruntime-directml",
                  "onnxruntime-training", "onnxruntime"):
         if name in installed:

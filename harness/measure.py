@@ -6,6 +6,7 @@ list append (benchmarks/harness_overhead.py measures the difference to a bare lo
 """
 
 import hashlib
+import os
 import resource
 import sys
 import time
@@ -75,6 +76,29 @@ def peak_rss_bytes():
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
+def threads_alive():
+    """OS threads of this process now (entries of /proc/self/task); None where there is none.
+
+    Sampled before and after the timed loop, never inside it.
+    """
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def cpus_available(quota_cores=None):
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (cores,
+    from harness.fingerprint.cgroup_limits) when one is set; an int, or the quota (float)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count()
+    if quota_cores and (count is None or quota_cores < count):
+        return float(quota_cores)
+    return count
+
+
 def latency_summary(latencies):
     """p50/p90/p95/p99 (numpy's default linear interpolation), mean, std, min, max."""
     values = np.asarray(latencies, dtype=np.float64)
@@ -82,6 +106,24 @@ def latency_summary(latencies):
     summary = dict(("p{}".format(p), float(v)) for p, v in zip(PERCENTILES, points))
     summary.update(mean=float(values.mean()), std=float(values.std()),
                    min=float(values.min()), max=float(values.max()))
+    return summary
+
+
+def _median_of(repeats, key):
+    """Median of a per-repeat figure over the repeats that have it (repeats from an older
+    harness, merged by the host, may lack it); None when none has it."""
+    values = [rep[key] for rep in repeats if rep.get(key) is not None]
+    return float(np.median(values)) if values else None
+
+
+def _threads_summary(repeats):
+    """The first repeat's threads block, alive_in_loop the most over all repeats."""
+    blocks = [rep["threads"] for rep in repeats if rep.get("threads")]
+    if not blocks:
+        return None
+    summary = dict(blocks[0])
+    alive = [block["alive_in_loop"] for block in blocks if block.get("alive_in_loop") is not None]
+    summary["alive_in_loop"] = max(alive) if alive else None
     return summary
 
 
@@ -99,6 +141,12 @@ def summarize(repeats):
         "first_inference_s": float(np.median([rep["first_inference_s"] for rep in repeats])),
         "peak_rss_bytes": max(rep["peak_rss_bytes"] for rep in repeats),
         "cpu_time_s": float(sum(rep["cpu_time_s"] for rep in repeats)),
+        # the cost of the latency figures: medians over repeats, null where none measured it
+        "cores_used": _median_of(repeats, "cores_used"),
+        "cpu_per_inference_s": _median_of(repeats, "cpu_per_inference_s"),
+        "cold_start_s": _median_of(repeats, "cold_start_s"),
+        "import_s": _median_of(repeats, "import_s"),
+        "threads": _threads_summary(repeats),
     }
 
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from harness import measure, result
 
@@ -56,8 +57,12 @@ def _run_child(settings, index, folder):
     Both streams: onnxruntime's C++ logs go to stderr, its Python layer print()s to stdout.
     """
     child_out = os.path.join(folder, "repeat-{}.json".format(index))
-    process = subprocess.Popen(child_argv(settings, index, child_out), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, universal_newlines=True)
+    argv = child_argv(settings, index, child_out)
+    # The cold start counts from here: the child subtracts this from its own time.time() when
+    # its first inference returns (same machine, same wall clock).
+    argv += ["--spawned-at", repr(time.time())]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               universal_newlines=True)
     stdout, stderr = process.communicate()
     # Forward the child's output, so the runtime's own log lines reach the cell's log.
     sys.stderr.write(stdout + stderr)

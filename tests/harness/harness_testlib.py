@@ -3,7 +3,8 @@
 Virtual environments are made once per (interpreter, pinned packages) under
 `<repo>/.cache/venvs/<key>` (git-ignored; ENVMATRIX_CACHE_DIR overrides `<repo>/.cache`) and
 reused; a half-made one (no `.complete` marker) is made again. Interpreters are found through
-`pyenv root` first, then `pythonX.Y` on PATH; a missing one skips its tests with the reason.
+`pyenv root` first, then `pythonX.Y` on PATH; a missing one skips its tests with the reason,
+or fails them in CI (env CI=1/true/yes); a wheel pip cannot install always fails them.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def find_interpreter(version: str) -> Path | None:
     return None
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
 def make_venv(version: str, pins: Sequence[str]) -> Path:
     """The python of a cached venv with `pins` installed (made on first use)."""
     key = f"py{version}-" + "-".join(re.sub(r"[^A-Za-z0-9.]+", "_", p) for p in sorted(pins))
@@ -72,7 +77,10 @@ def make_venv(version: str, pins: Sequence[str]) -> Path:
         return python
     interpreter = find_interpreter(version)
     if interpreter is None:
-        pytest.skip(f"no Python {version} interpreter here (pyenv or python{version} on PATH)")
+        why = f"no Python {version} interpreter here (pyenv or python{version} on PATH)"
+        if in_ci():  # a broken CI setup must not pass by skipping the runtimes it should prove
+            pytest.fail(f"CI is set but there is {why}", pytrace=False)
+        pytest.skip(why)
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
