@@ -24,20 +24,21 @@ measures the rest completely, interleaved among themselves.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol, Union, cast
+from typing import Any, Protocol, TypeVar, Union, cast
 
 from envmatrix import results
 from envmatrix.engine import ContainerOutcome, ContainerSpec, Engine
 from envmatrix.errors import EngineError
 from envmatrix.plan import PROVIDER_NAMES, Cell, Measure, Plan
-from envmatrix.rundir import RunDir
+from envmatrix.rundir import RunDir, atomic_write_json
 from harness import measure as harness_measure
 
 NOBODY = 65534
@@ -48,6 +49,9 @@ INPUTS_MOUNT = PurePosixPath("/envmatrix/inputs")
 OUT_MOUNT = PurePosixPath("/envmatrix/out")
 OUTPUTS_NAME = "outputs.npz"
 MANAGED = {"envmatrix.managed": "true"}
+ROUNDS_FILE = "rounds.json"
+ROUNDS_SCHEMA = "envmatrix.rounds/1"
+T = TypeVar("T")
 
 
 class BuiltImageLike(Protocol):
@@ -260,9 +264,12 @@ def run_cells(
         else:
             measuring.append(_Measuring(index, cell, *settled))
     current: _Measuring | None = None
+    orders = RoundOrders(run_dir)
     try:
         for round_index in range(rounds):
-            for item in [m for m in measuring if m.cell.id not in done]:
+            order = round_order([m for m in measuring if m.cell.id not in done], round_index)
+            orders.record(round_index, [m.cell.id for m in order])
+            for item in order:
                 where = f"[{item.index}/{total}] {item.cell.id}"
                 if rounds > 1:
                     where = f"[round {round_index + 1}/{rounds}] {where}"
@@ -281,6 +288,46 @@ def run_cells(
                 _record_unfinished(run_dir, plan, unfinished)
         raise
     return [done[cell.id] for cell in plan.cells]
+
+
+def round_order(items: Sequence[T], round_index: int) -> list[T]:
+    """The cells of one round, rotated by one place per round.
+
+    Running the baseline first in every round would hand it whatever the first position
+    brings (a cooler CPU, caches warmed by the previous round's last cell) every time; rotated,
+    each cell takes each position equally often over as many rounds as there are cells.
+    """
+    if not items:
+        return []
+    shift = round_index % len(items)
+    return [*items[shift:], *items[:shift]]
+
+
+class RoundOrders:
+    """`rounds.json` in the run directory: the order the cells ran in, per round.
+
+    One entry per invocation (a resumed run adds its own), written after every round starts,
+    so the order of an interrupted run is on disk too.
+    """
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.path = run_dir.path / ROUNDS_FILE
+        self.doc = self._read()
+        self.entry: dict[str, Any] = {"started_at": results.utc_now(),
+                                      "rule": "rotate by one place per round", "rounds": []}
+        self.doc["invocations"].append(self.entry)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {"schema": ROUNDS_SCHEMA, "invocations": []}
+        ok = isinstance(doc, dict) and isinstance(doc.get("invocations"), list)
+        return doc if ok else {"schema": ROUNDS_SCHEMA, "invocations": []}
+
+    def record(self, round_index: int, cell_ids: list[str]) -> None:
+        self.entry["rounds"].append({"round": round_index, "order": cell_ids})
+        atomic_write_json(self.path, self.doc)
 
 
 def _settle_without_container(

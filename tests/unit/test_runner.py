@@ -241,15 +241,16 @@ def test_interrupt_keeps_finished_results_and_resume_completes(
 ) -> None:
     plan = make_plan(tmp_path, ("cpu", "openvino"))
     first = {c.id: harness_ok for c in plan.cells}
-    first[plan.cells[1].id] = interrupt_on_call(2)  # Ctrl-C in cell 1's second round
+    # Round 2 runs in the order 1, 2, 3, 0 (rotated): Ctrl-C in cell 2's second round.
+    first[plan.cells[2].id] = interrupt_on_call(2)
     engine = FakeEngine(first)
     with pytest.raises(KeyboardInterrupt):
         runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
-    assert json.loads(run_dir.result_path(plan.cells[0].id).read_text())["status"] == "ok"
-    stopped = json.loads(run_dir.result_path(plan.cells[1].id).read_text())
+    assert json.loads(run_dir.result_path(plan.cells[1].id).read_text())["status"] == "ok"
+    stopped = json.loads(run_dir.result_path(plan.cells[2].id).read_text())
     assert stopped["status"] == "interrupted" and "--resume" in stopped["reason"]
     assert stopped["reason"].startswith("round 2/2: interrupted (Ctrl-C)")
-    for cell in plan.cells[2:]:  # one round of two done: unfinished, so interrupted too
+    for cell in (plan.cells[3], plan.cells[0]):  # one round of two done: interrupted too
         unfinished = json.loads(run_dir.result_path(cell.id).read_text())
         assert unfinished["status"] == "interrupted" and unfinished["summary"] is None
         assert "after 1 of 2 rounds" in unfinished["reason"] and "--resume" in unfinished["reason"]
@@ -258,8 +259,10 @@ def test_interrupt_keeps_finished_results_and_resume_completes(
     got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), resume=True)  # type: ignore[arg-type]
     assert [r["status"] for r in got] == ["ok"] * 4
     ran = [spec.labels["envmatrix.cell"] for spec in engine.calls]
-    # The ok cell was kept, not re-measured; the others were measured again in full rounds.
-    assert ran == [c.id for c in plan.cells[1:]] * 2
+    # The ok cell was kept, not re-measured; the others were measured again in full rounds,
+    # rotated among themselves.
+    again = [plan.cells[i].id for i in (0, 2, 3)]
+    assert ran == again + runner.round_order(again, 1)
 
 
 def test_interrupt_in_the_first_round_leaves_unstarted_cells_without_a_result(
@@ -286,7 +289,12 @@ def test_rounds_interleave_cells_and_merge_into_one_result(
     got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir),  # type: ignore[arg-type]
                            progress=lambda stage, msg: seen.append(msg))  # fmt: skip
     ids = [c.id for c in plan.cells]
-    assert [s.labels["envmatrix.cell"] for s in engine.calls] == ids * 3  # round-major order
+    # Round-major order, each round rotated by one place: no cell always goes first.
+    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [
+        cid for r in range(3) for cid in runner.round_order(ids, r)]
+    orders = json.loads((run_dir.path / runner.ROUNDS_FILE).read_text())["invocations"][0]
+    assert [o["order"] for o in orders["rounds"]] == [runner.round_order(ids, r)
+                                                      for r in range(3)]
     assert [arg(s, "--out") for s in engine.calls[::4]] == [
         f"/envmatrix/out/round-{r}.json" for r in range(3)]
     for result in got:
@@ -320,8 +328,9 @@ def test_a_failed_round_ends_its_cell_and_the_others_go_on(
     assert [r["status"] for r in got] == ["crashed", "ok"]
     assert got[0]["reason"].startswith("round 2/3: killed by SIGSEGV")
     assert [r["round"] for r in got[0]["host"]["rounds"]] == [0, 1]
+    other = plan.cells[1].id  # round 2 is rotated: the other cell goes first
     assert [s.labels["envmatrix.cell"] for s in engine.calls] == [
-        crashing, plan.cells[1].id, crashing, plan.cells[1].id, plan.cells[1].id]
+        crashing, other, other, crashing, other]
     assert len(got[1]["repeats"]) == 3
     assert run_dir.scratch(crashing).is_dir()  # kept for a post-mortem
 
