@@ -24,6 +24,7 @@ import docker.errors
 import requests.exceptions
 
 from envmatrix.errors import BaseImageError, BuildError, EngineError
+from envmatrix.toolwords import build_cause, clean
 
 MANAGED_LABEL = "envmatrix.managed"
 BOOTSTRAP_LABEL = "envmatrix.bootstrap"
@@ -108,7 +109,9 @@ class _BuildStream:
     def __init__(self, chunks: Iterator[dict[str, Any]], log_path: Path) -> None:
         self._chunks = chunks
         self._log_path = log_path
-        self.lines: list[str] = []
+        # Raw text as it came: a progress bar redraws its line with '\r' over several chunks,
+        # so lines are only cut (and cleaned) when the text is read.
+        self._parts: list[str] = []
         self.image_id: str | None = None
         self.error: str | None = None
         self.failure: BaseException | None = None
@@ -134,13 +137,29 @@ class _BuildStream:
         if text:
             log.write(text)
             log.flush()
-            self.lines.extend(text.splitlines())
+            self._parts.append(text)
             match = self._RUNNING_IN.search(text)
             if match:
                 self.step_container = match.group(1)
 
     def log_tail(self) -> str:
-        return "\n".join(self.lines[-LOG_TAIL_LINES:])
+        """The last lines as plain text (no colour codes or redrawn progress bars)."""
+        return "\n".join(clean(self.text()).rstrip().split("\n")[-LOG_TAIL_LINES:])
+
+    def text(self) -> str:
+        return "".join(self._parts)
+
+
+class BuildStepError(BuildError):
+    """A build step failed; `cause` is the failing tool's own line (`toolwords.build_cause`).
+
+    Kept beside the engine because only the engine knows the builder's error; what reads
+    `cause` (a cell's reason) needs it without the tag and log path that `str()` carries.
+    """
+
+    def __init__(self, message: str, log_tail: str, cause: str) -> None:
+        super().__init__(message, log_tail)
+        self.cause = cause
 
 
 class Engine:
@@ -270,22 +289,19 @@ class Engine:
                 stream.log_tail(),
             )
         if stream.error is not None:
-            raise BuildError(self._build_error_message(tag, stream.error, log_path,
-                                                       stream.log_tail()),
-                             stream.log_tail())
+            cause = build_cause(stream.text(), stream.error) or stream.error
+            raise BuildStepError(self._build_error_message(tag, stream.error, log_path, cause),
+                                 stream.log_tail(), cause)
         image_id = self.image_id(tag)
         if image_id is None:
             raise BuildError(f"Build of {tag} ended without an image. See {log_path}.",
                              stream.log_tail())
         return image_id
 
-    def _build_error_message(self, tag: str, error: str, log_path: Path,
-                             log_tail: str = "") -> str:
-        # The builder's error repeats the whole failed RUN line; the tool's own last "ERROR:"
-        # line (pip's "No matching distribution found for ...") says what went wrong.
-        cause = next((line.strip() for line in reversed(log_tail.splitlines())
-                      if line.strip().startswith(("ERROR:", "E: "))), error)
-        message = f"Build of {tag} failed: {cause}. Full log: {log_path}."
+    def _build_error_message(self, tag: str, error: str, log_path: Path, cause: str) -> str:
+        """The cause in the failing tool's words (the builder's error repeats the whole RUN
+        line and only says that it failed), then where the whole log is."""
+        message = f"Build of {tag} failed: {cause} (full log: {log_path})."
         if "no space left on device" in error.lower():
             hint = self.disk_free_hint() or ""
             message += (f" The engine is out of disk{' (' + hint + ')' if hint else ''}: run "

@@ -21,7 +21,7 @@ from typing import Union
 
 from envmatrix import __version__
 from envmatrix.bases import ensure_base
-from envmatrix.engine import MANAGED_LABEL, Engine
+from envmatrix.engine import MANAGED_LABEL, BuildStepError, Engine
 from envmatrix.errors import EnvmatrixError
 from envmatrix.plan import Base, Environment, Plan
 from envmatrix.render import RenderedContext, render_environment
@@ -195,8 +195,15 @@ def _ensure_one(engine: Engine, env: Environment, plan: Plan, run_dir: Path, reb
         built = ensure_image(engine, env, plan, run_dir=run_dir, rebuild=rebuild, cancel=cancel)
     except EnvmatrixError as err:
         say("build", f"{env.id}: FAILED after {time.monotonic() - started:.0f}s: {err}")
-        return BuildFailure(env.id, str(err), getattr(err, "log_tail", ""),
+        return BuildFailure(env.id, _failure_message(err), getattr(err, "log_tail", ""),
                             build_log_path(run_dir, env), time.monotonic() - started)
     verb = "built" if built.built else "reused"
     say("build", f"{env.id}: {verb} {built.tag} in {built.seconds:.0f}s")
     return built
+
+
+def _failure_message(err: EnvmatrixError) -> str:
+    """What a cell's reason says: a failed step in its tool's words ("pip: ERROR: No matching
+    distribution found for ..."); the tag and log path of `str(err)` are in the progress line
+    and in BuildFailure.log_path, and would only make every cell's reason longer."""
+    return err.cause if isinstance(err, BuildStepError) else str(err)

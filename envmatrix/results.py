@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from envmatrix.errors import RunDirError
 from envmatrix.plan import PROVIDER_NAMES, Cell, Measure, ResolvedPlan
 from envmatrix.rundir import RunDir, atomic_write_json
+from envmatrix.toolwords import clean
 
 SCHEMA = "envmatrix.result/1"
 KNOWN_SCHEMAS = frozenset({SCHEMA})
@@ -69,21 +70,25 @@ def utc_now() -> str:
 
 
 def one_line(text: str, limit: int = REASON_CHARS) -> str:
-    flat = " ".join(text.split())
+    flat = " ".join(clean(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def log_tail(text: str | None, lines: int = LOG_TAIL_LINES) -> str | None:
-    """The last lines of a log, capped in size: enough to see a traceback's end."""
+    """The last lines of a log as plain text, capped in size: enough to see a traceback's end.
+
+    Colour codes and progress-bar redraws are dropped (`toolwords.clean`): they are noise in a
+    report and would be counted as lines.
+    """
     if not text:
         return None
-    tail = "\n".join(text.rstrip().splitlines()[-lines:])
-    return tail[-LOG_TAIL_CHARS:]
+    tail = "\n".join(clean(text).rstrip().split("\n")[-lines:])
+    return tail[-LOG_TAIL_CHARS:] or None
 
 
 def last_log_line(text: str | None) -> str | None:
     """The last non-blank line: for a Python failure, the exception and its message."""
-    for line in reversed((text or "").splitlines()):
+    for line in reversed(clean(text or "").split("\n")):
         if line.strip():
             return line.strip()
     return None

@@ -193,8 +193,12 @@ def test_bad_pin_fails_its_cells_and_runs_the_others(bad_pin_run: CliRun) -> Non
         result = load_result(bad_pin_run.out, cell)
         if result["environment"] == BAD_ENV:
             assert result["status"] == "build_failed"
-            assert "build failed" in result["reason"]
+            # The reason is pip's own line, not the builder's "The command '/bin/sh -c ...'".
+            assert result["reason"].startswith("image build failed: pip: ERROR: "), result
+            assert "No matching distribution found for onnxruntime==1.8.99" in result["reason"]
             assert "No matching distribution found for onnxruntime==1.8.99" in result["log_tail"]
+            assert "\x1b[" not in result["reason"] and "\x1b[" not in result["log_tail"]
+            assert "\r" not in result["log_tail"]
             assert result["summary"] is None and result["repeats"] is None
         else:
             assert result["status"] == "ok", result.get("reason")

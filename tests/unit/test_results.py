@@ -166,6 +166,18 @@ def test_log_tail_is_bounded() -> None:
     assert results.log_tail("") is None
 
 
+def test_log_tail_and_reason_are_plain_text() -> None:
+    """Colour codes and progress-bar redraws are terminal noise: neither reaches a result."""
+    log = ("loading\r\x1b[K 10%\r\x1b[K100%\n"
+           "\x1b[31mTraceback (most recent call last):\x1b[0m\n"
+           '  File "x.py", line 1\n\x1b[1;31mValueError: bad shape\x1b[0m\n')
+    tail = results.log_tail(log)
+    assert tail == ('100%\nTraceback (most recent call last):\n  File "x.py", line 1\n'
+                    "ValueError: bad shape")
+    assert results.last_log_line(log) == "ValueError: bad shape"
+    assert results.one_line("\x1b[31mERROR:\x1b[0m  no\n wheel") == "ERROR: no wheel"
+
+
 def _write_ok(run: RunDir, cell: Cell, measure: Measure, **host: Any) -> dict[str, Any]:
     doc = results.finalize_result(harness_doc(), cell=cell, measure=measure, status="ok",
                                   reason=None, log_tail=None, host=host)  # fmt: skip
