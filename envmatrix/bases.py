@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from envmatrix.engine import BOOTSTRAP_LABEL, MANAGED_LABEL, Engine
+from envmatrix.containers import BOOTSTRAP_LABEL, MANAGED_LABEL
+from envmatrix.engine import Engine
 from envmatrix.errors import BaseImageError
 from envmatrix.plan import Base, Bootstrap
 

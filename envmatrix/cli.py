@@ -175,12 +175,12 @@ def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_clean(args: argparse.Namespace, progress: Progress) -> int:
+    from envmatrix.containers import MANAGED
     from envmatrix.engine import Engine
 
     engine = Engine.connect()
-    containers = engine.remove_labelled_containers({"envmatrix.managed": "true"})
-    removed = engine.remove_labelled_images({"envmatrix.managed": "true"},
-                                            include_bases=args.bases)
+    containers = engine.remove_labelled_containers(dict(MANAGED))
+    removed = engine.remove_labelled_images(dict(MANAGED), include_bases=args.bases)
     progress("clean", f"removed {containers} container(s) and {removed} image(s)")
     return 0
 

@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,9 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from envmatrix.containers import BOOTSTRAP_LABEL, ContainerSpec, create_kwargs
 from envmatrix.errors import BaseImageError, BuildError, EngineError
 from envmatrix.toolwords import build_cause, clean
-
-MANAGED_LABEL = "envmatrix.managed"
-BOOTSTRAP_LABEL = "envmatrix.bootstrap"
 
 # Seconds a timed-out container gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 2
@@ -39,28 +37,6 @@ _INSTALL_HINT = (
     "Start the Docker engine: as root run `scripts/install-engine.sh` (installs docker.io and "
     "starts dockerd), or `systemctl start docker`; or point DOCKER_HOST at a running engine."
 )
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """Everything needed to create one container; the defaults are the hardened benchmark run."""
-
-    image: str
-    command: list[str]
-    name: str | None = None
-    user: str = "65534:65534"
-    environment: dict[str, str] = field(default_factory=dict)
-    mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # (host, container, ro)
-    labels: dict[str, str] = field(default_factory=dict)
-    network_disabled: bool = True
-    read_only_root: bool = True
-    tmpfs: dict[str, str] = field(default_factory=lambda: {"/tmp": "rw,size=256m"})
-    cap_drop_all: bool = True
-    no_new_privileges: bool = True
-    mem_limit: str | None = "4g"
-    pids_limit: int | None = 512
-    cpuset_cpus: str | None = None
-    working_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -341,32 +317,11 @@ class Engine:
                 container.remove(force=True)
 
     def _create(self, spec: ContainerSpec) -> Any:
-        host_mounts = [
-            docker.types.Mount(target=dst, source=src, type="bind", read_only=ro)
-            for src, dst, ro in spec.mounts
-        ]
+        """The container of a spec, as envmatrix.containers words it for the SDK."""
+        kwargs = create_kwargs(spec)
+        kwargs["mounts"] = [docker.types.Mount(**mount) for mount in kwargs["mounts"]]
         try:
-            return self._client.containers.create(
-                spec.image,
-                spec.command,
-                name=spec.name,
-                user=spec.user,
-                environment=spec.environment,
-                mounts=host_mounts,
-                labels={MANAGED_LABEL: "true", **spec.labels},
-                network_mode="none" if spec.network_disabled else None,
-                read_only=spec.read_only_root,
-                tmpfs=spec.tmpfs,
-                cap_drop=["ALL"] if spec.cap_drop_all else None,
-                security_opt=["no-new-privileges"] if spec.no_new_privileges else None,
-                mem_limit=spec.mem_limit,
-                # Swap equal to the memory limit means no swap: an over-limit run is OOM-killed
-                # (and reported so) instead of silently slowing down.
-                memswap_limit=spec.mem_limit,
-                pids_limit=spec.pids_limit,
-                cpuset_cpus=spec.cpuset_cpus,
-                working_dir=spec.working_dir,
-            )
+            return self._client.containers.create(**kwargs)
         except docker.errors.ImageNotFound as err:
             raise EngineError(
                 f"Image {spec.image} is not in the engine: build it first (`nox -s build`)."

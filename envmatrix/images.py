@@ -21,7 +21,8 @@ from typing import Union
 
 from envmatrix import __version__
 from envmatrix.bases import ensure_base
-from envmatrix.engine import MANAGED_LABEL, BuildStepError, Engine
+from envmatrix.containers import MANAGED_LABEL
+from envmatrix.engine import BuildStepError, Engine
 from envmatrix.errors import EnvmatrixError
 from envmatrix.plan import Base, Environment, Plan
 from envmatrix.render import RenderedContext, render_environment

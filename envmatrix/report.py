@@ -24,6 +24,7 @@ from typing import Any
 from tabulate import tabulate
 
 from envmatrix import config, plots
+from envmatrix.containers import reproduce_argv
 from envmatrix.parity import CellParity, cell_parity
 from envmatrix.plan import Cell, Environment, Plan, RunRecord
 from envmatrix.results import load_results
@@ -452,27 +453,9 @@ def section_provenance(data: RunData) -> str:
 
 
 def docker_run_command(data: RunData, cell: Cell) -> list[str]:
-    """The `docker run` of one cell with the runner's flags (composed from the result)."""
-    from envmatrix import runner  # its mount points and user; imported late (docker SDK)
-
-    res = data.results.get(cell.id) or {}
-    host = res.get("host") or {}
-    measure = data.plan.measure
-    argv = ["docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp:rw,size=256m",
-            "--user", runner.RUN_USER, "--cap-drop", "ALL",
-            "--security-opt", "no-new-privileges", "--network", "none",
-            "--pids-limit", str(host.get("pids_limit") or measure.pids_limit),
-            "--memory", str(host.get("memory_limit") or measure.memory_limit)]
-    cpuset = host.get("cpuset") or measure.cpuset
-    if cpuset:
-        argv += ["--cpuset-cpus", str(cpuset)]
-    argv += ["-e", "HOME=/tmp", "-e", f"ENVMATRIX_IMAGE_ID={host.get('image_id') or ''}",
-             "-w", runner.HARNESS_HOME,
-             # Relative to the run directory, so the report holds no path of this machine.
-             "-v", f"$PWD/inputs:{runner.INPUTS_MOUNT}:ro",
-             "-v", f"$PWD/scratch/{cell.id}:{runner.OUT_MOUNT}",
-             str(host.get("image_id") or host.get("image_tag"))]
-    return argv + [str(a) for a in host.get("command") or []]
+    """The `docker run` of one cell, from what its result recorded (envmatrix.containers)."""
+    host = (data.results.get(cell.id) or {}).get("host") or {}
+    return reproduce_argv(data.run_dir.run_id, cell.id, host, data.plan.measure)
 
 
 def shell_join(argv: Sequence[str]) -> str:

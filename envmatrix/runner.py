@@ -8,10 +8,9 @@ verdict (envmatrix.stats) can compare cells round by round. Each round's harness
 in `scratch/<cell>/round-<r>.json`; after a cell's last round they are merged into one result
 (repeats concatenated, each with its `round`, the summary recomputed by the harness's code).
 
-Each container runs with least privilege: no network, all capabilities dropped,
-no-new-privileges, a read-only root with a tmpfs /tmp, user nobody (65534), memory and pids
-limits, the inputs mounted read-only and one writable scratch folder; never privileged, never
-the docker socket.
+Each container is a least-privilege cell container as envmatrix.containers defines it (user
+nobody, no network, read-only root, the inputs read-only and one writable scratch folder); this
+module only decides which cell runs when, and what its outcome means.
 
 A failing round never stops the other cells: its outcome is classified (results.classify) and
 written as the cell's result with a status, and that cell sits out the later rounds. Ctrl-C
@@ -31,24 +30,26 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol, TypeVar, Union, cast
 
 from envmatrix import results
-from envmatrix.engine import ContainerOutcome, ContainerSpec, Engine
+from envmatrix.containers import (
+    MANAGED,
+    OUTPUTS_NAME,
+    OWNER_LABEL,
+    ContainerSpec,
+    cell_spec,
+    container_path,
+    harness_command,
+    round_result_name,
+)
+from envmatrix.engine import ContainerOutcome, Engine
 from envmatrix.errors import EngineError
-from envmatrix.plan import PROVIDER_NAMES, Cell, Measure, Plan
+from envmatrix.plan import Cell, Measure, Plan
 from envmatrix.rundir import RunDir, atomic_write_json
 from harness import measure as harness_measure
 
-NOBODY = 65534
-RUN_USER = f"{NOBODY}:{NOBODY}"
-VENV_PYTHON = "/opt/venv/bin/python"
-HARNESS_HOME = "/opt/envmatrix"  # the harness package lives in HARNESS_HOME/harness
-INPUTS_MOUNT = PurePosixPath("/envmatrix/inputs")
-OUT_MOUNT = PurePosixPath("/envmatrix/out")
-OUTPUTS_NAME = "outputs.npz"
-MANAGED = {"envmatrix.managed": "true"}
 ROUNDS_FILE = "rounds.json"
 ROUNDS_SCHEMA = "envmatrix.rounds/1"
 T = TypeVar("T")
@@ -100,9 +101,6 @@ class Launch:
 Adjust = Callable[[Cell, Launch], Launch]
 
 
-OWNER_LABEL = "envmatrix.owner"
-
-
 def owner_label() -> str:
     """Which process on which host runs a container: the sweep spares live runs' containers."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -126,93 +124,6 @@ def _owner_alive(labels: dict[str, str]) -> bool:
 def sweep_leftovers(engine: Engine) -> int:
     """Remove containers a dead run left behind (start-up); never those of a live run."""
     return engine.remove_labelled_containers(dict(MANAGED), keep=_owner_alive)
-
-
-def round_result_name(round_index: int) -> str:
-    """The harness result file of one round (0-based) in the cell's scratch folder."""
-    return f"round-{round_index}.json"
-
-
-def harness_command(
-    cell: Cell,
-    measure: Measure,
-    model: PurePosixPath,
-    inputs: PurePosixPath,
-    round_index: int = 0,
-) -> list[str]:
-    """The harness's command line for one round of a cell (paths as seen inside the container).
-
-    Outputs are saved in the first round only: parity needs one copy, and every round computes
-    the same outputs from the same inputs.
-    """
-    command = [
-        VENV_PYTHON, "-m", "harness",
-        "--model", str(model),
-        "--backend", cell.workload.backend,
-        "--inputs", str(inputs),
-        "--seed", str(cell.workload.seed),  # recorded only: the inputs file holds the tensors
-        "--provider", PROVIDER_NAMES.get(cell.provider, cell.provider),
-    ]  # fmt: skip
-    for key, value in cell.provider_options:
-        command += ["--provider-option", f"{key}={value}"]
-    command += [
-        "--warmup", str(measure.warmup),
-        "--min-iterations", str(measure.min_iterations),
-        "--min-time", f"{measure.min_time_s:g}",
-        "--repeats", str(measure.repeats_per_round),
-    ]  # fmt: skip
-    if measure.threads is not None:
-        command += ["--threads", str(measure.threads)]
-    command += [
-        "--cell", cell.id,
-        "--environment", cell.environment.id,
-        "--workload", cell.workload.name,
-        "--out", str(OUT_MOUNT / round_result_name(round_index)),
-    ]  # fmt: skip
-    if round_index == 0:
-        command += ["--save-outputs", str(OUT_MOUNT / OUTPUTS_NAME)]
-    return command
-
-
-def container_path(run_dir: RunDir, host_path: Path) -> PurePosixPath:
-    """Where a file under the run's inputs folder appears inside the container."""
-    try:
-        relative = host_path.resolve().relative_to(run_dir.inputs_dir.resolve())
-    except ValueError:
-        raise ValueError(
-            f"{host_path} is not inside {run_dir.inputs_dir}: prepared inputs must live in the "
-            f"run's inputs folder, which is the only one mounted into containers"
-        ) from None
-    return INPUTS_MOUNT / PurePosixPath(relative.as_posix())
-
-
-def cell_spec(
-    plan: Plan, run_dir: RunDir, cell: Cell, image_ref: str, command: list[str], image_id: str
-) -> ContainerSpec:
-    """The least-privilege container for one cell (see the module docstring)."""
-    measure = plan.measure
-    return ContainerSpec(
-        image=image_ref,
-        command=command,
-        name=None,  # engine-chosen names: a leftover never blocks the next run
-        user=RUN_USER,
-        environment={"HOME": "/tmp", "ENVMATRIX_IMAGE_ID": image_id},
-        mounts=[
-            (str(run_dir.inputs_dir.resolve()), str(INPUTS_MOUNT), True),
-            (str(run_dir.scratch(cell.id).resolve()), str(OUT_MOUNT), False),
-        ],
-        labels={**MANAGED, "envmatrix.run": run_dir.run_id, "envmatrix.cell": cell.id,
-                OWNER_LABEL: owner_label()},
-        network_disabled=True,
-        read_only_root=True,
-        tmpfs={"/tmp": "rw,size=256m"},
-        cap_drop_all=True,
-        no_new_privileges=True,
-        mem_limit=measure.memory_limit,
-        pids_limit=measure.pids_limit,
-        cpuset_cpus=measure.cpuset,
-        working_dir=HARNESS_HOME,
-    )
 
 
 def prepare_scratch(path: Path) -> None:
@@ -409,8 +320,18 @@ def _launch(
         round_index,
     )
     image_id = item.image.image_id
-    # The image id, not the tag: the exact image measured, even if the tag moves meanwhile.
-    spec = cell_spec(plan, run_dir, cell, image_id, command, image_id)
+    measure = plan.measure
+    spec = cell_spec(
+        RunDir(run_dir.path.resolve(), run_dir.run_id),  # the engine needs absolute mounts
+        cell.id,
+        image=image_id,  # the image id, not the tag: the exact image, even if the tag moves
+        image_id=image_id,
+        command=command,
+        memory_limit=measure.memory_limit,
+        pids_limit=measure.pids_limit,
+        cpuset=measure.cpuset,
+        owner=owner_label(),
+    )
     spent = sum(float(h.get("duration_s") or 0.0) for h in item.hosts)
     launch = Launch(spec=spec, timeout_s=max(plan.measure.timeout_s - spent, 1.0))
     return adjust(cell, launch) if adjust is not None else launch

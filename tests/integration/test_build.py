@@ -14,7 +14,8 @@ import docker
 import pytest
 
 from envmatrix.config import load_plan
-from envmatrix.engine import ContainerSpec, Engine
+from envmatrix.containers import ContainerSpec
+from envmatrix.engine import Engine
 from envmatrix.images import BuildFailure, BuiltImage, ensure_image, ensure_images
 from envmatrix.plan import Plan
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from envmatrix.engine import ContainerSpec, Engine
+from envmatrix.containers import ContainerSpec
+from envmatrix.engine import Engine
 from envmatrix.errors import BaseImageError, BuildError, EngineError
 
 pytestmark = pytest.mark.integration

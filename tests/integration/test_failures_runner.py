@@ -23,7 +23,7 @@ from typing import Any
 import docker
 import pytest
 
-from envmatrix import config, images, inputs, runner
+from envmatrix import config, containers, images, inputs, runner
 from envmatrix.engine import Engine
 from envmatrix.images import BuildFailure, BuiltImage
 from envmatrix.plan import Cell, Measure, Plan
@@ -36,7 +36,7 @@ ENV_GLOB = "trixie-*"  # one image of the default matrix, shared with the other 
 WORKLOAD = "cnn"
 FAST = Measure(warmup=1, min_iterations=5, min_time_s=0.1, repeats=2, timeout_s=120,
                memory_limit="1g", pids_limit=128)  # fmt: skip
-PY = runner.VENV_PYTHON
+PY = containers.VENV_PYTHON
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_interrupt_leaves_nothing_running_and_resume_completes(
 
     def stall_b(cell: Cell, launch: runner.Launch) -> runner.Launch:
         # In b's last round: a has finished all its rounds by then, c only the first.
-        last_round = runner.round_result_name(plan.measure.round_count - 1)
+        last_round = containers.round_result_name(plan.measure.round_count - 1)
         out = launch.spec.command[launch.spec.command.index("--out") + 1]
         if not cell.id.endswith("-b") or not out.endswith(last_round):
             return launch

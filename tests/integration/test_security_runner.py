@@ -16,8 +16,9 @@ from typing import Any
 import docker
 import pytest
 
-from envmatrix import config, images, inputs, runner
-from envmatrix.engine import ContainerOutcome, ContainerSpec, Engine
+from envmatrix import config, containers, images, inputs, runner
+from envmatrix.containers import ContainerSpec
+from envmatrix.engine import ContainerOutcome, Engine
 from envmatrix.images import BuiltImage
 from envmatrix.plan import Cell, Measure, Plan
 from envmatrix.rundir import create_run_dir
@@ -100,7 +101,8 @@ def probed(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     }
 
     def probe(cell: Cell, launch: runner.Launch) -> runner.Launch:
-        return replace(launch, spec=replace(launch.spec, command=[runner.VENV_PYTHON, "-c", PROBE]))
+        command = [containers.VENV_PYTHON, "-c", PROBE]
+        return replace(launch, spec=replace(launch.spec, command=command))
 
     wrapped = InspectingEngine(engine)
     (result,) = runner.run_cells(
@@ -143,4 +145,4 @@ def test_inside_the_container(probed: dict[str, Any]) -> None:
     assert inside["write_tmp"] == "written" and inside["write_out"] == "written"
     assert inside["home"] == "/tmp" and inside["docker_socket"] is False
     assert inside["image_id"] == probed["built"].image_id
-    assert inside["cwd"] == runner.HARNESS_HOME
+    assert inside["cwd"] == containers.HARNESS_HOME

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from envmatrix import config, results, runner
-from envmatrix.engine import ContainerOutcome, ContainerSpec
+from envmatrix import config, containers, results, runner
+from envmatrix.containers import ContainerSpec
+from envmatrix.engine import ContainerOutcome
 from envmatrix.errors import ConfigError
 from envmatrix.plan import Base, Cell, Environment, Measure, Plan, Workload
 from envmatrix.rundir import RunDir, create_run_dir
@@ -143,7 +144,7 @@ IMAGES = {"env1.8.0": Built("envmatrix/env1.8.0:aa", "sha256:aa"),
 
 def test_harness_command_carries_every_setting() -> None:
     cell = make_plan(Path("/x"), ("openvino",)).cells[0]
-    cmd = runner.harness_command(cell, MEASURE, PurePosixPath("/envmatrix/inputs/cnn/m.onnx"),
+    cmd = containers.harness_command(cell, MEASURE, PurePosixPath("/envmatrix/inputs/cnn/m.onnx"),
                                  PurePosixPath("/envmatrix/inputs/cnn/inputs.npz"))  # fmt: skip
     assert cmd[:3] == ["/opt/venv/bin/python", "-m", "harness"]
     pairs = dict(zip(cmd[3::2], cmd[4::2]))
@@ -156,7 +157,7 @@ def test_harness_command_carries_every_setting() -> None:
     assert (pairs["--repeats"], pairs["--threads"], pairs["--cell"]) == ("1", "1", cell.id)
     assert pairs["--out"] == "/envmatrix/out/round-0.json"
     assert pairs["--save-outputs"] == "/envmatrix/out/outputs.npz"
-    later = runner.harness_command(cell, replace(MEASURE, repeats=6, rounds=3),
+    later = containers.harness_command(cell, replace(MEASURE, repeats=6, rounds=3),
                                    PurePosixPath("/m.onnx"), PurePosixPath("/i.npz"), 2)
     assert later[later.index("--repeats") + 1] == "2"
     assert later[later.index("--out") + 1] == "/envmatrix/out/round-2.json"
@@ -165,7 +166,9 @@ def test_harness_command_carries_every_setting() -> None:
 
 def test_cell_spec_is_least_privilege(tmp_path: Path, run_dir: RunDir) -> None:
     plan = make_plan(tmp_path)
-    spec = runner.cell_spec(plan, run_dir, plan.cells[0], "sha256:aa", ["true"], "sha256:aa")
+    engine = FakeEngine({c.id: harness_ok for c in plan.cells})
+    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    spec = engine.calls[0]  # what the runner asked the engine for
     assert (spec.user, spec.network_disabled, spec.read_only_root) == ("65534:65534", True, True)
     assert spec.cap_drop_all and spec.no_new_privileges
     assert (spec.mem_limit, spec.pids_limit, spec.cpuset_cpus) == ("512m", 64, "1")
@@ -174,12 +177,34 @@ def test_cell_spec_is_least_privilege(tmp_path: Path, run_dir: RunDir) -> None:
     assert mounts["/envmatrix/inputs"] == (str(run_dir.inputs_dir.resolve()), True)
     assert mounts["/envmatrix/out"] == (str(run_dir.scratch(plan.cells[0].id).resolve()), False)
     assert not any("docker.sock" in src for src, _, _ in spec.mounts)
-    assert spec.labels["envmatrix.run"] == "r1" and spec.labels["envmatrix.managed"] == "true"
+    labels = containers.create_kwargs(spec)["labels"]  # what the engine labels it with
+    assert labels["envmatrix.run"] == "r1" and labels["envmatrix.managed"] == "true"
+    assert spec.labels[containers.OWNER_LABEL] == runner.owner_label()
+
+
+def test_report_reproduces_the_runners_container(tmp_path: Path, run_dir: RunDir) -> None:
+    """The reproduce command rebuilt from a result file is the container the runner made,
+    except what a hand run must differ in: mounts relative to the run folder, no owner, and
+    no managed label (the start-up sweep must not remove it)."""
+    plan = make_plan(tmp_path)
+    engine = FakeEngine({c.id: harness_ok for c in plan.cells})
+    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    cell = plan.cells[0].id
+    made = engine.calls[0]  # round 1: the one that also saves outputs, as results record
+    host = json.loads(run_dir.result_path(cell).read_text())["host"]
+    printed = containers.reproduce_argv(run_dir.run_id, cell, host, plan.measure)
+    by_hand = replace(
+        made, managed=False,
+        labels={k: v for k, v in made.labels.items() if k != containers.OWNER_LABEL},
+        mounts=[("$PWD/inputs", "/envmatrix/inputs", True),
+                (f"$PWD/scratch/{cell}", "/envmatrix/out", False)],
+    )  # fmt: skip
+    assert printed == containers.run_argv(by_hand)
 
 
 def test_inputs_outside_the_run_are_refused(run_dir: RunDir, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="only one mounted"):
-        runner.container_path(run_dir, tmp_path / "elsewhere.onnx")
+        containers.container_path(run_dir, tmp_path / "elsewhere.onnx")
 
 
 def test_failures_are_isolated_and_each_is_recorded(tmp_path: Path, run_dir: RunDir) -> None:
@@ -429,17 +454,17 @@ def test_sweep_spares_containers_of_live_runs() -> None:
     class Sweeping:
         def remove_labelled_containers(self, labels: dict[str, str], *, keep: Any) -> int:
             candidates = [
-                {runner.OWNER_LABEL: runner.owner_label()},  # this very process: alive
-                {runner.OWNER_LABEL: f"{socket.gethostname()}:999999999"},  # no such pid
+                {containers.OWNER_LABEL: runner.owner_label()},  # this very process: alive
+                {containers.OWNER_LABEL: f"{socket.gethostname()}:999999999"},  # no such pid
                 {},  # no owner recorded
-                {runner.OWNER_LABEL: "another-host.invalid:1"},  # can't tell: keep
+                {containers.OWNER_LABEL: "another-host.invalid:1"},  # can't tell: keep
             ]
             kept.extend(c for c in candidates if keep(c))
             return len(candidates) - len(kept)
 
     assert runner.sweep_leftovers(Sweeping()) == 2  # type: ignore[arg-type]
-    assert kept == [{runner.OWNER_LABEL: runner.owner_label()},
-                    {runner.OWNER_LABEL: "another-host.invalid:1"}]
+    assert kept == [{containers.OWNER_LABEL: runner.owner_label()},
+                    {containers.OWNER_LABEL: "another-host.invalid:1"}]
 
 
 def test_torch_workloads_get_the_torchscript_file(tmp_path: Path, run_dir: RunDir) -> None:
