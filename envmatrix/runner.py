@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar, Union, cast
 
 from envmatrix import results
 from envmatrix.containers import (
+    CELL_LABEL,
     MANAGED,
     OUTPUTS_NAME,
     OWNER_LABEL,
@@ -107,9 +108,17 @@ def owner_label() -> str:
 
 
 def _owner_alive(labels: dict[str, str]) -> bool:
+    """Whether a managed container may still be in use, so the sweep must keep it.
+
+    Only cell containers are swept: a build's step containers carry the managed label too
+    (the builder stage is labelled) but no cell or owner, and a concurrent build on the same
+    engine still needs them; the builder removes them itself (`forcerm`).
+    """
+    if CELL_LABEL not in labels:
+        return True
     host, _, pid = labels.get(OWNER_LABEL, "").rpartition(":")
     if not pid.isdigit():
-        return False  # no owner recorded: nothing can still be waiting for it
+        return False  # a cell container with no owner recorded: nothing waits for it
     if host != socket.gethostname():
         return True  # another host's run on a shared engine: we cannot tell, so keep it
     try:

@@ -453,18 +453,22 @@ def test_sweep_spares_containers_of_live_runs() -> None:
 
     class Sweeping:
         def remove_labelled_containers(self, labels: dict[str, str], *, keep: Any) -> int:
+            cell = {containers.CELL_LABEL: "env--cnn--cpu"}
             candidates = [
-                {containers.OWNER_LABEL: runner.owner_label()},  # this very process: alive
-                {containers.OWNER_LABEL: f"{socket.gethostname()}:999999999"},  # no such pid
-                {},  # no owner recorded
-                {containers.OWNER_LABEL: "another-host.invalid:1"},  # can't tell: keep
+                {**cell, containers.OWNER_LABEL: runner.owner_label()},  # this process: alive
+                {**cell, containers.OWNER_LABEL: f"{socket.gethostname()}:999999999"},  # no pid
+                cell,  # a cell container with no owner recorded
+                {**cell, containers.OWNER_LABEL: "another-host.invalid:1"},  # can't tell: keep
+                {},  # a build step's container (managed, no cell): a live build may need it
             ]
             kept.extend(c for c in candidates if keep(c))
             return len(candidates) - len(kept)
 
     assert runner.sweep_leftovers(Sweeping()) == 2  # type: ignore[arg-type]
-    assert kept == [{containers.OWNER_LABEL: runner.owner_label()},
-                    {containers.OWNER_LABEL: "another-host.invalid:1"}]
+    assert kept == [{containers.CELL_LABEL: "env--cnn--cpu",
+                     containers.OWNER_LABEL: runner.owner_label()},
+                    {containers.CELL_LABEL: "env--cnn--cpu",
+                     containers.OWNER_LABEL: "another-host.invalid:1"}, {}]
 
 
 def test_torch_workloads_get_the_torchscript_file(tmp_path: Path, run_dir: RunDir) -> None:
