@@ -426,6 +426,16 @@ class Engine:
         free = shutil.disk_usage(root).free
         return f"{free / 2**30:.1f} GiB free on {root}"
 
+    def image_size(self, ref: str) -> int | None:
+        """The image's size in bytes as the engine reports it (None when absent)."""
+        try:
+            size = self._client.images.get(ref).attrs.get("Size")
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"inspecting image {ref}") from err
+        return int(size) if isinstance(size, (int, float)) else None
+
     def image_labels(self, ref: str) -> dict[str, str]:
         """Labels of an image (empty when absent)."""
         try:

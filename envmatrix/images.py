@@ -42,6 +42,7 @@ class BuiltImage:
     built: bool  # False: an image with this content hash was already there
     seconds: float
     log_path: Path
+    size_bytes: int | None = None  # what the engine reports: the cost of shipping the image
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,14 @@ def ensure_image(
         if existing is not None:
             log_path.write_text(f"# reused {tag} ({existing}): same content hash\n",
                                 encoding="utf-8")
-            return BuiltImage(env.id, tag, existing, False, time.monotonic() - started, log_path)
+            return BuiltImage(env.id, tag, existing, False, time.monotonic() - started, log_path,
+                              engine.image_size(existing))
         image_id = engine.build(
             ctx.context_dir, tag, labels=image_labels(env, plan, ctx), buildargs=build_args(plan),
             log_path=log_path, timeout_s=plan.measure.build_timeout_s, cancel=cancel,
         )
-    return BuiltImage(env.id, tag, image_id, True, time.monotonic() - started, log_path)
+    return BuiltImage(env.id, tag, image_id, True, time.monotonic() - started, log_path,
+                      engine.image_size(image_id))
 
 
 def build_log_path(run_dir: Path, env: Environment) -> Path:

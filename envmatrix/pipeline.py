@@ -114,7 +114,8 @@ def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = N
     }
     if built:
         extra["images"] = {
-            env_id: {"tag": getattr(b, "tag", None), "image_id": getattr(b, "image_id", None)}
+            env_id: {"tag": getattr(b, "tag", None), "image_id": getattr(b, "image_id", None),
+                     "size_bytes": getattr(b, "size_bytes", None)}
             for env_id, b in sorted(built.items())
         }
     config.dump_resolved(plan, run_dir.resolved_path, extra)

@@ -173,6 +173,7 @@ class ImageRecord:
 
     tag: str | None
     image_id: str | None
+    size_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,8 @@ def _workload(doc: dict[str, Any]) -> Workload:
 def _run_record(doc: Any) -> RunRecord:
     doc = doc if isinstance(doc, dict) else {}
     images = {str(env_id): ImageRecord(tag=(rec or {}).get("tag"),
-                                       image_id=(rec or {}).get("image_id"))
+                                       image_id=(rec or {}).get("image_id"),
+                                       size_bytes=(rec or {}).get("size_bytes"))
               for env_id, rec in (doc.get("images") or {}).items()}
     return RunRecord(run_id=str(doc.get("run_id") or ""),
                      envmatrix_version=str(doc.get("envmatrix_version") or ""),

@@ -25,13 +25,15 @@ from tabulate import tabulate
 
 from envmatrix import config, plots
 from envmatrix.containers import reproduce_argv
+from envmatrix.decision import Costs, Noise, cell_costs, change, cores_phrase, noise
 from envmatrix.parity import CellParity, cell_parity
 from envmatrix.plan import Cell, Environment, Plan, RunRecord
 from envmatrix.results import load_results
 from envmatrix.rundir import RunDir, atomic_write_bytes, atomic_write_text, open_run_dir
 from envmatrix.stats import (
+    FASTER,
     INVALID,
-    UNCHANGED,
+    SLOWER,
     UNPAIRED,
     Validity,
     Verdict,
@@ -42,6 +44,7 @@ from envmatrix.stats import (
     repeat_cv,
     repeat_latencies,
     run_verdicts,
+    too_few_note,
 )
 
 REPORT_SCHEMA = "envmatrix.report/1"
@@ -66,6 +69,8 @@ class RunData:
     validity: dict[str, Validity] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
     parity: dict[str, CellParity] = field(default_factory=dict)  # candidate cell id ->
+    costs: dict[str, Costs | None] = field(default_factory=dict)  # cell id ->
+    noise: dict[str, Noise | None] = field(default_factory=dict)  # cell id -> (noisy cells)
 
     @property
     def baseline(self) -> str:
@@ -87,6 +92,9 @@ def load_run(path: Path, rules: VerdictRules | None = None) -> RunData:
     data = RunData(run_dir, resolved.plan, resolved.run, results, rules or VerdictRules())
     data.validity = {cid: check_validity(r, data.rules) for cid, r in results.items()}
     data.verdicts = run_verdicts(data.plan, results, data.rules)
+    data.costs = {cid: cell_costs(r) for cid, r in results.items()}
+    data.noise = {cid: noise(r, data.costs[cid], data.rules.cv_warn) if data.validity[cid].valid
+                  else None for cid, r in results.items()}
     for v in data.verdicts:
         if v.baseline and _both_ok(results, v.baseline, v.candidate):
             data.parity[v.candidate] = cell_parity(run_dir.path, v.baseline, v.candidate)
@@ -171,16 +179,172 @@ def _parity_phrase(p: CellParity | None) -> str:
     return f"**OUTPUTS DIFFER** from the baseline ({md(p.reason)})"
 
 
-def summary_sentence(data: RunData, v: Verdict) -> str:
-    """One sentence a manager can read about one candidate cell."""
-    head = (f"{md(v.environment)} vs {md(data.baseline)} (baseline), {md(v.workload)} on "
-            f"{md(provider_name(v.provider))}")
+def fmt_ratio(ratio: float | None) -> str | None:
+    return None if ratio is None or not math.isfinite(ratio) else fmt_pct(ratio)
+
+
+def fmt_bytes(size: float | None) -> str | None:
+    return None if size is None else f"{size / 1e6:.0f} MB"
+
+
+def _costs_of(data: RunData, cid: str | None) -> Costs | None:
+    return data.costs.get(cid) if cid else None
+
+
+def cost_changes(data: RunData, v: Verdict) -> dict[str, float | None]:
+    """Candidate / baseline for CPU per inference, cold start and peak RSS (medians)."""
+    base, cand = _costs_of(data, v.baseline), _costs_of(data, v.candidate)
+    if base is None or cand is None:
+        return {"cpu_per_inference": None, "cold_start": None, "peak_rss": None}
+    return {"cpu_per_inference": change(base.cpu_per_inference_s, cand.cpu_per_inference_s),
+            "cold_start": change(base.cold_start_s, cand.cold_start_s),
+            "peak_rss": change(base.peak_rss_bytes, cand.peak_rss_bytes)}
+
+
+def image_size(data: RunData, env_id: str) -> int | None:
+    record = data.run.images.get(env_id)
+    return record.size_bytes if record else None
+
+
+def _image_cell(data: RunData, v: Verdict) -> str | None:
+    size = image_size(data, v.environment)
+    base = image_size(data, data.baseline)
+    if size is None:
+        return None
+    ratio = change(base, size)
+    return f"{fmt_bytes(size)} ({fmt_pct(ratio)})" if ratio is not None else fmt_bytes(size)
+
+
+def trust_word(data: RunData, v: Verdict) -> str:
+    """ok, noisy (with the cells that are), too few rounds, or invalid."""
     if v.verdict == INVALID:
-        return f"{head}: **invalid**: {md('; '.join(v.reasons))}."
-    parts = [f"p50 {fmt_change(v)}, {v.verdict}", _parity_phrase(data.parity.get(v.candidate)),
-             "runs on the requested provider"]
-    parts += [md(n) for n in v.notes]
+        return "**invalid**"
+    noisy = [c for c in (v.candidate, v.baseline) if c and data.noise.get(c)]
+    words = []
+    p50 = v.p50
+    if p50 is not None and too_few_note(p50.method or UNPAIRED, p50.n_base or 0,
+                                        p50.n_cand or 0, data.rules):
+        words.append("too few rounds")
+    if noisy:
+        words.append("noisy: " + ", ".join("candidate" if c == v.candidate else "baseline"
+                                           for c in noisy))
+    return "; ".join(words) or "ok"
+
+
+SUMMARY_HEADERS = ("candidate", "workload", "provider", "p50 change [95% CI]",
+                   "p99 change [95% CI]", "CPU per inference", "cold start", "peak RSS",
+                   "image size", "parity", "verdict p50 / p99", "trust")
+
+
+def summary_row(data: RunData, v: Verdict) -> list[Any]:
+    costs = cost_changes(data, v)
+    parity = data.parity.get(v.candidate)
+    words = v.verdict if v.verdict == INVALID else f"{v.verdict} / {v.tail_verdict}"
+    if v.verdict in (FASTER, SLOWER):
+        words = f"**{v.verdict}** / {v.tail_verdict}"
+    return [md(v.environment), md(v.workload), md(provider_name(v.provider)),
+            fmt_change(v, "p50"), fmt_change(v, "p99"), fmt_ratio(costs["cpu_per_inference"]),
+            fmt_ratio(costs["cold_start"]), fmt_ratio(costs["peak_rss"]), _image_cell(data, v),
+            "**FAIL**" if parity and parity.status == "fail" else
+            (parity.status if parity else None), words, trust_word(data, v)]
+
+
+def _group_verdicts(data: RunData) -> dict[tuple[str, str], list[Verdict]]:
+    groups: dict[tuple[str, str], list[Verdict]] = {}
+    for v in data.verdicts:
+        groups.setdefault((v.environment, v.provider), []).append(v)
+    return groups
+
+
+def _change_words(vs: Sequence[Verdict]) -> str:
+    """"faster on cnn (p50 -41%) and transformer (-43%)", grouped by verdict word."""
+    by_word: dict[str, list[str]] = {}
+    for v in vs:
+        p50 = v.p50
+        pct = f"{fmt_pct(p50.ratio)}" if p50 is not None and math.isfinite(p50.ratio) else ""
+        by_word.setdefault(v.verdict, []).append(f"{md(v.workload)} ({pct})" if pct else
+                                                 md(v.workload))
+    parts = []
+    for word, items in by_word.items():
+        label = "per request" if word in (FASTER, SLOWER) else ""
+        parts.append(f"{word} {label} on {' and '.join(items)}".replace("  ", " "))
+    return "; ".join(parts)
+
+
+def _cost_words(data: RunData, vs: Sequence[Verdict]) -> list[str]:
+    """"using 2.0 cores instead of 1.0: +17% CPU per inference on cnn, +16% on transformer"."""
+    by_cores: dict[str, list[str]] = {}
+    for v in vs:
+        base, cand = _costs_of(data, v.baseline), _costs_of(data, v.candidate)
+        cores = cores_phrase(base, cand)
+        cpu = cost_changes(data, v)["cpu_per_inference"]
+        if cores:
+            by_cores.setdefault(cores, []).append(
+                f"{fmt_pct(cpu)} on {md(v.workload)}" if cpu is not None else md(v.workload))
+    words = [f"{cores}: CPU per inference {', '.join(items)}"
+             for cores, items in by_cores.items()]
+    cold = [(v.workload, cost_changes(data, v)["cold_start"]) for v in vs]
+    cold_text = [f"{fmt_pct(r)} on {md(w)}" for w, r in cold if r is not None]
+    if cold_text:
+        words.append("cold start " + ", ".join(cold_text))
+    return words
+
+
+def candidate_sentence(data: RunData, key: tuple[str, str], vs: Sequence[Verdict]) -> str:
+    """One sentence a manager can read about one candidate environment on one provider."""
+    env, provider = key
+    head = f"**{md(env)}** on {md(provider_name(provider))}"
+    invalid = [v for v in vs if v.verdict == INVALID]
+    valid = [v for v in vs if v.verdict != INVALID]
+    parts = [_change_words(valid)] if valid else []
+    parts += _cost_words(data, valid)
+    tails = [f"{md(v.workload)} p99 {v.tail_verdict}" for v in valid
+             if v.tail_verdict and v.tail_verdict != v.verdict]
+    if tails:
+        parts.append("but " + ", ".join(tails))
+    differ = [v.workload for v in valid if (p := data.parity.get(v.candidate)) and
+              p.status == "fail"]
+    parts.append(f"**outputs differ** on {', '.join(md(w) for w in differ)}" if differ else
+                 "outputs match" if valid and all(
+                     (p := data.parity.get(v.candidate)) and p.status == "pass" for v in valid)
+                 else "outputs not all compared")
+    if invalid:
+        parts.append(f"invalid on {', '.join(md(v.workload) for v in invalid)} (see below)")
     return f"{head}: " + "; ".join(parts) + "."
+
+
+def trust_notes(data: RunData) -> list[str]:
+    """Once per cell: its noise and the likely cause; then the comparisons' notes (how a cell
+    was matched) and why a cell is invalid."""
+    noisy = [(cell.id, found) for cell in data.cells if (found := data.noise.get(cell.id))]
+    lines = []
+    if noisy:
+        lines += [f"Noisy cells (their processes' p50s spread more than {data.rules.cv_warn:.0%}, "
+                  "CV): their p50 verdicts and intervals still stand, since they are computed "
+                  "over rounds and include the spread; single-process figures (first inference, "
+                  "session creation) are rough.", ""]
+    for cid, found in noisy:
+        mixed = "; p90/p99 and throughput mix the two modes" if found.two_modes else ""
+        lines.append(f"- {md(cid)}: CV {found.cv:.0%}; likely cause: "
+                     f"{md('; '.join(found.causes))}{mixed}.")
+    for v in data.verdicts:
+        lines += [f"- {md(v.candidate)}: {md(note)}." for note in v.notes]
+        if v.verdict == INVALID:
+            lines.append(f"- {md(v.candidate)}: **invalid**: {md('; '.join(v.reasons))}.")
+    return lines
+
+
+def budget_note(data: RunData) -> str | None:
+    """Says so when a report was made with too few rounds or processes for its test."""
+    notes = []
+    for v in data.verdicts:
+        p50 = v.p50
+        if p50 is not None:
+            note = too_few_note(p50.method or UNPAIRED, p50.n_base or 0, p50.n_cand or 0,
+                                data.rules)
+            if note and note not in notes:
+                notes.append(note)
+    return ("**Too few rounds for a verdict:** " + " ".join(notes)) if notes else None
 
 
 def section_summary(data: RunData) -> str:
@@ -193,11 +357,21 @@ def section_summary(data: RunData) -> str:
                   f"[Output parity](#output-parity).", ""]
     if not data.verdicts:
         lines.append(f"Only the baseline {md(data.baseline)} was measured: nothing to compare.")
-    lines += [f"- {summary_sentence(data, v)}" for v in data.verdicts]
+        return "\n".join(lines)
+    lines += [f"Changes against the baseline **{md(data.baseline)}** (negative: less time, "
+              "less CPU, less memory).", "",
+              table(SUMMARY_HEADERS, [summary_row(data, v) for v in data.verdicts]), ""]
+    lines += [f"- {candidate_sentence(data, k, vs)}" for k, vs in _group_verdicts(data).items()]
+    note = budget_note(data)
+    lines += ["", note] if note else []
+    notes = trust_notes(data)
+    lines += ["", *notes] if notes else []
     rules = data.rules
-    lines += ["", f"Verdicts: {verdict_methods(data.verdicts)} at alpha {rules.alpha}, "
-                  f"and at least a {rules.min_effect:.0%} change in p50; intervals are "
-                  f"{rules.confidence:.0%} bootstrap intervals (see docs/report.md)."]
+    lines += ["", f"Verdicts: {verdict_methods(data.verdicts)}; \"faster\" or \"slower\" only "
+                  f"when the whole {rules.confidence:.0%} interval is on that side of no change "
+                  f"and the estimate is beyond {rules.min_effect:.0%}; the same rule on p99 "
+                  "gives the tail verdict. CPU, cold start and memory changes are ratios of "
+                  "per-process medians (docs/report.md)."]
     return "\n".join(lines)
 
 
@@ -210,11 +384,12 @@ def verdict_methods(verdicts: Sequence[Verdict]) -> str:
     return "; ".join(f"{method_phrase(m)} ({used.count(m)} cells)" for m in methods)
 
 
-# ---------------------------------------------------------------- per-workload tables
+# ---------------------------------------------------------------- per-cell numbers
 
-TABLE_HEADERS = ("environment", "provider", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean (ms)",
-                 "throughput (/s)", "first inference (ms)", "session creation (ms)",
-                 "peak RSS (MiB)", "p50 change vs baseline [95% CI]", "verdict")
+TABLE_HEADERS = ("environment", "provider", "p50 (ms)", "p90 (ms)", "p99 (ms)",
+                 "throughput (/s)", "cores used", "CPU per inference (ms)", "cold start (ms)",
+                 "first inference (ms)", "session creation (ms)", "peak RSS (MiB)",
+                 "p50 change [95% CI]", "p99 change [95% CI]", "verdict p50 / p99")
 
 
 def _latency(result: Mapping[str, Any], key: str) -> float | None:
@@ -223,28 +398,54 @@ def _latency(result: Mapping[str, Any], key: str) -> float | None:
     return point_value(result, key)
 
 
-def cell_row(data: RunData, cell: Cell) -> dict[str, Any]:
-    """The numbers of one cell as the table, the CSV and results.json show them."""
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def _ci(v: Verdict | None, metric: str) -> tuple[Any, Any, Any, Any]:
+    ci = v.ratios.get(metric) if v else None
+    if ci is None:
+        return None, None, None, None
+    return ci.ratio, ci.low, ci.high, ci.p_value
+
+
+def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
+    """The numbers of one cell, as numbers: results.csv and results.json carry them as is,
+    the tables format them."""
     cid = cell.id
     res = data.results.get(cid) or {}
-    summary = res.get("summary") or {}
     ok = res.get("status") == "ok"
-    verdict = data.verdict_of(cid)
-    rss = summary.get("peak_rss_bytes") if ok else None
-    thr = summary.get("throughput_per_s") if ok else None
+    costs = data.costs.get(cid)
+    v = data.verdict_of(cid)
+    p50, p99 = _ci(v, "p50"), _ci(v, "p99")
+    cost = cost_changes(data, v) if v else {}
+    rss = costs.peak_rss_bytes if costs else None
+    size = image_size(data, cell.environment.id)
     return {
         "cell": cid, "environment": cell.environment.id, "workload": cell.workload.name,
         "provider": cell.provider, "status": res.get("status"),
         "valid": data.validity[cid].valid if cid in data.validity else False,
-        "p50_ms": fmt_ms(_latency(res, "p50")), "p90_ms": fmt_ms(_latency(res, "p90")),
-        "p99_ms": fmt_ms(_latency(res, "p99")), "mean_ms": fmt_ms(_latency(res, "mean")),
-        "throughput_per_s": f"{thr:.1f}" if thr else None,
-        "first_inference_ms": fmt_ms(summary.get("first_inference_s") if ok else None),
-        "session_create_ms": fmt_ms(summary.get("session_create_s") if ok else None),
-        "peak_rss_mib": f"{rss / 2**20:.0f}" if rss else None,
-        "p50_change": fmt_change(verdict) if verdict else None,
-        "verdict": _verdict_word(data, cid, verdict),
+        "p50_ms": _ms(_latency(res, "p50")), "p90_ms": _ms(_latency(res, "p90")),
+        "p99_ms": _ms(_latency(res, "p99")), "mean_ms": _ms(_latency(res, "mean")),
+        "throughput_per_s": _latency(res, "throughput") if ok else None,
+        "cores_used": costs.cores_used if costs else None,
+        "cpu_per_inference_ms": _ms(costs.cpu_per_inference_s) if costs else None,
+        "cold_start_ms": _ms(costs.cold_start_s) if costs else None,
+        "first_inference_ms": _ms(costs.first_inference_s) if costs else None,
+        "session_create_ms": _ms(costs.session_create_s) if costs else None,
+        "peak_rss_mib": rss / 2**20 if rss else None,
+        "image_size_mb": size / 1e6 if size else None,
+        "cv": repeat_cv(res) if ok else None,
+        "p50_ratio": p50[0], "p50_low": p50[1], "p50_high": p50[2], "p50_p_value": p50[3],
+        "p99_ratio": p99[0], "p99_low": p99[1], "p99_high": p99[2], "p99_p_value": p99[3],
+        "method": v.method if v else None,
+        "units_base": v.p50.n_base if v and v.p50 else None,
+        "units_cand": v.p50.n_cand if v and v.p50 else None,
+        "cpu_per_inference_ratio": cost.get("cpu_per_inference"),
+        "cold_start_ratio": cost.get("cold_start"), "peak_rss_ratio": cost.get("peak_rss"),
+        "verdict": _verdict_word(data, cid, v), "tail_verdict": v.tail_verdict if v else None,
         "parity": data.parity[cid].status if cid in data.parity else None,
+        "noisy": bool(data.noise.get(cid)),
     }  # fmt: skip
 
 
@@ -255,15 +456,27 @@ def _verdict_word(data: RunData, cid: str, verdict: Verdict | None) -> str:
     return "baseline" if valid and valid.valid else "baseline (invalid)"
 
 
-def _table_cells(row: Mapping[str, Any]) -> list[Any]:
-    change = row["p50_change"] or ("baseline" if row["verdict"].startswith("baseline") else None)
-    verdict = row["verdict"]
-    if verdict not in (UNCHANGED, "baseline"):
-        verdict = f"**{verdict}**"
-    return [md(row["environment"]), md(provider_name(row["provider"])), row["p50_ms"],
-            row["p90_ms"], row["p99_ms"], row["mean_ms"], row["throughput_per_s"],
-            row["first_inference_ms"], row["session_create_ms"], row["peak_rss_mib"],
-            change, verdict]
+def _fmt(value: float | None, spec: str) -> str | None:
+    return None if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _table_cells(data: RunData, cell: Cell) -> list[Any]:
+    n = cell_numbers(data, cell)
+    v = data.verdict_of(cell.id)
+    baseline = n["verdict"].startswith("baseline")
+    verdict = n["verdict"] if n["verdict"] == INVALID or baseline else \
+        f"{n['verdict']} / {n['tail_verdict']}"
+    if n["verdict"] in (FASTER, SLOWER):
+        verdict = f"**{n['verdict']}** / {n['tail_verdict']}"
+    return [md(n["environment"]), md(provider_name(n["provider"])),
+            fmt_ms(_latency(data.results.get(cell.id) or {}, "p50")),
+            _fmt(n["p90_ms"], ".3g"), _fmt(n["p99_ms"], ".3g"),
+            _fmt(n["throughput_per_s"], ".1f"), _fmt(n["cores_used"], ".2f"),
+            _fmt(n["cpu_per_inference_ms"], ".3g"), _fmt(n["cold_start_ms"], ".0f"),
+            _fmt(n["first_inference_ms"], ".3g"), _fmt(n["session_create_ms"], ".3g"),
+            _fmt(n["peak_rss_mib"], ".0f"),
+            "baseline" if baseline else (fmt_change(v, "p50") if v else None),
+            None if baseline else (fmt_change(v, "p99") if v else None), verdict]
 
 
 def workloads(data: RunData) -> list[str]:
@@ -272,21 +485,10 @@ def workloads(data: RunData) -> list[str]:
 
 def section_workload(data: RunData, workload: str, plot_files: Sequence[str]) -> str:
     cells = [c for c in data.cells if c.workload.name == workload]
-    rows = [_table_cells(cell_row(data, c)) for c in cells]
+    rows = [_table_cells(data, c) for c in cells]
     lines = [f"## Workload {md(workload)}", "", table(TABLE_HEADERS, rows), ""]
-    notes = [(c.id, n) for c in cells for n in _cell_notes(data, c.id)]
-    lines += [f"- {md(cid)}: {md(note)}" for cid, note in notes]
-    if notes:
-        lines.append("")
     lines += [f"![{md(Path(p).stem)}]({p})" for p in plot_files]
     return "\n".join(lines)
-
-
-def _cell_notes(data: RunData, cid: str) -> list[str]:
-    verdict = data.verdict_of(cid)
-    if verdict is not None:
-        return list(verdict.notes)
-    return list(data.validity[cid].warnings) if cid in data.validity else []
 
 
 # ---------------------------------------------------------------- environments, failures
@@ -326,7 +528,11 @@ def section_environments(data: RunData) -> str:
 
 
 def section_problems(data: RunData) -> str:
-    """Every cell that did not produce valid numbers, with status, reasons and log tail."""
+    """Every cell without valid numbers, with status and reasons; a log tail shown once.
+
+    The cells of an environment whose build failed share one build log: it is shown once,
+    with the cells listed under it, and the reason is the failing tool's own words.
+    """
     bad = [(cid, res) for cid, res in data.results.items() if not data.validity[cid].valid]
     lines = ["## Cells without valid numbers", ""]
     if not bad:
@@ -334,9 +540,17 @@ def section_problems(data: RunData) -> str:
     rows = [[md(cid), md(res.get("status")), md("; ".join(data.validity[cid].reasons))]
             for cid, res in bad]
     lines += [table(("cell", "status", "reasons"), rows), ""]
+    builds: dict[str, list[str]] = {}
     for cid, res in bad:
-        if res.get("log_tail"):
+        if res.get("status") == "build_failed":
+            builds.setdefault(str(res.get("environment")), []).append(cid)
+        elif res.get("log_tail"):
             lines += [details(f"log tail: {md(cid)}", fence(str(res["log_tail"]))), ""]
+    for env_id, cids in builds.items():
+        first = data.results[cids[0]]
+        cells = ", ".join(md(c) for c in cids)
+        body = f"Cells: {cells}\n\n" + fence(str(first.get("log_tail") or "no log recorded"))
+        lines += [details(f"build log of {md(env_id)}: {md(first.get('reason'))}", body), ""]
     return "\n".join(lines).rstrip()
 
 
@@ -563,17 +777,23 @@ def write_plots(data: RunData, workload: str) -> list[str]:
     return list(figures)
 
 
-CSV_COLUMNS = ("cell", "environment", "workload", "provider", "status", "valid", "p50_ms",
-               "p90_ms", "p99_ms", "mean_ms", "throughput_per_s", "first_inference_ms",
-               "session_create_ms", "peak_rss_mib", "p50_change", "verdict", "parity")
+def _csv_value(value: Any) -> Any:
+    """Numbers as numbers (six significant digits), None as an empty field."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return format(value, ".6g") if math.isfinite(value) else ""
+    return value
 
 
 def results_csv(data: RunData) -> str:
+    rows = [cell_numbers(data, c) for c in data.cells]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["cell"],
+                            lineterminator="\n")
     writer.writeheader()
-    for c in data.cells:
-        writer.writerow(cell_row(data, c))
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -588,13 +808,20 @@ def results_document(data: RunData) -> dict[str, Any]:
         "validity": {cid: asdict(v) for cid, v in data.validity.items()},
         "verdicts": [asdict(v) for v in data.verdicts],
         "parity": {cid: asdict(p) for cid, p in data.parity.items()},
+        "rows": [cell_numbers(data, c) for c in data.cells],
+        "costs": {cid: asdict(c) if c else None for cid, c in data.costs.items()},
+        "noise": {cid: asdict(n) if n else None for cid, n in data.noise.items()},
     }
 
 
 def render_markdown(data: RunData, plot_files: Mapping[str, Sequence[str]]) -> str:
+    m, t = data.plan.measure, measured_totals(data)
     head = [f"# Upgrade-impact report: run {md(data.run_dir.run_id)}", "",
             f"Matrix {md(data.plan.source)}; baseline environment **{md(data.baseline)}**; "
-            f"{len(data.cells)} cells in {len(data.plan.environments)} environments."]
+            f"{len(data.cells)} cells in {len(data.plan.environments)} environments. Measured: "
+            f"{m.round_count} interleaved rounds of {m.repeats_per_round} fresh process(es) "
+            f"per cell, {t['processes']} processes and {t['iterations']} timed inferences in "
+            f"all ({t['measured_s']:.0f} s timed)."]
     sections = ["\n".join(head), section_summary(data)]
     sections += [section_workload(data, w, plot_files.get(w, ())) for w in workloads(data)]
     sections += [section_environments(data), section_problems(data), section_parity(data),

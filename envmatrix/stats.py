@@ -512,12 +512,16 @@ def compare_cells(
     rules: VerdictRules,
     notes: Sequence[str] = (),
 ) -> Verdict:
-    """The verdict of one candidate cell against one baseline cell."""
+    """The verdict of one candidate cell against one baseline cell.
+
+    The notes say how the comparison was made; a cell's own noise warnings are not repeated
+    here (the report shows them once per cell, `Validity.warnings`).
+    """
     cid = cand_cell.id
     cand_res = results.get(cid) or _missing(cid)
     cand_valid = check_validity(cand_res, rules)
     reasons = list(cand_valid.reasons)
-    notes = list(notes) + list(cand_valid.warnings)
+    notes = list(notes)
     if base_cell is None:
         reasons.append(f"the baseline has no {cand_cell.workload.name} cell to compare with")
         return _verdict(cand_cell, baseline=None, verdict=INVALID, reasons=tuple(reasons),
@@ -526,7 +530,6 @@ def compare_cells(
     base_res = results.get(base_id) or _missing(base_id)
     base_valid = check_validity(base_res, rules)
     reasons += [f"baseline {base_id}: {r}" for r in base_valid.reasons]
-    notes += [f"baseline: {w}" for w in base_valid.warnings]
     if reasons:
         return _verdict(cand_cell, baseline=base_id, verdict=INVALID, reasons=tuple(reasons),
                         notes=tuple(notes))

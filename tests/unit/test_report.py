@@ -46,16 +46,56 @@ def test_fence_is_not_closed_by_backticks_inside() -> None:
 def test_report_summary_tables_and_failures(tmp_path: Path) -> None:
     report = build_report(_run(tmp_path), RULES).read_text()
     summary = report.split("## Summary", 1)[1].split("\n## ", 1)[0]
-    # Truth: half the latency, so p50 about -50% with an interval around it.
-    assert re.search(rf"{CANDIDATE} vs {BASELINE} \(baseline\), cnn on CPU: p50 -(4[5-9]|5[0-5])"
-                     r"\.\d% \[-\d+\.\d%, -\d+\.\d%\], faster; outputs match; runs on the "
-                     r"requested provider\.", summary), summary
+    # Truth: half the latency, so p50 about -50% with an interval around it, in the table row
+    # and in the manager's sentence, from the same estimate.
+    row = next(line for line in summary.splitlines() if line.startswith(f"| {CANDIDATE}"))
+    change = re.search(r"\| (-(?:4[5-9]|5[0-5])\.\d%) \[-\d+\.\d%, -\d+\.\d%\] \|", row)
+    assert change and "**faster** / " in row and "| pass " in row, row
+    assert f"**{CANDIDATE}** on CPU: faster per request on cnn ({change.group(1)})" in summary
+    assert "outputs match" in summary
     assert "**invalid**: status crashed: killed by SIGSEGV" in summary
-    assert "| p50 (ms)" in report and "| throughput (/s)" in report
+    assert "| p50 (ms)" in report and "| cores used" in report and "CPU per inference" in report
     # The failed cell is listed with its log tail in a fence that its backticks cannot close.
     assert "Segmentation fault" in report and "````\nSegmentation fault" in report
     assert "docker run --rm --read-only" in report
     assert f"nox -s matrix -- --matrix matrix.yaml --only {CANDIDATE}" in report
+
+
+def test_the_summary_states_a_difference_in_parallelism_in_words(tmp_path: Path) -> None:
+    """Faster per request but with twice the cores: the CPU cost per inference goes up."""
+    results = [fake_result(BASE, p50=0.010, seed=1, cores_used=1.0),
+               fake_result(CAND, p50=0.006, seed=2, cores_used=2.0)]
+    report = build_report(make_run(tmp_path, results), RULES).read_text()
+    summary = report.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    # 2 cores x 6 ms against 1 core x 10 ms: +20% CPU per inference.
+    assert re.search(r"faster per request on cnn \(-[34]\d\.\d%\); using 2\.0 cores instead of "
+                     r"1\.0: CPU per inference \+(1[5-9]|2[0-5])\.\d% on cnn", summary), summary
+    row = next(line for line in summary.splitlines() if line.startswith(f"| {CANDIDATE}"))
+    assert re.search(r"\| \+(1[5-9]|2[0-5])\.\d% +\|", row), row
+
+
+def test_noise_warnings_appear_once_per_cell_with_their_cause(tmp_path: Path) -> None:
+    noisy = fake_result(CAND, p50=0.005, cv=0.2, seed=3, repeats=12, cores_used=1.99)
+    results = [fake_result(BASE, p50=0.010, seed=1), noisy]
+    report = build_report(make_run(tmp_path, results), RULES).read_text()
+    assert report.count(f"- {CANDIDATE}--cnn--cpu: CV ") == 1
+    assert "the runtime keeps all 2 cores busy (1.99 cores used)" in report
+    assert "noisy" not in report.split("## Workload", 1)[1].split("## Environments")[0]
+
+
+def test_a_failed_build_shows_its_log_once_with_its_cells(tmp_path: Path) -> None:
+    env = "bookworm-ort1.99.0"
+    reason = "image build failed: pip: ERROR: No matching distribution found for onnxruntime==1.99.0"
+    tail = "Step 5/9 : RUN pip install\nERROR: No matching distribution found for onnxruntime"
+    failed = [failed_result(f"{env}--{w}--cpu", reason=reason, log_tail=tail)
+              for w in ("cnn", "transformer")]
+    results = [fake_result(BASE, seed=1), fake_result(f"{BASELINE}--transformer--cpu", seed=2),
+               *failed]
+    report = build_report(make_run(tmp_path, results), RULES).read_text()
+    problems = report.split("## Cells without valid numbers", 1)[1].split("\n## ", 1)[0]
+    assert problems.count("Step 5/9 : RUN pip install") == 1
+    assert f"Cells: {env}--cnn--cpu, {env}--transformer--cpu" in problems
+    assert "No matching distribution found for onnxruntime==1.99.0" in problems
 
 
 def test_hostile_names_keep_every_table_row_intact(tmp_path: Path) -> None:
@@ -70,18 +110,27 @@ def test_hostile_names_keep_every_table_row_intact(tmp_path: Path) -> None:
 def test_a_parity_failure_is_headline_news(tmp_path: Path) -> None:
     report = build_report(_run(tmp_path, parity_broken=True), RULES).read_text()
     head = report.split("## Workload", 1)[0]
-    assert "**Output parity failure:**" in head and "**OUTPUTS DIFFER**" in head
+    assert "**Output parity failure:**" in head and "**outputs differ** on cnn" in head
 
 
-def test_csv_and_json_hold_every_cell(tmp_path: Path) -> None:
+def test_csv_and_json_hold_every_cell_as_numbers(tmp_path: Path) -> None:
     run = _run(tmp_path)
     build_report(run, RULES)
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert [r["cell"] for r in rows] == [BASE, CAND, HOSTILE]
     assert rows[1]["verdict"] == "faster" and rows[2]["verdict"] == "invalid"
+    cand = rows[1]
+    low, ratio, high = (float(cand[k]) for k in ("p50_low", "p50_ratio", "p50_high"))
+    assert low <= ratio <= high < 1.0
+    assert ratio == pytest.approx(float(cand["p50_ms"]) / float(rows[0]["p50_ms"]), rel=1e-5)
+    assert cand["method"] and float(cand["cores_used"]) > 0 and float(cand["cv"]) >= 0
+    assert float(cand["cpu_per_inference_ms"]) > 0 and cand["tail_verdict"]
     doc = json.loads((run / "results.json").read_text())
     assert set(doc["cells"]) == {BASE, CAND, HOSTILE}
     assert doc["verdicts"][0]["candidate"] == CAND
+    json_row = doc["rows"][1]
+    assert isinstance(json_row["p50_ratio"], float) and json_row["p50_ratio"] == pytest.approx(
+        ratio, rel=1e-5)
 
 
 def _outputs(run: Path) -> dict[str, bytes]:

@@ -36,6 +36,7 @@ def fake_result(
     cpu_model: str = "Intel(R) Xeon(R) Platinum 8481C",
     cpu_flags: list[str] | None = None,
     cores: int = 2,
+    cores_used: float = 0.95,
 ) -> dict[str, Any]:
     """An ok result of schema envmatrix.result/1 with raw latencies of known truth."""
     env, workload, _prov = cell.split("--")
@@ -47,7 +48,8 @@ def fake_result(
         lat = proc_p50 * np.exp(rng.normal(0.0, 0.05, size=iterations))
         reps.append({"index": i, "session_create_s": 0.2, "first_inference_s": 3 * p50,
                      "latencies_s": [float(x) for x in lat],
-                     "measure_wall_s": float(lat.sum()) * 1.001, "cpu_time_s": 1.9,
+                     "measure_wall_s": float(lat.sum()) * 1.001,
+                     "cpu_time_s": cores_used * float(lat.sum()) * 1.001,
                      "peak_rss_bytes": 150 * 2**20})
     pooled = np.concatenate([r["latencies_s"] for r in reps])
     pct = {f"p{q}": float(np.percentile(pooled, q)) for q in (50, 90, 95, 99)}
