@@ -85,7 +85,8 @@ def test_noise_warnings_appear_once_per_cell_with_their_cause(tmp_path: Path) ->
 
 def test_a_failed_build_shows_its_log_once_with_its_cells(tmp_path: Path) -> None:
     env = "bookworm-ort1.99.0"
-    reason = "image build failed: pip: ERROR: No matching distribution found for onnxruntime==1.99.0"
+    reason = ("image build failed: pip: ERROR: No matching distribution found for "
+              "onnxruntime==1.99.0")
     tail = "Step 5/9 : RUN pip install\nERROR: No matching distribution found for onnxruntime"
     failed = [failed_result(f"{env}--{w}--cpu", reason=reason, log_tail=tail)
               for w in ("cnn", "transformer")]
