@@ -744,6 +744,7 @@ def section_appendix(data: RunData) -> str:
 
 
 def _plot_series(data: RunData, workload: str) -> list[plots.Series]:
+    """The figures' data of every cell of one workload, in plan order."""
     series = []
     for c in data.cells:
         if c.workload.name != workload:
@@ -751,29 +752,58 @@ def _plot_series(data: RunData, workload: str) -> list[plots.Series]:
         res = data.results.get(c.id) or {}
         lat = [x * 1000.0 for rep in repeat_latencies(res) for x in rep.tolist()]
         verdict = data.verdict_of(c.id)
-        ok = res.get("status") == "ok"
+        ok = res.get("status") == "ok" and bool(lat)
+        base = c.environment.id == data.baseline
+        cost = {}
+        if ok and verdict and verdict.verdict != INVALID and verdict.baseline:
+            cost = plots.cost_ratios(verdict.baseline, data.results[verdict.baseline], c.id, res,
+                                     data.rules)
         series.append(plots.Series(
-            label=f"{c.environment.id} / {provider_name(c.provider)}",
+            label=f"{c.environment.id} / {provider_name(c.provider)}"
+                  + (" (baseline)" if base else ""),
             latencies_ms=lat if ok else [],
-            throughput_per_s=point_value(res, "throughput") if ok and lat else None,
+            throughput_per_s=point_value(res, "throughput") if ok else None,
             p50=verdict.ratios.get("p50") if verdict else None,
-            p99=verdict.ratios.get("p99") if verdict else None))
+            p99=verdict.ratios.get("p99") if verdict else None,
+            baseline=base,
+            verdict=verdict.verdict if verdict else None,
+            round_p50_ms=plots.round_p50s_ms(res) if ok else {},
+            process_p50_ms=plots.process_p50s_ms(res) if ok else [],
+            by_round=plots.by_round(res),
+            cost=cost))
     return series
+
+
+def plot_figures(data: RunData, workload: str) -> dict[str, plots.Figure]:
+    """The figures of one workload by their paths relative to the run directory, in the
+    order the report shows them: the answer (ratio, cost) first, then the detail."""
+    series = _plot_series(data, workload)
+    name = slug(workload)
+
+    def title(what: str) -> str:
+        return plots.title(workload, what, data.baseline)
+
+    figures = {}
+    if any(s.p50 for s in series):
+        figures[f"plots/{name}-ratio.png"] = plots.ratio_figure(
+            title("latency change"), series, data.rules.min_effect, data.rules.confidence)
+    if any(s.cost for s in series):
+        figures[f"plots/{name}-cost.png"] = plots.cost_figure(title("cost change"), series)
+    figures[f"plots/{name}-latency.png"] = plots.latency_figure(title("latency"), series)
+    if any(s.round_p50_ms for s in series):
+        figures[f"plots/{name}-rounds.png"] = plots.rounds_figure(title("p50 per round"),
+                                                                  series)
+    if any(s.throughput_per_s for s in series):
+        figures[f"plots/{name}-throughput.png"] = plots.throughput_figure(
+            title("throughput"), series)
+    return figures
 
 
 def write_plots(data: RunData, workload: str) -> list[str]:
     """The figures of one workload; their paths relative to the run directory."""
-    series = _plot_series(data, workload)
-    name = slug(workload)
-    figures = {f"plots/{name}-latency.png": plots.latency_png(f"{workload}: latency", series)}
-    if any(s.p50 for s in series):
-        figures[f"plots/{name}-ratio.png"] = plots.ratio_png(
-            f"{workload}: change vs baseline", series, data.rules.min_effect)
-    if any(s.throughput_per_s for s in series):
-        figures[f"plots/{name}-throughput.png"] = plots.throughput_png(
-            f"{workload}: throughput", series)
-    for rel, png in figures.items():
-        atomic_write_bytes(data.run_dir.path / rel, png)
+    figures = plot_figures(data, workload)
+    for rel, fig in figures.items():
+        atomic_write_bytes(data.run_dir.path / rel, plots.png(fig))
     return list(figures)
 
 
