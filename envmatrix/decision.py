@@ -7,10 +7,11 @@ with a visible cause (two modes, more busy threads than free cores, drift over t
 which of its figures still stand. Everything here reads result dicts and the typed plan and is
 deterministic, so the report built from it rebuilds byte for byte.
 
-Costs are per-cell medians over the fresh processes (each process's CPU time over its timed
-loop's wall time, and so on); their changes against the baseline are ratios of those medians,
-without an interval: they describe what the runtime did, while the latency verdict is the
-tested claim (docs/report.md).
+Costs are per-cell figures of the same kind as the latency's: each process's figure (CPU time
+over its timed loop's wall time, CPU time per inference, cold start, peak RSS), the median per
+round, the median over rounds; a change against the baseline is the ratio of two such figures
+with the same bootstrap interval as the verdict's (`cost_ratios`, stats.compare_units), so the
+summary table, the cost plot and results.csv show one number (docs/report.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from envmatrix.stats import repeat_p50s, unit_values
+from envmatrix.stats import (
+    RatioCI,
+    VerdictRules,
+    compare_units,
+    pairing,
+    repeat_p50s,
+    unit_values,
+)
 
 # A cell whose processes use this many more cores than the baseline's counts as "different
 # parallelism" in the summary's words: below it the difference is measurement noise.
@@ -33,6 +41,76 @@ MODE_GAP = 0.12
 # Drift: a rank correlation of round p50 with round index this strong, over enough rounds.
 DRIFT_RHO = 0.6
 DRIFT_MIN_ROUNDS = 6
+
+
+# The cost metrics: (name, per-repeat key in the result, legend label).
+COST_METRICS = (("cpu_per_inference", "cpu_per_inference_s", "CPU per inference"),
+                ("cold_start", "cold_start_s", "cold start"),
+                ("peak_rss", "peak_rss_bytes", "peak RSS"))
+COST_KEYS = {name: key for name, key, _label in COST_METRICS}
+
+
+
+
+def timed_repeats(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The repeats (processes) that timed anything."""
+    return [r for r in (result.get("repeats") or []) if r.get("latencies_s")]
+
+
+def has_rounds(reps: Sequence[Mapping[str, Any]]) -> bool:
+    """Were these repeats measured in two or more interleaved rounds?"""
+    rounds = [r.get("round") for r in reps]
+    return bool(rounds) and None not in rounds and len(set(rounds)) > 1
+
+
+def unit_keys(reps: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Each timed repeat's unit as envmatrix.stats.unit_values counts them: its round when
+    every repeat has one and there are at least two, else its position."""
+    if has_rounds(reps):
+        return [int(r["round"]) for r in reps]
+    return list(range(len(reps)))
+
+
+def repeat_cost(rep: Mapping[str, Any], key: str) -> float | None:
+    """One process's cost figure, computed as the schema says where an older harness did not
+    record it; None when absent or not positive."""
+    value = rep.get(key)
+    if value is None and key == "cpu_per_inference_s":  # older harness: the schema's formula
+        cpu, n = rep.get("cpu_time_s"), len(rep.get("latencies_s") or [])
+        value = float(cpu) / n if cpu is not None and n else None
+    if value is None and key == "cores_used":  # likewise: CPU time over the loop's wall time
+        cpu, wall = rep.get("cpu_time_s"), rep.get("measure_wall_s")
+        value = float(cpu) / float(wall) if cpu is not None and wall else None
+    if value is None or not math.isfinite(float(value)) or float(value) <= 0:
+        return None
+    return float(value)
+
+
+def cost_units(result: Mapping[str, Any], key: str) -> dict[int, float]:
+    """Per unit (round, else process) the median over its processes of a per-repeat cost
+    (`COST_METRICS` keys); units where no process recorded it are left out."""
+    reps = timed_repeats(result)
+    groups: dict[int, list[float]] = {}
+    for unit, rep in zip(unit_keys(reps), reps):
+        value = repeat_cost(rep, key)
+        if value is not None:
+            groups.setdefault(unit, []).append(value)
+    return {u: float(np.median(v)) for u, v in sorted(groups.items())}
+
+
+def cost_ratios(base_id: str, base_res: Mapping[str, Any], cand_id: str,
+                cand_res: Mapping[str, Any], rules: VerdictRules) -> dict[str, RatioCI]:
+    """candidate / baseline of each cost metric both cells recorded, by the verdict's own
+    procedure (envmatrix.stats.compare_units: median over units, the same paired or
+    unpaired bootstrap and seed); the two cells must both be valid."""
+    paired = pairing(base_res, cand_res, rules)[0]
+    out = {}
+    for name, key, _label in COST_METRICS:
+        base, cand = cost_units(base_res, key), cost_units(cand_res, key)
+        if base and cand:
+            out[name] = compare_units(base_id, base, cand_id, cand, paired and set(base) == set(
+                cand), rules, name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -50,40 +128,26 @@ class Costs:
     cpus_available: float | None
 
 
-def _median(values: Sequence[Any]) -> float | None:
-    clean = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return float(np.median(clean)) if clean else None
-
-
-def _per_repeat_cores(rep: Mapping[str, Any]) -> float | None:
-    if rep.get("cores_used") is not None:
-        return float(rep["cores_used"])
-    cpu, wall = rep.get("cpu_time_s"), rep.get("measure_wall_s")  # results before the field
-    return float(cpu) / float(wall) if cpu is not None and wall else None
-
-
-def _per_repeat_cpu(rep: Mapping[str, Any]) -> float | None:
-    if rep.get("cpu_per_inference_s") is not None:
-        return float(rep["cpu_per_inference_s"])
-    cpu, count = rep.get("cpu_time_s"), len(rep.get("latencies_s") or [])
-    return float(cpu) / count if cpu is not None and count else None
+def _unit_median(result: Mapping[str, Any], key: str) -> float | None:
+    """A cell's figure: the median over its units of their median process (`cost_units`),
+    the statistic the cost ratios take (`cost_ratios`)."""
+    units = cost_units(result, key)
+    return float(np.median(list(units.values()))) if units else None
 
 
 def cell_costs(result: Mapping[str, Any]) -> Costs | None:
     """The costs of an ok cell; None for a cell without numbers."""
     if result.get("status") != "ok":
         return None
-    reps = result.get("repeats") or []
-    summary = result.get("summary") or {}
-    threads = summary.get("threads") or {}
+    threads = (result.get("summary") or {}).get("threads") or {}
     alive = threads.get("alive_in_loop")
     return Costs(
-        cores_used=_median([_per_repeat_cores(r) for r in reps]),
-        cpu_per_inference_s=_median([_per_repeat_cpu(r) for r in reps]),
-        cold_start_s=_median([r.get("cold_start_s") for r in reps]),
-        session_create_s=_median([r.get("session_create_s") for r in reps]),
-        first_inference_s=_median([r.get("first_inference_s") for r in reps]),
-        peak_rss_bytes=_median([r.get("peak_rss_bytes") for r in reps]),
+        cores_used=_unit_median(result, "cores_used"),
+        cpu_per_inference_s=_unit_median(result, "cpu_per_inference_s"),
+        cold_start_s=_unit_median(result, "cold_start_s"),
+        session_create_s=_unit_median(result, "session_create_s"),
+        first_inference_s=_unit_median(result, "first_inference_s"),
+        peak_rss_bytes=_unit_median(result, "peak_rss_bytes"),
         threads_alive=int(alive) if isinstance(alive, (int, float)) else None,
         intra_op_threads=threads.get("intra_op_requested"),
         cpus_available=_cpus(result, threads),

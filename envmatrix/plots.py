@@ -34,12 +34,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from envmatrix.decision import COST_METRICS, has_rounds, timed_repeats, unit_keys
 from envmatrix.stats import (
     INVALID,
     RatioCI,
-    VerdictRules,
-    compare_units,
-    pairing,
     process_stat,
     unit_values,
 )
@@ -59,12 +57,6 @@ BASELINE_COLOR = "black"
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
            "tab:pink", "tab:olive", "tab:cyan")
 _VERDICT_COLORS = {"faster": "tab:green", "slower": "tab:red", INVALID: "tab:red"}
-
-# The cost metrics: (name, per-repeat key in the result, legend label).
-COST_METRICS = (("cpu_per_inference", "cpu_per_inference_s", "CPU per inference"),
-                ("cold_start", "cold_start_s", "cold start"),
-                ("peak_rss", "peak_rss_bytes", "peak RSS"))
-
 
 @dataclass(frozen=True)
 class Series:
@@ -101,26 +93,9 @@ def pct(ratio: float) -> float:
 # ---------------------------------------------------------------- data for the figures
 
 
-def _timed(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [r for r in (result.get("repeats") or []) if r.get("latencies_s")]
-
-
-def _has_rounds(reps: Sequence[Mapping[str, Any]]) -> bool:
-    rounds = [r.get("round") for r in reps]
-    return bool(rounds) and None not in rounds and len(set(rounds)) > 1
-
-
-def _unit_keys(reps: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Each timed repeat's unit as envmatrix.stats.unit_values counts them: its round when
-    every repeat has one and there are at least two, else its position."""
-    if _has_rounds(reps):
-        return [int(r["round"]) for r in reps]
-    return list(range(len(reps)))
-
-
 def by_round(result: Mapping[str, Any]) -> bool:
     """Are the result's units interleaved rounds (else processes)?"""
-    return _has_rounds(_timed(result))
+    return has_rounds(timed_repeats(result))
 
 
 def round_p50s_ms(result: Mapping[str, Any]) -> dict[int, float]:
@@ -130,46 +105,9 @@ def round_p50s_ms(result: Mapping[str, Any]) -> dict[int, float]:
 
 def process_p50s_ms(result: Mapping[str, Any]) -> list[tuple[int, float]]:
     """(unit, p50 in ms) of every process that timed anything, in the order measured."""
-    reps = _timed(result)
+    reps = timed_repeats(result)
     return [(u, 1000.0 * process_stat(np.asarray(r["latencies_s"], dtype=float), "p50"))
-            for u, r in zip(_unit_keys(reps), reps)]
-
-
-def _repeat_cost(rep: Mapping[str, Any], key: str) -> float | None:
-    value = rep.get(key)
-    if value is None and key == "cpu_per_inference_s":  # older harness: the schema's formula
-        cpu, n = rep.get("cpu_time_s"), len(rep.get("latencies_s") or [])
-        value = float(cpu) / n if cpu is not None and n else None
-    if value is None or not math.isfinite(float(value)) or float(value) <= 0:
-        return None
-    return float(value)
-
-
-def cost_units(result: Mapping[str, Any], key: str) -> dict[int, float]:
-    """Per unit (round, else process) the median over its processes of a per-repeat cost
-    (`COST_METRICS` keys); units where no process recorded it are left out."""
-    reps = _timed(result)
-    groups: dict[int, list[float]] = {}
-    for unit, rep in zip(_unit_keys(reps), reps):
-        value = _repeat_cost(rep, key)
-        if value is not None:
-            groups.setdefault(unit, []).append(value)
-    return {u: float(np.median(v)) for u, v in sorted(groups.items())}
-
-
-def cost_ratios(base_id: str, base_res: Mapping[str, Any], cand_id: str,
-                cand_res: Mapping[str, Any], rules: VerdictRules) -> dict[str, RatioCI]:
-    """candidate / baseline of each cost metric both cells recorded, by the verdict's own
-    procedure (envmatrix.stats.compare_units: median over units, the same paired or
-    unpaired bootstrap and seed); the two cells must both be valid."""
-    paired = pairing(base_res, cand_res, rules)[0]
-    out = {}
-    for name, key, _label in COST_METRICS:
-        base, cand = cost_units(base_res, key), cost_units(cand_res, key)
-        if base and cand:
-            out[name] = compare_units(base_id, base, cand_id, cand, paired and set(base) == set(
-                cand), rules, name)
-    return out
+            for u, r in zip(unit_keys(reps), reps)]
 
 
 # ---------------------------------------------------------------- drawing

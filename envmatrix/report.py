@@ -25,7 +25,16 @@ from tabulate import tabulate
 
 from envmatrix import config, plots
 from envmatrix.containers import reproduce_argv
-from envmatrix.decision import Costs, Noise, cell_costs, change, cores_phrase, noise
+from envmatrix.decision import (
+    COST_METRICS,
+    Costs,
+    Noise,
+    cell_costs,
+    change,
+    cores_phrase,
+    cost_ratios,
+    noise,
+)
 from envmatrix.parity import CellParity, cell_parity
 from envmatrix.plan import Cell, Environment, Plan, RunRecord
 from envmatrix.results import load_results
@@ -35,6 +44,7 @@ from envmatrix.stats import (
     INVALID,
     SLOWER,
     UNPAIRED,
+    RatioCI,
     Validity,
     Verdict,
     VerdictRules,
@@ -70,6 +80,8 @@ class RunData:
     verdicts: list[Verdict] = field(default_factory=list)
     parity: dict[str, CellParity] = field(default_factory=dict)  # candidate cell id ->
     costs: dict[str, Costs | None] = field(default_factory=dict)  # cell id ->
+    # candidate cell id -> cost metric -> vs its baseline cell (decision.cost_ratios)
+    cost_ratios: dict[str, dict[str, RatioCI]] = field(default_factory=dict)
     noise: dict[str, Noise | None] = field(default_factory=dict)  # cell id -> (noisy cells)
 
     @property
@@ -93,6 +105,9 @@ def load_run(path: Path, rules: VerdictRules | None = None) -> RunData:
     data.validity = {cid: check_validity(r, data.rules) for cid, r in results.items()}
     data.verdicts = run_verdicts(data.plan, results, data.rules)
     data.costs = {cid: cell_costs(r) for cid, r in results.items()}
+    data.cost_ratios = {v.candidate: cost_ratios(v.baseline, results[v.baseline], v.candidate,
+                                                 results[v.candidate], data.rules)
+                        for v in data.verdicts if v.verdict != INVALID and v.baseline}
     data.noise = {cid: noise(r, data.costs[cid], data.rules.cv_warn) if data.validity[cid].valid
                   else None for cid, r in results.items()}
     for v in data.verdicts:
@@ -192,13 +207,10 @@ def _costs_of(data: RunData, cid: str | None) -> Costs | None:
 
 
 def cost_changes(data: RunData, v: Verdict) -> dict[str, float | None]:
-    """Candidate / baseline for CPU per inference, cold start and peak RSS (medians)."""
-    base, cand = _costs_of(data, v.baseline), _costs_of(data, v.candidate)
-    if base is None or cand is None:
-        return {"cpu_per_inference": None, "cold_start": None, "peak_rss": None}
-    return {"cpu_per_inference": change(base.cpu_per_inference_s, cand.cpu_per_inference_s),
-            "cold_start": change(base.cold_start_s, cand.cold_start_s),
-            "peak_rss": change(base.peak_rss_bytes, cand.peak_rss_bytes)}
+    """Candidate / baseline for CPU per inference, cold start and peak RSS (`cost_ratios`)."""
+    ratios = data.cost_ratios.get(v.candidate, {})
+    return {name: (ratios[name].ratio if name in ratios else None)
+            for name, _key, _label in COST_METRICS}
 
 
 def image_size(data: RunData, env_id: str) -> int | None:
@@ -418,7 +430,6 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
     costs = data.costs.get(cid)
     v = data.verdict_of(cid)
     p50, p99 = _ci(v, "p50"), _ci(v, "p99")
-    cost = cost_changes(data, v) if v else {}
     rss = costs.peak_rss_bytes if costs else None
     size = image_size(data, cell.environment.id)
     return {
@@ -441,12 +452,23 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
         "method": v.method if v else None,
         "units_base": v.p50.n_base if v and v.p50 else None,
         "units_cand": v.p50.n_cand if v and v.p50 else None,
-        "cpu_per_inference_ratio": cost.get("cpu_per_inference"),
-        "cold_start_ratio": cost.get("cold_start"), "peak_rss_ratio": cost.get("peak_rss"),
+        **_cost_columns(data, cid),
         "verdict": _verdict_word(data, cid, v), "tail_verdict": v.tail_verdict if v else None,
         "parity": data.parity[cid].status if cid in data.parity else None,
         "noisy": bool(data.noise.get(cid)),
     }  # fmt: skip
+
+
+def _cost_columns(data: RunData, cid: str) -> dict[str, float | None]:
+    """`<metric>_ratio`, `_low`, `_high` of each cost metric against the baseline."""
+    ratios = data.cost_ratios.get(cid, {})
+    out: dict[str, float | None] = {}
+    for name, _key, _label in COST_METRICS:
+        ci = ratios.get(name)
+        out.update({f"{name}_ratio": ci.ratio if ci else None,
+                    f"{name}_low": ci.low if ci else None,
+                    f"{name}_high": ci.high if ci else None})
+    return out
 
 
 def _verdict_word(data: RunData, cid: str, verdict: Verdict | None) -> str:
@@ -754,10 +776,7 @@ def _plot_series(data: RunData, workload: str) -> list[plots.Series]:
         verdict = data.verdict_of(c.id)
         ok = res.get("status") == "ok" and bool(lat)
         base = c.environment.id == data.baseline
-        cost = {}
-        if ok and verdict and verdict.verdict != INVALID and verdict.baseline:
-            cost = plots.cost_ratios(verdict.baseline, data.results[verdict.baseline], c.id, res,
-                                     data.rules)
+        cost = data.cost_ratios.get(c.id, {}) if ok else {}
         series.append(plots.Series(
             label=f"{c.environment.id} / {provider_name(c.provider)}"
                   + (" (baseline)" if base else ""),
@@ -840,6 +859,8 @@ def results_document(data: RunData) -> dict[str, Any]:
         "parity": {cid: asdict(p) for cid, p in data.parity.items()},
         "rows": [cell_numbers(data, c) for c in data.cells],
         "costs": {cid: asdict(c) if c else None for cid, c in data.costs.items()},
+        "cost_ratios": {cid: {k: asdict(r) for k, r in ratios.items()}
+                        for cid, ratios in data.cost_ratios.items()},
         "noise": {cid: asdict(n) if n else None for cid, n in data.noise.items()},
     }
 

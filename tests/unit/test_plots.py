@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
-from envmatrix import plots
+from envmatrix import decision, plots
 from envmatrix.report import RunData, fmt_pct, load_run, plot_figures, write_plots
 from envmatrix.stats import INVALID, VerdictRules, unit_values
 
@@ -170,8 +170,9 @@ def test_ratio_plot_interval_is_the_verdicts_interval(data: RunData) -> None:
 def test_cost_plot_compares_cpu_per_inference_cold_start_and_rss(data: RunData) -> None:
     fig = plot_figures(data, "cnn")["plots/cnn-cost.png"]
     base, cand = data.results[BASE], data.results[CAND]
-    costs = plots.cost_ratios(BASE, base, CAND, cand, data.rules)
+    costs = decision.cost_ratios(BASE, base, CAND, cand, data.rules)
     assert set(costs) == {"cpu_per_inference", "cold_start", "peak_rss"}
+    assert costs == data.cost_ratios[CAND]  # the report's table and CSV use the same ratios
     # cpu_per_inference_s of every process, computed from cpu_time_s where it is missing
     def per_process(res: dict[str, Any]) -> list[float]:
         return [r["cpu_time_s"] / len(r["latencies_s"]) for r in res["repeats"]]
