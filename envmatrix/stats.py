@@ -326,6 +326,35 @@ def check_validity(result: Mapping[str, Any], rules: VerdictRules | None = None)
     return Validity(not reasons, tuple(reasons), tuple(warnings))
 
 
+def placement_warning(result: Mapping[str, Any], min_share: float = 1.0,
+                      names_shown: int = 10) -> str | None:
+    """A warning when the requested provider ran less than `min_share` of the compute nodes.
+
+    Reads the harness's profiled node placement (`provider.node_placement == "profiled"`,
+    `provider.nodes`, `provider.fallback_nodes`; docs/result-schema.md) and names the nodes
+    that ran elsewhere; None when the share is reached or nothing was profiled (torch cells,
+    older results, a trace that could not be had).
+    """
+    provider = result.get("provider") or {}
+    nodes = provider.get("nodes") or {}
+    total = sum(nodes.values())
+    if provider.get("node_placement") != "profiled" or not total:
+        return None
+    requested = provider.get("requested")
+    took = nodes.get(requested, 0)
+    share = took / total
+    if share >= min_share - 1e-9:
+        return None
+    listed = provider.get("fallback_nodes") or []
+    count = provider.get("fallback_node_count") or len(listed)
+    shown = ", ".join(f"{node.get('name') or '(unnamed)'} ({node.get('op_type')} on "
+                      f"{node.get('provider')})" for node in listed[:names_shown])
+    more = count - min(len(listed), names_shown)
+    if more > 0:
+        shown += f" and {more} more"
+    return (f"{requested} ran {took} of {total} compute nodes ({share:.0%}, below "
+            f"{min_share:.0%}); {count} ran elsewhere: {shown}")
+
 
 # ---------------------------------------------------------------- the procedure
 

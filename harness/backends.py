@@ -3,15 +3,19 @@
 Both offer the same small surface to `harness.child`:
   available, requested, options, notes, import_s, create(), input_specs(), output_specs(),
   active(), runner(feeds) -> (call, args, sync), name_outputs(raw) -> [(name, value)],
-  threads() -> the thread counts asked for and, where the runtime says, in effect.
+  threads() -> the thread counts asked for and, where the runtime says, in effect,
+  gpu_index() -> the CUDA device index of a GPU cell (None otherwise),
+  gpu_memory_peak() -> the runtime's own peak of device memory (torch) or None,
+  placement(feeds) -> the node placement fields (harness.placement; after the measurement).
 The runtime modules are imported here and nowhere else, and only when asked for.
 """
 
 import collections
+import os
 import re
 import time
 
-from harness import compat, fingerprint
+from harness import compat, fingerprint, placement
 from harness.errors import HarnessError, ModelError, ProviderError
 
 GRAPH_OPT_LEVELS = {
@@ -103,6 +107,36 @@ class OrtBackend(object):
     def adapt_fixed(self, fixed):
         return fixed
 
+    def gpu_index(self):
+        """CUDA / TensorRT: the device_id option (default 0); None for every other provider.
+
+        session.run copies the outputs back to host memory before it returns (numpy arrays),
+        so the timed call covers the device work and that copy without an explicit sync.
+        """
+        if self.requested not in compat.NVIDIA_PROVIDERS:
+            return None
+        try:
+            return int(self.options.get("device_id", 0))
+        except (TypeError, ValueError):
+            return 0
+
+    def gpu_memory_peak(self):
+        return None
+
+    def placement(self, feeds):
+        """Node counts per provider from one profiled inference in a second session (same
+        providers and options); never raises: a failure is recorded as the reason."""
+        path = os.path.abspath(self.model["path"])
+
+        def make_session(sess_options):
+            return compat.create_session(self.ort, path, sess_options, self.requested,
+                                         self.options)
+        try:
+            events = placement.profile_once(make_session, self._session_options(), feeds)
+            return placement.summarize_trace(events, self.requested)
+        except Exception as err:  # noqa: BLE001 - placement must never fail the measurement
+            return placement.unavailable(one_line(err, 300))
+
     def threads(self):
         """What was asked (null: the runtime's default) and what the session's options say.
 
@@ -193,6 +227,25 @@ class TorchBackend(object):
 
     def active(self):
         return [self.requested]
+
+    def gpu_index(self):
+        if not self.requested.startswith("cuda"):
+            return None
+        _, _, index = self.requested.partition(":")
+        return int(index) if index.isdigit() else 0
+
+    def gpu_memory_peak(self):
+        """torch.cuda.max_memory_allocated of the device (the process's peak, tensors only:
+        the caching allocator's reserve and the CUDA context are not in it)."""
+        if self.gpu_index() is None:
+            return None
+        try:
+            return int(self.torch.cuda.max_memory_allocated(self.requested))
+        except Exception:  # noqa: BLE001 - best effort
+            return None
+
+    def placement(self, feeds):
+        return placement.not_applicable()
 
     def threads(self):
         """What was asked (null: torch's default) and torch's own counts after the run."""

@@ -7,7 +7,7 @@ output digests and (with --save-outputs) the outputs themselves.
 
 import time
 
-from harness import backends, fingerprint, inputs, measure, modelinfo, result
+from harness import backends, compat, fingerprint, inputs, measure, modelinfo, result
 
 
 def _feeds(settings, backend):
@@ -33,7 +33,8 @@ def _provider_block(doc, backend):
     block = doc["provider"]
     block.update(requested=backend.requested, options=backend.options,
                  available=backend.available, active=active,
-                 fallback=backend.requested not in active, notes=list(backend.notes))
+                 fallback=backend.requested not in active, notes=list(backend.notes),
+                 engine_cache=compat.tensorrt_cache(backend.requested, backend.options))
     if block["fallback"]:
         block["reason"] = ("{} was requested but the session runs on {}: the provider failed "
                            "to initialise (see the runtime's log lines)".format(
@@ -60,10 +61,16 @@ def _measure(settings, backend, feeds, spawned_at):
     cold_start_s = _since(spawned_at)
     measure.warm_up(call, args, settings["warmup"], sync)
     alive_before = measure.threads_alive()
+    # GPU cells: NVML's energy counter (or a 10 Hz power/memory sampler thread) around the
+    # loop, started after the thread count above and stopped before the one below.
+    monitor = _gpu_monitor(backend)
     cpu0 = measure.cpu_seconds()
     latencies, wall = measure.timed_loop(call, args, settings["min_iterations"],
                                          settings["min_time_s"], sync)
     cpu = measure.cpu_seconds() - cpu0
+    gpu = monitor.stop(len(latencies)) if monitor is not None else None
+    if gpu is not None:
+        gpu["runtime_peak_memory_bytes"] = backend.gpu_memory_peak()
     alive_after = measure.threads_alive()
     alive = [n for n in (alive_before, alive_after) if n is not None]
     threads = backend.threads()
@@ -75,8 +82,17 @@ def _measure(settings, backend, feeds, spawned_at):
               "cores_used": cpu / wall if wall > 0 else None,
               "cpu_per_inference_s": cpu / len(latencies),
               "cold_start_s": cold_start_s, "threads": threads,
-              "peak_rss_bytes": measure.peak_rss_bytes()}
+              "peak_rss_bytes": measure.peak_rss_bytes(), "gpu": gpu}
     return record, first
+
+
+def _gpu_monitor(backend):
+    """A started nvml.GpuMonitor for a GPU cell, None for the others (NVML is never loaded)."""
+    index = backend.gpu_index()
+    if index is None:
+        return None
+    from harness import nvml
+    return nvml.GpuMonitor(index).start()
 
 
 def run_child(settings, index, spawned_at=None, started_at=None):
@@ -100,12 +116,17 @@ def run_child(settings, index, spawned_at=None, started_at=None):
     interpreter_start_s = None
     if spawned_at is not None and started_at is not None and started_at >= spawned_at:
         interpreter_start_s = started_at - spawned_at
-    record.update(import_s=backend.import_s, interpreter_start_s=interpreter_start_s)
+    record.update(import_s=backend.import_s, interpreter_start_s=interpreter_start_s,
+                  # TensorRT builds its engines while the session is created (a warm engine
+                  # cache loads them instead): that creation time, apart, null otherwise
+                  engine_build_s=create_s if backend.requested == compat.TENSORRT else None)
     record = dict([("index", index), ("session_create_s", create_s)] + sorted(record.items()))
     doc["repeats"] = [record]
     doc["model"]["inputs"] = _describe_io(backend.input_specs())
     doc["model"]["outputs"] = _describe_io(backend.output_specs())
     if index == 0:
+        # after the measurement, first repeat only: a second, profiled session
+        doc["provider"].update(backend.placement(feeds))
         _first_repeat_extras(settings, doc, backend, feeds, first, from_file)
     doc["status"], doc["reason"] = "ok", None
     doc["finished_at"] = result.utc_now()
@@ -124,4 +145,5 @@ def _first_repeat_extras(settings, doc, backend, feeds, first, from_file):
     doc["inputs"] = digests
     if settings["save_outputs"]:
         result.save_npz_atomic(settings["save_outputs"], dict(named))
-    doc["fingerprint"] = fingerprint.collect(backend.available)
+    doc["fingerprint"] = fingerprint.collect(backend.available,
+                                             gpu_cell=backend.gpu_index() is not None)

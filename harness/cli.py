@@ -141,6 +141,10 @@ def _ok_line(doc):
         ", ".join(doc["provider"]["active"] or []))
     if doc["provider"]["fallback"]:
         line += "; FALLBACK: " + doc["provider"].get("reason", "")
+    share = doc["provider"].get("node_share")
+    if share is not None and share < 1:
+        line += "; {} ran {:.0%} of the nodes ({} elsewhere)".format(
+            doc["provider"]["requested"], share, doc["provider"].get("fallback_node_count"))
     return line
 
 

@@ -1,4 +1,4 @@
-"""The differences between onnxruntime releases (1.7 .. 1.32) that the harness papers over.
+"""The differences between onnxruntime releases (1.5 .. 1.32) that the harness papers over.
 
 Checked by running the harness's tests against real releases (see tests/harness/). Each row:
 (first release it applies to, what differs, what the harness does).
@@ -7,10 +7,21 @@ Checked by running the harness's tests against real releases (see tests/harness/
 import re
 
 ORT_DIFFERENCES = (
-    ("1.7", "InferenceSession(path, sess_options, providers=[names], provider_options=[dicts]) "
-            "and providers=[(name, dict)] both work from 1.7 on",
-     "pass providers= and provider_options=; on TypeError (pre-1.7 builds) create the "
-     "session without them and call session.set_providers(names, options)"),
+    ("1.5", "InferenceSession(path, sess_options, providers=[names], provider_options=[dicts]) "
+            "works from 1.5 on (checked on 1.5.1 and 1.6.0; providers=[(name, dict)] only from "
+            "1.7); set_providers(names, options) exists in 1.5 too",
+     "pass providers= and provider_options=; on TypeError (builds older than 1.5, unproven) "
+     "create the session without them and call session.set_providers(names, options)"),
+    ("1.5", "1.5 has no Python-side fallback: a provider that fails to initialise raises "
+            "RuntimeError from InferenceSession; 1.6 added the retry on CPU with 'EP Error ... "
+            "Falling back to' on stdout",
+     "1.5: the session error is the cell's error; 1.6+: see the silent fallback row"),
+    ("1.5", "SessionOptions.profile_file_prefix is missing in 1.5 (the profiling trace goes to "
+            "the working directory); trace events: '<node>_kernel_time' with args.provider and "
+            "op_name in every release, graph_index (1.5) or node_index (later), fence events "
+            "up to 1.16",
+     "harness.placement runs the profiled session in a temporary working directory and reads "
+     "only the kernel events"),
     ("1.9", "with a GPU/OpenVINO build, providers= must be given explicitly (ValueError "
             "otherwise); before 1.9 every built-in provider was registered by default",
      "always pass the requested provider explicitly"),
@@ -49,6 +60,8 @@ PROVIDER_ALIASES = {
 }
 
 OPENVINO = "OpenVINOExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+NVIDIA_PROVIDERS = ("CUDAExecutionProvider", TENSORRT)
 OPENVINO_SPLIT_PRECISION = (1, 17)  # first onnxruntime-openvino with a 'precision' option
 _OV_COMBINED = re.compile(r"^(CPU|GPU(?:\.\d+)?|NPU|MYRIAD|VAD-M|VAD-F|HDDL)_(FP32|FP16)$")
 
@@ -116,6 +129,17 @@ def translate_options(provider, options, runtime_version, package):
     return options, notes
 
 
+def tensorrt_cache(provider, options):
+    """{"enabled", "path"} of the TensorRT engine cache from the provider options (passed to
+    the runtime as they are: trt_engine_cache_enable, trt_engine_cache_path); None for every
+    other provider."""
+    if provider != TENSORRT:
+        return None
+    enabled = str(options.get("trt_engine_cache_enable", "")).strip().lower()
+    return {"enabled": enabled in ("1", "true", "yes", "on"),
+            "path": options.get("trt_engine_cache_path")}
+
+
 def create_session(ort, path, sess_options, provider, options):
     """An InferenceSession on `provider` (plus the CPU fallback that onnxruntime always adds)."""
     try:
@@ -132,7 +156,7 @@ _IR_MAX = re.compile(r"max supported IR version: (\d+)")
 _OPSET_MAX = re.compile(r"domain ([\w.]*) is till opset (\d+)")
 
 
-# onnxruntime < 1.9 says only "Unknown model file format version"; 1.7 and 1.8 read IR 7 at
+# onnxruntime < 1.9 says only "Unknown model file format version"; 1.5 to 1.8 read IR 7 at
 # most (checked), later releases name their limit in the message.
 OLD_IR_LIMIT = ((1, 9), 7)
 

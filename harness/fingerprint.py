@@ -253,7 +253,85 @@ def torch_gpus():
         return None
 
 
-def collect(providers_available):
+def _cuda_version(value):
+    """cudaRuntimeGetVersion's 11080 -> '11.8'."""
+    return "{}.{}".format(value // 1000, (value % 1000) // 10) if value else None
+
+
+def _cudnn_version(value):
+    """cudnnGetVersion's 8907 -> '8.9.7' (cuDNN < 9: M*1000+m*100+p), 90100 -> '9.1.0'."""
+    if not value:
+        return None
+    if value >= 90000:
+        return "{}.{}.{}".format(value // 10000, (value % 10000) // 100, value % 100)
+    return "{}.{}.{}".format(value // 1000, (value % 1000) // 100, value % 100)
+
+
+_CUDART = re.compile(r"/libcudart\.so(\.[\d.]+)?$")
+_CUDNN = re.compile(r"/libcudnn\.so(\.[\d.]+)?$")
+
+
+def loaded_libraries(maps_text=None):
+    """{"cudart": path, "cudnn": path} of the CUDA runtime and cuDNN this process has loaded
+    (from /proc/self/maps: the runtime loads them when it creates a CUDA session)."""
+    if maps_text is None:
+        maps_text = _read("/proc/self/maps") or ""
+    found = {}
+    for line in maps_text.splitlines():
+        path = line.split(None, 5)[-1] if len(line.split(None, 5)) == 6 else ""
+        for key, pattern in (("cudart", _CUDART), ("cudnn", _CUDNN)):
+            if key not in found and pattern.search(path):
+                found[key] = path
+    return found
+
+
+def _library_call(path, function, pointer_argument):
+    import ctypes
+    try:
+        library = ctypes.CDLL(path)
+        func = getattr(library, function)
+    except (OSError, AttributeError):
+        return None
+    try:
+        if pointer_argument:
+            value = ctypes.c_int()
+            func.restype = ctypes.c_int
+            return value.value if func(ctypes.byref(value)) == 0 else None
+        func.restype = ctypes.c_size_t
+        return int(func())
+    except Exception:  # noqa: BLE001 - a broken library must not fail the fingerprint
+        return None
+
+
+def cuda_libraries(libraries=None):
+    """{"cuda_runtime", "cudnn", "source", "cudart_path", "cudnn_path"} as seen inside the
+    image, best effort, null where unknown: torch's own figures when torch is imported, else
+    cudaRuntimeGetVersion / cudnnGetVersion of the libraries the process has loaded."""
+    torch = sys.modules.get("torch")
+    if torch is not None and libraries is None:
+        try:
+            cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() \
+                else None
+            return {"cuda_runtime": torch.version.cuda, "cudnn": _cudnn_version(cudnn),
+                    "source": "torch", "cudart_path": None, "cudnn_path": None}
+        except Exception:  # noqa: BLE001 - a broken CUDA setup must not fail the fingerprint
+            pass
+    libraries = loaded_libraries() if libraries is None else libraries
+    cudart, cudnn = libraries.get("cudart"), libraries.get("cudnn")
+    return {"cuda_runtime": _cuda_version(cudart and _library_call(
+                cudart, "cudaRuntimeGetVersion", True)),
+            "cudnn": _cudnn_version(cudnn and _library_call(cudnn, "cudnnGetVersion", False)),
+            "source": "loaded libraries" if (cudart or cudnn) else None,
+            "cudart_path": cudart, "cudnn_path": cudnn}
+
+
+def collect(providers_available, gpu_cell=False):
+    """The fingerprint; GPU cells also ask NVML (GPU list, driver) and read the CUDA runtime
+    and cuDNN versions (`cuda`)."""
+    gpus = None
+    if gpu_cell:
+        from harness import nvml
+        gpus = nvml.gpus()
     return {
         "python": {"version": platform.python_version(),
                    "implementation": platform.python_implementation(),
@@ -264,7 +342,8 @@ def collect(providers_available):
         "cgroup": cgroup_limits(),
         "packages": packages(),
         "providers_available": list(providers_available),
-        "gpu": nvidia_smi() or torch_gpus(),
+        "gpu": gpus or nvidia_smi() or torch_gpus(),
+        "cuda": cuda_libraries() if gpu_cell else None,
         "env": dict((name, os.environ.get(name)) for name in ENV_VARS),
         "image": {"base": os.environ.get("ENVMATRIX_BASE_IMAGE"),
                   "id": os.environ.get("ENVMATRIX_IMAGE_ID"),

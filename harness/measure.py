@@ -127,6 +127,23 @@ def _threads_summary(repeats):
     return summary
 
 
+def _gpu_summary(repeats):
+    """Energy and power: medians over the repeats that measured them; memory: the most;
+    energy_method and nvml: the first repeat's. None when no repeat has a gpu block."""
+    blocks = [rep["gpu"] for rep in repeats if rep.get("gpu")]
+    if not blocks:
+        return None
+    peaks = [b.get(key) for b in blocks
+             for key in ("memory_used_peak_bytes",) if b.get(key) is not None]
+    runtime = [b["runtime_peak_memory_bytes"] for b in blocks
+               if b.get("runtime_peak_memory_bytes") is not None]
+    return {"nvml": blocks[0].get("nvml"), "energy_method": blocks[0].get("energy_method"),
+            "energy_per_inference_j": _median_of(blocks, "energy_per_inference_j"),
+            "mean_power_w": _median_of(blocks, "mean_power_w"),
+            "memory_used_peak_bytes": max(peaks) if peaks else None,
+            "runtime_peak_memory_bytes": max(runtime) if runtime else None}
+
+
 def summarize(repeats):
     """The result's `summary` block over all repeats pooled (see docs/result-schema.md)."""
     pooled = [lat for rep in repeats for lat in rep["latencies_s"]]
@@ -147,6 +164,10 @@ def summarize(repeats):
         "cold_start_s": _median_of(repeats, "cold_start_s"),
         "import_s": _median_of(repeats, "import_s"),
         "threads": _threads_summary(repeats),
+        # TensorRT: the first repeat's session creation (engine built, or loaded from a warm
+        # cache); GPU cells: energy, power and device memory (null for the others)
+        "engine_build_s": repeats[0].get("engine_build_s"),
+        "gpu": _gpu_summary(repeats),
     }
 
 

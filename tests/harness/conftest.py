@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness_testlib import CACHE, RUNTIMES, SILERO_VERSION, _run, make_venv, tiny_model
+from harness_testlib import (CACHE, RUNTIMES, SILERO_VERSION, _run, make_venv, tiny_model,
+                             unique_model)
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "ir10": tiny_model(folder / "ir10.onnx", ir_version=10, opset=11),
         "opset21": tiny_model(folder / "opset21.onnx", ir_version=7, opset=21),
         "future": tiny_model(folder / "future.onnx", ir_version=99, opset=99, check=False),
+        "unique": unique_model(folder / "unique.onnx"),
     }
 
 

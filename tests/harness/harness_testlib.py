@@ -31,8 +31,13 @@ SILERO_VERSION = "6.2.3"  # silero-vad wheel that ships silero_vad/data/silero_v
 
 # The runtimes the harness is proven against: (label, python, pins). Old onnxruntime is built
 # against numpy 1.x; Python 3.6's bundled pip (18.1) cannot read manylinux2014 tags, so it is
-# upgraded to the last pip for 3.6 first.
+# upgraded to the last pip for 3.6 first. 1.5.1 and 1.6.0 are the CUDA 10.2 / cuDNN 8.0.3
+# releases of onnxruntime-gpu (1.7 moved to CUDA 11): their CPU wheels stand in for them here
+# (same Python API and profiler); numpy 1.19.5 is the last numpy for Python 3.6, and the one
+# they import with (they need numpy < 1.20, which 3.6 cannot exceed anyway).
 RUNTIMES = {
+    "py36-ort1.5": ("3.6", ("onnxruntime==1.5.1", "numpy==1.19.5")),
+    "py36-ort1.6": ("3.6", ("onnxruntime==1.6.0", "numpy==1.19.5")),
     "py36-ort1.7": ("3.6", ("onnxruntime==1.7.0", "numpy==1.19.5")),
     "py38-ort1.8": ("3.8", ("onnxruntime==1.8.0", "numpy==1.23.5")),
     "py311-ort1.16": ("3.11", ("onnxruntime==1.16.3", "numpy==1.26.4")),
@@ -122,7 +127,7 @@ def run_harness(python: Path | str, args: Sequence[str], workdir: Path,
 
 def tiny_model(path: Path, ir_version: int = 7, opset: int = 11, check: bool = True) -> Path:
     """Two inputs (float x [batch, 16], int64 ids [batch, 8]) and two outputs; every
-    onnxruntime since 1.7 runs it (IR 7, opset 11)."""
+    onnxruntime since 1.5 runs it (IR 7, opset 11)."""
     rng = np.random.default_rng(7)
     weight = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "W")
     bias = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "B")
@@ -155,3 +160,36 @@ def tiny_model(path: Path, ir_version: int = 7, opset: int = 11, check: bool = T
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def unique_model(path: Path) -> Path:
+    """x [batch, 16] -> MatMul "matmul" -> Relu "relu" -> y, and Unique "unique_values" over y
+    -> u: the OpenVINO EP takes MatMul and Relu (one fused subgraph) and leaves Unique to the
+    CPU (onnxruntime-openvino 1.24.1; Det falls back the same way)."""
+    weight = numpy_helper.from_array(
+        np.random.default_rng(3).standard_normal((16, 8)).astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+             helper.make_node("Relu", ["h"], ["y"], name="relu"),
+             helper.make_node("Unique", ["y"], ["u"], name="unique_values", sorted=1)]
+    graph = helper.make_graph(
+        nodes, "unique", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8]),
+         helper.make_tensor_value_info("u", TensorProto.FLOAT, ["n"])], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_shared_library(source: Path, target: Path, *defines: str) -> Path:
+    """cc -shared -fPIC source -o target [-DNAME...]; skips without a C compiler (fails in CI)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        if in_ci():
+            pytest.fail("CI is set but there is no C compiler (cc) for the fake NVML",
+                        pytrace=False)
+        pytest.skip("no C compiler (cc) to build the fake NVML library")
+    _run([compiler, "-shared", "-fPIC", "-O1", "-o", str(target), str(source),
+          *(f"-D{name}" for name in defines)], f"cc {source.name}")
+    return target

@@ -47,7 +47,8 @@ def test_summary_keeps_its_existing_keys() -> None:
     assert set(summary) == {"iterations", "latency_s", "repeat_p50_s", "throughput_per_s",
                             "session_create_s", "first_inference_s", "peak_rss_bytes",
                             "cpu_time_s", "cores_used", "cpu_per_inference_s",
-                            "cold_start_s", "import_s", "threads"}
+                            "cold_start_s", "import_s", "threads", "engine_build_s", "gpu"}
+    assert summary["engine_build_s"] is None and summary["gpu"] is None  # CPU repeats
 
 
 def test_summary_of_repeats_from_an_older_harness_has_nulls() -> None:

@@ -63,6 +63,34 @@ def test_silent_fallback_is_detected(ov_python: Path, models: dict, tmp_path: Pa
     assert "FALLBACK" in run.stderr
 
 
+def test_node_placement_names_the_node_openvino_left_to_the_cpu(ov_python: Path, models: dict,
+                                                                tmp_path: Path) -> None:
+    """MatMul+Relu run as one fused OpenVINO subgraph; Unique falls back to the CPU EP, which
+    get_providers() does not show (it lists both providers either way)."""
+    run = run_harness(ov_python, ["--model", str(models["unique"]), "--provider", "openvino",
+                                  "--shape", "x=2,16", *ARGS[4:]], tmp_path)
+    provider = run.doc["provider"]
+    assert run.code == 0 and run.doc["status"] == "ok", run.doc["reason"]
+    assert provider["fallback"] is False and provider["active"][0] == OV
+    assert provider["node_placement"] == "profiled"
+    assert provider["nodes"] == {OV: 1, "CPUExecutionProvider": 1}
+    assert provider["node_share"] == 0.5
+    assert provider["fallback_nodes"] == [
+        {"name": "unique_values", "op_type": "Unique", "provider": "CPUExecutionProvider"}]
+    assert provider["fallback_node_count"] == 1
+    from envmatrix.stats import placement_warning
+    warning = placement_warning(run.doc)
+    assert warning == (f"{OV} ran 1 of 2 compute nodes (50%, below 100%); 1 ran elsewhere: "
+                       "unique_values (Unique on CPUExecutionProvider)")
+    assert placement_warning(run.doc, min_share=0.5) is None
+    # the same model on the CPU EP: every node there
+    cpu = run_harness(ov_python, ["--model", str(models["unique"]), "--provider", "cpu",
+                                  "--shape", "x=2,16", *ARGS[4:]], tmp_path, name="cpu.json")
+    assert cpu.doc["provider"]["nodes"] == {"CPUExecutionProvider": 3}
+    assert cpu.doc["provider"]["node_share"] == 1.0
+    assert placement_warning(cpu.doc) is None
+
+
 def test_openvino_where_it_is_not_installed(ort_python: Path, models: dict,
                                             tmp_path: Path) -> None:
     run = run_harness(ort_python, ["--model", str(models["tiny"]), "--provider", "openvino",

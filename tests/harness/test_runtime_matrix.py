@@ -1,8 +1,10 @@
 """The harness on real interpreters x real onnxruntime releases (cached venvs, see conftest).
 
-Python 3.6 + onnxruntime 1.7 (numpy 1.19), 3.8 + 1.8 (numpy 1.23), 3.11 + 1.16.3 (numpy 1.26),
-3.13 + 1.32.0 (numpy 2.x): the same model and seed must give identical input bytes everywhere,
-and outputs that agree within float tolerance.
+Python 3.6 + onnxruntime 1.5.1, 1.6.0 and 1.7.0 (numpy 1.19; 1.5/1.6 are the CUDA 10.2
+releases of onnxruntime-gpu, proven here through their CPU wheels), 3.8 + 1.8 (numpy 1.23),
+3.11 + 1.16.3 (numpy 1.26), 3.13 + 1.32.0 (numpy 2.x): the same model and seed must give
+identical input bytes everywhere, outputs that agree within float tolerance, and a profiled
+node placement (every node on the CPU provider).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from harness_testlib import RUNTIMES, HarnessRun, run_harness
 
 pytestmark = pytest.mark.slow
 
-LABELS = ("py36-ort1.7", "py38-ort1.8", "py311-ort1.16", "py313-ort1.32")
+LABELS = ("py36-ort1.5", "py36-ort1.6", "py36-ort1.7", "py38-ort1.8", "py311-ort1.16",
+          "py313-ort1.32")
 MIN_ITERATIONS = 30
 ARGS = ["--shape", "x=4,16", "--shape", "ids=4,8", "--seed", "11", "--warmup", "3",
         "--min-iterations", str(MIN_ITERATIONS), "--min-time", "0.1", "--repeats", "2"]
@@ -52,13 +55,25 @@ def test_runs_on_every_runtime(runs: dict[str, HarnessRun], label: str) -> None:
     assert doc["summary"]["iterations"] == len(pooled)
     assert doc["summary"]["latency_s"]["p99"] == pytest.approx(float(np.percentile(pooled, 99)))
     assert doc["summary"]["latency_s"]["min"] == min(pooled)
+    # where the nodes ran: one profiled inference in the first repeat, every node on the CPU
+    provider = doc["provider"]
+    assert provider["node_placement"] == "profiled", provider["node_placement"]
+    assert set(provider["nodes"]) == {"CPUExecutionProvider"}
+    assert provider["nodes"]["CPUExecutionProvider"] >= 4  # after fusions (Gemm+Relu, ...)
+    assert provider["node_share"] == 1.0 and provider["fallback_nodes"] == []
+    assert provider["fallback_node_count"] == 0 and provider["copy_nodes"] == 0
+    assert provider["engine_cache"] is None
+    assert doc["summary"]["gpu"] is None and doc["fingerprint"]["cuda"] is None
+    assert all(rep["gpu"] is None and rep["engine_build_s"] is None for rep in doc["repeats"])
+    # the profiling trace is deleted, and none is left in the working directory
+    assert not list(run.out.parent.glob("*profile*.json"))
 
 
 def test_generated_inputs_are_identical_across_versions(runs: dict[str, HarnessRun]) -> None:
     digests = {label: [(i["name"], i["dtype"], tuple(i["shape"]), i["sha256"])
                        for i in run.doc["inputs"]] for label, run in runs.items()}
     numpy_versions = {run.doc["fingerprint"]["packages"]["numpy"] for run in runs.values()}
-    assert len(numpy_versions) == len(LABELS)  # really four numpy releases
+    assert len(numpy_versions) == 4  # really four numpy releases (1.19 for the three on 3.6)
     assert len({tuple(d) for d in digests.values()}) == 1, digests
 
 
@@ -73,15 +88,21 @@ def test_outputs_agree_across_versions(runs: dict[str, HarnessRun]) -> None:
             assert mine["mean"] == pytest.approx(theirs["mean"], rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize(("model", "expected"), [
-    ("ir10", "model IR version 10 / opset 11 is newer than onnxruntime 1.8.0 accepts; "
-             "re-export it with IR version <= 7"),
-    ("opset21", "model IR version 7 / opset 21 is newer than onnxruntime 1.8.0 accepts; "
-                "re-export it with opset <= 14"),
+@pytest.mark.parametrize(("label", "model", "expected"), [
+    ("py38-ort1.8", "ir10", "model IR version 10 / opset 11 is newer than onnxruntime 1.8.0 "
+                            "accepts; re-export it with IR version <= 7"),
+    ("py38-ort1.8", "opset21", "model IR version 7 / opset 21 is newer than onnxruntime 1.8.0 "
+                               "accepts; re-export it with opset <= 14"),
+    ("py36-ort1.5", "ir10", "model IR version 10 / opset 11 is newer than onnxruntime 1.5.1 "
+                            "accepts; re-export it with IR version <= 7"),
+    ("py36-ort1.5", "opset21", "model IR version 7 / opset 21 is newer than onnxruntime 1.5.1 "
+                               "accepts; re-export it with opset <= 12"),
+    ("py36-ort1.6", "opset21", "model IR version 7 / opset 21 is newer than onnxruntime 1.6.0 "
+                               "accepts; re-export it with opset <= 13"),
 ])
 def test_old_runtime_names_the_version_to_export(venv: Callable[[str], Path], models: dict,
-                                                 tmp_path: Path, model: str,
+                                                 tmp_path: Path, label: str, model: str,
                                                  expected: str) -> None:
-    run = run_harness(venv("py38-ort1.8"), ["--model", str(models[model]), *ARGS], tmp_path)
+    run = run_harness(venv(label), ["--model", str(models[model]), *ARGS], tmp_path)
     assert run.code == 2 and run.doc["status"] == "error"
     assert run.doc["reason"].startswith(expected)
