@@ -42,6 +42,7 @@ from envmatrix.rundir import RunDir, atomic_write_bytes, atomic_write_text, open
 from envmatrix.stats import (
     FASTER,
     INVALID,
+    NOISY_PREFIX,
     SLOWER,
     UNPAIRED,
     RatioCI,
@@ -50,6 +51,7 @@ from envmatrix.stats import (
     VerdictRules,
     check_validity,
     method_phrase,
+    node_share,
     point_value,
     repeat_cv,
     repeat_latencies,
@@ -339,6 +341,10 @@ def trust_notes(data: RunData) -> list[str]:
         mixed = "; p90/p99 and throughput mix the two modes" if found.two_modes else ""
         lines.append(f"- {md(cid)}: CV {found.cv:.0%}; likely cause: "
                      f"{md('; '.join(found.causes))}{mixed}.")
+    for cell in data.cells:  # the other warnings (noise has its line above): node placement
+        validity = data.validity.get(cell.id)
+        lines += [f"- {md(cell.id)}: {md(w)}." for w in (validity.warnings if validity else ())
+                  if not w.startswith(NOISY_PREFIX)]
     for v in data.verdicts:
         lines += [f"- {md(v.candidate)}: {md(note)}." for note in v.notes]
         if v.verdict == INVALID:
@@ -398,8 +404,8 @@ def verdict_methods(verdicts: Sequence[Verdict]) -> str:
 
 # ---------------------------------------------------------------- per-cell numbers
 
-TABLE_HEADERS = ("environment", "provider", "p50 (ms)", "p90 (ms)", "p99 (ms)",
-                 "throughput (/s)", "cores used", "CPU per inference (ms)", "cold start (ms)",
+TABLE_HEADERS = ("environment", "provider", "nodes on provider (%)", "p50 (ms)", "p90 (ms)",
+                 "p99 (ms)", "throughput (/s)", "cores used", "CPU per inference (ms)", "cold start (ms)",
                  "first inference (ms)", "session creation (ms)", "peak RSS (MiB)",
                  "p50 change [95% CI]", "p99 change [95% CI]", "verdict p50 / p99")
 
@@ -456,6 +462,7 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
         "verdict": _verdict_word(data, cid, v), "tail_verdict": v.tail_verdict if v else None,
         "parity": data.parity[cid].status if cid in data.parity else None,
         "noisy": bool(data.noise.get(cid)),
+        "node_share": node_share(res) if ok else None,
     }  # fmt: skip
 
 
@@ -491,6 +498,7 @@ def _table_cells(data: RunData, cell: Cell) -> list[Any]:
     if n["verdict"] in (FASTER, SLOWER):
         verdict = f"**{n['verdict']}** / {n['tail_verdict']}"
     return [md(n["environment"]), md(provider_name(n["provider"])),
+            _fmt(None if n["node_share"] is None else 100 * n["node_share"], ".0f"),
             fmt_ms(_latency(data.results.get(cell.id) or {}, "p50")),
             _fmt(n["p90_ms"], ".3g"), _fmt(n["p99_ms"], ".3g"),
             _fmt(n["throughput_per_s"], ".1f"), _fmt(n["cores_used"], ".2f"),

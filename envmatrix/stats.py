@@ -38,6 +38,7 @@ FASTER = "faster"
 SLOWER = "slower"
 UNCHANGED = "no significant change"
 INVALID = "invalid"
+NOISY_PREFIX = "noisy:"  # how the noise warning of `check_validity` starts
 
 # How a comparison was made (Verdict.method, RatioCI.method).
 PAIRED = "paired rounds"  # rounds drawn jointly for both cells
@@ -63,6 +64,9 @@ class VerdictRules:
     # scale: slower above 1 + min_effect, faster below 1 / (1 + min_effect).
     min_effect: float = 0.02
     cv_warn: float = 0.05  # noise warning when the repeats' p50s spread more than this
+    # A warning when the requested execution provider ran less than this share of the
+    # compute nodes (profiled placement; 1.0: every compute node on the requested provider).
+    min_node_share: float = 1.0
     confidence: float = 0.95  # level of the bootstrap intervals, and so of the verdict
     n_boot: int = 2000
     seed: int = 0
@@ -317,13 +321,26 @@ def check_validity(result: Mapping[str, Any], rules: VerdictRules | None = None)
     requested = (result.get("host") or {}).get("requested_packages") or {}
     installed = (result.get("fingerprint") or {}).get("packages") or {}
     reasons += version_mismatches(requested, installed)
-    warnings = []
+    warnings: list[str] = []
     cv = repeat_cv(result)
     if cv is not None and cv > rules.cv_warn:
         warnings.append(
-            f"noisy: the repeats' p50s vary by {cv:.1%} (CV), above {rules.cv_warn:.0%}"
+            f"{NOISY_PREFIX} the repeats' p50s vary by {cv:.1%} (CV), above {rules.cv_warn:.0%}"
         )
+    placement = placement_warning(result, rules.min_node_share)
+    if placement:
+        warnings.append(placement)
     return Validity(not reasons, tuple(reasons), tuple(warnings))
+
+
+def node_share(result: Mapping[str, Any]) -> float | None:
+    """The share of the profiled compute nodes that ran on the requested provider, or None."""
+    provider = result.get("provider") or {}
+    nodes = provider.get("nodes") or {}
+    total = sum(nodes.values())
+    if provider.get("node_placement") != "profiled" or not total:
+        return None
+    return float(nodes.get(provider.get("requested"), 0)) / total
 
 
 def placement_warning(result: Mapping[str, Any], min_share: float = 1.0,

@@ -160,3 +160,21 @@ def test_a_run_without_a_plan_is_refused_clearly(tmp_path: Path) -> None:
     (run / "matrix.resolved.yaml").unlink()
     with pytest.raises(RunDirError, match="matrix.resolved.yaml: missing"):
         build_report(run, RULES)
+
+
+def test_nodes_that_fell_back_are_shown_with_their_names(tmp_path: Path) -> None:
+    """An OpenVINO cell whose Unique node ran on the CPU: share in the table, names in Trust."""
+    ov = f"{CANDIDATE}--cnn--openvino"
+    cell = fake_result(ov, p50=0.005, seed=5, provider="OpenVINOExecutionProvider")
+    cell["provider"].update(
+        node_placement="profiled",
+        nodes={"OpenVINOExecutionProvider": 1, "CPUExecutionProvider": 1},
+        fallback_nodes=[{"name": "unique_values", "op_type": "Unique",
+                         "provider": "CPUExecutionProvider"}], fallback_node_count=1)
+    report = build_report(make_run(tmp_path, [fake_result(BASE, seed=1), cell]), RULES)
+    text = report.read_text()
+    assert ("OpenVINOExecutionProvider ran 1 of 2 compute nodes (50%, below 100%); 1 ran "
+            "elsewhere: unique\\_values (Unique on CPUExecutionProvider)") in text
+    row = next(line for line in text.split("## Workload cnn")[1].splitlines()
+               if line.startswith(f"| {CANDIDATE}"))
+    assert "| 50 " in row
