@@ -405,8 +405,9 @@ def verdict_methods(verdicts: Sequence[Verdict]) -> str:
 # ---------------------------------------------------------------- per-cell numbers
 
 TABLE_HEADERS = ("environment", "provider", "nodes on provider (%)", "p50 (ms)", "p90 (ms)",
-                 "p99 (ms)", "throughput (/s)", "cores used", "CPU per inference (ms)", "cold start (ms)",
-                 "first inference (ms)", "session creation (ms)", "peak RSS (MiB)",
+                 "p99 (ms)", "throughput (/s)", "cores used", "CPU per inference (ms)",
+                 "cold start (ms)", "first inference (ms)", "session creation (ms)",
+                 "peak RSS (MiB)",
                  "p50 change [95% CI]", "p99 change [95% CI]", "verdict p50 / p99")
 
 
