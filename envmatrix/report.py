@@ -41,7 +41,9 @@ from envmatrix.stats import (
     point_value,
     repeat_cv,
     repeat_latencies,
+    rules_for,
     run_verdicts,
+    too_few_note,
 )
 
 REPORT_SCHEMA = "envmatrix.report/1"
@@ -80,11 +82,15 @@ class RunData:
 
 
 def load_run(path: Path, rules: VerdictRules | None = None) -> RunData:
-    """Read a run directory and compute validity, verdicts and parity for every cell."""
+    """Read a run directory and compute validity, verdicts and parity for every cell.
+
+    Without `rules`, the verdict settings the run's plan recorded (matrix.yaml `verdict:`).
+    """
     run_dir = open_run_dir(path)
     resolved = config.read_resolved(run_dir.resolved_path)
     results = {str(r["cell"]): r for r in load_results(run_dir, resolved)}
-    data = RunData(run_dir, resolved.plan, resolved.run, results, rules or VerdictRules())
+    rules = rules or rules_for(resolved.plan.verdict)
+    data = RunData(run_dir, resolved.plan, resolved.run, results, rules)
     data.validity = {cid: check_validity(r, data.rules) for cid, r in results.items()}
     data.verdicts = run_verdicts(data.plan, results, data.rules)
     for v in data.verdicts:
@@ -194,11 +200,24 @@ def section_summary(data: RunData) -> str:
     if not data.verdicts:
         lines.append(f"Only the baseline {md(data.baseline)} was measured: nothing to compare.")
     lines += [f"- {summary_sentence(data, v)}" for v in data.verdicts]
+    lines += ["", note] if (note := budget_note(data)) else []
     rules = data.rules
     lines += ["", f"Verdicts: {verdict_methods(data.verdicts)} at alpha {rules.alpha}, "
                   f"and at least a {rules.min_effect:.0%} change in p50; intervals are "
                   f"{rules.confidence:.0%} bootstrap intervals (see docs/report.md)."]
     return "\n".join(lines)
+
+
+def budget_note(data: RunData) -> str | None:
+    """One line when some comparison had too few rounds for its test (so no verdict)."""
+    notes = [too_few_note(ci.method, ci.n_base or 0, ci.n_cand or 0, data.rules)
+             for v in data.verdicts if (ci := v.p50) is not None and ci.method]
+    found = list(dict.fromkeys(n for n in notes if n))
+    if not found:
+        return None
+    return (f"> **Too few rounds for a verdict** in {len([n for n in notes if n])} of "
+            f"{len(data.verdicts)} comparison(s): {md('; '.join(found))}. Measure more rounds "
+            "(measure.repeats, or --repeats N) for a decision.")
 
 
 def verdict_methods(verdicts: Sequence[Verdict]) -> str:
@@ -620,7 +639,11 @@ def _json_text(obj: Any) -> str:
 
 def build_report(run_dir: Path, rules: VerdictRules | None = None) -> Path:
     """Write report.md, results.json, results.csv and plots/ into run_dir; report.md's path."""
-    data = load_run(run_dir, rules)
+    return write_report_files(load_run(run_dir, rules))
+
+
+def write_report_files(data: RunData) -> Path:
+    """build_report for a run already loaded (the CLI's gate reads the same RunData)."""
     plot_files = {w: write_plots(data, w) for w in workloads(data)}
     atomic_write_text(data.run_dir.results_json, _json_text(results_document(data)))
     atomic_write_text(data.run_dir.results_csv, results_csv(data))
