@@ -49,6 +49,7 @@ from envmatrix.spec import (
     MatrixFile,
     MeasureSpec,
     ModelExportSpec,
+    VerdictSpec,
     WorkloadSpec,
     validate,
 )
@@ -58,8 +59,8 @@ __all__ = [
     "CA_BUNDLE_VARIABLES", "DEFAULT_TEMPLATE", "GRAMMARS", "MAX_FILE_BYTES", "MAX_NODES",
     "REFERENCE", "RESERVED_ENV", "SCHEMA_FILE", "SCHEMA_VERSION", "BaseSpec", "BootstrapSpec",
     "BuildSpec", "ConfigWarning", "EnvironmentSpec", "MatrixEntrySpec", "MatrixFile", "Measure",
-    "MeasureSpec", "ModelExportSpec", "WorkloadSpec", "dump_resolved", "load_plan", "main",
-    "matrix_json_schema", "read_resolved", "resolve_ca_bundle",
+    "MeasureSpec", "ModelExportSpec", "VerdictSpec", "WorkloadSpec", "dump_resolved", "load_plan",
+    "main", "matrix_json_schema", "read_resolved", "resolve_ca_bundle",
 ]
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "matrix.schema.json"
@@ -446,6 +447,8 @@ def _selected_plan(builder: _Builder, envs: Sequence[Environment],
         environments=tuple(kept_envs),
         workloads=tuple(w for w in workloads if any(c.workload.name == w.name for c in cells)),
         measure=Measure(**spec.measure.model_dump()),
+        verdict=planmod.VerdictSettings(spec.verdict.alpha, spec.verdict.min_effect,
+                                        tuple(spec.verdict.fail_on)),
         baseline=baseline,
         cells=tuple(cells),
         ca_bundle=settings["ca_bundle"],

@@ -53,3 +53,9 @@ class CellsFailed(EnvmatrixError):
     """The run finished but some cells did not produce numbers."""
 
     exit_code = 10
+
+
+class GateFailed(EnvmatrixError):
+    """A report holds a verdict that --fail-on (or matrix.yaml verdict.fail_on) names."""
+
+    exit_code = 11

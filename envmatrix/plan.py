@@ -120,6 +120,23 @@ class Measure:
         return self.repeats // self.round_count
 
 
+# What `--fail-on` / `verdict.fail_on` may name (envmatrix.gate says what each one matches).
+FAIL_ON_WORDS = ("slower", "parity", "invalid")
+
+
+@dataclass(frozen=True)
+class VerdictSettings:
+    """matrix.yaml `verdict:`: how sure and how big a change must be, and what fails a CI gate.
+
+    Not part of a cell's config hash: these change what the report concludes from the
+    numbers, never the numbers, so a report can be rebuilt with other settings.
+    """
+
+    alpha: float = 0.05  # the intervals are (1 - alpha) intervals
+    min_effect: float = 0.02  # smaller changes are "no significant change"
+    fail_on: tuple[str, ...] = ()  # FAIL_ON_WORDS that make `matrix`/`report` exit 11
+
+
 @dataclass(frozen=True)
 class Cell:
     id: str  # "<environment>--<workload>--<provider>"
@@ -149,6 +166,7 @@ class Plan:
     pip_index_url: str | None = None  # None: pip's default index
     template_dir: str | None = None  # user template folder; None: the packaged dockerfiles/
     extra: dict[str, Any] = field(default_factory=dict)
+    verdict: VerdictSettings = field(default_factory=VerdictSettings)
 
     def environment(self, env_id: str) -> Environment:
         for env in self.environments:
@@ -211,6 +229,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "source": str(plan.source),
         "baseline": plan.baseline,
         "measure": asdict(plan.measure),
+        "verdict": {**asdict(plan.verdict), "fail_on": list(plan.verdict.fail_on)},
         "build": {
             "ca_bundle": configured.get("ca_bundle", plan.ca_bundle),
             "ca_bundle_resolved": plan.ca_bundle,
@@ -274,6 +293,15 @@ def _workload(doc: dict[str, Any]) -> Workload:
         seed=int(doc.get("seed") or 0), description=str(doc.get("description") or ""))
 
 
+def _verdict(doc: Any) -> VerdictSettings:
+    """The `verdict:` part; plans written before it existed get the defaults."""
+    doc = doc if isinstance(doc, dict) else {}
+    default = VerdictSettings()
+    return VerdictSettings(alpha=float(doc.get("alpha", default.alpha)),
+                           min_effect=float(doc.get("min_effect", default.min_effect)),
+                           fail_on=tuple(str(w) for w in doc.get("fail_on") or ()))
+
+
 def _run_record(doc: Any) -> RunRecord:
     doc = doc if isinstance(doc, dict) else {}
     images = {str(env_id): ImageRecord(tag=(rec or {}).get("tag"),
@@ -313,7 +341,8 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
         extra={"model_export": dict(doc.get("model_export") or {}),
                "offline": bool(build.get("offline", False)),
                "configured_build": {"ca_bundle": build.get("ca_bundle")},
-               "warnings": list(doc.get("warnings") or [])})
+               "warnings": list(doc.get("warnings") or [])},
+        verdict=_verdict(doc.get("verdict")))
     hashes = {str(c["id"]): str(c["config_hash"]) for c in doc.get("cells") or []
               if c.get("config_hash")}
     return ResolvedPlan(plan=plan, run=_run_record(doc.get("run")), config_hashes=hashes)

@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from envmatrix import grammar, problems
 from envmatrix.grammar import GRAMMARS, RESERVED_ENV
-from envmatrix.plan import PROVIDER_NAMES, Measure
+from envmatrix.plan import PROVIDER_NAMES, Measure, VerdictSettings
 from envmatrix.problems import KeyPath, Problem, kind_of, show
 
 SCHEMA_VERSION = 1
@@ -296,6 +296,31 @@ class MeasureSpec(_Strict):
         return self
 
 
+_VERDICT = VerdictSettings()
+# Limits shared with the command line's --alpha and --min-effect (envmatrix.gate).
+ALPHA_RANGE = (0.001, 0.5)
+MIN_EFFECT_RANGE = (0.0, 1.0)
+FailOnWord = Literal["slower", "parity", "invalid"]
+
+
+class VerdictSpec(_Strict):
+    alpha: Annotated[float, Field(ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1], description=(
+        "error rate of the verdict: intervals are (1 - alpha) intervals"))] = _VERDICT.alpha
+    min_effect: Annotated[float, Field(ge=MIN_EFFECT_RANGE[0], le=MIN_EFFECT_RANGE[1],
+                                       description=(
+        "smallest change (0.02 = 2%) that counts as faster or slower"))] = _VERDICT.min_effect
+    fail_on: list[FailOnWord] = Field(default=[], description=(
+        "verdicts that make `matrix` and `report` exit 11: slower, parity, invalid"))
+
+    @field_validator("fail_on")
+    @classmethod
+    def _unique_words(cls, value: list[str]) -> list[str]:
+        repeated = sorted({w for w in value if value.count(w) > 1})
+        if repeated:
+            raise _custom(f"{repeated[0]!r} is listed twice.", "list it once.")
+        return value
+
+
 class BuildSpec(_Strict):
     ca_bundle: Optional[PathText] = Field(
         default="auto", description="auto: the host's PIP_CERT, SSL_CERT_FILE, "
@@ -326,6 +351,7 @@ class MatrixFile(_Strict):
     environments: Annotated[list[EnvironmentEntry], Field(min_length=1)]
     workloads: Annotated[dict[Slug, WorkloadSpec], Field(min_length=1)]
     measure: MeasureSpec = MeasureSpec()
+    verdict: VerdictSpec = VerdictSpec()
     baseline: Optional[Slug] = None
     build: BuildSpec = BuildSpec()
     model_export: ModelExportSpec = ModelExportSpec()
