@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from envmatrix import expand, grammar, yamlsrc
+from envmatrix import expand, gpucompat, grammar, yamlsrc
 from envmatrix import plan as planmod
 from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan, Workload
@@ -115,7 +115,8 @@ class _Builder:
                     "use an Ubuntu image (family: ubuntu), or python_source system/image."))
             boot = spec.bootstrap
             bootstrap = Bootstrap(boot.suite, boot.mirror, boot.variant) if boot else None
-            out[name] = Base(name, spec.image, family, bootstrap, spec.python_source, spec.cuda)
+            out[name] = Base(name, spec.image, family, bootstrap, spec.python_source, spec.cuda,
+                             spec.cudnn)
         return out
 
     # environments --------------------------------------------------------------------------
@@ -175,15 +176,17 @@ class _Builder:
                 id=draft.env_id, base=base, python=spec.python,
                 packages=tuple(sorted(spec.packages.items())), providers=tuple(spec.providers),
                 env=tuple(sorted(spec.env.items())), description=spec.description,
-                template=spec.template)))
+                template=spec.template, gpus=spec.gpus)))
         self._check_ids([draft for draft, _ in pairs])
         for draft, env in pairs:
-            for key, message, fix in expand.check_environment(env):
+            other_index = bool(self.spec.build.pip_index_url)
+            for key, message, fix in (*expand.check_environment(env),
+                                      *gpucompat.check(env, other_index)):
                 self.problems.append(Problem(draft.path(*key), f"environment {env.id}: {message}",
                                              fix))
-            note = expand.numpy_warning(env)
-            if note:
-                self.warnings.append(f"{self.source}: {note}")
+            for note in (expand.numpy_warning(env), gpucompat.warning(env)):
+                if note:
+                    self.warnings.append(f"{self.source}: {note}")
         return [env for _, env in pairs]
 
     def _check_python(self, draft: _Draft, base: Base) -> None:
@@ -419,7 +422,7 @@ def _build(source: Path, doc: Doc, only: Optional[list[str]],
     baseline = builder.baseline(envs)
     options = {d.env_id: {p: tuple(sorted(o.items())) for p, o in d.spec.provider_options.items()}
                for d in drafts}
-    cells = expand.make_cells(envs, workloads, options)
+    cells = expand.make_cells(envs, workloads, options, gpus=builder.spec.measure.gpus)
     builder.check_cells(envs, workloads, cells)
     builder.check()
     return _selected_plan(builder, envs, workloads, cells, baseline, settings, only, skip)

@@ -15,7 +15,7 @@ from typing import Any
 
 from envmatrix.errors import ConfigError
 from envmatrix.grammar import normalize_package
-from envmatrix.plan import PROVIDER_NAMES, Cell, Environment, Workload
+from envmatrix.plan import GPU_PROVIDERS, PROVIDER_NAMES, Cell, Environment, Workload
 from envmatrix.problems import KeyPath, PlanError, Problem, did_you_mean, kind_of, show
 
 # Distributions that provide the `onnxruntime` module: at most one per environment, because each
@@ -40,7 +40,8 @@ RUNTIME_TAGS: tuple[tuple[str, str], ...] = (
 KNOWN_PACKAGES = frozenset(name for name, _ in RUNTIME_TAGS) | {"numpy", "openvino", "onnx"}
 # Environment fields a matrix axis may vary, and the extra ones an include entry may set.
 AXIS_FIELDS = ("base", "python", "providers")
-INCLUDE_FIELDS = (*AXIS_FIELDS, "id", "env", "description", "provider_options", "template")
+INCLUDE_FIELDS = (*AXIS_FIELDS, "id", "env", "description", "provider_options", "template",
+                  "gpus")
 # Providers that only exist in some distributions: requesting them elsewhere is a mistake.
 PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {
     "openvino": ("onnxruntime-openvino",),
@@ -51,10 +52,11 @@ PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {
 TORCH_PROVIDERS = ("cpu", "cuda")  # devices the torch backend can use
 NUMPY2_SINCE = (1, 19)  # onnxruntime releases before this were built against numpy 1.x
 # Newest ONNX IR version and opset that old onnxruntime releases read (onnxruntime's
-# docs/Versioning.md); releases from 1.9 on read IR 8+, beyond every default here.
+# docs/Versioning.md: 1.3-1.5 shipped ONNX 1.7, IR 7); releases from 1.9 on read IR 8+, beyond
+# every default here.
 ORT_MODEL_LIMITS: dict[tuple[int, ...], tuple[int, int]] = {
-    (1, 0): (6, 11), (1, 1): (6, 11), (1, 2): (6, 11), (1, 3): (6, 12), (1, 4): (6, 12),
-    (1, 5): (6, 12), (1, 6): (7, 13), (1, 7): (7, 13), (1, 8): (7, 14),
+    (1, 0): (6, 11), (1, 1): (6, 11), (1, 2): (6, 11), (1, 3): (7, 12), (1, 4): (7, 12),
+    (1, 5): (7, 12), (1, 6): (7, 13), (1, 7): (7, 13), (1, 8): (7, 14),
 }
 
 
@@ -358,16 +360,19 @@ def make_cells(
     environments: Sequence[Environment],
     workloads: Sequence[Workload],
     provider_options: Mapping[str, Mapping[str, tuple[tuple[str, str], ...]]] | None = None,
+    gpus: str = "all",
 ) -> list[Cell]:
     """Every environment x workload x provider of that environment that can run.
 
     `provider_options` maps environment id -> provider -> options. A torch workload pairs with
     torch environments on cpu/cuda only; an onnxruntime workload with onnxruntime environments.
+    Cells on a GPU provider get the environment's `gpus`, else the run's (`gpus`); others none.
     """
     options = provider_options or {}
     return [
         Cell(cell_id(env.id, wl.name, provider), env, wl, provider,
-             tuple(options.get(env.id, {}).get(provider, ())))
+             tuple(options.get(env.id, {}).get(provider, ())),
+             (env.gpus or gpus) if provider in GPU_PROVIDERS else None)
         for env in environments
         for wl in workloads
         for provider in env.providers

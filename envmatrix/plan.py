@@ -27,6 +27,8 @@ PROVIDER_NAMES: dict[str, str] = {
     "rocm": "ROCMExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
 }
+# Providers whose cells get GPUs from the engine (a device request); every other cell gets none.
+GPU_PROVIDERS = ("cuda", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class Base:
     # "system": the distribution's python3; "image": the base already provides python (official
     # python images); "deadsnakes": pythonX.Y from the deadsnakes PPA (Ubuntu only).
     python_source: str = "system"
-    cuda: str | None = None  # CUDA version the base provides, for the report and fingerprint
+    cuda: str | None = None  # CUDA version the base provides (checked by envmatrix.gpucompat)
+    cudnn: str | None = None  # cuDNN version the base provides, likewise
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Environment:
     env: tuple[tuple[str, str], ...] = ()  # environment variables set in the image
     description: str = ""
     template: str = "default.Dockerfile.j2"  # template file name inside the template folder
+    gpus: str | None = None  # GPUs of its GPU cells ("all", "0,1"); None: the measure's
 
     @property
     def package_dict(self) -> dict[str, str]:
@@ -105,6 +109,7 @@ class Measure:
     build_timeout_s: float = 1800.0  # per image build, enforced on the host
     memory_limit: str = "4g"
     pids_limit: int = 512
+    gpus: str = "all"  # GPUs of cuda/tensorrt cells: "all" or indexes/UUIDs ("0,1")
 
     @property
     def round_count(self) -> int:
@@ -144,10 +149,23 @@ class Cell:
     workload: Workload
     provider: str  # short name, key of PROVIDER_NAMES or a full onnxruntime provider name
     provider_options: tuple[tuple[str, str], ...] = ()
+    # The GPUs the cell's container asks the engine for ("all", "0,1"); None for CPU cells.
+    gpus: str | None = None
 
     def config_hash(self, measure: Measure) -> str:
-        """Hash of everything that shapes this cell's numbers: stale results are refused."""
-        doc = {"cell": asdict(self), "measure": asdict(measure)}
+        """Hash of everything that shapes this cell's numbers: stale results are refused.
+
+        The GPU settings enter through the cell's own `gpus`, and only when it has GPUs: a CPU
+        cell's hash neither changes with them nor differs from before they existed.
+        """
+        cell, settings = asdict(self), asdict(measure)
+        cell["environment"].pop("gpus", None)
+        settings.pop("gpus", None)
+        # Keys added after results existed count only when set, so old hashes stay valid.
+        for part, key in ((cell, "gpus"), (cell["environment"]["base"], "cudnn")):
+            if part.get(key) is None:
+                part.pop(key, None)
+        doc = {"cell": cell, "measure": settings}
         text = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -243,12 +261,12 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "bases": [{
             "name": b.name, "image": b.image, "family": b.family,
             "bootstrap": asdict(b.bootstrap) if b.bootstrap else None,
-            "python_source": b.python_source, "cuda": b.cuda,
+            "python_source": b.python_source, "cuda": b.cuda, "cudnn": b.cudnn,
         } for b in plan.bases],
         "environments": [{
             "id": e.id, "base": e.base.name, "image": e.base.image, "python": e.python,
             "packages": dict(e.packages), "providers": list(e.providers), "env": dict(e.env),
-            "description": e.description, "template": e.template,
+            "description": e.description, "template": e.template, "gpus": e.gpus,
         } for e in plan.environments],
         "workloads": [{
             "name": w.name, "model": w.model, "backend": w.backend,
@@ -259,7 +277,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "cells": [{
             "id": c.id, "environment": c.environment.id, "workload": c.workload.name,
             "provider": c.provider, "provider_options": dict(c.provider_options),
-            "config_hash": c.config_hash(plan.measure),
+            "gpus": c.gpus, "config_hash": c.config_hash(plan.measure),
         } for c in plan.cells],
     }
 
@@ -272,7 +290,8 @@ def _base(doc: dict[str, Any]) -> Base:
     boot = doc.get("bootstrap")
     return Base(name=str(doc["name"]), image=str(doc["image"]), family=str(doc["family"]),
                 bootstrap=Bootstrap(**boot) if boot else None,
-                python_source=str(doc.get("python_source") or "system"), cuda=doc.get("cuda"))
+                python_source=str(doc.get("python_source") or "system"), cuda=doc.get("cuda"),
+                cudnn=doc.get("cudnn"))
 
 
 def _environment(doc: dict[str, Any], bases: dict[str, Base]) -> Environment:
@@ -280,7 +299,7 @@ def _environment(doc: dict[str, Any], bases: dict[str, Base]) -> Environment:
         id=str(doc["id"]), base=bases[str(doc["base"])], python=str(doc["python"]),
         packages=_pairs(doc.get("packages")), providers=tuple(doc.get("providers") or ()),
         env=_pairs(doc.get("env")), description=str(doc.get("description") or ""),
-        template=str(doc.get("template") or "default.Dockerfile.j2"))
+        template=str(doc.get("template") or "default.Dockerfile.j2"), gpus=doc.get("gpus"))
 
 
 def _workload(doc: dict[str, Any]) -> Workload:
@@ -328,7 +347,7 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
     cells = tuple(
         Cell(id=str(c["id"]), environment=envs[str(c["environment"])],
              workload=workloads[str(c["workload"])], provider=str(c["provider"]),
-             provider_options=_pairs(c.get("provider_options")))
+             provider_options=_pairs(c.get("provider_options")), gpus=c.get("gpus"))
         for c in doc.get("cells") or [])
     build = doc.get("build") or {}
     plan = Plan(

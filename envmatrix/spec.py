@@ -112,6 +112,8 @@ IndexUrl = Annotated[str, G("index_url", "an http(s) or file URL without spaces 
                             "https://pypi.example.org/simple")]
 PythonVersion = Annotated[str, G("python", '"system" or a version X.Y', '"3.10"')]
 CudaVersion = Annotated[str, G("cuda", "a CUDA version", '"12.4"')]
+CudnnVersion = Annotated[str, G("cudnn", "a cuDNN version", '"9"')]
+Gpus = Annotated[str, G("gpus", '"all" or GPU indexes or UUIDs separated by commas', '"0,1"')]
 Provider = Annotated[str, G("provider", "an execution provider (cpu, openvino, cuda, tensorrt, "
                             "dnnl, rocm, coreml or a full XxxExecutionProvider name)",
                             "openvino"), AfterValidator(_short_provider)]
@@ -159,6 +161,7 @@ class BaseSpec(_Strict):
     bootstrap: Optional[BootstrapSpec] = None
     python_source: Literal["system", "image", "deadsnakes"] = "system"
     cuda: Optional[CudaVersion] = None
+    cudnn: Optional[CudnnVersion] = None
 
     @property
     def resolved_family(self) -> str:
@@ -189,6 +192,8 @@ class _EnvironmentFields(_Strict):
     provider_options: ProviderOptions = {}
     description: Text = ""
     template: TemplateName = DEFAULT_TEMPLATE
+    gpus: Optional[Gpus] = Field(default=None, description="GPUs of this environment's cuda and "
+                                 "tensorrt cells; default: measure.gpus")
 
     @field_validator("providers")
     @classmethod
@@ -232,6 +237,7 @@ class MatrixEntrySpec(_Strict):
     provider_options: ProviderOptions = {}
     description: Optional[Text] = None
     template: Optional[TemplateName] = None
+    gpus: Optional[Gpus] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -281,6 +287,8 @@ class MeasureSpec(_Strict):
     build_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = _MEASURE.build_timeout_s
     memory_limit: MemoryText = _MEASURE.memory_limit
     pids_limit: Annotated[int, Field(ge=16, le=1_000_000)] = _MEASURE.pids_limit
+    gpus: Gpus = Field(default=_MEASURE.gpus, description="GPUs of cuda and tensorrt cells (all, "
+                       "or indexes/UUIDs); an environment's gpus: wins")
 
     @model_validator(mode="after")
     def _rounds_divide_repeats(self) -> "MeasureSpec":
