@@ -140,6 +140,8 @@ class VerdictSettings:
     alpha: float = 0.05  # the intervals are (1 - alpha) intervals
     min_effect: float = 0.02  # smaller changes are "no significant change"
     fail_on: tuple[str, ...] = ()  # FAIL_ON_WORDS that make `matrix`/`report` exit 11
+    # A warning when the requested provider ran less than this share of the compute nodes.
+    min_node_share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,9 @@ def _verdict(doc: Any) -> VerdictSettings:
     default = VerdictSettings()
     return VerdictSettings(alpha=float(doc.get("alpha", default.alpha)),
                            min_effect=float(doc.get("min_effect", default.min_effect)),
-                           fail_on=tuple(str(w) for w in doc.get("fail_on") or ()))
+                           fail_on=tuple(str(w) for w in doc.get("fail_on") or ()),
+                           min_node_share=float(doc.get("min_node_share",
+                                                        default.min_node_share)))
 
 
 def _run_record(doc: Any) -> RunRecord:

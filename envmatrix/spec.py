@@ -319,6 +319,9 @@ class VerdictSpec(_Strict):
         "smallest change (0.02 = 2%) that counts as faster or slower"))] = _VERDICT.min_effect
     fail_on: list[FailOnWord] = Field(default=[], description=(
         "verdicts that make `matrix` and `report` exit 11: slower, parity, invalid"))
+    min_node_share: Annotated[float, Field(ge=0, le=1, description=(
+        "warn when the requested execution provider ran less than this share of the compute "
+        "nodes (1: all of them)"))] = _VERDICT.min_node_share
 
     @field_validator("fail_on")
     @classmethod

@@ -82,7 +82,7 @@ class VerdictRules:
 def rules_for(settings: VerdictSettings) -> VerdictRules:
     """The rules of a plan's `verdict:` settings: alpha sets the level of the intervals."""
     return VerdictRules(alpha=settings.alpha, min_effect=settings.min_effect,
-                        confidence=1.0 - settings.alpha)
+                        confidence=1.0 - settings.alpha, min_node_share=settings.min_node_share)
 
 
 @dataclass(frozen=True)
