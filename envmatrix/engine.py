@@ -21,10 +21,17 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
 
 from envmatrix.containers import BOOTSTRAP_LABEL, ContainerSpec, create_kwargs
-from envmatrix.errors import BaseImageError, BuildError, EngineError, GpuUnavailableError
+from envmatrix.errors import (
+    BaseImageError,
+    BuildError,
+    EngineError,
+    GpuUnavailableError,
+    HostUnreachableError,
+)
 from envmatrix.results import gpu_unavailable
 from envmatrix.toolwords import build_cause, clean
 
@@ -146,6 +153,51 @@ class BuildStepError(BuildError):
         self.cause = cause
 
 
+_PROBE_VERSION = "1.24"  # any version: the client is built without asking, then asks
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an engine is (envmatrix.hosts makes one from a `hosts:` entry or a context).
+
+    `base_url` None: the environment's engine (DOCKER_HOST, else the local socket). TLS files
+    are read by the SDK from where the user keeps them. ssh:// goes through the `ssh` binary
+    (`use_ssh_client`): the user's own ssh config, agent and keys apply, and no paramiko.
+    """
+
+    base_url: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
+
+    def client(self) -> docker.DockerClient:
+        if self.base_url is None:
+            return docker.from_env()
+        tls: docker.tls.TLSConfig | bool = False
+        if self.tls_cert and self.tls_key:
+            tls = docker.tls.TLSConfig(client_cert=(self.tls_cert, self.tls_key),
+                                       ca_cert=self.tls_ca, verify=self.tls_verify)
+        ssh = self.base_url.startswith("ssh://")
+        if not tls:
+            return docker.DockerClient(base_url=self.base_url, use_ssh_client=ssh)
+        # requests lets REQUESTS_CA_BUNDLE (set for TLS-inspecting proxies) override the
+        # engine's own CA (psf/requests#3829): the session must not read the environment, so
+        # the API version is asked only once that is switched off.
+        client = docker.DockerClient(base_url=self.base_url, tls=tls, version=_PROBE_VERSION)
+        client.api.trust_env = False
+        client.api._version = client.api._retrieve_server_version()
+        return client
+
+
+def engine_words(err: BaseException) -> str:
+    """The engine's (or ssh's, or TLS's) own words for a failure, on one line."""
+    text = str(getattr(err, "explanation", None) or err) or type(err).__name__
+    if "Install paramiko" in text:
+        text += " (ssh:// hosts need it: `pip install 'envmatrix[ssh]'`)"
+    return " ".join(text.split())
+
+
 class Engine:
     """A connected Docker engine; create with `Engine.connect()`."""
 
@@ -162,6 +214,35 @@ class Engine:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
             raise _engine_error(err, "connecting") from err
         return cls(client)
+
+    @classmethod
+    def connect_to(cls, target: Target, name: str) -> Engine:
+        """The engine of one matrix host; HostUnreachableError with its own words if not."""
+        try:
+            client = target.client()
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                OSError) as err:
+            raise HostUnreachableError(f"host {name} cannot be reached: {engine_words(err)}"
+                                       ) from err
+        return cls(client)
+
+    def unreachable(self) -> str | None:
+        """None while the engine answers a ping; else its (or the transport's) words."""
+        try:
+            self._client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                OSError) as err:
+            return engine_words(err)
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What the engine says about its machine (`docker info`, `docker version`)."""
+        try:
+            info, version = self._client.info(), self._client.version()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+            raise HostUnreachableError(engine_words(err)) from err
+        return {"info": dict(info), "version": dict(version)}
 
     def image_id(self, ref: str) -> str | None:
         try:

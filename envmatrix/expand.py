@@ -41,7 +41,7 @@ KNOWN_PACKAGES = frozenset(name for name, _ in RUNTIME_TAGS) | {"numpy", "openvi
 # Environment fields a matrix axis may vary, and the extra ones an include entry may set.
 AXIS_FIELDS = ("base", "python", "providers")
 INCLUDE_FIELDS = (*AXIS_FIELDS, "id", "env", "description", "provider_options", "template",
-                  "gpus")
+                  "gpus", "hosts")
 # Providers that only exist in some distributions: requesting them elsewhere is a mistake.
 PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {
     "openvino": ("onnxruntime-openvino",),

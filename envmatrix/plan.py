@@ -153,6 +153,8 @@ class Cell:
     provider_options: tuple[tuple[str, str], ...] = ()
     # The GPUs the cell's container asks the engine for ("all", "0,1"); None for CPU cells.
     gpus: str | None = None
+    # The `hosts:` entry whose engine measures the cell; None: the local default engine.
+    host: str | None = None
 
     def config_hash(self, measure: Measure) -> str:
         """Hash of everything that shapes this cell's numbers: stale results are refused.
@@ -164,12 +166,34 @@ class Cell:
         cell["environment"].pop("gpus", None)
         settings.pop("gpus", None)
         # Keys added after results existed count only when set, so old hashes stay valid.
-        for part, key in ((cell, "gpus"), (cell["environment"]["base"], "cudnn")):
+        for part, key in ((cell, "gpus"), (cell, "host"), (cell["environment"]["base"], "cudnn")):
             if part.get(key) is None:
                 part.pop(key, None)
         doc = {"cell": cell, "measure": settings}
         text = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Host:
+    """A Docker engine of the matrix's `hosts:` (envmatrix.hosts connects to it).
+
+    `address` is what the user wrote: a URL (unix://, tcp://, ssh://), `context:<name>`, or
+    `default` (DOCKER_HOST or the local socket). The TLS fields are paths where the user keeps
+    the files: they are read when connecting and never written into a run directory.
+    """
+
+    name: str
+    address: str = "default"
+    labels: tuple[tuple[str, str], ...] = ()
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
+
+    @property
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
 
 
 @dataclass(frozen=True)
@@ -187,6 +211,12 @@ class Plan:
     template_dir: str | None = None  # user template folder; None: the packaged dockerfiles/
     extra: dict[str, Any] = field(default_factory=dict)
     verdict: VerdictSettings = field(default_factory=VerdictSettings)
+    hosts: tuple[Host, ...] = ()  # empty: the local default engine, as before hosts existed
+
+    @property
+    def multi_host(self) -> bool:
+        """Cell ids, tables and results.csv name the host only when there is more than one."""
+        return len(self.hosts) > 1
 
     def environment(self, env_id: str) -> Environment:
         for env in self.environments:
@@ -222,6 +252,8 @@ class RunRecord:
     envmatrix_version: str = ""
     started_at: str = ""
     images: dict[str, ImageRecord] = field(default_factory=dict)  # environment id ->
+    # host name -> {address, labels, fingerprint, images, error}: what each host said and built
+    hosts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -280,7 +312,11 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "id": c.id, "environment": c.environment.id, "workload": c.workload.name,
             "provider": c.provider, "provider_options": dict(c.provider_options),
             "gpus": c.gpus, "config_hash": c.config_hash(plan.measure),
+            **({"host": c.host} if c.host else {}),
         } for c in plan.cells],
+        # Names, addresses and labels only: the TLS paths stay in matrix.yaml.
+        **({"hosts": [{"name": h.name, "address": h.address, "labels": dict(h.labels)}
+                      for h in plan.hosts]} if plan.hosts else {}),
     }
 
 
@@ -333,7 +369,8 @@ def _run_record(doc: Any) -> RunRecord:
               for env_id, rec in (doc.get("images") or {}).items()}
     return RunRecord(run_id=str(doc.get("run_id") or ""),
                      envmatrix_version=str(doc.get("envmatrix_version") or ""),
-                     started_at=str(doc.get("started_at") or ""), images=images)
+                     started_at=str(doc.get("started_at") or ""), images=images,
+                     hosts=dict(doc.get("hosts") or {}))
 
 
 def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
@@ -351,7 +388,8 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
     cells = tuple(
         Cell(id=str(c["id"]), environment=envs[str(c["environment"])],
              workload=workloads[str(c["workload"])], provider=str(c["provider"]),
-             provider_options=_pairs(c.get("provider_options")), gpus=c.get("gpus"))
+             provider_options=_pairs(c.get("provider_options")), gpus=c.get("gpus"),
+             host=c.get("host"))
         for c in doc.get("cells") or [])
     build = doc.get("build") or {}
     plan = Plan(
@@ -365,7 +403,9 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
                "offline": bool(build.get("offline", False)),
                "configured_build": {"ca_bundle": build.get("ca_bundle")},
                "warnings": list(doc.get("warnings") or [])},
-        verdict=_verdict(doc.get("verdict")))
+        verdict=_verdict(doc.get("verdict")),
+        hosts=tuple(Host(str(h["name"]), str(h.get("address") or "default"),
+                         _pairs(h.get("labels"))) for h in doc.get("hosts") or []))
     hashes = {str(c["id"]): str(c["config_hash"]) for c in doc.get("cells") or []
               if c.get("config_hash")}
     return ResolvedPlan(plan=plan, run=_run_record(doc.get("run")), config_hashes=hashes)

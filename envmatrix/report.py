@@ -40,6 +40,7 @@ from envmatrix.plan import Cell, Environment, Plan, RunRecord
 from envmatrix.results import load_results
 from envmatrix.rundir import RunDir, atomic_write_bytes, atomic_write_text, open_run_dir
 from envmatrix.stats import (
+    CROSS_HOST_NOTE,
     FASTER,
     INVALID,
     NOISY_PREFIX,
@@ -449,7 +450,8 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
     size = image_size(data, cell.environment.id)
     return {
         "cell": cid, "environment": cell.environment.id, "workload": cell.workload.name,
-        "provider": cell.provider, "status": res.get("status"),
+        "provider": cell.provider, **({"host": cell.host} if data.plan.multi_host else {}),
+        "status": res.get("status"),
         "valid": data.validity[cid].valid if cid in data.validity else False,
         "p50_ms": _ms(_latency(res, "p50")), "p90_ms": _ms(_latency(res, "p90")),
         "p99_ms": _ms(_latency(res, "p99")), "mean_ms": _ms(_latency(res, "mean")),
@@ -525,9 +527,53 @@ def workloads(data: RunData) -> list[str]:
 def section_workload(data: RunData, workload: str, plot_files: Sequence[str]) -> str:
     cells = [c for c in data.cells if c.workload.name == workload]
     rows = [_table_cells(data, c) for c in cells]
-    lines = [f"## Workload {md(workload)}", "", table(TABLE_HEADERS, rows), ""]
+    headers, rows = with_host_column(data, cells, rows)
+    lines = [f"## Workload {md(workload)}", "", table(headers, rows), ""]
     lines += [f"![{md(Path(p).stem)}]({p})" for p in plot_files]
     return "\n".join(lines)
+
+
+def with_host_column(data: RunData, cells: Sequence[Cell], rows: list[list[Any]]
+                     ) -> tuple[Sequence[str], list[list[Any]]]:
+    """A host column after the environment when the plan has several hosts, and a marker on
+    each verdict whose baseline cell ran on another machine."""
+    if not data.plan.multi_host:
+        return TABLE_HEADERS, rows
+    out = []
+    for cell, row in zip(cells, rows):
+        v = data.verdict_of(cell.id)
+        if v is not None and CROSS_HOST_NOTE in v.notes:
+            row = [*row[:-1], f"{row[-1]} (cross-host)"]
+        out.append([row[0], md(cell.host or ""), *row[1:]])
+    return (TABLE_HEADERS[0], "host", *TABLE_HEADERS[1:]), out
+
+
+def host_rows(data: RunData) -> list[list[Any]]:
+    """One row per host: what its engine said (run.hosts) and the CPU its cells saw."""
+    rows = []
+    for host in data.plan.hosts:
+        record = data.run.hosts.get(host.name) or {}
+        fp = record.get("fingerprint") or {}
+        cpu = next(((r.get("fingerprint") or {}).get("cpu") or {} for c in data.cells
+                    if c.host == host.name and (r := data.results.get(c.id) or {})
+                    .get("fingerprint")), {})  # fmt: skip
+        memory = fp.get("memory_bytes")
+        rows.append([md(host.name), md(host.address), md(fp.get("engine_version") or ""),
+                     md(" / ".join(str(x) for x in (fp.get("os"), fp.get("kernel")) if x)),
+                     md(cpu.get("model") or fp.get("arch") or ""), fp.get("cpus"),
+                     f"{memory / 2**30:.1f} GiB" if memory else None,
+                     md(", ".join(fp.get("runtimes") or [])),
+                     md(record.get("unreachable") or "")])
+    return rows
+
+
+def section_hosts(data: RunData) -> str:
+    """## Hosts: the machines that measured, so a cross-host comparison can be judged."""
+    headers = ("host", "address", "engine", "OS / kernel", "CPU", "cores", "memory",
+               "runtimes", "unreachable")
+    return "\n".join(["## Hosts", "", "Verdicts between cells of different hosts compare "
+                      "different machines (marked cross-host).", "",
+                      table(headers, host_rows(data))])
 
 
 # ---------------------------------------------------------------- environments, failures
@@ -892,6 +938,7 @@ def render_markdown(data: RunData, plot_files: Mapping[str, Sequence[str]]) -> s
             f"all ({t['measured_s']:.0f} s timed)."]
     sections = ["\n".join(head), section_summary(data)]
     sections += [section_workload(data, w, plot_files.get(w, ())) for w in workloads(data)]
+    sections += [section_hosts(data)] if data.plan.hosts else []
     sections += [section_environments(data), section_problems(data), section_parity(data),
                  section_provenance(data), section_measured(data), section_reproduce(data),
                  section_appendix(data)]

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from harness import measure as harness_measure
 
 ROUNDS_FILE = "rounds.json"
 ROUNDS_SCHEMA = "envmatrix.rounds/1"
+_ROUNDS_LOCK = threading.Lock()
 T = TypeVar("T")
 
 
@@ -184,7 +186,7 @@ def run_cells(
         else:
             measuring.append(_Measuring(index, cell, *settled))
     current: _Measuring | None = None
-    orders = RoundOrders(run_dir)
+    orders = RoundOrders(run_dir, host=plan.cells[0].host if plan.cells else None)
     # Asked once per run, recorded with each GPU cell's result (host.engine_gpu).
     engine_gpu = engine.gpu_support() if any(m.cell.gpus for m in measuring) else None
     try:
@@ -232,11 +234,13 @@ class RoundOrders:
     so the order of an interrupted run is on disk too.
     """
 
-    def __init__(self, run_dir: RunDir) -> None:
+    def __init__(self, run_dir: RunDir, host: str | None = None) -> None:
         self.path = run_dir.path / ROUNDS_FILE
         self.doc = self._read()
         self.entry: dict[str, Any] = {"started_at": results.utc_now(),
                                       "rule": "rotate by one place per round", "rounds": []}
+        if host is not None:  # one entry per host of a multi-host run (envmatrix.schedule)
+            self.entry["host"] = host
         self.doc["invocations"].append(self.entry)
 
     def _read(self) -> dict[str, Any]:
@@ -249,7 +253,14 @@ class RoundOrders:
 
     def record(self, round_index: int, cell_ids: list[str]) -> None:
         self.entry["rounds"].append({"round": round_index, "order": cell_ids})
-        atomic_write_json(self.path, self.doc)
+        with _ROUNDS_LOCK:  # hosts measure in threads: merge with their entries, never clobber
+            others = [e for e in self._read()["invocations"] if not self._mine(e)]
+            self.doc["invocations"] = [*others, self.entry]
+            atomic_write_json(self.path, self.doc)
+
+    def _mine(self, entry: Any) -> bool:
+        return isinstance(entry, dict) and all(
+            entry.get(k) == self.entry.get(k) for k in ("started_at", "host"))
 
 
 def _settle_without_container(

@@ -633,17 +633,27 @@ def method_phrase(method: str) -> str:
 def match_baseline(
     cells: Sequence[Cell], baseline_env: str, cand: Cell
 ) -> tuple[Cell | None, list[str]]:
-    """The baseline cell for a candidate: same workload and provider, else the cpu cell."""
+    """The baseline cell for a candidate: same workload and provider, else the cpu cell;
+    on the candidate's own host when the baseline ran there (else across hosts)."""
     same_wl = [c for c in cells
                if c.environment.id == baseline_env and c.workload.name == cand.workload.name]
+    same_wl = [c for c in same_wl if c.host == cand.host] or same_wl
     for c in same_wl:
         if c.provider == cand.provider:
-            return c, []
+            return c, cross_host(c, cand)
     for c in same_wl:
         if c.provider == "cpu":
             note = f"the baseline has no {cand.provider} cell: compared with its cpu cell"
-            return c, [note]
+            return c, [note, *cross_host(c, cand)]
     return None, []
+
+
+CROSS_HOST_NOTE = "cross-host comparison: different machines"
+
+
+def cross_host(base: Cell, cand: Cell) -> list[str]:
+    """The note a verdict carries when its two cells ran on different hosts."""
+    return [CROSS_HOST_NOTE] if base.host != cand.host else []
 
 
 def run_verdicts(
