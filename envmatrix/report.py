@@ -426,6 +426,17 @@ def _latency(result: Mapping[str, Any], key: str) -> float | None:
     return point_value(result, key)
 
 
+def shown_point(data: RunData, cell: Cell, metric: str) -> float | None:
+    """The number a table shows for a cell: a candidate's from its comparison (paired: its
+    value corrected for the baseline's drift, so the columns divide to the change), else the
+    cell's own median (`point_value`)."""
+    v = data.verdict_of(cell.id)
+    ci = v.ratios.get(metric) if v else None
+    if ci is not None and ci.cand is not None and math.isfinite(ci.cand):
+        return ci.cand
+    return _latency(data.results.get(cell.id) or {}, metric)
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000.0
 
@@ -453,8 +464,9 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
         "provider": cell.provider, **({"host": cell.host} if data.plan.multi_host else {}),
         "status": res.get("status"),
         "valid": data.validity[cid].valid if cid in data.validity else False,
-        "p50_ms": _ms(_latency(res, "p50")), "p90_ms": _ms(_latency(res, "p90")),
-        "p99_ms": _ms(_latency(res, "p99")), "mean_ms": _ms(_latency(res, "mean")),
+        "p50_ms": _ms(shown_point(data, cell, "p50")), "p90_ms": _ms(_latency(res, "p90")),
+        "p99_ms": _ms(shown_point(data, cell, "p99")), "mean_ms": _ms(_latency(res, "mean")),
+        "p50_own_ms": _ms(_latency(res, "p50")),
         "throughput_per_s": _latency(res, "throughput") if ok else None,
         "cores_used": costs.cores_used if costs else None,
         "cpu_per_inference_ms": _ms(costs.cpu_per_inference_s) if costs else None,
@@ -510,7 +522,7 @@ def _table_cells(data: RunData, cell: Cell) -> list[Any]:
         verdict = f"**{n['verdict']}** / {n['tail_verdict']}"
     return [md(n["environment"]), md(provider_name(n["provider"])),
             _fmt(None if n["node_share"] is None else 100 * n["node_share"], ".0f"),
-            fmt_ms(_latency(data.results.get(cell.id) or {}, "p50")),
+            fmt_ms(shown_point(data, cell, "p50")),
             _fmt(n["p90_ms"], ".3g"), _fmt(n["p99_ms"], ".3g"),
             _fmt(n["throughput_per_s"], ".1f"), _fmt(n["cores_used"], ".2f"),
             _fmt(n["cpu_per_inference_ms"], ".3g"), _fmt(n["cold_start_ms"], ".0f"),
