@@ -98,7 +98,9 @@ class Measure:
     warmup: int = 10  # untimed iterations after the first inference
     min_iterations: int = 50
     min_time_s: float = 1.0  # per process; the verdicts rely on repeats, not on long loops
-    repeats: int = 20  # fresh processes per cell: 20 rounds detect 5% (docs/report.md)
+    # Fresh processes per cell (one per round): 40 rounds detect 95% of 5% slowdowns at the
+    # runtime's default threads on a 2-core VM (benchmarks/sensitivity.py, docs/report.md).
+    repeats: int = 40
     # Interleaved rounds: round 1 of every cell, then round 2 of every cell..., each round one
     # container running repeats/rounds processes, so that slow drift of the machine hits every
     # cell alike and the verdict can pair cells round by round. None: rounds = repeats.
