@@ -248,8 +248,10 @@ def cmd_clean(args: argparse.Namespace, progress: Progress) -> int:
 
     engine = Engine.connect()
     containers = engine.remove_labelled_containers(dict(MANAGED))
+    volumes = engine.remove_labelled_volumes(dict(MANAGED))  # remote-path hosts' leftovers
     removed = engine.remove_labelled_images(dict(MANAGED), include_bases=args.bases)
-    progress("clean", f"removed {containers} container(s) and {removed} image(s)")
+    progress("clean", f"removed {containers} container(s), {volumes} volume(s) and {removed} "
+                      "image(s)")
     return 0
 
 

@@ -12,19 +12,28 @@ import contextlib
 import os
 import re
 import shutil
+import tarfile
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 import docker
 import docker.errors
 import docker.tls
 import requests.exceptions
 
-from envmatrix.containers import BOOTSTRAP_LABEL, ContainerSpec, create_kwargs
+from envmatrix.containers import (
+    BOOTSTRAP_LABEL,
+    ContainerSpec,
+    all_labels,
+    create_kwargs,
+    fresh_volumes,
+)
 from envmatrix.errors import (
     BaseImageError,
     BuildError,
@@ -139,6 +148,64 @@ class _BuildStream:
 
     def text(self) -> str:
         return "".join(self._parts)
+
+
+def _owned_folder(name: str, user: str) -> bytes:
+    """A tar of one folder entry `name/` owned by `user`. Put into the folder above a volume's
+    mount point, it gives the volume's root that owner and mode: the engine applies an entry
+    over an existing folder as metadata (it skips a "./" entry, so the entry must name the
+    mount point from its parent). A user given by name (not uid:gid) gets an open folder
+    (0777, like a bind-mounted scratch folder)."""
+    uid, _, gid = user.partition(":")
+    numeric = uid.isdigit() and (gid or uid).isdigit()
+    entry = tarfile.TarInfo(f"{name}/")
+    entry.type = tarfile.DIRTYPE
+    entry.uid, entry.gid = (int(uid), int(gid or uid)) if numeric else (0, 0)
+    entry.mode = 0o755 if numeric else 0o777
+    entry.mtime = int(time.time())
+    with tempfile.TemporaryFile() as spool:
+        with tarfile.open(fileobj=spool, mode="w") as tar:
+            tar.addfile(entry)
+        spool.seek(0)
+        return spool.read()
+
+
+def _readable(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """An input file as the cells see it: root's, readable (folders enterable) by everyone."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
+
+
+def _pack_folder(source: Path, archive: IO[bytes]) -> None:
+    """The contents of a local folder as a tar (links followed: the engine's machine cannot
+    follow a link to a path of this one)."""
+    with tarfile.open(fileobj=archive, mode="w", dereference=True) as tar:
+        tar.add(str(source), arcname=".", filter=_readable)
+
+
+def _unpack_folder(archive: IO[bytes], top: str, dest: Path) -> None:
+    """The regular files and folders under `top/` of a `get_archive` tar, written into dest.
+
+    Links, devices and names that would leave the folder are skipped: the image under test
+    wrote them, and nothing it writes may land outside the cell's scratch folder.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=archive, mode="r|") as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            if len(parts) < 2 or parts[0] != top or ".." in parts:
+                continue
+            target = dest.joinpath(*parts[1:])
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                if source is not None:
+                    with source, target.open("wb") as out:
+                        shutil.copyfileobj(source, out)
 
 
 class BuildStepError(BuildError):
@@ -382,9 +449,56 @@ class Engine:
         timeout_s: float,
         log_path: Path | None = None,
         on_start: Callable[[str], None] | None = None,
+        copy_out: Path | None = None,
     ) -> ContainerOutcome:
-        """Create, start and wait for one container under our own deadline; always remove it."""
-        container = self._create(spec)
+        """Create, start and wait for one container under our own deadline; always remove it.
+
+        A spec with fresh volumes (a remote engine's scratch folder, containers.fresh_volumes)
+        gets each as a new volume writable for its user, whose contents are copied into the
+        local folder `copy_out` once the container ended (or timed out), before the container
+        and the volume are removed.
+        """
+        fresh: dict[str, str] = {}  # container path -> the volume made for it
+        try:
+            self._make_fresh_volumes(spec, fresh)
+            container = self._create(spec, fresh)
+            try:
+                return self._run_created(container, spec, timeout_s, log_path, on_start,
+                                         copy_out)
+            finally:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True, v=True)
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"running a container of {spec.image}") from err
+        finally:
+            for name in fresh.values():
+                with contextlib.suppress(docker.errors.DockerException):
+                    self._client.volumes.get(name).remove(force=True)
+
+    def _make_fresh_volumes(self, spec: ContainerSpec, made: dict[str, str]) -> None:
+        """A named volume for each fresh volume of the spec, labelled like its container, its
+        root owned by the spec's user (the harness runs as 65534; a new volume's root is
+        root's). The owner is set through a helper container of the spec's image that mounts
+        the volume and is never started: the cell container's own root is read-only, so the
+        folder above its mount point cannot take an archive. Names go into `made` as they are
+        created, so the caller removes each one whatever happens next."""
+        for path in fresh_volumes(spec):
+            target = PurePosixPath(path)
+            name = f"envmatrix-scratch-{uuid.uuid4().hex[:20]}"
+            self._client.volumes.create(name=name, labels=all_labels(spec))
+            made[path] = name
+            helper = self._client.containers.create(
+                spec.image, command=["true"], labels=all_labels(spec), network_mode="none",
+                mounts=[docker.types.Mount(path, name, type="volume", no_copy=True)])
+            try:
+                helper.put_archive(str(target.parent), _owned_folder(target.name, spec.user))
+            finally:
+                with contextlib.suppress(docker.errors.DockerException):
+                    helper.remove(force=True)
+
+    def _run_created(self, container: Any, spec: ContainerSpec, timeout_s: float,
+                     log_path: Path | None, on_start: Callable[[str], None] | None,
+                     copy_out: Path | None) -> ContainerOutcome:
         started = time.monotonic()
         try:
             self._start(container, spec)
@@ -393,17 +507,27 @@ class Engine:
             timed_out = not self._wait_exit(container, started + timeout_s)
             if timed_out:
                 self._stop(container)
-            return self._outcome(container, timed_out, time.monotonic() - started, log_path)
+            duration_s = time.monotonic() - started  # the copy back is not the cell's time
+            if copy_out is not None:
+                for path in fresh_volumes(spec):
+                    self._copy_out(container, path, copy_out)
+            return self._outcome(container, timed_out, duration_s, log_path)
         except KeyboardInterrupt:
             self._stop(container)
             with contextlib.suppress(docker.errors.DockerException):  # keep the log if we can
                 self._outcome(container, True, time.monotonic() - started, log_path)
             raise
-        except docker.errors.DockerException as err:
-            raise _engine_error(err, f"running a container of {spec.image}") from err
-        finally:
-            with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
+
+    @staticmethod
+    def _copy_out(container: Any, path: str, dest: Path) -> None:
+        """The folder `path` of a container (running or not) unpacked into `dest`."""
+        chunks, _ = container.get_archive(path)
+        with tempfile.TemporaryFile() as spool:
+            for chunk in chunks:
+                spool.write(chunk)
+            spool.seek(0)
+            _unpack_folder(spool, PurePosixPath(path).name, dest)
+
 
     def create(self, spec: ContainerSpec) -> str:
         """Create (not start) the container of a spec; its id. For inspecting what a spec asks
@@ -417,9 +541,13 @@ class Engine:
         except docker.errors.DockerException as err:
             raise _engine_error(err, f"inspecting container {container_id}") from err
 
-    def _create(self, spec: ContainerSpec) -> Any:
-        """The container of a spec, as envmatrix.containers words it for the SDK."""
+    def _create(self, spec: ContainerSpec, fresh: dict[str, str] | None = None) -> Any:
+        """The container of a spec, as envmatrix.containers words it for the SDK; `fresh`
+        names the volumes made for its fresh volumes (else the engine makes anonymous ones)."""
         kwargs = create_kwargs(spec)
+        for mount in kwargs["mounts"]:
+            if mount["target"] in (fresh or {}):
+                mount.update(source=(fresh or {})[mount["target"]], labels=None)
         kwargs["mounts"] = [docker.types.Mount(**mount) for mount in kwargs["mounts"]]
         if kwargs["device_requests"] is not None:
             kwargs["device_requests"] = [docker.types.DeviceRequest(**request)
@@ -519,8 +647,70 @@ class Engine:
             if keep is not None and keep(dict(container.labels or {})):
                 continue
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # with a remote cell's scratch volume
                 removed += 1
+        return removed
+
+    # -- volumes (engines that do not share this machine's paths) ---------------------------
+
+    def fill_volume(self, name: str, source: Path, *, image: str, target: str,
+                    labels: dict[str, str]) -> None:
+        """Create the named volume `name` holding a copy of the local folder `source`.
+
+        The copy goes through a helper container of `image` that mounts the volume at `target`
+        and is never started (`put_archive` needs a container, not a running one; no command
+        of the image runs). Files arrive owned by root and readable by everyone, as the bind
+        mount showed them to the run user. The helper is removed whatever happens; the volume
+        stays with the caller, who removes it (`remove_volume`).
+        """
+        try:
+            self._client.volumes.create(name=name, labels=labels)
+            helper = self._client.containers.create(
+                image, command=["true"], labels=labels, network_mode="none",
+                mounts=[docker.types.Mount(target, name, type="volume", no_copy=True)])
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"creating volume {name}") from err
+        try:
+            with tempfile.TemporaryFile() as archive:
+                _pack_folder(source, archive)
+                archive.seek(0)
+                helper.put_archive(target, archive)
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"copying {source} into volume {name}") from err
+        finally:
+            with contextlib.suppress(docker.errors.DockerException):
+                helper.remove(force=True)
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume; one already gone is fine."""
+        try:
+            self._client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"removing volume {name}") from err
+
+    def remove_labelled_volumes(
+        self, label_filter: dict[str, str], *, keep: Callable[[dict[str, str]], bool] | None = None
+    ) -> int:
+        """Remove the volumes carrying these labels, except those `keep(labels)` spares and
+        those a container still uses."""
+        try:
+            volumes = self._client.volumes.list(filters=_label_filters(label_filter))
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, "listing volumes") from err
+        removed = 0
+        for volume in volumes:
+            if keep is not None and keep(dict(volume.attrs.get("Labels") or {})):
+                continue
+            try:
+                volume.remove()
+                removed += 1
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as err:
+                if err.status_code != 409:  # 409: in use by a container; leave it
+                    raise _engine_error(err, f"removing volume {volume.name}") from err
         return removed
 
     def remove_labelled_images(self, label_filter: dict[str, str], *,

@@ -55,7 +55,7 @@ def plan_hosts(specs: Mapping[str, Any], root: Path) -> tuple[Host, ...]:
             tls_ca=_path(tls.ca, root) if tls and tls.ca else None,
             tls_cert=_path(tls.cert, root) if tls else None,
             tls_key=_path(tls.key, root) if tls else None,
-            tls_verify=tls.verify if tls else True))
+            tls_verify=tls.verify if tls else True, shared_paths=spec.shared_paths))
     return tuple(hosts)
 
 
@@ -163,6 +163,24 @@ def connect(host: Host) -> Engine:
     from envmatrix.engine import Engine
 
     return Engine.connect_to(target_of(host), host.name)
+
+
+def shares_paths(host: Host) -> bool:
+    """Whether the host's engine sees this machine's paths, so cells may bind-mount the run
+    directory; else their inputs and results travel through volumes of that engine.
+
+    The matrix's `shared_paths:` decides when given. Otherwise the address does: the default
+    engine (also with DOCKER_HOST set, as a matrix without hosts: has always treated it) and
+    unix:// sockets share this machine's paths; tcp:// and ssh:// engines (and contexts
+    pointing at them) are taken as another machine's, even on a loopback address: copying
+    works everywhere, a bind mount of a path the engine's machine lacks does not.
+    """
+    if host.shared_paths is not None:
+        return host.shared_paths
+    address = host.address
+    if address.startswith("context:"):
+        address = context_target(address.split(":", 1)[1]).base_url or DEFAULT
+    return address == DEFAULT or address.startswith(("unix://", "npipe://"))
 
 
 # -- what a host is -------------------------------------------------------------------------------

@@ -192,6 +192,8 @@ class Host:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_verify: bool = True
+    # The matrix's `shared_paths:`; None: decided from the address (hosts.shares_paths).
+    shared_paths: bool | None = None
 
     @property
     def label_dict(self) -> dict[str, str]:
@@ -317,7 +319,9 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             **({"host": c.host} if c.host else {}),
         } for c in plan.cells],
         # Names, addresses and labels only: the TLS paths stay in matrix.yaml.
-        **({"hosts": [{"name": h.name, "address": h.address, "labels": dict(h.labels)}
+        **({"hosts": [{"name": h.name, "address": h.address, "labels": dict(h.labels),
+                       **({"shared_paths": h.shared_paths} if h.shared_paths is not None
+                          else {})}
                       for h in plan.hosts]} if plan.hosts else {}),
     }
 
@@ -407,7 +411,8 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
                "warnings": list(doc.get("warnings") or [])},
         verdict=_verdict(doc.get("verdict")),
         hosts=tuple(Host(str(h["name"]), str(h.get("address") or "default"),
-                         _pairs(h.get("labels"))) for h in doc.get("hosts") or []))
+                         _pairs(h.get("labels")), shared_paths=h.get("shared_paths"))
+                    for h in doc.get("hosts") or []))
     hashes = {str(c["id"]): str(c["config_hash"]) for c in doc.get("cells") or []
               if c.get("config_hash")}
     return ResolvedPlan(plan=plan, run=_run_record(doc.get("run")), config_hashes=hashes)

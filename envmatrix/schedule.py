@@ -9,24 +9,34 @@ the same file; `rounds.json` is merged under a lock by the runner).
 
 A host that cannot be reached, or stops answering mid-run, gives its cells the status
 `host_unreachable` with the engine's (or TLS's, or ssh's) words; the other hosts finish, and
-`--resume` measures those cells later. Ctrl-C reaches the main thread only, so it raises
-KeyboardInterrupt in each host's thread (and stops that host's running container so a thread
-waiting on it wakes up): `run_cells` then records its unfinished cells as it always does.
+`--resume` measures those cells later.
+
+A host whose engine does not share this machine's paths (`hosts.shares_paths`: tcp://, ssh://
+by default) cannot bind-mount the run directory: once per run, its thread copies the run's
+inputs into a volume there (`remote_inputs`), the cells mount it read-only, each cell's
+scratch folder is a fresh volume copied back after its container ends (envmatrix.engine), and
+the inputs volume is removed when the host's cells are done, also on Ctrl-C or a lost host.
+
+Ctrl-C reaches the main thread only, so it raises KeyboardInterrupt in each host's thread (and
+stops that host's running container so a thread waiting on it wakes up): `run_cells` then
+records its unfinished cells as it always does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from envmatrix import hosts, images, results, runner
-from envmatrix.containers import OWNER_LABEL
+from envmatrix.containers import INPUTS_MOUNT, MANAGED, OWNER_LABEL, RUN_LABEL
 from envmatrix.engine import Engine
 from envmatrix.errors import EngineError, EnvmatrixError, HostUnreachableError
 from envmatrix.plan import Cell, Host, Plan
@@ -68,6 +78,7 @@ class HostRun:
     failure: BaseException | None = None  # anything else: re-raised by run_hosts
     phase: str = "connect"  # connect | build | run | done
     thread: threading.Thread | None = None
+    shares_paths: bool = True  # False: inputs and results travel through volumes
 
     @property
     def name(self) -> str:
@@ -78,6 +89,7 @@ class HostRun:
         return {
             "address": self.host.address, "labels": dict(self.host.labels),
             "fingerprint": self.fingerprint or None, "unreachable": self.unreachable,
+            "shared_paths": self.shares_paths,
             "images": {env_id: {"tag": getattr(b, "tag", None),
                                 "image_id": getattr(b, "image_id", None),
                                 "size_bytes": getattr(b, "size_bytes", None),
@@ -225,8 +237,10 @@ def _host_main(run: HostRun, run_dir: RunDir, prepared: Mapping[str, Any], progr
         if stop_after == "build":
             return
         run.phase = "run"
-        got = stages.run_cells(run.engine, run.plan, run_dir, run.built, prepared, resume=resume,
-                               progress=say, adjust=_guard(run, adjust))
+        with remote_inputs(run, run_dir, say) as volume:
+            got = stages.run_cells(run.engine, run.plan, run_dir, run.built, prepared,
+                                   resume=resume, progress=say, adjust=_guard(run, adjust),
+                                   inputs_volume=volume)
         run.results = {str(r["cell"]): r for r in got}
     except KeyboardInterrupt:
         run.interrupted = True
@@ -248,9 +262,11 @@ def _connect(run: HostRun, stages: Stages, say: Progress) -> None:
     say("host", f"connecting to {run.host.address}")
     run.engine = stages.connect(run.host)
     run.fingerprint = stages.fingerprint(run.engine)
+    run.shares_paths = hosts.shares_paths(run.host)
     fp = run.fingerprint
+    files = "bind mounts" if run.shares_paths else "copied through volumes"
     say("host", f"engine {fp.get('engine_version')}, {fp.get('cpus')} cores, "
-                f"{fp.get('os')}; {len(run.plan.cells)} cell(s)")
+                f"{fp.get('os')}; {len(run.plan.cells)} cell(s); files: {files}")
     try:
         swept = stages.sweep(run.engine)
     except EngineError as err:  # e.g. another host thread on the same engine removed one
@@ -258,6 +274,56 @@ def _connect(run: HostRun, stages: Stages, say: Progress) -> None:
         return
     if swept:
         say("sweep", f"removed {swept} container(s) left by an earlier run")
+
+
+INPUTS_VOLUME_PREFIX = "envmatrix-inputs"
+
+
+def inputs_volume_name(run_dir: RunDir, host: str) -> str:
+    """The inputs volume of one run, host and process (two hosts may be one engine)."""
+    run_id = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_dir.run_id)
+    return f"{INPUTS_VOLUME_PREFIX}-{run_id}-{host}-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def remote_inputs(run: HostRun, run_dir: RunDir, say: Progress) -> Iterator[str | None]:
+    """On a host that does not share our paths: the name of a volume there holding a copy of
+    the run's inputs (None on one that does, or when no image was built to mount it from).
+
+    Made once per run and host, removed when the host's cells are done, on Ctrl-C and on a
+    lost host too (as far as the engine still answers: the next run's start-up sweep and
+    `clean` remove what is left, by its labels). A resumed run copies the inputs again rather
+    than trusting a volume that outlived its run; they are small next to a measurement.
+    """
+    image = next((str(b.image_id) for b in run.built.values()
+                  if getattr(b, "image_id", None)), None)  # fmt: skip
+    if run.shares_paths or run.engine is None or image is None:
+        yield None
+        return
+    engine, name = run.engine, inputs_volume_name(run_dir, run.name)
+    labels = {**MANAGED, RUN_LABEL: run_dir.run_id, OWNER_LABEL: runner.owner_label()}
+    try:
+        with contextlib.suppress(EngineError):  # e.g. another host on the same engine
+            swept = runner.sweep_volumes(engine)
+            if swept:
+                say("sweep", f"removed {swept} volume(s) left by an earlier run")
+        try:
+            engine.fill_volume(name, run_dir.inputs_dir, image=image, target=str(INPUTS_MOUNT),
+                               labels=labels)
+        except EngineError as err:  # the cells cannot run there: the host's outcome
+            raise HostUnreachableError(f"host {run.name}: could not copy the run's inputs "
+                                       f"there: {err}") from err
+        say("host", f"inputs copied into volume {name}")
+        yield name
+    finally:
+        _drop_volume(engine, name, say)
+
+
+def _drop_volume(engine: Engine, name: str, say: Progress) -> None:
+    try:
+        engine.remove_volume(name)
+    except EnvmatrixError as err:
+        say("host", f"volume {name} was left behind ({err}); `nox -s clean` removes it")
 
 
 def _guard(run: HostRun, adjust: runner.Adjust | None) -> runner.Adjust:
@@ -335,7 +401,8 @@ def _on_disk(run_dir: RunDir, cell_id: str) -> dict[str, Any] | None:
 
 def machine(run: HostRun) -> dict[str, Any]:
     """`host.machine` of a result: which host measured it and what that machine is."""
-    return {"name": run.name, "address": run.host.address, **run.fingerprint}
+    return {"name": run.name, "address": run.host.address, "shared_paths": run.shares_paths,
+            **run.fingerprint}
 
 
 def _stamp(run: HostRun, run_dir: RunDir, result: dict[str, Any]) -> None:

@@ -219,6 +219,10 @@ class HostSpec(_Strict):
     url: Optional[HostUrl] = None
     tls: Optional[TlsSpec] = None
     labels: dict[LabelKey, Label] = {}
+    shared_paths: Optional[bool] = Field(default=None, description=(
+        "whether the engine sees this machine's paths (cells then bind-mount the run "
+        "directory); default: true for the default engine and unix://, false for tcp://, "
+        "ssh:// and contexts pointing there (inputs and results then travel through volumes)"))
 
     @model_validator(mode="after")
     def _one_address(self) -> "HostSpec":

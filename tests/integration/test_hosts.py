@@ -2,6 +2,11 @@
 reachable only over TLS on a loopback port, and the local engine again through an sshd on the
 loopback address (ssh://). The tests start both servers and stop them, even on failure, and
 check that the machine's own docker0 survives.
+
+The TLS engine is taken for another machine (a tcp:// host does not share this machine's paths
+by default): its cells get the run's inputs through a volume and their results copied back,
+while the local engine bind-mounts the run directory, and so does the ssh:// one, which says
+`shared_paths: true` (it is this machine's own engine).
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import hostlab  # tests/integration is on sys.path (rootdir-relative test module
 import pytest
 
 import envmatrix
+from envmatrix import containers, hosts
 from envmatrix.engine import Engine
+from envmatrix.plan import Host
+from envmatrix.rundir import RunDir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,7 +78,8 @@ def write_matrix(path: Path, lab: dict[str, Any], hosts: tuple[str, ...], repeat
         "local": "  local:\n",
         "tls-loopback": (f"  tls-loopback:\n    url: {tls.url}\n    tls: {{ca: {certs['ca.pem']}, "
                          f"cert: {certs['cert.pem']}, key: {certs['key.pem']}}}\n"),
-        "ssh-loopback": f"  ssh-loopback:\n    url: {ssh.url}\n    labels: {{via: ssh}}\n",
+        "ssh-loopback": (f"  ssh-loopback:\n    url: {ssh.url}\n    labels: {{via: ssh}}\n"
+                         "    shared_paths: true\n"),
     }
     path.write_text(
         "version: 1\n"
@@ -136,6 +145,15 @@ def test_three_hosts_one_report(lab: dict[str, Any], tmp_path: Path) -> None:
         assert res["status"] == "ok", res["reason"]
         assert res["host"]["machine"]["name"] == host
         assert res["host"]["machine"]["engine_version"]
+        # Only the TLS engine copied; every cell's outputs reached outputs/ for parity.
+        assert res["host"]["machine"]["shared_paths"] is (host != "tls-loopback")
+        assert (run_dir / res["host"]["outputs"]).is_file()
+    remote = result(run_dir, "tls-loopback")
+    print(f"REMOTE CELL {remote['status']} in {remote['host']['duration_s']} s, "
+          f"p50 {remote['summary']['latency_s']['p50'] * 1000:.3f} ms")
+    assert "inputs copied into volume" in err
+    assert not tls_engine(lab).remove_labelled_volumes(dict(containers.MANAGED)), \
+        "the run left volumes on the TLS engine"
     report = (run_dir / "report.md").read_text()
     assert "| host |" in report.replace("|host|", "| host |") or " host " in report
     assert "## Hosts" in report
@@ -147,6 +165,65 @@ def test_three_hosts_one_report(lab: dict[str, Any], tmp_path: Path) -> None:
     leaked = [line for line in secrets_of(lab) if line in text]
     assert not leaked, "key or certificate content in the run directory"
     assert hostlab.docker0_exists()
+
+
+def tls_engine(lab: dict[str, Any]) -> Engine:
+    certs = lab["certs"]
+    return hosts.connect(Host("tls-loopback", lab["tls"].url, tls_ca=str(certs["ca.pem"]),
+                              tls_cert=str(certs["cert.pem"]), tls_key=str(certs["key.pem"])))
+
+
+def test_a_remote_cell_container_holds_no_path_of_this_machine(lab: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """The container the runner makes on the TLS engine, inspected before its start: volumes
+    only, the hardening unchanged; then run, it writes as uid 65534 and its files come back."""
+    engine = tls_engine(lab)
+    image = engine.image_id("debian:trixie")  # bootstrapped there by the run above
+    if image is None:
+        pytest.skip("run test_three_hosts_one_report first: it makes the TLS engine's base")
+    run_dir = RunDir(tmp_path / "run", "r-inspect")
+    (run_dir.inputs_dir / "mlp").mkdir(parents=True)
+    (run_dir.inputs_dir / "mlp" / "model.onnx").write_bytes(b"onnx")
+    labels = {**containers.MANAGED, containers.RUN_LABEL: run_dir.run_id,
+              containers.OWNER_LABEL: f"test:{os.getpid()}"}
+    engine.fill_volume("envmatrix-inputs-inspect", run_dir.inputs_dir, image=image,
+                       target=str(containers.INPUTS_MOUNT), labels=labels)
+    script = ("id -u > /envmatrix/out/uid && ls -ln /envmatrix/inputs/mlp > "
+              "/envmatrix/out/inputs.txt && ! touch /envmatrix/inputs/x 2>/dev/null")
+    spec = containers.cell_spec(run_dir, "c--mlp--cpu--host-tls-loopback", image=image,
+                                image_id=image, command=["sh", "-c", script], memory_limit="1g",
+                                pids_limit=64, cpuset=None, owner=f"test:{os.getpid()}",
+                                inputs_volume="envmatrix-inputs-inspect")
+    try:
+        created = engine.create(spec)
+        config = engine.container_attrs(created)["HostConfig"]
+        engine.remove_labelled_containers({containers.RUN_LABEL: run_dir.run_id})
+        print("REMOTE HostConfig:", json.dumps({k: config.get(k) for k in (
+            "Binds", "Mounts", "ReadonlyRootfs", "NetworkMode", "CapDrop", "SecurityOpt")}))
+        assert not config.get("Binds")
+        assert {m["Type"] for m in config["Mounts"]} == {"volume"}
+        assert str(tmp_path) not in json.dumps(config)
+        assert not [m for m in config["Mounts"] if str(m.get("Source") or "").startswith("/")]
+        assert (config["ReadonlyRootfs"], config["NetworkMode"], config["CapDrop"]) == (
+            True, "none", ["ALL"])
+        assert config["SecurityOpt"] == ["no-new-privileges"]
+        out = run_dir.scratch(spec.labels[containers.CELL_LABEL])
+        seen: list[dict[str, Any]] = []  # the container engine.run made (HostConfig is fixed
+        got = engine.run(spec, timeout_s=120, copy_out=out,  # at create)
+                         on_start=lambda cid: seen.append(engine.container_attrs(cid)))
+        assert got.exit_code == 0, got.log
+        mounts = seen[0]["HostConfig"]["Mounts"]
+        print("REMOTE run mounts:", json.dumps(mounts))
+        assert [(m["Type"], m["Target"], bool(m.get("ReadOnly"))) for m in mounts] == [
+            ("volume", "/envmatrix/inputs", True), ("volume", "/envmatrix/out", False)]
+        assert mounts[1]["Source"].startswith("envmatrix-scratch-")  # made writable for 65534
+        assert str(tmp_path) not in json.dumps(seen[0]["HostConfig"])
+        assert (out / "uid").read_text().strip() == "65534"
+        assert "model.onnx" in (out / "inputs.txt").read_text()
+    finally:
+        engine.remove_labelled_containers({containers.RUN_LABEL: run_dir.run_id})
+        engine.remove_volume("envmatrix-inputs-inspect")
+    assert not engine.remove_labelled_volumes({containers.RUN_LABEL: run_dir.run_id})
 
 
 def test_lost_host_then_resume(lab: dict[str, Any], tmp_path: Path) -> None:

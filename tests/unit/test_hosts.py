@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import test_runner as tr  # tests/unit is on sys.path: the runner tests' fakes
 
-from envmatrix import config, hosts, report, schedule, stats
+from envmatrix import config, containers, hosts, report, schedule, stats
 from envmatrix.engine import ContainerOutcome
-from envmatrix.errors import ConfigError, HostUnreachableError
+from envmatrix.errors import ConfigError, EngineError, HostUnreachableError
 from envmatrix.plan import Cell, Host, Plan
 from envmatrix.rundir import RunDir
 
@@ -136,8 +136,19 @@ class FakeHostEngine(tr.FakeEngine):
     gauge: dict[str, Any] = field(default_factory=dict)
     delay_s: float = 0.05
     lost_after: int | None = None  # stops answering after this many containers
+    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> what filled it
+    volume_log: list[str] = field(default_factory=list)
+    fail_fill: bool = False
+    remote_specs: list[Any] = field(default_factory=list)  # as the runner gave them
 
-    def run(self, spec: Any, **kw: Any) -> ContainerOutcome:
+    def run(self, spec: Any, *, copy_out: Path | None = None, **kw: Any) -> ContainerOutcome:
+        if spec.mount_type == "volume":  # a remote engine: the copy back lands in copy_out
+            assert copy_out is not None, "a scratch volume that is not copied back"
+            assert all(not src.startswith("/") for src, _, _ in spec.mounts), spec.mounts
+            assert spec.mounts[0][0] in self.volumes, "cells mount a volume that was not filled"
+            self.remote_specs.append(spec)
+            spec = replace(spec, mount_type="bind",
+                           mounts=[(str(copy_out), str(containers.OUT_MOUNT), False)])
         with self.gauge["lock"]:
             self.gauge["now"][self.name] += 1
             self.gauge["max"][self.name] = max(self.gauge["max"][self.name],
@@ -157,6 +168,24 @@ class FakeHostEngine(tr.FakeEngine):
         return "connection refused" if lost else None
 
     def remove_labelled_containers(self, labels: dict[str, str]) -> int:
+        return 0
+
+    def fill_volume(self, name: str, source: Path, *, image: str, target: str,
+                    labels: dict[str, str]) -> None:
+        self.volume_log.append(f"fill {name}")
+        if self.fail_fill:
+            raise EngineError("Docker engine error while copying: no space left on device")
+        files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*"))
+        self.volumes[name] = {"image": image, "target": target, "labels": labels, "files": files}
+
+    def remove_volume(self, name: str) -> None:
+        if self.unreachable() is not None:
+            raise EngineError("No Docker engine answers while removing volume")
+        self.volume_log.append(f"remove {name}")
+        self.volumes.pop(name, None)
+
+    def remove_labelled_volumes(self, labels: dict[str, str], *, keep: Any = None) -> int:
+        self.volume_log.append("sweep")
         return 0
 
 
@@ -263,6 +292,7 @@ def test_ctrl_c_stops_every_host(tmp_path: Path, run_dir: RunDir) -> None:
         timer.cancel()
     assert spread.interrupted
     assert all(not (r.thread and r.thread.is_alive()) for r in spread.runs)
+    assert not engines["b"].volumes  # the remote host's inputs volume went with Ctrl-C
     statuses = {p.stem: json.loads(p.read_text())["status"]
                 for p in (run_dir.path / "results").glob("*.json")}
     assert "interrupted" in statuses.values() or len(statuses) < len(plan.cells)
@@ -294,3 +324,96 @@ def test_cells_keep_their_host_in_the_resolved_plan(tmp_path: Path) -> None:
     assert [c.host for c in back.cells] == [c.host for c in plan.cells]
     assert [h.name for h in back.hosts] == ["local", "tls-box", "gpu-box"]
     assert isinstance(back.cells[0], Cell)
+
+
+# -- hosts that do not share this machine's paths -----------------------------------------------
+
+
+@pytest.mark.parametrize(("address", "setting", "shared"), [
+    ("default", None, True),
+    ("unix:///run/other/docker.sock", None, True),
+    ("tcp://10.0.0.5:2376", None, False),
+    ("tcp://127.0.0.1:2376", None, False),  # loopback too: it may be another engine's data root
+    ("ssh://bench@10.0.0.6", None, False),
+    ("tcp://10.0.0.5:2376", True, True),  # the user knows better: a shared filesystem
+    ("default", False, False),
+])  # fmt: skip
+def test_which_hosts_share_this_machines_paths(address: str, setting: bool | None,
+                                               shared: bool) -> None:
+    assert hosts.shares_paths(Host("h", address, shared_paths=setting)) is shared
+
+
+def test_a_context_shares_paths_when_it_points_at_a_socket(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    for name, address in (("box", "tcp://10.0.0.9:2376"), ("here", "unix:///var/run/d.sock")):
+        meta = tmp_path / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+        meta.mkdir(parents=True)
+        (meta / "meta.json").write_text(json.dumps({"Endpoints": {"docker": {"Host": address}}}))
+    assert not hosts.shares_paths(Host("h", "context:box"))
+    assert hosts.shares_paths(Host("h", "context:here"))
+    assert hosts.shares_paths(Host("h", "context:default"))
+
+
+def test_shared_paths_is_read_and_recorded(tmp_path: Path) -> None:
+    from envmatrix import plan as planmod
+
+    plan = load(tmp_path, THREE.replace("    url: tcp://127.0.0.1:2376\n",
+                                        "    url: tcp://127.0.0.1:2376\n    shared_paths: true\n"))
+    assert [h.shared_paths for h in plan.hosts] == [None, True, None]
+    back = planmod.plan_from_dict({**planmod.plan_to_dict(plan), "run": {}}).plan
+    assert [h.shared_paths for h in back.hosts] == [None, True, None]
+    with pytest.raises(ConfigError, match="shared_paths"):
+        load(tmp_path, "  a: {url: 'tcp://h:1', shared_paths: sometimes}")
+
+
+def test_a_remote_host_gets_the_inputs_once_and_its_results_back(tmp_path: Path,
+                                                               run_dir: RunDir) -> None:
+    plan = two_host_plan(tmp_path)  # a: the default engine, b: tcp:// (another machine)
+    engines = engines_for()
+    ok_everywhere(engines, plan)
+    said: list[str] = []
+    spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir),
+                                lambda s, m: said.append(m), stages=stages(engines))
+    assert [r["status"] for r in spread.results] == ["ok"] * 4
+    a, b = engines["a"], engines["b"]
+    assert all(spec.mount_type == "bind" for spec in a.calls) and not a.volume_log
+    name = schedule.inputs_volume_name(run_dir, "b")
+    assert b.volume_log == ["sweep", f"fill {name}", f"remove {name}"]  # once per run and host
+    assert len(b.remote_specs) == len(b.calls) == 2 * plan.measure.round_count
+    assert all(spec.mounts == [(name, "/envmatrix/inputs", True), ("", "/envmatrix/out", False)]
+               for spec in b.remote_specs)
+    remote = [r for r in spread.results if r["cell"].endswith("--host-b")]
+    assert all(r["host"]["outputs"] for r in remote)  # outputs.npz came back and was kept
+    assert [r["host"]["machine"]["shared_paths"] for r in spread.results] == [True, False] * 2
+    assert spread.record()["b"]["shared_paths"] is False
+    assert any("b: " in m and "copied through volumes" in m for m in said)
+
+
+def test_inputs_that_cannot_be_copied_make_the_host_unusable(tmp_path: Path,
+                                                             run_dir: RunDir) -> None:
+    plan = two_host_plan(tmp_path)
+    engines = engines_for()
+    ok_everywhere(engines, plan)
+    engines["b"].fail_fill = True
+    spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir), lambda s, m: None,
+                                stages=stages(engines))
+    lost = [r for r in spread.results if r["cell"].endswith("--host-b")]
+    assert [r["status"] for r in lost] == ["host_unreachable"] * 2
+    assert "could not copy the run's inputs" in lost[0]["reason"]
+    assert "no space left on device" in lost[0]["reason"]
+    assert engines["b"].volume_log[-1].startswith("remove ")  # the half-made volume too
+    assert not engines["b"].calls and not engines["b"].remote_specs
+
+
+def test_a_lost_remote_host_leaves_its_volume_to_the_sweep(tmp_path: Path,
+                                                          run_dir: RunDir) -> None:
+    plan = two_host_plan(tmp_path)
+    engines = engines_for(b=1)
+    ok_everywhere(engines, plan)
+    said: list[str] = []
+    spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir),
+                                lambda s, m: said.append(m), stages=stages(engines))
+    assert {r["status"] for r in spread.results if r["cell"].endswith("--host-b")} == {
+        "host_unreachable"}
+    assert any("was left behind" in m and "nox -s clean" in m for m in said)
