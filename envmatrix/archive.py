@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -189,9 +190,20 @@ def save_tar(engine: Engine, image_id: str, path: Path) -> tuple[int, str]:
 
 def _claim(target: Path) -> None:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ArchiveError(f"{target} already exists and is not empty: an archive is never "
+        state = "an archive" if (target / MANIFEST).is_file() else \
+            f"an interrupted archive (no {MANIFEST})"
+        raise ArchiveError(f"{target} already exists and holds {state}: an archive is never "
                            "overwritten. Remove it, or give another folder with --out.")
     target.mkdir(parents=True, exist_ok=True)
+
+
+def _check_space(target: Path, needed: int) -> None:
+    """Refuse early rather than fill the disk: a tarball is about as large as its image."""
+    probe = next(p for p in (target, *target.parents) if p.exists())
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise ArchiveError(f"the archive needs about {mb(needed)} but {probe} has {mb(free)} "
+                           "free: free some space, or give a folder on another disk with --out.")
 
 
 def _facts_doc(facts: ImageFacts) -> dict[str, Any]:
@@ -230,6 +242,7 @@ def archive_run(engine: Engine, run_path: Path, out: Path | None = None,
     if missing:
         raise MissingImages(_missing_message(run_dir.path, missing))
     target = out or default_archive_dir(run_dir.path)
+    _check_space(target, _estimate(engine, found))
     _claim(target)
     say("archive", f"{len(found)} environment image(s) of run {run_dir.run_id} into {target}")
     envs_doc: dict[str, dict[str, Any]] = {}
@@ -251,6 +264,13 @@ def archive_run(engine: Engine, run_path: Path, out: Path | None = None,
     }
     atomic_write_json(target / MANIFEST, manifest)
     return ArchiveOutcome(target, manifest, time.monotonic() - started)
+
+
+def _estimate(engine: Engine, found: list[tuple[Environment, str | None, ImageFacts]]) -> int:
+    """Bytes the tarballs will take: every image, plus each distinct base under its name."""
+    bases = {env.base.image for env, _tag, _facts in found}
+    base_sizes = [engine.image_size(ref) or 0 for ref in sorted(bases)]
+    return sum(f.size_bytes or 0 for _env, _tag, f in found) + sum(base_sizes)
 
 
 def _save_environment(engine: Engine, target: Path, env: Environment, tag: str | None,

@@ -28,12 +28,12 @@ from typing import Any
 
 from envmatrix import __version__, config, expand, report, runner
 from envmatrix.archive import MissingImages, sha256_file
-from envmatrix.compare import Comparison, compare, hardware_differences
+from envmatrix.compare import Comparison, compare
 from envmatrix.engine import Engine
-from envmatrix.errors import RunDirError
+from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.plan import ImageRecord, Plan, ResolvedPlan
 from envmatrix.report import RunData, load_run
-from envmatrix.results import utc_now
+from envmatrix.results import load_results, utc_now
 from envmatrix.rundir import (
     RunDir,
     atomic_write_json,
@@ -113,6 +113,23 @@ def select_plan(plan: Plan, only: Sequence[str], skip: Sequence[str]) -> Plan:
         bases=tuple(b for b in plan.bases if any(e.base.name == b.name for e in envs)),
         workloads=tuple(w for w in plan.workloads if any(c.workload.name == w.name
                                                          for c in cells)))
+
+
+def drop_unbuilt(plan: Plan, recorded: Mapping[str, ImageRecord],
+                 overrides: Mapping[str, str], say: Progress) -> Plan:
+    """Without the environments the old run had no image for (failed builds), saying so."""
+    unbuilt = [e.id for e in plan.environments
+               if not (recorded.get(e.id) or ImageRecord(None, None)).image_id
+               and e.id not in overrides]
+    if not unbuilt:
+        return plan
+    if len(unbuilt) == len(plan.environments):
+        raise ConfigError(f"the old run has no image for {', '.join(unbuilt)} (their builds "
+                          "failed): nothing to replay. Fix: select other cells, or pass "
+                          "--image ENV=TAG with an image built since.")
+    say("replay", f"skipping {', '.join(unbuilt)}: the old run has no image for it (its "
+                  "build failed)")
+    return select_plan(plan, [], unbuilt)
 
 
 def choose_images(engine: Engine, plan: Plan, recorded: Mapping[str, ImageRecord],
@@ -287,13 +304,14 @@ def replay(request: Request, progress: Progress | None = None,
     old = open_run_dir(request.old_run)
     resolved = config.read_resolved(old.resolved_path)
     plan = select_plan(resolved.plan, request.only, request.skip)
-    old_data = load_run(old.path)
+    plan = drop_unbuilt(plan, resolved.run.images, request.images, say)
+    old_results = {str(r["cell"]): r for r in load_results(old, resolved)}
     say("replay", f"{len(plan.cells)} cell(s) of run {old.run_id} ({old.path})")
     engine = Engine.connect()
     images = choose_images(engine, plan, resolved.run.images, request.images, old.path)
     new = create_run_dir(request.reports_root, out=request.out)
     say("replay", f"new run directory {new.path}")
-    prepared, hashes = copy_inputs(old, new, plan, old_data.results)
+    prepared, hashes = copy_inputs(old, new, plan, old_results)
     say("inputs", f"{len(hashes)} file(s) copied from the old run, sha256 identical")
     record = _record(request, old, resolved, images, hashes)
     _write_resolved(plan, new, images, record, engine)
@@ -312,7 +330,7 @@ def replay(request: Request, progress: Progress | None = None,
 def write_summary(new: RunDir, old: RunDir, outcome: Outcome, record: dict[str, Any]) -> None:
     """replay.md (the headlines, for people) and replay.json (the same, for tools)."""
     comparison = outcome.comparison
-    diff = hardware_differences(load_run(old.path), load_run(new.path)) if comparison else []
+    diff = list(comparison.hardware_differences) if comparison else []
     lines = [f"# Replay of run {old.run_id}", "",
              f"Cells of {old.path} measured again in run {new.run_id}, in the recorded images "
              "on byte-identical inputs; verdicts of the comparison "

@@ -275,3 +275,14 @@ def test_cli_commands_parse() -> None:
         "reports/r1.archive")
     args = parser.parse_args(["replay", "reports/r1", "--only", "x*", "--image", "e=t:1"])
     assert args.only == ["x*"] and args.images == [("e", "t:1")]
+
+
+def test_an_archive_that_cannot_fit_is_refused_before_writing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = store()
+    run = make_run(tmp_path / "reports", recorded())
+    monkeypatch.setattr(archive.shutil, "disk_usage",
+                        lambda path: type("U", (), {"free": 10})())
+    with pytest.raises(ArchiveError, match="needs about 0.0 MB but .* has 0.0 MB free"):
+        archive_run(engine, run)  # type: ignore[arg-type]
+    assert not (tmp_path / "reports" / "run-1.archive").exists()

@@ -194,3 +194,15 @@ def test_inputs_changed_after_the_run_are_refused(tmp_path: Path,
     fake(monkeypatch, FakeEngine({i: i for i in IDS.values()}, {c: 0.005 for c in CELLS}))
     with pytest.raises(RunDirError, match="were changed after it ran"):
         replay.replay(request(tmp_path, old, out=tmp_path / "new"))
+
+
+def test_environments_whose_build_failed_are_left_out_with_a_note(tmp_path: Path) -> None:
+    plan = config.read_resolved(old_run(tmp_path) / "matrix.resolved.yaml").plan
+    records = {BASELINE: ImageRecord("t", IDS[BASELINE]), CANDIDATE: ImageRecord(None, None)}
+    said: list[str] = []
+    kept = replay.drop_unbuilt(plan, records, {}, lambda stage, text: said.append(text))
+    assert [c.id for c in kept.cells] == [f"{BASELINE}--cnn--cpu"]
+    assert said and CANDIDATE in said[0] and "build failed" in said[0]
+    assert replay.drop_unbuilt(plan, records, {CANDIDATE: "t2"}, print) == plan
+    with pytest.raises(ConfigError, match="nothing to replay"):
+        replay.drop_unbuilt(kept, {}, {}, print)
