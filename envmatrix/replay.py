@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -278,9 +279,10 @@ def headlines(old_path: Path, new_path: Path, images: Mapping[str, ChosenImage],
 # ---------------------------------------------------------------- the replay
 
 
-def _record(request: Request, old: RunDir, resolved: ResolvedPlan,
+def _record(request: Request, old: RunDir, new: RunDir, resolved: ResolvedPlan,
             images: Mapping[str, ChosenImage], hashes: Mapping[str, str]) -> dict[str, Any]:
-    return {"schema": REPLAY_SCHEMA, "of_run": old.run_id, "of_run_dir": str(old.path),
+    where = os.path.relpath(old.path.resolve(), new.path.resolve())  # no machine paths
+    return {"schema": REPLAY_SCHEMA, "of_run": old.run_id, "of_run_dir": where,
             "of_envmatrix_version": resolved.run.envmatrix_version,
             "only": list(request.only), "skip": list(request.skip),
             "images": {env: {"recorded": i.recorded_id, "used": i.image_id, "source": i.source}
@@ -313,7 +315,7 @@ def replay(request: Request, progress: Progress | None = None,
     say("replay", f"new run directory {new.path}")
     prepared, hashes = copy_inputs(old, new, plan, old_results)
     say("inputs", f"{len(hashes)} file(s) copied from the old run, sha256 identical")
-    record = _record(request, old, resolved, images, hashes)
+    record = _record(request, old, new, resolved, images, hashes)
     _write_resolved(plan, new, images, record, engine)
     for env_id, image in images.items():
         say("image", f"{env_id}: {image.image_id[:19]} ({image.source}); nothing is built")

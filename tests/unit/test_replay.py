@@ -163,7 +163,8 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
     assert resolved.run.images[CANDIDATE].image_id == IDS[CANDIDATE]
     assert (new / "report.md").is_file() and (new / "compare-old.md").is_file()
     summary = json.loads((new / "replay.json").read_text())
-    assert summary["of_run"] == "old" and summary["images"][CANDIDATE]["source"] == "recorded"
+    assert summary["of_run_dir"] == "../old/old" and summary["of_run"] == "old"
+    assert summary["images"][CANDIDATE]["source"] == "recorded"
     [line] = done.headlines
     assert line.cell == f"{CANDIDATE}--cnn--cpu" and line.verdict == UNCHANGED
     assert line.text in (new / "replay.md").read_text()
