@@ -40,7 +40,8 @@ ENV = "bullseye-ort1.8.0"
 CELL = f"{ENV}--mlp--cpu"
 HEADLINE = re.compile(rf"^{re.escape(CELL)}: same image [0-9a-f]{{12}}, measured again, this "
                       r"cell (measures the same|shows no significant change|measures \d+% "
-                      r"(slower|faster)) \(p50 ", re.MULTILINE)
+                      r"(slower|faster))\b.*\(p50 [\d.]+ -> [\d.]+ ms, [+-][\d.]+% \[",
+                      re.MULTILINE)
 
 
 def throwaway_matrix(folder: Path, token: str) -> Path:
