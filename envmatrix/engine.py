@@ -66,6 +66,20 @@ class ContainerOutcome:
     container_id: str
 
 
+@dataclass(frozen=True)
+class ImageFacts:
+    """An image as the engine describes it: what an archive records and a restore compares."""
+
+    image_id: str
+    tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]  # registry digests: a pulled image has them, a loaded one not
+    parent: str  # the local build's parent image; "" for pulled, imported or loaded images
+    created: str
+    size_bytes: int | None
+    layers: tuple[str, ...]  # RootFS diff ids, base layers first
+    labels: dict[str, str]
+
+
 def _label_filters(label_filter: dict[str, str]) -> dict[str, list[str]]:
     return {"label": [f"{key}={value}" for key, value in sorted(label_filter.items())]}
 
@@ -343,6 +357,62 @@ class Engine:
         if image_id is None:
             raise BaseImageError(f"docker import of {tar_path} as {ref} left no image behind")
         return image_id
+
+    # -- save, load, tag (archive and restore) -----------------------------------------------
+
+    def image_facts(self, ref: str) -> ImageFacts | None:
+        """What `docker image inspect` says that a save/load may change (None: absent)."""
+        try:
+            attrs = self._client.images.get(ref).attrs
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"inspecting image {ref}") from err
+        size = attrs.get("Size")
+        return ImageFacts(
+            image_id=str(attrs.get("Id")), tags=tuple(attrs.get("RepoTags") or ()),
+            repo_digests=tuple(attrs.get("RepoDigests") or ()),
+            parent=str(attrs.get("Parent") or ""), created=str(attrs.get("Created") or ""),
+            size_bytes=int(size) if isinstance(size, (int, float)) else None,
+            layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
+            labels=dict((attrs.get("Config") or {}).get("Labels") or {}))
+
+    def save_image(self, image_id: str, write: Callable[[bytes], object]) -> None:
+        """`docker save` of one image, streamed chunk by chunk into `write` (never in memory).
+
+        Saved by id, so the tarball names no repository or tag: `load_image` then adds no tag
+        and cannot move one that now names another image; the caller tags what it loaded.
+        """
+        try:
+            for chunk in self._client.api.get_image(image_id):
+                write(chunk)
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"saving image {image_id}") from err
+
+    def load_image(self, tar_path: Path) -> list[str]:
+        """`docker load` of a tarball, streamed from the file; the ids of the images it held."""
+        try:
+            with tar_path.open("rb") as handle:
+                return [str(image.id) for image in self._client.images.load(handle)]
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"loading {tar_path.name}") from err
+
+    def tag_image(self, image_id: str, ref: str) -> None:
+        repository, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "")
+        try:
+            self._client.api.tag(image_id, repository, tag or "latest")
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"tagging {image_id} as {ref}") from err
+
+    def remove_image(self, ref: str) -> bool:
+        """Remove one image or tag, never by force (an image in use stays); False when absent."""
+        try:
+            self._client.images.remove(ref)
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"removing image {ref}") from err
+        return True
 
     # -- builds ------------------------------------------------------------------------------
 
