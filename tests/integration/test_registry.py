@@ -40,6 +40,11 @@ BULLSEYE = "bullseye-ort1.8.0"
 START_S = 20.0
 RUN_TIMEOUT_S = 1200  # a fresh engine builds the image first
 ZERO_DIGEST = "sha256:" + "0" * 64
+# Whatever manifest the engine pushed (Docker schema 2, or OCI with a containerd image store).
+MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
+                  "application/vnd.docker.distribution.manifest.list.v2+json",
+                  "application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.oci.image.index.v1+json")
 # Plain HTTP to the loopback address: never through a proxy the environment may name.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -52,7 +57,7 @@ class Registry:
         """The digest the registry itself gives a tag (what a pull by digest must match)."""
         request = urllib.request.Request(
             f"http://{self.address}/v2/{repository}/manifests/{tag}", method="HEAD",
-            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+            headers={"Accept": ", ".join(MANIFEST_TYPES)})
         with _DIRECT.open(request, timeout=10) as answer:
             return str(answer.headers["Docker-Content-Digest"])
 

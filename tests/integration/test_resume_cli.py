@@ -90,10 +90,12 @@ def test_resume_with_only_keeps_the_plan_and_reports_every_cell(
     assert "not run" in reported[1]["reason"]
     assert trixie in (run / "report.md").read_text()
 
-    finished = cli("matrix", "--resume", str(run), "--only", TRIXIE, cwd=tmp_path)
+    finished = cli("matrix", "--resume", str(run), cwd=tmp_path)  # everything left
     assert finished.returncode == 0, finished.stderr
     assert plan_part(run / "matrix.resolved.yaml") == plan_bytes
-    assert result(run, bullseye) == again  # kept this time: every hash matches
+    assert f"{bullseye}: kept:" in finished.stderr  # every hash matches: not measured again
+    assert "measuring again" not in finished.stderr
+    assert result(run, bullseye) == again
     assert result(run, trixie)["status"] == "ok"
     record = (run / "matrix.resolved.yaml").read_text()
     assert record.count("\n  - at: ") == 2  # both resumes are in the run record

@@ -164,3 +164,15 @@ def test_left_unfinished_names_cells_outside_the_selection_without_an_ok_result(
         "schema": "envmatrix.result/1", "status": "ok", "cell": bullseye.id,
         "host": {"config_hash": bullseye.config_hash(plan.measure)}})
     assert resume.left_unfinished(run, resumed) == []
+
+
+@pytest.mark.parametrize("matrix_file", ["matrix.yaml", "examples/cuda-upgrade.yaml"])
+def test_the_run_record_update_keeps_every_plan_byte(tmp_path: Path, matrix_file: str) -> None:
+    """Long descriptions (folded lines), floats, unicode: written back exactly as they were."""
+    plan = config.load_plan(Path(__file__).resolve().parents[2] / matrix_file)
+    path = tmp_path / "matrix.resolved.yaml"
+    config.dump_resolved(plan, path, {"run_id": "r", "started_at": "2026-11-30T01:00:00Z"})
+    before = plan_part(path)
+    config.update_run_record(path, lambda run: {**run, "resumes": [{"at": "now"}]})
+    assert plan_part(path) == before
+    assert config.read_resolved(path).run.started_at == "2026-11-30T01:00:00Z"
