@@ -80,6 +80,12 @@ def clean(session: nox.Session) -> None:
 
 
 @nox.session
+def push(session: nox.Session) -> None:
+    """Push a run's images to your registry: nox -s push -- RUN_DIR --registry HOST[/PREFIX]."""
+    _envmatrix(session, "push")
+
+
+@nox.session
 def compare(session: nox.Session) -> None:
     """Compare two run directories: nox -s compare -- RUN_A RUN_B."""
     _envmatrix(session, "compare")

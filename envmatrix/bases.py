@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from envmatrix.containers import BOOTSTRAP_LABEL, MANAGED_LABEL
@@ -21,24 +22,51 @@ from envmatrix.errors import BaseImageError
 from envmatrix.plan import Base, Bootstrap
 
 DEBOOTSTRAP_TIMEOUT_S = 1800.0
+Say = Callable[[str, str], None]
 
 # One bootstrap at a time: each downloads and unpacks a few hundred MB, and two threads asking
 # for the same base must not both make it.
 _BOOTSTRAP_LOCK = threading.Lock()
 
 
+def is_pinned(ref: str) -> bool:
+    """Whether an image reference names its content (`repo@sha256:...`), not a moving tag."""
+    return "@" in ref
+
+
+def ensure_pinned(engine: Engine, bases: Iterable[Base], logs_dir: Path, say: Say) -> None:
+    """Bases pinned by digest, before anything is built: one the registry cannot give stops
+    the run (BaseImageError, exit 4) instead of failing its environments one by one."""
+    for base in bases:
+        if is_pinned(base.image):
+            image_id = ensure_base(engine, base, log_path=logs_dir / f"base-{base.name}.log")
+            say("base", f"{base.name}: {base.image} ({image_id})")
+
+
 def ensure_base(engine: Engine, base: Base, *, log_path: Path) -> str:
-    """The id of `base.image` in the engine, pulling or bootstrapping it when absent."""
+    """The id of `base.image` in the engine, pulling or bootstrapping it when absent.
+
+    A base pinned by digest is pulled or refused, never bootstrapped: a local root filesystem
+    would be another image under the pinned name.
+    """
     image_id = engine.image_id(base.image)
     if image_id is not None:
         return image_id
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _log(log_path, f"{base.image}: not in the engine; trying to pull it")
-    if engine.pull(base.image):
-        image_id = engine.image_id(base.image)
-        if image_id is not None:
-            _log(log_path, f"{base.image}: pulled ({image_id})")
-            return image_id
+    words = engine.pull_words(base.image)
+    image_id = None if words else engine.image_id(base.image)
+    if image_id is not None:
+        digests = ", ".join(engine.repo_digests(base.image)) or "none"
+        _log(log_path, f"{base.image}: pulled ({image_id}; registry digests: {digests})")
+        return image_id
+    _log(log_path, f"{base.image}: the pull failed: {words}")
+    if is_pinned(base.image):
+        raise BaseImageError(
+            f"Base image {base.image} (base {base.name!r}) could not be pulled: {words}. A base "
+            "pinned by digest is only ever pulled. Fix: check the digest (the registry lists "
+            "a tag's digest: `docker pull REPO:TAG` prints it), that the registry answers and "
+            "has the repository, and your login (`docker login REGISTRY`).")
     if base.bootstrap is None:
         raise BaseImageError(
             f"Base image {base.image} (base {base.name!r}) is not in the engine and could not be "

@@ -32,7 +32,8 @@ DEFAULT_MATRIX = Path("matrix.yaml")
 
 def _plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matrix", type=Path, default=None,
-                        help="the matrix file (default: matrix.yaml; with --resume, the run's)")
+                        help="the matrix file (default: matrix.yaml); with --resume the "
+                             "run's own plan is used and a file given must match it")
     parser.add_argument("--only", action="append", default=[], metavar="GLOB",
                         help="keep only environments or cells whose id matches (repeatable)")
     parser.add_argument("--skip", action="append", default=[], metavar="GLOB",
@@ -48,7 +49,8 @@ def _run_args(parser: argparse.ArgumentParser, *, build_only: bool = False) -> N
     if not build_only:
         parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                             help="finish an interrupted or partly failed run: only missing or "
-                                 "failed cells run again")
+                                 "failed cells run again (--only/--skip pick which of its "
+                                 "cells run now; its plan never changes)")
 
 
 def _verdict_args(parser: argparse.ArgumentParser, *, fail_on: bool = True) -> None:
@@ -105,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="match environment ENV_A of run A with ENV_B of run B "
                                 "(repeatable); other environments match by name")
     _reproduce_args(sub)
+    push_p = sub.add_parser("push", help="push a run's images to a registry (registry.json)")
+    push_p.add_argument("run_dir", type=Path, nargs="?", default=REPORTS_ROOT / "latest")
+    push_p.add_argument("--registry", default=None, metavar="HOST[:PORT][/PREFIX]",
+                        help="where to push (default: $ENVMATRIX_REGISTRY); credentials come "
+                             "from your docker config (`docker login`)")
     clean_p = sub.add_parser("clean", help="remove the containers and images envmatrix made")
     clean_p.add_argument("--bases", action="store_true",
                          help="also remove base images that envmatrix bootstrapped")
@@ -148,12 +155,8 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _matrix_path(args: argparse.Namespace) -> Path:
-    """The matrix file: as given, else the one a resumed run was made from, else matrix.yaml."""
-    if args.matrix is not None:
-        return Path(args.matrix)
-    if getattr(args, "resume", None):
-        return config.read_resolved(open_run_dir(args.resume).resolved_path).plan.source
-    return DEFAULT_MATRIX
+    """The matrix file: as given, else matrix.yaml."""
+    return DEFAULT_MATRIX if args.matrix is None else Path(args.matrix)
 
 
 STOP_AFTER: dict[str, pipeline.Stop] = {"matrix": "report", "run": "run", "build": "build"}
@@ -161,9 +164,11 @@ STOP_AFTER: dict[str, pipeline.Stop] = {"matrix": "report", "run": "run", "build
 
 def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
     """matrix / run / build: pipeline.run up to where the command stops."""
+    resume = getattr(args, "resume", None)
+    # --resume finishes the run's own plan; a --matrix given with it is only checked against it
     request = pipeline.Request(
-        matrix=_matrix_path(args), reports_root=REPORTS_ROOT, only=args.only, skip=args.skip,
-        out=args.out, rebuild=args.rebuild, resume=getattr(args, "resume", None),
+        matrix=args.matrix if resume else _matrix_path(args), reports_root=REPORTS_ROOT,
+        only=args.only, skip=args.skip, out=args.out, rebuild=args.rebuild, resume=resume,
         stop_after=STOP_AFTER[args.command],
         overrides=_overrides(args) if args.command != "build" else gate.Overrides())
     try:
@@ -265,6 +270,19 @@ def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
     return _gate_code(gate.comparison_findings(result, fail_on), fail_on, progress)
 
 
+def cmd_push(args: argparse.Namespace, progress: Progress) -> int:
+    from envmatrix import registry
+    from envmatrix.engine import Engine
+
+    target = args.registry or registry.default_registry()
+    if not target:
+        raise ConfigError(f"push needs a registry. Fix: --registry HOST[:PORT][/PREFIX], or set "
+                          f"{registry.REGISTRY_VARIABLE}.")
+    run_dir = open_run_dir(args.run_dir)
+    print(f"Pushed: {registry.push_run(Engine.connect(), run_dir, target, progress)}")
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace, progress: Progress) -> int:
     from envmatrix.containers import MANAGED
     from envmatrix.engine import Engine
@@ -319,7 +337,7 @@ def cmd_replay(args: argparse.Namespace, progress: Progress) -> int:
 COMMANDS: dict[str, Any] = {
     "matrix": cmd_pipeline, "run": cmd_pipeline, "build": cmd_pipeline,
     "render": cmd_render, "list": cmd_list, "report": cmd_report,
-    "compare": cmd_compare, "clean": cmd_clean,
+    "compare": cmd_compare, "push": cmd_push, "clean": cmd_clean,
     "archive": cmd_archive, "restore": cmd_restore, "replay": cmd_replay,
 }
 

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -60,7 +60,7 @@ __all__ = [
     "REFERENCE", "RESERVED_ENV", "SCHEMA_FILE", "SCHEMA_VERSION", "BaseSpec", "BootstrapSpec",
     "BuildSpec", "ConfigWarning", "EnvironmentSpec", "MatrixEntrySpec", "MatrixFile", "Measure",
     "MeasureSpec", "ModelExportSpec", "VerdictSpec", "WorkloadSpec", "dump_resolved", "load_plan",
-    "main", "matrix_json_schema", "read_resolved", "resolve_ca_bundle",
+    "main", "matrix_json_schema", "read_resolved", "resolve_ca_bundle", "update_run_record",
 ]
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "matrix.schema.json"
@@ -494,6 +494,22 @@ def dump_resolved(plan: Plan, path: Union[Path, str], extra: Mapping[str, Any]) 
     """Write plan_to_dict(plan) plus `run: extra` as YAML, atomically (temp, fsync, rename)."""
     doc = {**planmod.plan_to_dict(plan), "run": json.loads(json.dumps(dict(extra), default=str))}
     yamlsrc.write_plain(path, doc)
+
+
+def update_run_record(path: Union[Path, str],
+                      update: Callable[[dict[str, Any]], Mapping[str, Any]]) -> None:
+    """Replace the `run:` part of a matrix.resolved.yaml by `update(run)`; the plan stays.
+
+    --resume records what it adds (images, when and how it resumed) without writing the plan
+    again: the keys before `run:` are written back as they were read, so they keep their bytes
+    (a test checks).
+    """
+    target = Path(path)
+    data = yamlsrc.read_plain(target)
+    if not isinstance(data, dict):
+        raise RunDirError(f"{target}: not a resolved plan. Fix: re-run the matrix.")
+    run = json.loads(json.dumps(dict(update(dict(data.get("run") or {}))), default=str))
+    yamlsrc.write_plain(target, {**{k: v for k, v in data.items() if k != "run"}, "run": run})
 
 
 def read_resolved(path: Union[Path, str]) -> planmod.ResolvedPlan:

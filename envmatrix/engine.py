@@ -25,6 +25,7 @@ from typing import IO, Any
 import docker
 import docker.errors
 import docker.tls
+import docker.utils
 import requests.exceptions
 
 from envmatrix.containers import (
@@ -335,11 +336,87 @@ class Engine:
 
     def pull(self, ref: str) -> bool:
         """Try a registry; False when none answers or the image is not there (no raise)."""
+        return self.pull_words(ref) is None
+
+    def pull_words(self, ref: str) -> str | None:
+        """Pull `ref` (by tag, or by digest: `repo@sha256:...`) through the SDK, with the
+        credentials of the user's docker config; None when it worked, else the engine's words.
+
+        The SDK's `images.pull` drops an error that comes inside the stream; reading the
+        stream here keeps the registry's own message ("manifest unknown", "unauthorized").
+        """
+        repository, tag = docker.utils.parse_repository_tag(ref)
         try:
-            self._client.images.pull(ref)
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
-            return False
-        return True
+            for chunk in self._client.api.pull(repository, tag=tag or "latest", stream=True,
+                                               decode=True):
+                if isinstance(chunk, dict) and chunk.get("error"):
+                    return clean(str(chunk["error"])).strip()
+        except docker.errors.APIError as err:
+            return clean(str(err.explanation or err)).strip()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+            return clean(str(err)).strip()
+        return None if self.image_id(ref) is not None else f"the pull of {ref} left no image"
+
+    def repo_digests(self, ref: str) -> list[str]:
+        """`repo@sha256:...` names a registry gave the image (empty for a local-only image)."""
+        try:
+            return [str(d) for d in self._client.images.get(ref).attrs.get("RepoDigests") or []]
+        except docker.errors.ImageNotFound:
+            return []
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"inspecting image {ref}") from err
+
+    def push(self, image: str, target: str) -> str:
+        """Tag `image` as `target` (registry/repo:tag), push it through the SDK and untag it
+        again; returns the manifest digest the registry answered with.
+
+        Credentials come from the user's docker config, read by the SDK itself: nothing here
+        sees or keeps them.
+        """
+        repository, tag = docker.utils.parse_repository_tag(target)
+        try:
+            self._client.api.tag(image, repository, tag)
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"tagging {image} as {target}") from err
+        try:
+            return self._push_stream(repository, tag or "latest", target)
+        finally:
+            self.untag(target)
+
+    def _push_stream(self, repository: str, tag: str, target: str) -> str:
+        digest = None
+        try:
+            for chunk in self._client.api.push(repository, tag=tag, stream=True, decode=True):
+                if isinstance(chunk, dict) and chunk.get("error"):
+                    raise EngineError(f"push of {target} failed: {clean(str(chunk['error']))}")
+                aux = chunk.get("aux") if isinstance(chunk, dict) else None
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = str(aux["Digest"])
+        except docker.errors.APIError as err:
+            raise EngineError(f"push of {target} failed: {err.explanation or err}") from err
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+            raise _engine_error(err, f"pushing {target}") from err
+        if digest is None:
+            raise EngineError(f"push of {target} ended without a digest from the registry")
+        return digest
+
+    def untag(self, ref: str) -> None:
+        """Remove one name of an image, never the image: a name that is its last is kept."""
+        try:
+            attrs = self._client.images.get(ref).attrs
+        except docker.errors.ImageNotFound:
+            return
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"inspecting image {ref}") from err
+        names = list(attrs.get("RepoTags") or []) + list(attrs.get("RepoDigests") or [])
+        if len(names) < 2:
+            return
+        try:
+            self._client.images.remove(ref, noprune=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"removing the name {ref}") from err
 
     def import_rootfs(self, tar_path: Path, ref: str, labels: dict[str, str]) -> str:
         """`docker import` of a root filesystem tarball, tagged `ref`, with labels."""

@@ -16,12 +16,14 @@ from typing import Any, Literal
 
 from envmatrix import (
     __version__,
+    bases,
     config,
     gate,
     images,
     inputs,
     render,
     report,
+    resume,
     runner,
     schedule,
     stats,
@@ -40,7 +42,7 @@ Stop = Literal["build", "run", "report"]
 class Request:
     """What a pipeline command asks for (the CLI's arguments, typed)."""
 
-    matrix: Path
+    matrix: Path | None  # None with --resume: the run's own plan (see envmatrix.resume)
     reports_root: Path
     only: list[str] = field(default_factory=list)
     skip: list[str] = field(default_factory=list)
@@ -80,38 +82,35 @@ class Interrupted(EnvmatrixError):
 def run(request: Request, progress: Progress) -> Outcome:
     """Every stage in order, up to `request.stop_after`."""
     started = utc_now()
-    plan = gate.apply(config.load_plan(request.matrix, only=request.only, skip=request.skip),
-                      request.overrides)
-    progress("plan", f"{len(plan.environments)} environments, {len(plan.cells)} cells "
-                     f"from {request.matrix}")
-    if request.overrides.repeats is not None:
-        progress("plan", f"--repeats {plan.measure.repeats}: {plan.measure.round_count} rounds "
-                         f"of {plan.measure.repeats_per_round} process(es) per cell")
-    # Template and model problems are matrix errors too (exit 2): find them before any engine
-    # contact, and template ones before a run directory exists.
-    check_templates(plan)
-    run_dir = open_run_dir(request.resume) if request.resume else create_run_dir(
-        request.reports_root, out=request.out)
+    plan, run_dir, resumed = open_plan(request, progress)
     progress("run", f"run directory {run_dir.path}")
-    write_resolved(plan, run_dir)
     prepared = prepare_workloads(plan, run_dir, progress)
     if plan.hosts:  # a hosts: section: every host builds and measures its own cells
-        return run_on_hosts(request, plan, run_dir, prepared, progress, started)
+        return run_on_hosts(request, plan, run_dir, prepared, progress, started, resumed)
     engine = Engine.connect()
     swept = runner.sweep_leftovers(engine)
     if swept:
         progress.warn("sweep", f"removed {swept} container(s) left by an earlier run")
+    bases.ensure_pinned(engine, plan.bases, run_dir.logs_dir, progress)
     built = build_images(engine, plan, run_dir, progress, rebuild=request.rebuild)
-    write_resolved(plan, run_dir, built)
+    if resumed is None:
+        write_resolved(plan, run_dir, built)
+    else:  # the run's plan stays as it was written; only its run record grows
+        resume.record(run_dir, image_entries(built), only=request.only, skip=request.skip,
+                      cells=[cell.id for cell in plan.cells])
     outcome = Outcome(run_dir, [b for b in built.values() if isinstance(b, images.BuildFailure)])
     if request.stop_after == "build":
         return outcome
+    hashes = resumed.resolved.config_hashes if resumed else None
     try:
         outcome.results = runner.run_cells(engine, plan, run_dir, built, prepared,
-                                           resume=request.resume is not None, progress=progress)
+                                           resume=resumed is not None, progress=progress,
+                                           config_hashes=hashes)
     except KeyboardInterrupt:
         raise Interrupted(run_dir) from None
     outcome.harness_s = seconds_in_containers(outcome.results, since=started)
+    if resumed is not None:
+        _say_unfinished(run_dir, resumed, progress)
     if request.stop_after == "report":
         outcome.report_data = write_report(run_dir, progress)
         outcome.report_path = outcome.report_data.run_dir.report_path
@@ -119,13 +118,18 @@ def run(request: Request, progress: Progress) -> Outcome:
 
 
 def run_on_hosts(request: Request, plan: Plan, run_dir: RunDir, prepared: dict[str, Any],
-                 progress: Progress, started: str) -> Outcome:
+                 progress: Progress, started: str,
+                 resumed: resume.Resumed | None = None) -> Outcome:
     """The builds and cells of a plan with hosts, one thread per host (envmatrix.schedule)."""
     progress("hosts", ", ".join(f"{h.name} ({h.address})" for h in plan.hosts))
     spread = schedule.run_hosts(plan, run_dir, prepared, progress, rebuild=request.rebuild,
                                 resume=request.resume is not None,
                                 stop_after=request.stop_after)
-    write_resolved(plan, run_dir, spread.images(), hosts=spread.record())
+    if resumed is None:
+        write_resolved(plan, run_dir, spread.images(), hosts=spread.record())
+    else:  # the run's plan stays as it was written; only its run record grows
+        resume.record(run_dir, image_entries(spread.images()), only=request.only,
+                      skip=request.skip, cells=[cell.id for cell in plan.cells])
     if spread.interrupted:
         raise Interrupted(run_dir)
     outcome = Outcome(run_dir, spread.build_failures)
@@ -137,6 +141,42 @@ def run_on_hosts(request: Request, plan: Plan, run_dir: RunDir, prepared: dict[s
         outcome.report_data = write_report(run_dir, progress)
         outcome.report_path = outcome.report_data.run_dir.report_path
     return outcome
+
+
+def open_plan(request: Request,
+              progress: Progress) -> tuple[Plan, RunDir, resume.Resumed | None]:
+    """The plan to run now and its run directory: a new run's, or a resumed run's own."""
+    if request.resume is not None:
+        run_dir = open_run_dir(request.resume)
+        resumed = resume.resume_plan(run_dir, matrix=request.matrix, only=request.only,
+                                     skip=request.skip, progress=progress)
+        if request.overrides.repeats is not None:  # the budget is part of the run's plan
+            progress.warn("resume", "--repeats is ignored: a resumed run keeps its own budget "
+                                    f"({resumed.selected.measure.repeats} repeats)")
+        check_templates(resumed.selected)
+        return resumed.selected, run_dir, resumed
+    matrix = request.matrix or Path("matrix.yaml")
+    plan = gate.apply(config.load_plan(matrix, only=request.only, skip=request.skip),
+                      request.overrides)
+    progress("plan", f"{len(plan.environments)} environments, {len(plan.cells)} cells "
+                     f"from {matrix}")
+    if request.overrides.repeats is not None:
+        progress("plan", f"--repeats {plan.measure.repeats}: {plan.measure.round_count} rounds "
+                         f"of {plan.measure.repeats_per_round} process(es) per cell")
+    # Template and model problems are matrix errors too (exit 2): find them before any engine
+    # contact, and template ones before a run directory exists.
+    check_templates(plan)
+    run_dir = create_run_dir(request.reports_root, out=request.out)
+    write_resolved(plan, run_dir)
+    return plan, run_dir, None
+
+
+def _say_unfinished(run_dir: RunDir, resumed: resume.Resumed, progress: Progress) -> None:
+    unfinished = resume.left_unfinished(run_dir, resumed)
+    if unfinished:
+        progress.warn("resume", f"{len(unfinished)} cell(s) of the run outside --only/--skip are "
+                                f"not finished: {', '.join(unfinished)}; the report lists them "
+                                f"as they are. Finish them with `{run_dir.resume_hint()}`")
 
 
 def seconds_in_containers(results: list[dict[str, Any]], *, since: str) -> float:
@@ -155,14 +195,19 @@ def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = N
         "started_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if built:
-        extra["images"] = {
-            env_id: {"tag": getattr(b, "tag", None), "image_id": getattr(b, "image_id", None),
-                     "size_bytes": getattr(b, "size_bytes", None)}
-            for env_id, b in sorted(built.items())
-        }
+        extra["images"] = image_entries(built)
     if hosts:
         extra["hosts"] = hosts  # per host: address, labels, fingerprint, its own images
     config.dump_resolved(plan, run_dir.resolved_path, extra)
+
+
+def image_entries(built: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run record's `images:` entry of each environment (tag, id, size; None if unbuilt)."""
+    return {
+        env_id: {"tag": getattr(b, "tag", None), "image_id": getattr(b, "image_id", None),
+                 "size_bytes": getattr(b, "size_bytes", None)}
+        for env_id, b in sorted(built.items())
+    }
 
 
 def prepare_workloads(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, Any]:

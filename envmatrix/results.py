@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -324,27 +325,91 @@ def read_result(path: Path) -> dict[str, Any]:
     return doc
 
 
-def reusable_result(
-    run_dir: RunDir, cell: Cell, measure: Measure, image_tag: str | None = None
-) -> dict[str, Any] | None:
-    """For --resume: the cell's earlier result when it is ok and still applies, else None.
+@dataclass(frozen=True)
+class Identity:
+    """What a kept result must have been measured with to stand for its cell on --resume.
 
-    "Still applies" means the same config hash and, when both are known, the same image tag
-    (the tag is a hash of the image's content, so a changed image gets re-measured).
+    The config hash says the settings are the same; the two file hashes say the model and
+    the input tensors are the same bytes (a regenerated zoo model or a changed .npz changes
+    the numbers without changing any setting).
+    """
+
+    config_hash: str
+    model_sha256: str
+    inputs_sha256: str
+    # sha256 of each tensor in the inputs file, sorted, as the harness digests them: checks
+    # results written before the host recorded `inputs_sha256` (the harness always recorded
+    # what it fed)
+    tensor_sha256s: tuple[str, ...] = ()
+
+
+def reuse_check(
+    run_dir: RunDir, cell: Cell, expected: Identity, image_tag: str | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """For --resume: (the cell's earlier result, None) when it is ok and still applies, else
+    (None, why not); why is None when there is no earlier result at all.
+
+    "Still applies": the same config hash, model sha256 and inputs sha256 (all three must be
+    recorded and equal) and, when both are known, the same image tag (a content hash).
     """
     path = run_dir.result_path(cell.id)
     if not path.is_file():
-        return None
+        return None, None
     try:
         doc = read_result(path)
-    except RunDirError:
-        return None  # unreadable: measure again, and the new file replaces it
+    except RunDirError as err:
+        return None, f"its result file is unreadable ({one_line(str(err), 120)})"
+    why = _not_reusable(doc, expected, image_tag)
+    return (None, why) if why else (doc, None)
+
+
+def _not_reusable(doc: dict[str, Any], expected: Identity, image_tag: str | None) -> str | None:
     host = doc.get("host") or {}
-    if doc.get("status") != "ok" or host.get("config_hash") != cell.config_hash(measure):
-        return None
+    if doc.get("status") != "ok":
+        return f"its earlier result is {doc.get('status')}"
+    if host.get("config_hash") != expected.config_hash:
+        return (f"config hash {host.get('config_hash')} in its result, {expected.config_hash} "
+                "in the run's plan (the cell's settings differ)")
+    model = recorded_model_sha256(doc)
+    if model != expected.model_sha256:
+        return _hash_change("model", model, expected.model_sha256)
+    inputs = recorded_inputs_sha256(doc)
+    fed = _tensor_shas(doc)
+    if inputs is None and fed and expected.tensor_sha256s:
+        if fed != expected.tensor_sha256s:
+            return ("the input tensors its harness fed differ from the inputs file prepared "
+                    "now (the inputs changed since it was measured)")
+    elif inputs != expected.inputs_sha256:
+        return _hash_change("inputs", inputs, expected.inputs_sha256)
     if image_tag and host.get("image_tag") and host["image_tag"] != image_tag:
-        return None
-    return doc
+        return f"it ran in image {host['image_tag']}, the environment's image is now {image_tag}"
+    return None
+
+
+def _hash_change(what: str, recorded: str | None, now: str) -> str:
+    if recorded is None:
+        return f"its result records no {what} sha256, so it cannot be checked"
+    return (f"{what} sha256 {recorded[:12]} in its result, {now[:12]} prepared now (the "
+            f"{what} file changed since it was measured)")
+
+
+def recorded_model_sha256(doc: dict[str, Any]) -> str | None:
+    """The model file's sha256 as the harness read it inside the container, else the host's."""
+    harness = (doc.get("model") or {}).get("sha256")
+    return str(harness or (doc.get("host") or {}).get("model_sha256") or "") or None
+
+
+def recorded_inputs_sha256(doc: dict[str, Any]) -> str | None:
+    """The inputs file's sha256 as the host recorded it when it mounted the file."""
+    return (doc.get("host") or {}).get("inputs_sha256") or None
+
+
+def _tensor_shas(doc: dict[str, Any]) -> tuple[str, ...]:
+    """The harness's own digests of the tensors it fed, sorted (empty when it recorded none)."""
+    fed = doc.get("inputs")
+    if not isinstance(fed, list):
+        return ()
+    return tuple(sorted(str((t or {}).get("sha256")) for t in fed if isinstance(t, dict)))
 
 
 def load_results(run_dir: RunDir, resolved: ResolvedPlan | None) -> list[dict[str, Any]]:

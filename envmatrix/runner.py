@@ -29,10 +29,13 @@ import shutil
 import socket
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, Union, cast
+
+import numpy as np
 
 from envmatrix import results
 from envmatrix.containers import (
@@ -52,6 +55,7 @@ from envmatrix.errors import EngineError, GpuUnavailableError
 from envmatrix.plan import Cell, Measure, Plan
 from envmatrix.rundir import RunDir, atomic_write_json
 from harness import measure as harness_measure
+from harness import modelinfo as harness_modelinfo
 
 ROUNDS_FILE = "rounds.json"
 ROUNDS_SCHEMA = "envmatrix.rounds/1"
@@ -161,6 +165,7 @@ class _Measuring:
     cell: Cell
     image: BuiltImageLike
     workload: PreparedLike
+    identity: results.Identity  # what its result records: config hash, model and inputs hashes
     docs: list[dict[str, Any]] = field(default_factory=list)  # harness documents, ok rounds
     hosts: list[dict[str, Any]] = field(default_factory=list)  # host evidence, ok rounds
 
@@ -176,6 +181,7 @@ def run_cells(
     progress: Progress | None = None,
     adjust: Adjust | None = None,
     inputs_volume: str | None = None,
+    config_hashes: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every cell of the plan in interleaved rounds; one result per cell, in plan order.
 
@@ -183,18 +189,25 @@ def run_cells(
     first; the others run round 1 each, then round 2 each, and so on. `inputs_volume`: the
     engine does not share our paths and holds a copy of the inputs in this volume
     (envmatrix.schedule), so cells mount volumes instead of the run directory.
+    `config_hashes`: each cell's hash as its run recorded it (--resume), so old and new
+    results carry the same one.
     """
     say = progress or (lambda stage, message: None)
     total, rounds = len(plan.cells), plan.measure.round_count
     done: dict[str, dict[str, Any]] = {}
     measuring: list[_Measuring] = []
+    identities = Identities(plan, config_hashes or {})
     for index, cell in enumerate(plan.cells, start=1):
-        settled = _settle_without_container(plan, run_dir, cell, images, prepared, resume)
+        settled = _settle_without_container(plan, run_dir, cell, images, prepared,
+                                            identities if resume else None, say)
         if isinstance(settled, dict):
             done[cell.id] = settled
-            say("run", f"[{index}/{total}] {cell.id}: {_summary_line(settled)}")
+            kept = "kept: " if settled.get("status") == "ok" else ""
+            say("run", f"[{index}/{total}] {cell.id}: {kept}{_summary_line(settled)}")
         else:
-            measuring.append(_Measuring(index, cell, *settled))
+            image, workload = settled
+            measuring.append(_Measuring(index, cell, image, workload,
+                                        identities.of(cell, workload)))
     current: _Measuring | None = None
     orders = RoundOrders(run_dir, host=plan.cells[0].host if plan.cells else None)
     # Asked once per run, recorded with each GPU cell's result (host.engine_gpu).
@@ -280,23 +293,79 @@ def _settle_without_container(
     cell: Cell,
     images: Mapping[str, ImageEntry],
     prepared: Mapping[str, PreparedLike],
-    resume: bool,
+    resume: Identities | None,
+    say: Progress,
 ) -> dict[str, Any] | tuple[BuiltImageLike, PreparedLike]:
-    """The cell's result when no container is needed, else what its rounds need."""
+    """The cell's result when no container is needed, else what its rounds need.
+
+    `resume`: given on --resume, where an earlier ok result is kept only when its config,
+    model and inputs hashes (and image) match what this run prepared; otherwise the cell is
+    measured again and the progress output says why.
+    """
     image = images.get(cell.environment.id)
-    base_host = {"run_id": run_dir.run_id, "config_hash": cell.config_hash(plan.measure)}
-    if image is None or not _is_built(image):
-        return _build_failed(plan, run_dir, cell, image, base_host)
-    built = cast(BuiltImageLike, image)
-    if resume:
-        kept = results.reusable_result(run_dir, cell, plan.measure, built.tag)
+    workload = prepared.get(cell.workload.name)
+    if resume is not None and workload is not None:
+        # Checked before the build's outcome: a measurement that still applies is kept even
+        # when its image cannot be built today (the tag, when known, must still match).
+        tag = getattr(image, "tag", None)
+        kept, why = results.reuse_check(run_dir, cell, resume.of(cell, workload), tag)
         if kept is not None:
             return kept
-    workload = prepared.get(cell.workload.name)
+        if why:
+            say("resume", f"{cell.id}: measuring again: {why}")
+    config_hash = (resume or Identities(plan, {})).config_hash(cell)
+    base_host = {"run_id": run_dir.run_id, "config_hash": config_hash}
+    if image is None or not _is_built(image):
+        return _build_failed(plan, run_dir, cell, image, base_host)
     if workload is None:
         reason = f"inputs of workload {cell.workload.name!r} were not prepared"
         return _write(run_dir, cell, plan, "skipped", reason, None, base_host)
-    return built, workload
+    return cast(BuiltImageLike, image), workload
+
+
+def harness_model_path(cell: Cell, workload: PreparedLike) -> Path:
+    """The model file the harness loads for this cell (what its `model.sha256` hashes)."""
+    if cell.workload.backend == "torch" and workload.torchscript_path is not None:
+        return workload.torchscript_path
+    return workload.model_path
+
+
+class Identities:
+    """Each cell's `results.Identity`; the files are hashed once per run, not once per cell."""
+
+    def __init__(self, plan: Plan, recorded: Mapping[str, str]) -> None:
+        self._plan = plan
+        self._recorded = recorded
+        self._files: dict[Path, str] = {}
+        self._tensors: dict[Path, tuple[str, ...]] = {}
+
+    def config_hash(self, cell: Cell) -> str:
+        return self._recorded.get(cell.id) or cell.config_hash(self._plan.measure)
+
+    def of(self, cell: Cell, workload: PreparedLike) -> results.Identity:
+        return results.Identity(
+            config_hash=self.config_hash(cell),
+            model_sha256=self._sha256(harness_model_path(cell, workload)),
+            inputs_sha256=self._sha256(workload.inputs_path),
+            tensor_sha256s=self._tensor_sha256s(workload.inputs_path),
+        )
+
+    def _sha256(self, path: Path) -> str:
+        if path not in self._files:
+            self._files[path] = harness_modelinfo.sha256_file(str(path))  # the harness's code
+        return self._files[path]
+
+    def _tensor_sha256s(self, path: Path) -> tuple[str, ...]:
+        """Digests of the file's tensors as the harness makes them; () if it is not an .npz."""
+        if path not in self._tensors:
+            try:
+                with np.load(path, allow_pickle=False) as archive:
+                    shas = [harness_measure.tensor_digest(name, archive[name])["sha256"]
+                            for name in archive.files]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+                shas = []
+            self._tensors[path] = tuple(sorted(shas))
+        return self._tensors[path]
 
 
 def _is_built(image: ImageEntry) -> bool:
@@ -343,9 +412,7 @@ def _launch(
 ) -> Launch:
     """One round's container. measure.timeout_s is per cell: a round gets what is left of it."""
     cell, workload = item.cell, item.workload
-    model = workload.model_path
-    if cell.workload.backend == "torch" and workload.torchscript_path is not None:
-        model = workload.torchscript_path
+    model = harness_model_path(cell, workload)
     command = harness_command(
         cell,
         plan.measure,
@@ -392,7 +459,7 @@ def _run_round(
         run_dir.run_log(cell.id).unlink(missing_ok=True)  # a retry's log must be its own
     round_log = run_dir.logs_dir / f"run-{cell.id}.round.log"
     round_log.unlink(missing_ok=True)
-    host = _host_base(run_dir, cell, plan, item.image, launch)
+    host = _host_base(run_dir, item, launch)
     if cell.gpus and engine_gpu is not None:
         host["engine_gpu"] = engine_gpu
     # A scratch volume on a remote engine comes back into the scratch folder, so what follows
@@ -430,12 +497,14 @@ def _append_round_log(
     return text
 
 
-def _host_base(
-    run_dir: RunDir, cell: Cell, plan: Plan, image: BuiltImageLike, launch: Launch
-) -> dict[str, Any]:
+def _host_base(run_dir: RunDir, item: _Measuring, launch: Launch) -> dict[str, Any]:
+    cell, image = item.cell, item.image
     return {
         "run_id": run_dir.run_id,
-        "config_hash": cell.config_hash(plan.measure),
+        "config_hash": item.identity.config_hash,
+        # what --resume checks before it keeps this result (the harness adds model.sha256)
+        "model_sha256": item.identity.model_sha256,
+        "inputs_sha256": item.identity.inputs_sha256,
         "image_tag": image.tag,
         "image_id": image.image_id,
         "requested_packages": cell.environment.package_dict,

@@ -230,20 +230,71 @@ def test_load_results_refuses_files_it_cannot_interpret(
     assert str(path) in str(info.value)
 
 
-def test_resume_keeps_only_ok_results_that_still_apply(tmp_path: Path) -> None:
+MODEL_SHA, INPUTS_SHA = "a" * 64, "b" * 64
+
+
+def _identity(cell: Cell, measure: Measure = MEASURE, **changes: Any) -> results.Identity:
+    return replace(results.Identity(cell.config_hash(measure), MODEL_SHA, INPUTS_SHA), **changes)
+
+
+def _kept(run: RunDir, cell: Cell, image: str | None = None, **changes: Any) -> tuple[Any, Any]:
+    return results.reuse_check(run, cell, _identity(cell, **changes), image)
+
+
+def test_resume_keeps_only_ok_results_whose_config_model_and_inputs_match(tmp_path: Path) -> None:
     run = create_run_dir(tmp_path, "r")
     cell = make_cell()
-    assert results.reusable_result(run, cell, MEASURE) is None  # nothing yet
-    _write_ok(run, cell, MEASURE, image_tag="envmatrix/x:1")
-    assert results.reusable_result(run, cell, MEASURE, "envmatrix/x:1") is not None
-    assert results.reusable_result(run, cell, MEASURE) is not None
-    assert results.reusable_result(run, cell, MEASURE, "envmatrix/x:2") is None  # image changed
-    assert results.reusable_result(run, cell, replace(MEASURE, warmup=1)) is None  # settings
+    assert _kept(run, cell) == (None, None)  # nothing yet: measured, nothing to explain
+    _write_ok(run, cell, MEASURE, image_tag="envmatrix/x:1", model_sha256=MODEL_SHA,
+              inputs_sha256=INPUTS_SHA)
+    assert _kept(run, cell, "envmatrix/x:1")[0] is not None
+    assert _kept(run, cell)[0] is not None
+    doc, why = _kept(run, cell, "envmatrix/x:2")
+    assert doc is None and "image envmatrix/x:1" in why and "envmatrix/x:2" in why
+    doc, why = results.reuse_check(run, cell, _identity(cell, replace(MEASURE, warmup=1)))
+    assert doc is None and why.startswith("config hash") and "settings differ" in why
+    doc, why = _kept(run, cell, model_sha256="c" * 64)
+    assert doc is None and why == ("model sha256 aaaaaaaaaaaa in its result, cccccccccccc "
+                                   "prepared now (the model file changed since it was measured)")
+    doc, why = _kept(run, cell, inputs_sha256="d" * 64)
+    assert doc is None and why.startswith("inputs sha256 bbbbbbbbbbbb in its result, dddd")
     failed = results.failure_result(cell, "timeout", "slow", None, {}, measure=MEASURE)
     results.write_result(run, failed)
-    assert results.reusable_result(run, cell, MEASURE) is None  # failures are re-run
+    assert _kept(run, cell) == (None, "its earlier result is timeout")  # failures are re-run
     run.result_path(cell.id).write_text("{broken")
-    assert results.reusable_result(run, cell, MEASURE) is None
+    doc, why = _kept(run, cell)
+    assert doc is None and why.startswith("its result file is unreadable")
+
+
+def test_resume_prefers_the_harness_model_hash_and_needs_every_hash_recorded(
+    tmp_path: Path,
+) -> None:
+    run = create_run_dir(tmp_path, "r")
+    cell = make_cell()
+    # The harness's model.sha256 (what it read in the container) is the recorded one.
+    doc = results.finalize_result(harness_doc(model={"sha256": "e" * 64}), cell=cell,
+                                  measure=MEASURE, status="ok", reason=None, log_tail=None,
+                                  host={"model_sha256": MODEL_SHA, "inputs_sha256": INPUTS_SHA})
+    results.write_result(run, doc)
+    assert "model sha256 eeeeeeeeeeee in its result" in _kept(run, cell)[1]
+    _write_ok(run, cell, MEASURE, inputs_sha256=INPUTS_SHA)  # no model hash anywhere
+    assert _kept(run, cell) == (None, "its result records no model sha256, so it cannot be "
+                                      "checked")
+    _write_ok(run, cell, MEASURE, model_sha256=MODEL_SHA)  # no inputs hash, no tensor digests
+    assert _kept(run, cell)[1] == "its result records no inputs sha256, so it cannot be checked"
+
+
+def test_resume_checks_older_results_by_the_harness_tensor_digests(tmp_path: Path) -> None:
+    run = create_run_dir(tmp_path, "r")
+    cell = make_cell()
+    fed = [{"name": "x", "sha256": "f1"}, {"name": "y", "sha256": "f0"}]
+    doc = results.finalize_result(harness_doc(inputs=fed), cell=cell, measure=MEASURE,
+                                  status="ok", reason=None, log_tail=None,
+                                  host={"model_sha256": MODEL_SHA})
+    results.write_result(run, doc)
+    assert _kept(run, cell, tensor_sha256s=("f0", "f1"))[0] is not None
+    doc, why = _kept(run, cell, tensor_sha256s=("f0", "f2"))
+    assert doc is None and "input tensors its harness fed differ" in why
 
 
 def test_written_result_round_trips(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ The real engine and harness are exercised in tests/integration/test_runner*.py; 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -515,3 +516,54 @@ def test_a_cell_without_its_gpu_is_no_gpu_and_the_others_run(tmp_path: Path,
     assert "engine_gpu" not in got[1]["host"] and got[1]["host"]["gpus"] is None
     # The cell sat out its second round; the CPU cells ran both.
     assert [s.labels["envmatrix.cell"] for s in engine.calls].count(cuda.id) == 1
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_results_record_what_resume_checks(tmp_path: Path, run_dir: RunDir) -> None:
+    plan = make_plan(tmp_path)
+    recorded = {plan.cells[0].id: "0123456789abcdef"}  # the hash the run wrote in its plan
+    engine = FakeEngine({c.id: harness_ok for c in plan.cells})
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir),  # type: ignore[arg-type]
+                           config_hashes=recorded)
+    host = got[0]["host"]
+    assert (host["model_sha256"], host["inputs_sha256"]) == (_sha(b"onnx"), _sha(b"npz"))
+    assert host["config_hash"] == "0123456789abcdef"
+    assert got[1]["host"]["config_hash"] == plan.cells[1].config_hash(plan.measure)
+
+
+def test_resume_measures_again_when_the_model_changed_and_says_why(
+    tmp_path: Path, run_dir: RunDir
+) -> None:
+    plan = make_plan(tmp_path)
+    engine = FakeEngine({c.id: harness_ok for c in plan.cells})
+    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    (run_dir.inputs_dir / "cnn" / "model.onnx").write_bytes(b"onnx, regenerated")
+    engine.calls.clear()
+    lines: list[tuple[str, str]] = []
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), resume=True,  # type: ignore[arg-type]
+                           progress=lambda stage, text: lines.append((stage, text)))
+    assert len(engine.calls) == 2 * len(plan.cells)  # every cell measured again, both rounds
+    assert got[0]["host"]["model_sha256"] == _sha(b"onnx, regenerated")
+    why = [text for stage, text in lines if stage == "resume"]
+    assert why[0] == (f"{plan.cells[0].id}: measuring again: model sha256 "
+                      f"{_sha(b'onnx')[:12]} in its result, "
+                      f"{_sha(b'onnx, regenerated')[:12]} prepared now (the model file changed "
+                      "since it was measured)")
+
+
+def test_resume_keeps_a_result_that_applies_even_when_its_image_cannot_be_built_now(
+    tmp_path: Path, run_dir: RunDir
+) -> None:
+    plan = make_plan(tmp_path)
+    engine = FakeEngine({c.id: harness_ok for c in plan.cells})
+    first = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    broken = {**IMAGES, "env1.8.0": Failed("no network today", "")}
+    engine.calls.clear()
+    lines: list[str] = []
+    got = runner.run_cells(engine, plan, run_dir, broken, prepared(run_dir), resume=True,  # type: ignore[arg-type]
+                           progress=lambda stage, text: lines.append(text))
+    assert engine.calls == [] and got == first
+    assert any(text.endswith(f"{plan.cells[0].id}: kept: p50 4.00 ms (3.0 s)") for text in lines)
