@@ -23,7 +23,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from envmatrix import config, plots
+from envmatrix import config, expand, plots
 from envmatrix.containers import reproduce_argv
 from envmatrix.decision import (
     COST_METRICS,
@@ -464,7 +464,40 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
         "parity": data.parity[cid].status if cid in data.parity else None,
         "noisy": bool(data.noise.get(cid)),
         "node_share": node_share(res) if ok else None,
+        **knob_fields(data.cells, cell),
     }  # fmt: skip
+
+
+def knob_names(cells: Sequence[Cell]) -> list[str]:
+    """Settings the plan varies (threads, session.*, provider_options.*): those that differ
+    between cells of one environment, workload and provider, as in the cell ids."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        key = (c.environment.id, c.workload.name, c.provider)
+        groups.setdefault(key, []).append(expand.knob_values(c.knobs, c.provider_options))
+    return expand.knob_order(n for values in groups.values() for n in expand.varied_knobs(values))
+
+
+def knob_fields(cells: Sequence[Cell], cell: Cell) -> dict[str, Any]:
+    """One column per varied setting (results.csv/json, tables); null: the default."""
+    values = expand.knob_values(cell.knobs, cell.provider_options)
+    return {name: _knob_text(values.get(name)) for name in knob_names(cells)}
+
+
+def _knob_text(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+
+
+def with_knob_columns(cells: Sequence[Cell], headers: Sequence[str],
+                      rows: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows with a column per varied setting after `provider` (none: as given)."""
+    names = knob_names(cells)
+    if not names:
+        return list(headers), rows
+    values = [[md("default" if v is None else str(v).lower() if isinstance(v, bool) else v)
+               for v in knob_fields(cells, c).values()] for c in cells]
+    return ([*headers[:2], *names, *headers[2:]],
+            [[*row[:2], *extra, *row[2:]] for row, extra in zip(rows, values)])
 
 
 def _cost_columns(data: RunData, cid: str) -> dict[str, float | None]:
@@ -516,8 +549,9 @@ def workloads(data: RunData) -> list[str]:
 
 def section_workload(data: RunData, workload: str, plot_files: Sequence[str]) -> str:
     cells = [c for c in data.cells if c.workload.name == workload]
-    rows = [_table_cells(data, c) for c in cells]
-    lines = [f"## Workload {md(workload)}", "", table(TABLE_HEADERS, rows), ""]
+    headers, rows = with_knob_columns(cells, TABLE_HEADERS, [_table_cells(data, c)
+                                                             for c in cells])
+    lines = [f"## Workload {md(workload)}", "", table(headers, rows), ""]
     lines += [f"![{md(Path(p).stem)}]({p})" for p in plot_files]
     return "\n".join(lines)
 

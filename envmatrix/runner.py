@@ -321,15 +321,15 @@ def _launch(
     model = workload.model_path
     if cell.workload.backend == "torch" and workload.torchscript_path is not None:
         model = workload.torchscript_path
+    measure = cell.measure_for(plan.measure)  # the cell's own threads, cpuset, memory
     command = harness_command(
         cell,
-        plan.measure,
+        measure,
         container_path(run_dir, model),
         container_path(run_dir, workload.inputs_path),
         round_index,
     )
     image_id = item.image.image_id
-    measure = plan.measure
     spec = cell_spec(
         RunDir(run_dir.path.resolve(), run_dir.run_id),  # the engine needs absolute mounts
         cell.id,
