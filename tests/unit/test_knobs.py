@@ -337,3 +337,65 @@ def test_list_shows_each_cells_settings(tmp_path):
           matrix: {threads: [1, 2]}
         """)
     assert expand.knob_summary(plan.cells[0]) == "threads=1"
+
+
+# -- the harness's side of the table (no runtime needed) -------------------------------------
+
+
+def test_option_table_brackets_releases():
+    config_key = {"config": {"session.intra_op.allow_spinning": "0"}}
+    assert optiontable.session_problems(config_key, "onnxruntime", "1.8.0") == []
+    assert optiontable.session_problems(config_key, "onnxruntime", "1.7.0") == [(
+        "config.session.intra_op.allow_spinning",
+        "was introduced in onnxruntime 1.8, and onnxruntime 1.7.0 does not know it")]
+    bracketed = {"config": {"session.force_spinning_stop": "1"}}
+    assert optiontable.session_problems(bracketed, "onnxruntime", "1.12.0") == []  # may know
+    assert "between onnxruntime 1.9 and 1.16" in \
+        optiontable.session_problems(bracketed, "onnxruntime", "1.8.0")[0][1]
+    assert "num_streams" in optiontable.openvino_names("1.16.0")
+    assert "num_streams" not in optiontable.openvino_names("1.15.0")
+    assert optiontable.openvino_problems({"precision": "FP32"}, "1.16.0")[0][2] == "release"
+
+
+class _FakeOptions:
+    intra_op_num_threads = 0
+
+    def add_session_config_entry(self, key, value):
+        self.entry = (key, value)
+
+
+def test_apply_session_refuses_a_setting_the_release_lacks():
+    options = _FakeOptions()
+    compat.apply_session(None, options, {"intra_op_threads": 3, "config": {"a.b": "1"}})
+    assert options.intra_op_num_threads == 3 and options.entry == ("a.b", "1")
+    with pytest.raises(AttributeError, match="enable_mem_pattern"):
+        compat.apply_session(None, _FakeOptions(), {"enable_mem_pattern": False})
+
+
+def test_load_config_before_1_24_goes_as_a_file(tmp_path):
+    options = {"load_config": {"CPU": {"NUM_STREAMS": "2"}}, "enable_qdq_optimizer": True}
+    strings = compat.runtime_option_values(compat.OPENVINO, options, (1, 23, 0), str(tmp_path))
+    assert strings["enable_qdq_optimizer"] == "true"
+    assert json.loads(Path(strings["load_config"]).read_text()) == options["load_config"]
+    text = compat.runtime_option_values(compat.OPENVINO, options, (1, 24, 1))["load_config"]
+    assert json.loads(text) == options["load_config"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--session-options", "{"], "--session-options is not valid JSON"),
+    (["--session-options", "[1]"], "must be a JSON object, got list"),
+    (["--session-options", '{"graph_optimisation": "all"}'], "unknown setting"),
+    (["--provider-options-json", '"x"'], "must be a JSON object, got str"),
+])
+def test_harness_refuses_bad_json_settings(argv, message):
+    from harness.errors import UsageError
+    with pytest.raises(UsageError, match=message):
+        harness_cli.settings_from(harness_cli.build_parser().parse_args(
+            ["--model", "m.onnx", *argv]))
+
+
+def test_graph_optimization_flag_joins_the_session_settings():
+    from harness import backends
+    settings = {"graph_optimization": "basic", "session": {"execution_mode": "parallel"}}
+    assert backends.requested_session(settings) == {"execution_mode": "parallel",
+                                                    "graph_optimization": "basic"}
