@@ -29,7 +29,12 @@ def _install(session: nox.Session, extras: str = "") -> None:
 
 def _envmatrix(session: nox.Session, command: str) -> None:
     _install(session)
-    session.run("python", "-m", "envmatrix", command, *session.posargs)
+    try:
+        session.run("python", "-m", "envmatrix", command, *session.posargs)
+    except nox.command.CommandFailed as failed:
+        # nox itself would exit 1 for any failure: keep envmatrix's own exit code (10 cells
+        # failed, 11 the --fail-on gate, ...) so that CI can tell them apart.
+        raise SystemExit(failed.return_code or 1) from None
 
 
 @nox.session

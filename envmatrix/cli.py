@@ -1,8 +1,9 @@
 """`python -m envmatrix COMMAND`: what the nox sessions call.
 
-Exit codes: 0 all cells ok; 10 the run finished but some cells failed; 2 bad matrix.yaml or
-arguments; 3 engine problem; 4 base image; 5 build; 6 run directory; 7 compare: the runs were
-measured on different hardware; 130 interrupted.
+Exit codes: 0 all cells ok; 10 the run finished but some cells failed; 11 the report holds a
+verdict that --fail-on names (wins over 10); 2 bad matrix.yaml or arguments; 3 engine problem;
+4 base image; 5 build; 6 run directory; 7 compare: the runs were measured on different
+hardware; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from envmatrix import __version__, config, expand, pipeline
-from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError
+from envmatrix import __version__, config, expand, gate, pipeline
+from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError, GateFailed
 from envmatrix.progress import Progress
 from envmatrix.rundir import create_run_dir, open_run_dir
+
+if TYPE_CHECKING:  # the report module imports the plotting stack: only when a report is made
+    from envmatrix.report import RunData
 
 REPORTS_ROOT = Path("reports")
 DEFAULT_MATRIX = Path("matrix.yaml")
@@ -46,13 +50,40 @@ def _run_args(parser: argparse.ArgumentParser, *, build_only: bool = False) -> N
                                  "failed cells run again")
 
 
+def _verdict_args(parser: argparse.ArgumentParser, *, fail_on: bool = True) -> None:
+    """--alpha, --min-effect (and --fail-on): over matrix.yaml's `verdict:` (envmatrix.gate)."""
+    parser.add_argument("--alpha", type=gate.alpha_value, default=None,
+                        help="verdict error rate: intervals are (1 - alpha) intervals "
+                             "(default: the matrix's verdict.alpha, else 0.05)")
+    parser.add_argument("--min-effect", type=gate.min_effect_value, default=None,
+                        metavar="FRACTION", help="smallest p50 change that counts, e.g. 0.05 "
+                                                 "(default: verdict.min_effect, else 0.02)")
+    if fail_on:
+        parser.add_argument("--fail-on", type=gate.fail_on_words, default=None,
+                            metavar="slower,parity,invalid",
+                            help="exit 11 when the report has a verdict of these kinds "
+                                 "(default: verdict.fail_on; 'none' turns it off)")
+
+
+def _overrides(args: argparse.Namespace) -> gate.Overrides:
+    return gate.Overrides(repeats=getattr(args, "repeats", None), alpha=args.alpha,
+                          min_effect=args.min_effect, fail_on=getattr(args, "fail_on", None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="envmatrix", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"envmatrix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _run_args(sub.add_parser("matrix", help="all stages: bases, builds, cells, report"))
-    _run_args(sub.add_parser("run", help="bases, builds and cells, no report"))
+    matrix_p = sub.add_parser("matrix", help="all stages: bases, builds, cells, report")
+    run_p = sub.add_parser("run", help="bases, builds and cells, no report")
+    for measuring in (matrix_p, run_p):
+        _run_args(measuring)
+        measuring.add_argument("--repeats", type=gate.repeats_value, default=None, metavar="N",
+                               help="measure N processes per cell instead of measure.repeats "
+                                    "(in N rounds unless measure.rounds divides N)")
+    _verdict_args(matrix_p)
+    _verdict_args(run_p, fail_on=False)  # no report, nothing to gate; recorded in the plan
     _run_args(sub.add_parser("build", help="bases and image builds only"), build_only=True)
     render_p = sub.add_parser("render", help="render the Dockerfiles, build nothing")
     _plan_args(render_p)
@@ -60,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_args(sub.add_parser("list", help="dry run: every cell id and image tag"))
     report_p = sub.add_parser("report", help="rebuild the report of a run directory")
     report_p.add_argument("run_dir", type=Path, nargs="?", default=REPORTS_ROOT / "latest")
+    _verdict_args(report_p)
     compare_p = sub.add_parser("compare", help="compare two run directories")
     compare_p.add_argument("run_a", type=Path)
     compare_p.add_argument("run_b", type=Path)
     compare_p.add_argument("--out", type=Path, default=None, metavar="FILE")
     compare_p.add_argument("--allow-different-hardware", action="store_true",
                            help="compare runs whose CPUs differ (flagged in the report)")
+    _verdict_args(compare_p)
     compare_p.add_argument("--map", action="append", default=[], type=_env_pair,
                            metavar="ENV_A=ENV_B", dest="mapping",
                            help="match environment ENV_A of run A with ENV_B of run B "
@@ -108,7 +141,8 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
     request = pipeline.Request(
         matrix=_matrix_path(args), reports_root=REPORTS_ROOT, only=args.only, skip=args.skip,
         out=args.out, rebuild=args.rebuild, resume=getattr(args, "resume", None),
-        stop_after=STOP_AFTER[args.command])
+        stop_after=STOP_AFTER[args.command],
+        overrides=_overrides(args) if args.command != "build" else gate.Overrides())
     try:
         outcome = pipeline.run(request, progress)
     except pipeline.Interrupted as stop:
@@ -125,11 +159,37 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
                      f"{total - outcome.harness_s:.1f}s")
     for r in failed:
         progress.fail("failed", f"{r.get('cell')}: {r.get('status')}: {r.get('reason')}")
-    if outcome.report_path is not None:
-        print(f"Report: {outcome.report_path}")
-    else:
+    if outcome.report_data is None:
         print(f"Results: {outcome.run_dir.results_dir}")
-    return CellsFailed.exit_code if failed else 0
+        return CellsFailed.exit_code if failed else 0
+    print(f"Report: {outcome.report_path}")
+    gated = _gate(outcome.report_data, request.overrides, progress)
+    return gated or (CellsFailed.exit_code if failed else 0)
+
+
+def _gate(data: RunData, overrides: gate.Overrides, progress: Progress) -> int:
+    """After a report: the job summary for GitHub, then the gate; its exit code or 0."""
+    _step_summary(data, progress)
+    fail_on = gate.verdict_settings(data.plan.verdict, overrides).fail_on
+    return _gate_code(gate.run_findings(data, fail_on), fail_on, progress)
+
+
+def _gate_code(findings: list[str], fail_on: Sequence[str], progress: Progress) -> int:
+    for line in findings:
+        progress.fail("gate", line)
+    if findings:
+        progress.fail("gate", f"--fail-on {','.join(fail_on)}: {len(findings)} finding(s); "
+                              f"exit {GateFailed.exit_code}")
+    return GateFailed.exit_code if findings else 0
+
+
+def _step_summary(data: RunData, progress: Progress) -> None:
+    from envmatrix import report
+
+    try:
+        gate.write_step_summary(report.section_summary(data))
+    except OSError as err:  # a job summary is a convenience: never fail the run for it
+        progress.warn("summary", f"could not append to ${gate.STEP_SUMMARY}: {err}")
 
 
 def cmd_render(args: argparse.Namespace, progress: Progress) -> int:
@@ -157,22 +217,30 @@ def cmd_list(args: argparse.Namespace, progress: Progress) -> int:
 
 def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
     run_dir = open_run_dir(args.run_dir)
-    print(f"Report: {pipeline.write_report(run_dir, progress)}")
-    return 0
+    overrides = _overrides(args)
+    data = pipeline.write_report(run_dir, progress, overrides)
+    print(f"Report: {run_dir.report_path}")
+    return _gate(data, overrides, progress)
 
 
 def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
     from envmatrix.compare import compare
+    from envmatrix.stats import rules_for
 
     mapping = dict(args.mapping)
     if len(mapping) < len(args.mapping):
         raise ConfigError("--map names an environment of run A twice: give each ENV_A once.")
+    # Run B is the candidate: its matrix's verdict settings, under the command line's.
+    settings = config.read_resolved(open_run_dir(args.run_b).resolved_path).plan.verdict
+    settings = gate.verdict_settings(settings, _overrides(args))
     result = compare(args.run_a, args.run_b, args.out, mapping=mapping or None,
-                     allow_different_hardware=args.allow_different_hardware)
+                     allow_different_hardware=args.allow_different_hardware,
+                     rules=rules_for(settings))
     for pair in result.parity_failures:
         progress.warn("parity", f"{pair.b} (B) computes different outputs from {pair.a} (A)")
     print(f"Comparison: {result.path}")
-    return 0
+    fail_on = args.fail_on or ()  # compare gates only when asked on its command line
+    return _gate_code(gate.comparison_findings(result, fail_on), fail_on, progress)
 
 
 def cmd_clean(args: argparse.Namespace, progress: Progress) -> int:

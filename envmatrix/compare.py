@@ -64,6 +64,7 @@ class Pair:
     a: str
     b: str
     parity: CellParity | None  # None: a cell of the pair has no numbers (status not ok)
+    verdict: str | None = None  # B against A: the p50 verdict word, or "invalid" (the gate)
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,15 @@ def parity_word(p: CellParity | None) -> str:
     return p.status if p.status == "pass" else f"{p.status}: {md(p.reason)}"
 
 
+def pair_verdict(a: RunData, b: RunData, ida: str, idb: str, rules: VerdictRules) -> str:
+    """B's p50 verdict against A, as the table's row says it; "invalid" without numbers."""
+    ra, rb = a.results.get(ida) or {}, b.results.get(idb) or {}
+    if not (check_validity(ra, rules).valid and check_validity(rb, rules).valid):
+        return INVALID
+    return str(measured_comparison(f"A:{ida}", ra, f"B:{idb}", rb, rules,
+                                   metrics=("p50",))["verdict"])
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -319,7 +329,8 @@ def compare(
     if mapping:
         check_mapping(a, b, mapping)
     matched, unmatched = match_cells(a, b, mapping)
-    pairs = tuple(Pair(ida, idb, pair_parity(a, b, ida, idb)) for ida, idb in matched)
+    pairs = tuple(Pair(ida, idb, pair_parity(a, b, ida, idb), pair_verdict(a, b, ida, idb, rules))
+                  for ida, idb in matched)
     path = out or b.run_dir.path / f"compare-{a.run_dir.run_id}.md"
     result = Comparison(path, pairs, tuple(unmatched), tuple(hw_diff))
     atomic_write_text(path, render_comparison(a, b, result, rules))

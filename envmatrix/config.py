@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from envmatrix import expand, grammar, knobs, yamlsrc
+from envmatrix import expand, gpucompat, grammar, knobs, yamlsrc
 from envmatrix import plan as planmod
 from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan, Workload
@@ -49,6 +49,7 @@ from envmatrix.spec import (
     MatrixFile,
     MeasureSpec,
     ModelExportSpec,
+    VerdictSpec,
     WorkloadSpec,
     validate,
 )
@@ -58,8 +59,8 @@ __all__ = [
     "CA_BUNDLE_VARIABLES", "DEFAULT_TEMPLATE", "GRAMMARS", "MAX_FILE_BYTES", "MAX_NODES",
     "REFERENCE", "RESERVED_ENV", "SCHEMA_FILE", "SCHEMA_VERSION", "BaseSpec", "BootstrapSpec",
     "BuildSpec", "ConfigWarning", "EnvironmentSpec", "MatrixEntrySpec", "MatrixFile", "Measure",
-    "MeasureSpec", "ModelExportSpec", "WorkloadSpec", "dump_resolved", "load_plan", "main",
-    "matrix_json_schema", "read_resolved", "resolve_ca_bundle",
+    "MeasureSpec", "ModelExportSpec", "VerdictSpec", "WorkloadSpec", "dump_resolved", "load_plan",
+    "main", "matrix_json_schema", "read_resolved", "resolve_ca_bundle",
 ]
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "matrix.schema.json"
@@ -114,7 +115,8 @@ class _Builder:
                     "use an Ubuntu image (family: ubuntu), or python_source system/image."))
             boot = spec.bootstrap
             bootstrap = Bootstrap(boot.suite, boot.mirror, boot.variant) if boot else None
-            out[name] = Base(name, spec.image, family, bootstrap, spec.python_source, spec.cuda)
+            out[name] = Base(name, spec.image, family, bootstrap, spec.python_source, spec.cuda,
+                             spec.cudnn)
         return out
 
     # environments --------------------------------------------------------------------------
@@ -175,15 +177,17 @@ class _Builder:
                 id=draft.env_id, base=base, python=spec.python,
                 packages=tuple(sorted(spec.packages.items())), providers=tuple(spec.providers),
                 env=tuple(sorted(spec.env.items())), description=spec.description,
-                template=spec.template)))
+                template=spec.template, gpus=spec.gpus)))
         unique = self._check_ids(pairs)
         for draft, env in unique:
-            for key, message, fix in expand.check_environment(env):
+            other_index = bool(self.spec.build.pip_index_url)
+            for key, message, fix in (*expand.check_environment(env),
+                                      *gpucompat.check(env, other_index)):
                 self.problems.append(Problem(draft.path(*key), f"environment {env.id}: {message}",
                                              fix))
-            note = expand.numpy_warning(env)
-            if note:
-                self.warnings.append(f"{self.source}: {note}")
+            for note in (expand.numpy_warning(env), gpucompat.warning(env)):
+                if note:
+                    self.warnings.append(f"{self.source}: {note}")
         return [env for _, env in unique]
 
     def variants(self, drafts: list[_Draft], envs: Sequence[Environment]) -> knobs.Variants:
@@ -442,7 +446,8 @@ def _build(source: Path, doc: Doc, only: Optional[list[str]],
     settings = builder.build_settings()
     baseline = builder.baseline(envs)
     variants = builder.variants(drafts, envs)
-    cells = expand.make_cells(envs, workloads, variants=variants.by_env)
+    cells = expand.make_cells(envs, workloads, variants=variants.by_env,
+                              gpus=builder.spec.measure.gpus)
     builder.check_cells(envs, workloads, cells)
     builder.check()
     return _selected_plan(builder, envs, workloads, cells, baseline, settings, only, skip)
@@ -470,6 +475,9 @@ def _selected_plan(builder: _Builder, envs: Sequence[Environment],
         environments=tuple(kept_envs),
         workloads=tuple(w for w in workloads if any(c.workload.name == w.name for c in cells)),
         measure=Measure(**spec.measure.model_dump()),
+        verdict=planmod.VerdictSettings(spec.verdict.alpha, spec.verdict.min_effect,
+                                        tuple(spec.verdict.fail_on),
+                                        spec.verdict.min_node_share),
         baseline=baseline,
         cells=tuple(cells),
         ca_bundle=settings["ca_bundle"],

@@ -3,8 +3,9 @@
 A cell runs as user nobody (65534) with least privilege: no network, all capabilities dropped,
 no-new-privileges, a read-only root with a tmpfs /tmp (HOME=/tmp), memory (without swap) and
 pids limits and an optional cpuset, the run's inputs mounted read-only and one writable scratch
-folder; never privileged, never the docker socket. The harness inside is started with
-`harness_command`.
+folder; never privileged, never the docker socket. A cell on a GPU provider (cuda, tensorrt)
+also asks the engine for GPUs (a device request, what `docker run --gpus` sends); others never.
+The harness inside is started with `harness_command`.
 
 One `ContainerSpec` says all of that, and both of its renderings come from here: `create_kwargs`
 (the keyword arguments of the SDK's `containers.create`, as plain data; envmatrix.engine only
@@ -77,6 +78,8 @@ class ContainerSpec:
     pids_limit: int | None = 512
     cpuset_cpus: str | None = None
     working_dir: str | None = None
+    # GPUs the engine must give the container: ("all",) or device indexes/UUIDs; None: none.
+    gpus: tuple[str, ...] | None = None
 
 
 def all_labels(spec: ContainerSpec) -> dict[str, str]:
@@ -108,7 +111,29 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "pids_limit": spec.pids_limit,
         "cpuset_cpus": spec.cpuset_cpus,
         "working_dir": spec.working_dir,
+        "device_requests": device_requests(spec.gpus),
     }
+
+
+def device_requests(gpus: tuple[str, ...] | None) -> list[dict[str, Any]] | None:
+    """`docker.types.DeviceRequest` arguments for the GPUs, as `docker run --gpus` makes them:
+    driver left to the engine, the "gpu" capability, count -1 for all or the ids given."""
+    if not gpus:
+        return None
+    if gpus == ("all",):
+        return [{"driver": "", "count": -1, "capabilities": [["gpu"]]}]
+    return [{"driver": "", "device_ids": list(gpus), "capabilities": [["gpu"]]}]
+
+
+def gpu_flag(gpus: tuple[str, ...]) -> str:
+    """The value of `--gpus`: `all`, or `"device=0,1"` with its double quotes, which docker's
+    CSV parser needs so the comma does not end the field (the shell needs the outer quotes)."""
+    return "all" if gpus == ("all",) else '"device=' + ",".join(gpus) + '"'
+
+
+def parse_gpus(text: str | None) -> tuple[str, ...] | None:
+    """A matrix's `gpus:` text ("all", "0,1") as ContainerSpec.gpus; None stays None."""
+    return tuple(part for part in text.split(",") if part) if text else None
 
 
 def run_argv(spec: ContainerSpec) -> list[str]:
@@ -134,6 +159,8 @@ def run_argv(spec: ContainerSpec) -> list[str]:
         argv += ["--memory", spec.mem_limit, "--memory-swap", spec.mem_limit]
     if spec.cpuset_cpus is not None:
         argv += ["--cpuset-cpus", spec.cpuset_cpus]
+    if spec.gpus:
+        argv += ["--gpus", gpu_flag(spec.gpus)]
     for key, value in spec.environment.items():
         argv += ["-e", f"{key}={value}"]
     if spec.working_dir is not None:
@@ -159,11 +186,13 @@ def cell_spec(
     pids_limit: int | None,
     cpuset: str | None,
     owner: str | None = None,
+    gpus: str | None = None,
 ) -> ContainerSpec:
     """The least-privilege container of one cell (see the module docstring).
 
     `run_dir` is the run directory as the engine will see it: an absolute path for the runner,
-    REPRODUCE_ROOT for the printed command. `owner` (host:pid) lets the sweep spare live runs;
+    REPRODUCE_ROOT for the printed command. `gpus` is the cell's (`Cell.gpus`: "all", "0,1", or
+    None for a CPU cell). `owner` (host:pid) lets the sweep spare live runs;
     a container without one is a person's (the printed command) and stays unmanaged, since the
     sweep removes managed containers whose owner is gone, and it would kill that one mid-run.
     """
@@ -191,6 +220,7 @@ def cell_spec(
         pids_limit=pids_limit,
         cpuset_cpus=cpuset,
         working_dir=HARNESS_HOME,
+        gpus=parse_gpus(gpus),
     )
 
 
@@ -209,6 +239,7 @@ def reproduce_argv(run_id: str, cell_id: str, host: Mapping[str, Any], measure: 
         memory_limit=_text_or_none(host.get("memory_limit", measure.memory_limit)),
         pids_limit=_int_or_none(host.get("pids_limit", measure.pids_limit)),
         cpuset=_text_or_none(host.get("cpuset", measure.cpuset)),
+        gpus=_text_or_none(host.get("gpus")),
     )
     return run_argv(spec)
 

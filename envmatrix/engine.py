@@ -24,7 +24,8 @@ import docker.errors
 import requests.exceptions
 
 from envmatrix.containers import BOOTSTRAP_LABEL, ContainerSpec, create_kwargs
-from envmatrix.errors import BaseImageError, BuildError, EngineError
+from envmatrix.errors import BaseImageError, BuildError, EngineError, GpuUnavailableError
+from envmatrix.results import gpu_unavailable
 from envmatrix.toolwords import build_cause, clean
 
 # Seconds a timed-out container gets between SIGTERM and SIGKILL.
@@ -70,6 +71,13 @@ def _engine_error(err: Exception, doing: str) -> EngineError:
             "(removes envmatrix images) or `docker system prune`."
         )
     return EngineError(f"Docker engine error while {doing}: {text}")
+
+
+def _raise_if_no_gpu(err: Exception, spec: ContainerSpec) -> None:
+    """A GPU container refused for its GPUs: GpuUnavailableError with the engine's words."""
+    words = str(getattr(err, "explanation", None) or err)
+    if spec.gpus and gpu_unavailable(words):
+        raise GpuUnavailableError(words) from err
 
 
 class _BuildStream:
@@ -298,7 +306,7 @@ class Engine:
         container = self._create(spec)
         started = time.monotonic()
         try:
-            container.start()
+            self._start(container, spec)
             if on_start is not None:
                 on_start(container.id)
             timed_out = not self._wait_exit(container, started + timeout_s)
@@ -316,10 +324,25 @@ class Engine:
             with contextlib.suppress(docker.errors.DockerException):
                 container.remove(force=True)
 
+    def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) the container of a spec; its id. For inspecting what a spec asks
+        of the engine (tests); the caller removes it (`remove_labelled_containers`)."""
+        return str(self._create(spec).id)
+
+    def container_attrs(self, container_id: str) -> dict[str, Any]:
+        """`docker inspect` of one container."""
+        try:
+            return dict(self._client.api.inspect_container(container_id))
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"inspecting container {container_id}") from err
+
     def _create(self, spec: ContainerSpec) -> Any:
         """The container of a spec, as envmatrix.containers words it for the SDK."""
         kwargs = create_kwargs(spec)
         kwargs["mounts"] = [docker.types.Mount(**mount) for mount in kwargs["mounts"]]
+        if kwargs["device_requests"] is not None:
+            kwargs["device_requests"] = [docker.types.DeviceRequest(**request)
+                                         for request in kwargs["device_requests"]]
         try:
             return self._client.containers.create(**kwargs)
         except docker.errors.ImageNotFound as err:
@@ -327,7 +350,36 @@ class Engine:
                 f"Image {spec.image} is not in the engine: build it first (`nox -s build`)."
             ) from err
         except docker.errors.DockerException as err:
+            _raise_if_no_gpu(err, spec)
             raise _engine_error(err, f"creating a container of {spec.image}") from err
+
+    @staticmethod
+    def _start(container: Any, spec: ContainerSpec) -> None:
+        """Start; docker reports a GPU it cannot give here, not at create."""
+        try:
+            container.start()
+        except docker.errors.DockerException as err:
+            _raise_if_no_gpu(err, spec)
+            raise
+
+    def gpu_support(self) -> dict[str, Any]:
+        """What the engine says about GPUs (`docker info`): its runtimes, the default one,
+        whether an nvidia runtime is among them, and its CDI spec folders (Docker 25+).
+
+        Recorded with every result; never used to skip a GPU cell: the engine's answer to the
+        container itself is the truth (the NVIDIA toolkit can work through CDI or the default
+        runtime's hook without any "nvidia" runtime listed)."""
+        try:
+            info = self._client.info()
+        except docker.errors.DockerException as err:
+            return {"error": str(err)}
+        runtimes = sorted((info.get("Runtimes") or {}).keys())
+        return {
+            "runtimes": runtimes,
+            "default_runtime": info.get("DefaultRuntime"),
+            "nvidia_runtime": any("nvidia" in name for name in runtimes),
+            "cdi_spec_dirs": list(info.get("CDISpecDirs") or []),
+        }
 
     @staticmethod
     def _wait_exit(container: Any, deadline: float) -> bool:

@@ -21,6 +21,11 @@ class EngineError(EnvmatrixError):
     exit_code = 3
 
 
+class GpuUnavailableError(EngineError):
+    """The engine could not give a container the GPUs it asked for; the message is the
+    engine's own. A cell's outcome (status `no_gpu`), not the run's end."""
+
+
 class BaseImageError(EnvmatrixError):
     """A base image could not be found, pulled or bootstrapped."""
 
@@ -53,3 +58,9 @@ class CellsFailed(EnvmatrixError):
     """The run finished but some cells did not produce numbers."""
 
     exit_code = 10
+
+
+class GateFailed(EnvmatrixError):
+    """A report holds a verdict that --fail-on (or matrix.yaml verdict.fail_on) names."""
+
+    exit_code = 11

@@ -17,7 +17,15 @@ from typing import Any
 
 from envmatrix.errors import ConfigError
 from envmatrix.grammar import normalize_package
-from envmatrix.plan import NO_KNOBS, PROVIDER_NAMES, Cell, Environment, Knobs, Workload
+from envmatrix.plan import (
+    GPU_PROVIDERS,
+    NO_KNOBS,
+    PROVIDER_NAMES,
+    Cell,
+    Environment,
+    Knobs,
+    Workload,
+)
 from envmatrix.problems import KeyPath, PlanError, Problem, did_you_mean, kind_of, show
 from harness.optiontable import SESSION_SETTINGS
 
@@ -47,7 +55,7 @@ KNOWN_PACKAGES = frozenset(name for name, _ in RUNTIME_TAGS) | {"numpy", "openvi
 KNOB_FIELDS = ("threads", "cpuset", "memory_limit")
 AXIS_FIELDS = ("base", "python", "providers", *KNOB_FIELDS)
 INCLUDE_FIELDS = (*AXIS_FIELDS, "id", "env", "description", "provider_options", "template",
-                  "session")
+                  "gpus", "session")
 # Dotted axes that vary one setting inside a mapping: session.<setting>,
 # session.config.<key>, provider_options.<provider>.<option>.
 SESSION_AXES = tuple(f"session.{name}" for name in SESSION_SETTINGS)
@@ -63,10 +71,11 @@ PROVIDER_SHORT = {full: short for short, full in PROVIDER_NAMES.items()}
 TORCH_PROVIDERS = ("cpu", "cuda")  # devices the torch backend can use
 NUMPY2_SINCE = (1, 19)  # onnxruntime releases before this were built against numpy 1.x
 # Newest ONNX IR version and opset that old onnxruntime releases read (onnxruntime's
-# docs/Versioning.md); releases from 1.9 on read IR 8+, beyond every default here.
+# docs/Versioning.md: 1.3-1.5 shipped ONNX 1.7, IR 7); releases from 1.9 on read IR 8+, beyond
+# every default here.
 ORT_MODEL_LIMITS: dict[tuple[int, ...], tuple[int, int]] = {
-    (1, 0): (6, 11), (1, 1): (6, 11), (1, 2): (6, 11), (1, 3): (6, 12), (1, 4): (6, 12),
-    (1, 5): (6, 12), (1, 6): (7, 13), (1, 7): (7, 13), (1, 8): (7, 14),
+    (1, 0): (6, 11), (1, 1): (6, 11), (1, 2): (6, 11), (1, 3): (7, 12), (1, 4): (7, 12),
+    (1, 5): (7, 12), (1, 6): (7, 13), (1, 7): (7, 13), (1, 8): (7, 14),
 }
 
 
@@ -500,6 +509,7 @@ def make_cells(
     environments: Sequence[Environment],
     workloads: Sequence[Workload],
     provider_options: Mapping[str, Mapping[str, tuple[tuple[str, Any], ...]]] | None = None,
+    gpus: str = "all",
     variants: Mapping[str, Sequence[Variant]] | None = None,
 ) -> list[Cell]:
     """Every environment x workload x provider of that environment that can run, x variant.
@@ -510,7 +520,8 @@ def make_cells(
     settings and provider options are onnxruntime's: its cells leave them out); an
     onnxruntime workload with onnxruntime environments. Variants that are alike for one
     provider (options of another provider) make one cell; knobs that differ between the
-    remaining ones name the cells (`--t1`, `--opt-all`).
+    remaining ones name the cells (`--t1`, `--opt-all`). Cells on a GPU provider get the
+    environment's `gpus`, else the run's (`gpus`); others none.
     """
     options = provider_options or {}
     cells: list[Cell] = []
@@ -519,12 +530,13 @@ def make_cells(
         for wl in workloads:
             for provider in env.providers:
                 if runs(env, wl, provider):
-                    cells += _variant_cells(env, wl, provider, own)
+                    devices = (env.gpus or gpus) if provider in GPU_PROVIDERS else None
+                    cells += _variant_cells(env, wl, provider, own, devices)
     return cells
 
 
 def _variant_cells(env: Environment, wl: Workload, provider: str,
-                   variants: Sequence[Variant]) -> list[Cell]:
+                   variants: Sequence[Variant], gpus: str | None) -> list[Cell]:
     settings: list[tuple[Knobs, tuple[tuple[str, Any], ...]]] = []
     for knobs, by_provider in variants:
         pair = (knobs, tuple(by_provider.get(provider, ())))
@@ -536,7 +548,7 @@ def _variant_cells(env: Environment, wl: Workload, provider: str,
     varied = varied_knobs(values)
     return [Cell(cell_id(env.id, wl.name, provider, [knob_part(n, v[n]) for n in varied
                                                      if n in v]),
-                 env, wl, provider, opts, knobs)
+                 env, wl, provider, opts, gpus=gpus, knobs=knobs)
             for (knobs, opts), v in zip(settings, values)]
 
 

@@ -15,6 +15,7 @@ _ALNUM = r"[a-z0-9]+"
 _COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
 _DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
 _DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]{{1,5}})?"
+_GPU = r"(?:[0-9]{1,4}|(?:GPU|MIG)-[A-Za-z0-9/-]{1,80})"  # an index or a UUID (nvidia-smi -L)
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 
 GRAMMARS: dict[str, str] = {
@@ -32,6 +33,9 @@ GRAMMARS: dict[str, str] = {
     "index_url": r"(?:https?|file)://[A-Za-z0-9._~%+/:@=-]+",
     "python": r"system|3\.[0-9]{1,2}",
     "cuda": r"[0-9]{1,2}(?:\.[0-9]{1,3}){0,2}",
+    "cudnn": r"[0-9]{1,2}(?:\.[0-9]{1,3}){0,3}",
+    # "all", or GPU indexes / UUIDs (GPU-..., MIG-...) separated by commas: docker's --gpus.
+    "gpus": rf"all|{_GPU}(?:,{_GPU})*",
     "provider": "|".join(PROVIDER_NAMES) + r"|[A-Za-z]+ExecutionProvider",
     "option_key": r"[A-Za-z_][A-Za-z0-9_]*",
     # Provider option values go to the harness as data (JSON), never through a shell or a
@@ -51,10 +55,9 @@ GRAMMARS: dict[str, str] = {
 # Longest values (ids also name docker images and files, which have limits of their own).
 MAX_LENGTH = {"id": 63, "package": 100, "version": 64, "env_name": 128, "env_value": 1024,
               "image": 255, "suite": 31, "mirror": 300, "index_url": 300, "python": 6,
-              "cuda": 12, "provider": 64, "option_key": 64, "option_value": 256,
-              "config_key": 128, "property_key": 128,
-              "input_name": 128, "value": 64, "template": 128, "cpuset": 64, "memory": 16,
-              "text": 300}
+              "cuda": 12, "cudnn": 16, "gpus": 600, "provider": 64, "option_key": 64,
+              "option_value": 256, "config_key": 128, "property_key": 128, "input_name": 128,
+              "value": 64, "template": 128, "cpuset": 64, "memory": 16, "text": 300}
 ID_MAX = MAX_LENGTH["id"]
 
 # Environment variables envmatrix sets in every image itself; ENVMATRIX_* are reserved too.

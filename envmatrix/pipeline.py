@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from envmatrix import __version__, config, images, inputs, render, report, runner
+from envmatrix import __version__, config, gate, images, inputs, render, report, runner, stats
 from envmatrix.engine import Engine
 from envmatrix.errors import EnvmatrixError
 from envmatrix.plan import Plan
@@ -37,6 +37,7 @@ class Request:
     rebuild: bool = False
     resume: Path | None = None
     stop_after: Stop = "report"
+    overrides: gate.Overrides = gate.Overrides()  # --repeats, --alpha, ... over matrix.yaml
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Outcome:
     build_failures: list[images.BuildFailure] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)  # one per cell, plan order
     report_path: Path | None = None
+    report_data: report.RunData | None = None  # what the report says, for the gate
     harness_s: float = 0.0  # container time of the cells measured by this invocation
 
     @property
@@ -67,9 +69,13 @@ class Interrupted(EnvmatrixError):
 def run(request: Request, progress: Progress) -> Outcome:
     """Every stage in order, up to `request.stop_after`."""
     started = utc_now()
-    plan = config.load_plan(request.matrix, only=request.only, skip=request.skip)
+    plan = gate.apply(config.load_plan(request.matrix, only=request.only, skip=request.skip),
+                      request.overrides)
     progress("plan", f"{len(plan.environments)} environments, {len(plan.cells)} cells "
                      f"from {request.matrix}")
+    if request.overrides.repeats is not None:
+        progress("plan", f"--repeats {plan.measure.repeats}: {plan.measure.round_count} rounds "
+                         f"of {plan.measure.repeats_per_round} process(es) per cell")
     # Template and model problems are matrix errors too (exit 2): find them before any engine
     # contact, and template ones before a run directory exists.
     check_templates(plan)
@@ -94,7 +100,8 @@ def run(request: Request, progress: Progress) -> Outcome:
         raise Interrupted(run_dir) from None
     outcome.harness_s = seconds_in_containers(outcome.results, since=started)
     if request.stop_after == "report":
-        outcome.report_path = write_report(run_dir, progress)
+        outcome.report_data = write_report(run_dir, progress)
+        outcome.report_path = outcome.report_data.run_dir.report_path
     return outcome
 
 
@@ -170,6 +177,12 @@ def build_images(
                                 progress=progress)
 
 
-def write_report(run_dir: RunDir, progress: Progress) -> Path:
+def write_report(run_dir: RunDir, progress: Progress,
+                 overrides: gate.Overrides | None = None) -> report.RunData:
+    """Write the report with the plan's verdict settings (or the overrides'); what it says."""
     progress("report", str(run_dir.path))
-    return report.build_report(run_dir.path)
+    settings = config.read_resolved(run_dir.resolved_path).plan.verdict
+    rules = stats.rules_for(gate.verdict_settings(settings, overrides or gate.Overrides()))
+    data = report.load_run(run_dir.path, rules)
+    report.write_report_files(data)
+    return data

@@ -27,6 +27,8 @@ PROVIDER_NAMES: dict[str, str] = {
     "rocm": "ROCMExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
 }
+# Providers whose cells get GPUs from the engine (a device request); every other cell gets none.
+GPU_PROVIDERS = ("cuda", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class Base:
     # "system": the distribution's python3; "image": the base already provides python (official
     # python images); "deadsnakes": pythonX.Y from the deadsnakes PPA (Ubuntu only).
     python_source: str = "system"
-    cuda: str | None = None  # CUDA version the base provides, for the report and fingerprint
+    cuda: str | None = None  # CUDA version the base provides (checked by envmatrix.gpucompat)
+    cudnn: str | None = None  # cuDNN version the base provides, likewise
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Environment:
     env: tuple[tuple[str, str], ...] = ()  # environment variables set in the image
     description: str = ""
     template: str = "default.Dockerfile.j2"  # template file name inside the template folder
+    gpus: str | None = None  # GPUs of its GPU cells ("all", "0,1"); None: the measure's
 
     @property
     def package_dict(self) -> dict[str, str]:
@@ -105,6 +109,7 @@ class Measure:
     build_timeout_s: float = 1800.0  # per image build, enforced on the host
     memory_limit: str = "4g"
     pids_limit: int = 512
+    gpus: str = "all"  # GPUs of cuda/tensorrt cells: "all" or indexes/UUIDs ("0,1")
 
     @property
     def round_count(self) -> int:
@@ -118,6 +123,25 @@ class Measure:
             raise ValueError(f"measure.rounds={self.rounds} must divide measure.repeats="
                              f"{self.repeats} (1 <= rounds <= repeats)")
         return self.repeats // self.round_count
+
+
+# What `--fail-on` / `verdict.fail_on` may name (envmatrix.gate says what each one matches).
+FAIL_ON_WORDS = ("slower", "parity", "invalid")
+
+
+@dataclass(frozen=True)
+class VerdictSettings:
+    """matrix.yaml `verdict:`: how sure and how big a change must be, and what fails a CI gate.
+
+    Not part of a cell's config hash: these change what the report concludes from the
+    numbers, never the numbers, so a report can be rebuilt with other settings.
+    """
+
+    alpha: float = 0.05  # the intervals are (1 - alpha) intervals
+    min_effect: float = 0.02  # smaller changes are "no significant change"
+    fail_on: tuple[str, ...] = ()  # FAIL_ON_WORDS that make `matrix`/`report` exit 11
+    # A warning when the requested provider ran less than this share of the compute nodes.
+    min_node_share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -156,14 +180,26 @@ class Cell:
     provider: str  # short name, key of PROVIDER_NAMES or a full onnxruntime provider name
     # Values are JSON types: text, numbers, booleans, mappings (OpenVINO's load_config).
     provider_options: tuple[tuple[str, Any], ...] = field(default=(), hash=False)
+    # The GPUs the cell's container asks the engine for ("all", "0,1"); None for CPU cells.
+    gpus: str | None = None
     knobs: Knobs = NO_KNOBS
 
     def config_hash(self, measure: Measure) -> str:
-        """Hash of everything that shapes this cell's numbers: stale results are refused."""
-        cell = asdict(self)
+        """Hash of everything that shapes this cell's numbers: stale results are refused.
+
+        The GPU settings enter through the cell's own `gpus`, and only when it has GPUs: a CPU
+        cell's hash neither changes with them nor differs from before they existed.
+        """
+        cell, settings = asdict(self), asdict(measure)
+        cell["environment"].pop("gpus", None)
+        settings.pop("gpus", None)
+        # Keys added after results existed count only when set, so old hashes stay valid.
+        for part, key in ((cell, "gpus"), (cell["environment"]["base"], "cudnn")):
+            if part.get(key) is None:
+                part.pop(key, None)
         if self.knobs == NO_KNOBS:
             del cell["knobs"]  # cells that set nothing new keep the hash they always had
-        doc = {"cell": cell, "measure": asdict(measure)}
+        doc = {"cell": cell, "measure": settings}
         text = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -188,6 +224,7 @@ class Plan:
     pip_index_url: str | None = None  # None: pip's default index
     template_dir: str | None = None  # user template folder; None: the packaged dockerfiles/
     extra: dict[str, Any] = field(default_factory=dict)
+    verdict: VerdictSettings = field(default_factory=VerdictSettings)
 
     def environment(self, env_id: str) -> Environment:
         for env in self.environments:
@@ -250,6 +287,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "source": str(plan.source),
         "baseline": plan.baseline,
         "measure": asdict(plan.measure),
+        "verdict": {**asdict(plan.verdict), "fail_on": list(plan.verdict.fail_on)},
         "build": {
             "ca_bundle": configured.get("ca_bundle", plan.ca_bundle),
             "ca_bundle_resolved": plan.ca_bundle,
@@ -263,12 +301,12 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "bases": [{
             "name": b.name, "image": b.image, "family": b.family,
             "bootstrap": asdict(b.bootstrap) if b.bootstrap else None,
-            "python_source": b.python_source, "cuda": b.cuda,
+            "python_source": b.python_source, "cuda": b.cuda, "cudnn": b.cudnn,
         } for b in plan.bases],
         "environments": [{
             "id": e.id, "base": e.base.name, "image": e.base.image, "python": e.python,
             "packages": dict(e.packages), "providers": list(e.providers), "env": dict(e.env),
-            "description": e.description, "template": e.template,
+            "description": e.description, "template": e.template, "gpus": e.gpus,
         } for e in plan.environments],
         "workloads": [{
             "name": w.name, "model": w.model, "backend": w.backend,
@@ -279,6 +317,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "cells": [{
             "id": c.id, "environment": c.environment.id, "workload": c.workload.name,
             "provider": c.provider, "provider_options": dict(c.provider_options),
+            "gpus": c.gpus,
             **({"knobs": c.knobs.to_dict()} if c.knobs != NO_KNOBS else {}),
             "config_hash": c.config_hash(plan.measure),
         } for c in plan.cells],
@@ -305,7 +344,8 @@ def _base(doc: dict[str, Any]) -> Base:
     boot = doc.get("bootstrap")
     return Base(name=str(doc["name"]), image=str(doc["image"]), family=str(doc["family"]),
                 bootstrap=Bootstrap(**boot) if boot else None,
-                python_source=str(doc.get("python_source") or "system"), cuda=doc.get("cuda"))
+                python_source=str(doc.get("python_source") or "system"), cuda=doc.get("cuda"),
+                cudnn=doc.get("cudnn"))
 
 
 def _environment(doc: dict[str, Any], bases: dict[str, Base]) -> Environment:
@@ -313,7 +353,7 @@ def _environment(doc: dict[str, Any], bases: dict[str, Base]) -> Environment:
         id=str(doc["id"]), base=bases[str(doc["base"])], python=str(doc["python"]),
         packages=_pairs(doc.get("packages")), providers=tuple(doc.get("providers") or ()),
         env=_pairs(doc.get("env")), description=str(doc.get("description") or ""),
-        template=str(doc.get("template") or "default.Dockerfile.j2"))
+        template=str(doc.get("template") or "default.Dockerfile.j2"), gpus=doc.get("gpus"))
 
 
 def _workload(doc: dict[str, Any]) -> Workload:
@@ -324,6 +364,17 @@ def _workload(doc: dict[str, Any]) -> Workload:
                             for k, v in (doc.get("shapes") or {}).items())),
         values=_pairs(doc.get("values")), inputs=doc.get("inputs"),
         seed=int(doc.get("seed") or 0), description=str(doc.get("description") or ""))
+
+
+def _verdict(doc: Any) -> VerdictSettings:
+    """The `verdict:` part; plans written before it existed get the defaults."""
+    doc = doc if isinstance(doc, dict) else {}
+    default = VerdictSettings()
+    return VerdictSettings(alpha=float(doc.get("alpha", default.alpha)),
+                           min_effect=float(doc.get("min_effect", default.min_effect)),
+                           fail_on=tuple(str(w) for w in doc.get("fail_on") or ()),
+                           min_node_share=float(doc.get("min_node_share",
+                                                        default.min_node_share)))
 
 
 def _run_record(doc: Any) -> RunRecord:
@@ -352,7 +403,7 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
     cells = tuple(
         Cell(id=str(c["id"]), environment=envs[str(c["environment"])],
              workload=workloads[str(c["workload"])], provider=str(c["provider"]),
-             provider_options=_options(c.get("provider_options")),
+             provider_options=_options(c.get("provider_options")), gpus=c.get("gpus"),
              knobs=_knobs(c.get("knobs")))
         for c in doc.get("cells") or [])
     build = doc.get("build") or {}
@@ -366,7 +417,8 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
         extra={"model_export": dict(doc.get("model_export") or {}),
                "offline": bool(build.get("offline", False)),
                "configured_build": {"ca_bundle": build.get("ca_bundle")},
-               "warnings": list(doc.get("warnings") or [])})
+               "warnings": list(doc.get("warnings") or [])},
+        verdict=_verdict(doc.get("verdict")))
     hashes = {str(c["id"]): str(c["config_hash"]) for c in doc.get("cells") or []
               if c.get("config_hash")}
     return ResolvedPlan(plan=plan, run=_run_record(doc.get("run")), config_hashes=hashes)

@@ -55,9 +55,12 @@ from envmatrix.stats import (
     point_value,
     repeat_cv,
     repeat_latencies,
+    rules_for,
     run_verdicts,
     too_few_note,
 )
+
+TOO_FEW_PREFIX = "too few rounds"  # how stats.too_few_note words its note
 
 REPORT_SCHEMA = "envmatrix.report/1"
 DASH = "–"
@@ -99,11 +102,15 @@ class RunData:
 
 
 def load_run(path: Path, rules: VerdictRules | None = None) -> RunData:
-    """Read a run directory and compute validity, verdicts and parity for every cell."""
+    """Read a run directory and compute validity, verdicts and parity for every cell.
+
+    Without `rules`, the verdict settings the run's plan recorded (matrix.yaml `verdict:`).
+    """
     run_dir = open_run_dir(path)
     resolved = config.read_resolved(run_dir.resolved_path)
     results = {str(r["cell"]): r for r in load_results(run_dir, resolved)}
-    data = RunData(run_dir, resolved.plan, resolved.run, results, rules or VerdictRules())
+    rules = rules or rules_for(resolved.plan.verdict)
+    data = RunData(run_dir, resolved.plan, resolved.run, results, rules)
     data.validity = {cid: check_validity(r, data.rules) for cid, r in results.items()}
     data.verdicts = run_verdicts(data.plan, results, data.rules)
     data.costs = {cid: cell_costs(r) for cid, r in results.items()}
@@ -345,24 +352,12 @@ def trust_notes(data: RunData) -> list[str]:
         validity = data.validity.get(cell.id)
         lines += [f"- {md(cell.id)}: {md(w)}." for w in (validity.warnings if validity else ())
                   if not w.startswith(NOISY_PREFIX)]
-    for v in data.verdicts:
-        lines += [f"- {md(v.candidate)}: {md(note)}." for note in v.notes]
+    for v in data.verdicts:  # a too-few-rounds note is said once, by budget_note
+        lines += [f"- {md(v.candidate)}: {md(note)}." for note in v.notes
+                  if not note.startswith(TOO_FEW_PREFIX)]
         if v.verdict == INVALID:
             lines.append(f"- {md(v.candidate)}: **invalid**: {md('; '.join(v.reasons))}.")
     return lines
-
-
-def budget_note(data: RunData) -> str | None:
-    """Says so when a report was made with too few rounds or processes for its test."""
-    notes = []
-    for v in data.verdicts:
-        p50 = v.p50
-        if p50 is not None:
-            note = too_few_note(p50.method or UNPAIRED, p50.n_base or 0, p50.n_cand or 0,
-                                data.rules)
-            if note and note not in notes:
-                notes.append(note)
-    return ("**Too few rounds for a verdict:** " + " ".join(notes)) if notes else None
 
 
 def section_summary(data: RunData) -> str:
@@ -385,12 +380,25 @@ def section_summary(data: RunData) -> str:
     notes = trust_notes(data)
     lines += ["", *notes] if notes else []
     rules = data.rules
-    lines += ["", f"Verdicts: {verdict_methods(data.verdicts)}; \"faster\" or \"slower\" only "
-                  f"when the whole {rules.confidence:.0%} interval is on that side of no change "
-                  f"and the estimate is beyond {rules.min_effect:.0%}; the same rule on p99 "
-                  "gives the tail verdict. CPU, cold start and memory changes are ratios of "
-                  "per-process medians (docs/report.md)."]
+    lines += ["", f"Verdicts: {verdict_methods(data.verdicts)} at alpha "
+                  f"{1 - rules.confidence:.2g}: \"faster\" or \"slower\" only when the whole "
+                  f"{rules.confidence:.0%} interval is on that side of no change and the estimate "
+                  f"is beyond a {rules.min_effect:.0%} change; the same rule on p99 gives the "
+                  "tail verdict. CPU, cold start and memory changes: the same estimate and "
+                  "interval on those figures, without a verdict (docs/report.md)."]
     return "\n".join(lines)
+
+
+def budget_note(data: RunData) -> str | None:
+    """One line when some comparison had too few rounds for its test (so no verdict)."""
+    notes = [too_few_note(ci.method, ci.n_base or 0, ci.n_cand or 0, data.rules)
+             for v in data.verdicts if (ci := v.p50) is not None and ci.method]
+    found = list(dict.fromkeys(n for n in notes if n))
+    if not found:
+        return None
+    return (f"> **Too few rounds for a verdict** in {len([n for n in notes if n])} of "
+            f"{len(data.verdicts)} comparison(s): {md('; '.join(found))}. Measure more rounds "
+            "(measure.repeats, or --repeats N) for a decision.")
 
 
 def verdict_methods(verdicts: Sequence[Verdict]) -> str:
@@ -941,7 +949,11 @@ def _json_text(obj: Any) -> str:
 
 def build_report(run_dir: Path, rules: VerdictRules | None = None) -> Path:
     """Write report.md, results.json, results.csv and plots/ into run_dir; report.md's path."""
-    data = load_run(run_dir, rules)
+    return write_report_files(load_run(run_dir, rules))
+
+
+def write_report_files(data: RunData) -> Path:
+    """build_report for a run already loaded (the CLI's gate reads the same RunData)."""
     plot_files = {w: write_plots(data, w) for w in workloads(data)}
     atomic_write_text(data.run_dir.results_json, _json_text(results_document(data)))
     atomic_write_text(data.run_dir.results_csv, results_csv(data))

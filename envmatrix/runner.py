@@ -46,7 +46,7 @@ from envmatrix.containers import (
     round_result_name,
 )
 from envmatrix.engine import ContainerOutcome, Engine
-from envmatrix.errors import EngineError
+from envmatrix.errors import EngineError, GpuUnavailableError
 from envmatrix.plan import Cell, Measure, Plan
 from envmatrix.rundir import RunDir, atomic_write_json
 from harness import measure as harness_measure
@@ -185,6 +185,8 @@ def run_cells(
             measuring.append(_Measuring(index, cell, *settled))
     current: _Measuring | None = None
     orders = RoundOrders(run_dir)
+    # Asked once per run, recorded with each GPU cell's result (host.engine_gpu).
+    engine_gpu = engine.gpu_support() if any(m.cell.gpus for m in measuring) else None
     try:
         for round_index in range(rounds):
             order = round_order([m for m in measuring if m.cell.id not in done], round_index)
@@ -195,7 +197,7 @@ def run_cells(
                     where = f"[round {round_index + 1}/{rounds}] {where}"
                 say("run", where)
                 current = item
-                result = _run_round(engine, plan, run_dir, item, round_index, adjust)
+                result = _run_round(engine, plan, run_dir, item, round_index, adjust, engine_gpu)
                 current = None
                 if result is not None:
                     done[item.cell.id] = result
@@ -340,6 +342,7 @@ def _launch(
         pids_limit=measure.pids_limit,
         cpuset=measure.cpuset,
         owner=owner_label(),
+        gpus=cell.gpus,
     )
     spent = sum(float(h.get("duration_s") or 0.0) for h in item.hosts)
     launch = Launch(spec=spec, timeout_s=max(plan.measure.timeout_s - spent, 1.0))
@@ -353,6 +356,7 @@ def _run_round(
     item: _Measuring,
     round_index: int,
     adjust: Adjust | None,
+    engine_gpu: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """One round of one cell; the cell's final result when this round ended it, else None."""
     cell = item.cell
@@ -364,6 +368,8 @@ def _run_round(
     round_log = run_dir.logs_dir / f"run-{cell.id}.round.log"
     round_log.unlink(missing_ok=True)
     host = _host_base(run_dir, cell, plan, item.image, launch)
+    if cell.gpus and engine_gpu is not None:
+        host["engine_gpu"] = engine_gpu
     started = time.monotonic()
     try:
         outcome = engine.run(launch.spec, timeout_s=launch.timeout_s, log_path=round_log)
@@ -373,6 +379,9 @@ def _run_round(
         raise
     except EngineError as err:
         host.update(duration_s=round(time.monotonic() - started, 3), finished_at=results.utc_now())
+        if isinstance(err, GpuUnavailableError):  # this cell's outcome; the others run on
+            reason = f"the engine could not give the container a GPU: {err}"
+            return _finish_failed(run_dir, item, plan, None, "no_gpu", reason, None, host)
         reason = f"the engine could not run the container: {err}"
         return _finish_failed(run_dir, item, plan, None, "error", reason, None, host)
     log = _append_round_log(run_dir, cell, plan, round_index, round_log, outcome.log)
@@ -405,6 +414,7 @@ def _host_base(
         "memory_limit": launch.spec.mem_limit,
         "pids_limit": launch.spec.pids_limit,
         "cpuset": launch.spec.cpuset_cpus,
+        "gpus": ",".join(launch.spec.gpus) if launch.spec.gpus else None,
         "command": list(launch.spec.command),
         "run_log": _relative(run_dir, run_dir.run_log(cell.id)),
         "started_at": results.utc_now(),

@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from envmatrix import grammar, problems
 from envmatrix.grammar import GRAMMARS, RESERVED_ENV
-from envmatrix.plan import PROVIDER_NAMES, Measure
+from envmatrix.plan import PROVIDER_NAMES, Measure, VerdictSettings
 from envmatrix.problems import KeyPath, Problem, kind_of, show
 
 SCHEMA_VERSION = 1
@@ -112,6 +112,8 @@ IndexUrl = Annotated[str, G("index_url", "an http(s) or file URL without spaces 
                             "https://pypi.example.org/simple")]
 PythonVersion = Annotated[str, G("python", '"system" or a version X.Y', '"3.10"')]
 CudaVersion = Annotated[str, G("cuda", "a CUDA version", '"12.4"')]
+CudnnVersion = Annotated[str, G("cudnn", "a cuDNN version", '"9"')]
+Gpus = Annotated[str, G("gpus", '"all" or GPU indexes or UUIDs separated by commas', '"0,1"')]
 Provider = Annotated[str, G("provider", "an execution provider (cpu, openvino, cuda, tensorrt, "
                             "dnnl, rocm, coreml or a full XxxExecutionProvider name)",
                             "openvino"), AfterValidator(_short_provider)]
@@ -162,6 +164,7 @@ class BaseSpec(_Strict):
     bootstrap: Optional[BootstrapSpec] = None
     python_source: Literal["system", "image", "deadsnakes"] = "system"
     cuda: Optional[CudaVersion] = None
+    cudnn: Optional[CudnnVersion] = None
 
     @property
     def resolved_family(self) -> str:
@@ -252,6 +255,8 @@ class _EnvironmentFields(_Strict):
     provider_options: ProviderOptions = {}
     description: Text = ""
     template: TemplateName = DEFAULT_TEMPLATE
+    gpus: Optional[Gpus] = Field(default=None, description="GPUs of this environment's cuda and "
+                                 "tensorrt cells; default: measure.gpus")
     threads: Optional[Threads] = None
     cpuset: Optional[Cpuset] = None
     memory_limit: Optional[MemoryText] = None
@@ -301,6 +306,7 @@ class MatrixEntrySpec(_Strict):
     provider_options: ProviderOptions = {}
     description: Optional[Text] = None
     template: Optional[TemplateName] = None
+    gpus: Optional[Gpus] = None
     threads: Optional[Threads] = None
     cpuset: Optional[Cpuset] = None
     memory_limit: Optional[MemoryText] = None
@@ -354,6 +360,8 @@ class MeasureSpec(_Strict):
     build_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = _MEASURE.build_timeout_s
     memory_limit: MemoryText = _MEASURE.memory_limit
     pids_limit: Annotated[int, Field(ge=16, le=1_000_000)] = _MEASURE.pids_limit
+    gpus: Gpus = Field(default=_MEASURE.gpus, description="GPUs of cuda and tensorrt cells (all, "
+                       "or indexes/UUIDs); an environment's gpus: wins")
 
     @model_validator(mode="after")
     def _rounds_divide_repeats(self) -> "MeasureSpec":
@@ -367,6 +375,34 @@ class MeasureSpec(_Strict):
                           f"set rounds to one of {divisors}, or null for {self.repeats} rounds "
                           "of one process each.")
         return self
+
+
+_VERDICT = VerdictSettings()
+# Limits shared with the command line's --alpha and --min-effect (envmatrix.gate).
+ALPHA_RANGE = (0.001, 0.5)
+MIN_EFFECT_RANGE = (0.0, 1.0)
+FailOnWord = Literal["slower", "parity", "invalid"]
+
+
+class VerdictSpec(_Strict):
+    alpha: Annotated[float, Field(ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1], description=(
+        "error rate of the verdict: intervals are (1 - alpha) intervals"))] = _VERDICT.alpha
+    min_effect: Annotated[float, Field(ge=MIN_EFFECT_RANGE[0], le=MIN_EFFECT_RANGE[1],
+                                       description=(
+        "smallest change (0.02 = 2%) that counts as faster or slower"))] = _VERDICT.min_effect
+    fail_on: list[FailOnWord] = Field(default=[], description=(
+        "verdicts that make `matrix` and `report` exit 11: slower, parity, invalid"))
+    min_node_share: Annotated[float, Field(ge=0, le=1, description=(
+        "warn when the requested execution provider ran less than this share of the compute "
+        "nodes (1: all of them)"))] = _VERDICT.min_node_share
+
+    @field_validator("fail_on")
+    @classmethod
+    def _unique_words(cls, value: list[str]) -> list[str]:
+        repeated = sorted({w for w in value if value.count(w) > 1})
+        if repeated:
+            raise _custom(f"{repeated[0]!r} is listed twice.", "list it once.")
+        return value
 
 
 class BuildSpec(_Strict):
@@ -399,6 +435,7 @@ class MatrixFile(_Strict):
     environments: Annotated[list[EnvironmentEntry], Field(min_length=1)]
     workloads: Annotated[dict[Slug, WorkloadSpec], Field(min_length=1)]
     measure: MeasureSpec = MeasureSpec()
+    verdict: VerdictSpec = VerdictSpec()
     baseline: Optional[Slug] = None
     build: BuildSpec = BuildSpec()
     model_export: ModelExportSpec = ModelExportSpec()

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from envmatrix.grammar import normalize_package
-from envmatrix.plan import Cell, Plan
+from envmatrix.plan import Cell, Plan, VerdictSettings
 
 FASTER = "faster"
 SLOWER = "slower"
@@ -77,6 +77,12 @@ class VerdictRules:
     def level_alpha(self) -> float:
         """Two-sided error rate of the interval that decides: 1 - confidence."""
         return 1.0 - self.confidence
+
+
+def rules_for(settings: VerdictSettings) -> VerdictRules:
+    """The rules of a plan's `verdict:` settings: alpha sets the level of the intervals."""
+    return VerdictRules(alpha=settings.alpha, min_effect=settings.min_effect,
+                        confidence=1.0 - settings.alpha, min_node_share=settings.min_node_share)
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,13 @@ def test_default_matrix_is_the_seed_story():
 
 def test_cuda_example_loads():
     plan = config.load_plan(REPO / "examples" / "cuda-upgrade.yaml")
-    old = plan.environment("cuda10-bionic-py3.6-ortgpu1.6.0")
-    assert old.base.family == "ubuntu" and old.base.cuda == "10.2" and old.python == "3.6"
+    old = plan.environment("cuda10-bionic-ortgpu1.6.0")
+    assert old.base.family == "ubuntu" and old.base.cuda == "10.2" and old.python == "system"
     assert [c.id for c in plan.cells if c.provider == "cuda"] == [
-        "cuda10-bionic-py3.6-ortgpu1.6.0--cnn--cuda",
-        "cuda10-bionic-py3.6-ortgpu1.6.0--transformer--cuda"]
+        "cuda10-bionic-ortgpu1.6.0--cnn--cuda",
+        "cuda10-bionic-ortgpu1.6.0--transformer--cuda",
+        "cuda12-jammy-ortgpu1.22.0--cnn--cuda",
+        "cuda12-jammy-ortgpu1.22.0--transformer--cuda"]
     assert plan.baseline == old.id
 
 

@@ -54,6 +54,9 @@ def _add_value(got: dict[str, Any], flag: str, value: str) -> None:
     elif flag == "--tmpfs":
         path, _, options = value.partition(":")
         got.setdefault("tmpfs", {})[path] = options
+    elif flag == "--gpus":
+        assert "device_requests" not in got, "--gpus given twice"
+        got["device_requests"] = [_device_request(value)]
     elif flag == "-v":
         source, target, *mode = value.split(":")
         assert mode in ([], ["ro"]), value
@@ -61,6 +64,16 @@ def _add_value(got: dict[str, Any], flag: str, value: str) -> None:
             {"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
     else:
         pytest.fail(f"run_argv printed {flag}, which this test cannot map to the SDK")
+
+
+def _device_request(value: str) -> dict[str, Any]:
+    """`--gpus VALUE` as docker's CLI turns it into a DeviceRequest (opts/gpus.go): `all` is
+    count -1; `"device=0,1"` (a CSV field, hence the double quotes) names the devices."""
+    request: dict[str, Any] = {"driver": "", "capabilities": [["gpu"]]}
+    if value == "all":
+        return {**request, "count": -1}
+    assert value.startswith('"device=') and value.endswith('"'), value
+    return {**request, "device_ids": value[len('"device='):-1].split(",")}
 
 
 def sdk_kwargs_of_argv(argv: list[str]) -> dict[str, Any]:
@@ -106,6 +119,9 @@ SPECS = {
     "other limits": replace(RUNNER_LIKE, mem_limit="2g", pids_limit=4096, cpuset_cpus="0-1"),
     "no limits": replace(RUNNER_LIKE, mem_limit=None, pids_limit=None, cpuset_cpus=None),
     "defaults": ContainerSpec("debian:bookworm", ["sh", "-c", "true"]),
+    "all gpus": replace(RUNNER_LIKE, gpus=("all",)),
+    "two gpus": replace(RUNNER_LIKE, gpus=("0", "1")),
+    "gpu by uuid": replace(RUNNER_LIKE, gpus=("GPU-4a2b7c1e-0000-1111-2222-333344445555",)),
     "nothing hardened": ContainerSpec(
         "img", [], name="named", user="0:0", network_disabled=False, read_only_root=False,
         tmpfs={}, cap_drop_all=False, no_new_privileges=False, managed=False, working_dir=None),
@@ -137,6 +153,7 @@ ALTERNATIVES: dict[str, Any] = {
     "pids_limit": 128,
     "cpuset_cpus": "0",
     "working_dir": "/",
+    "gpus": ("0", "1"),
 }
 
 
@@ -204,3 +221,26 @@ def test_imports_without_the_docker_sdk(module: str) -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_gpu_cells_ask_for_gpus_and_cpu_cells_do_not() -> None:
+    run_dir = RunDir(Path("/srv/reports/r1"), "r1")
+    common = {"image": "sha256:aa", "image_id": "sha256:aa", "command": ["harness"],
+              "memory_limit": "1g", "pids_limit": 64, "cpuset": None}
+    cpu = containers.cell_spec(run_dir, "e--cnn--cpu", **common)
+    every = containers.cell_spec(run_dir, "e--cnn--cuda", gpus="all", **common)
+    two = containers.cell_spec(run_dir, "e--cnn--cuda", gpus="0,1", **common)
+    assert containers.create_kwargs(cpu)["device_requests"] is None
+    assert "--gpus" not in containers.run_argv(cpu)
+    assert containers.create_kwargs(every)["device_requests"] == [
+        {"driver": "", "count": -1, "capabilities": [["gpu"]]}]
+    argv = containers.run_argv(two)
+    assert argv[argv.index("--gpus") + 1] == '"device=0,1"'
+    assert containers.create_kwargs(two)["device_requests"] == [
+        {"driver": "", "device_ids": ["0", "1"], "capabilities": [["gpu"]]}]
+
+
+def test_reproduce_asks_for_the_recorded_gpus() -> None:
+    argv = containers.reproduce_argv("r1", "e--cnn--cuda", {**HOST, "gpus": "all"}, MEASURE)
+    assert argv[argv.index("--gpus") + 1] == "all"
+    assert "--gpus" not in containers.reproduce_argv("r1", "e--cnn--cpu", HOST, MEASURE)

@@ -237,7 +237,8 @@ def test_plan_to_dict_is_json_and_complete():
     assert doc["environments"][0]["packages"] == {"onnxruntime": "1.8.0"}
     assert doc["cells"][0]["config_hash"] == cells[0].config_hash(Measure())
     assert doc["bases"][0] == {"name": "bookworm", "image": "debian:bookworm", "family": "debian",
-                               "bootstrap": None, "python_source": "system", "cuda": None}
+                               "bootstrap": None, "python_source": "system", "cuda": None,
+                               "cudnn": None}
     assert set(doc) >= {"baseline", "measure", "build", "workloads", "cells"}
 
 

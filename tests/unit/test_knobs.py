@@ -325,7 +325,7 @@ def test_knobs_to_dict_and_measure_override():
     measure = Measure(threads=4, cpuset="0")
     env = Environment("e", Base("b", "debian:trixie", "debian"), "system",
                       (("onnxruntime", "1.32.0"),), ("cpu",))
-    cell = Cell("e--w--cpu", env, Workload("w", "zoo:mlp"), "cpu", (), knobs)
+    cell = Cell("e--w--cpu", env, Workload("w", "zoo:mlp"), "cpu", (), knobs=knobs)
     got = cell.measure_for(measure)
     assert (got.threads, got.cpuset, got.memory_limit) == (2, "0", "1g")
 

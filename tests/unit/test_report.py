@@ -178,3 +178,20 @@ def test_nodes_that_fell_back_are_shown_with_their_names(tmp_path: Path) -> None
     row = next(line for line in text.split("## Workload cnn")[1].splitlines()
                if line.startswith(f"| {CANDIDATE}"))
     assert "| 50 " in row
+
+
+def test_the_node_share_threshold_is_a_verdict_setting(tmp_path: Path) -> None:
+    from envmatrix import config
+    from envmatrix.plan import VerdictSettings
+    from envmatrix.stats import check_validity, rules_for
+
+    cell = fake_result(f"{CANDIDATE}--cnn--openvino", provider="OpenVINOExecutionProvider")
+    cell["provider"].update(node_placement="profiled", fallback_node_count=1,
+                            nodes={"OpenVINOExecutionProvider": 3, "CPUExecutionProvider": 1})
+    assert any("ran 3 of 4" in w for w in check_validity(cell, RULES).warnings)
+    relaxed = rules_for(VerdictSettings(min_node_share=0.75))
+    assert not any("ran 3 of 4" in w for w in check_validity(cell, relaxed).warnings)
+    matrix = tmp_path / "m.yaml"
+    text = (Path(__file__).resolve().parents[2] / "matrix.yaml").read_text()
+    matrix.write_text(text + "\nverdict: {min_node_share: 0.75}\n")
+    assert config.load_plan(matrix).verdict.min_node_share == 0.75

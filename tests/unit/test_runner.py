@@ -19,7 +19,7 @@ import pytest
 from envmatrix import config, containers, results, runner
 from envmatrix.containers import ContainerSpec
 from envmatrix.engine import ContainerOutcome
-from envmatrix.errors import ConfigError
+from envmatrix.errors import ConfigError, GpuUnavailableError
 from envmatrix.plan import Base, Cell, Environment, Measure, Plan, Workload
 from envmatrix.rundir import RunDir, create_run_dir
 from harness import measure as harness_measure
@@ -63,6 +63,10 @@ class FakeEngine:
         if log_path is not None:
             log_path.write_text(outcome.log)
         return outcome
+
+    def gpu_support(self) -> dict[str, Any]:
+        return {"runtimes": ["runc"], "default_runtime": "runc", "nvidia_runtime": False,
+                "cdi_spec_dirs": []}
 
 
 def outcome(code: int | None, log: str = "", **kw: Any) -> ContainerOutcome:
@@ -483,3 +487,31 @@ def test_torch_workloads_get_the_torchscript_file(tmp_path: Path, run_dir: RunDi
     command = engine.calls[0].command
     assert command[command.index("--model") + 1] == "/envmatrix/inputs/cnn/model.pt"
     assert command[command.index("--backend") + 1] == "torch"
+
+
+NO_GPU_WORDS = 'could not select device driver "" with capabilities: [[gpu]]'
+
+
+def no_gpu(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+    """What engine.run raises when docker cannot give the container a GPU."""
+    assert spec.gpus == ("all",)
+    raise GpuUnavailableError(NO_GPU_WORDS)
+
+
+def test_a_cell_without_its_gpu_is_no_gpu_and_the_others_run(tmp_path: Path,
+                                                               run_dir: RunDir) -> None:
+    plan = make_plan(tmp_path)
+    cuda = replace(plan.cells[0], id="env1.8.0--cnn--cuda", provider="cuda", gpus="all")
+    plan = replace(plan, cells=(cuda, *plan.cells))
+    engine = FakeEngine({cuda.id: no_gpu, **{c.id: harness_ok for c in plan.cells[1:]}})
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    assert [r["status"] for r in got] == ["no_gpu", "ok", "ok"]
+    assert got[0]["reason"] == (
+        f"round 1/2: the engine could not give the container a GPU: {NO_GPU_WORDS}")
+    assert got[0]["host"]["gpus"] == "all"
+    assert got[0]["host"]["engine_gpu"]["nvidia_runtime"] is False
+    # CPU cells ask for no GPU and carry no GPU record.
+    assert all(s.gpus is None for s in engine.calls if s.labels["envmatrix.cell"] != cuda.id)
+    assert "engine_gpu" not in got[1]["host"] and got[1]["host"]["gpus"] is None
+    # The cell sat out its second round; the CPU cells ran both.
+    assert [s.labels["envmatrix.cell"] for s in engine.calls].count(cuda.id) == 1
