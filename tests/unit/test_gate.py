@@ -110,7 +110,8 @@ def test_verdict_section_errors_name_file_line_key_and_fix(
 def test_resolved_plans_keep_the_verdict_and_old_ones_still_load(tmp_path: Path) -> None:
     plan = load(tmp_path, "verdict: {alpha: 0.1, fail_on: [invalid]}\n")
     doc = json.loads(json.dumps(plan_to_dict(plan)))
-    assert doc["verdict"] == {"alpha": 0.1, "min_effect": 0.02, "fail_on": ["invalid"]}
+    assert doc["verdict"] == {"alpha": 0.1, "min_effect": 0.02, "fail_on": ["invalid"],
+                              "min_node_share": 1.0}
     assert plan_from_dict(doc).plan.verdict == plan.verdict
     del doc["verdict"]  # a run directory written before the section existed
     assert plan_from_dict(doc).plan.verdict == VerdictSettings()
