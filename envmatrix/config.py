@@ -65,6 +65,7 @@ __all__ = [
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "matrix.schema.json"
 CA_BUNDLE_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+CELL_ID_MAX = 200  # results/<cell>.json and logs/run-<cell>.round.log stay under 255 bytes
 
 
 class ConfigWarning(UserWarning):
@@ -371,6 +372,11 @@ class _Builder:
                                      f"{wl.name} runs in no environment (backend {wl.backend}).",
                                      "add an environment with that runtime, or change backend:."))
         ids = [c.id for c in cells]
+        for long in sorted(i for i in set(ids) if len(i) > CELL_ID_MAX):
+            self.problems.append(Problem(("environments",), f"cell id {long[:80]!r}... is "
+                                 f"longer than {CELL_ID_MAX} characters (it names files).",
+                                 "vary fewer knobs in one environment, or give it a shorter "
+                                 "id:."))
         for repeated in sorted({i for i in ids if ids.count(i) > 1}):
             self.problems.append(Problem(("environments",), f"two cells share the id "
                                  f"{repeated!r}: their knob values read alike in ids (letter "

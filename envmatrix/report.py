@@ -10,6 +10,7 @@ through `md()` or a code fence before it reaches the markdown.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -479,11 +480,17 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
 def knob_names(cells: Sequence[Cell]) -> list[str]:
     """Settings the plan varies (threads, session.*, provider_options.*): those that differ
     between cells of one environment, workload and provider, as in the cell ids."""
+    return list(_knob_names(tuple(cells)))
+
+
+@functools.lru_cache(maxsize=8)  # every row of results.csv asks for the same plan's names
+def _knob_names(cells: tuple[Cell, ...]) -> tuple[str, ...]:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for c in cells:
         key = (c.environment.id, c.workload.name, c.provider)
         groups.setdefault(key, []).append(expand.knob_values(c.knobs, c.provider_options))
-    return expand.knob_order(n for values in groups.values() for n in expand.varied_knobs(values))
+    return tuple(expand.knob_order(n for values in groups.values()
+                                   for n in expand.varied_knobs(values)))
 
 
 def knob_fields(cells: Sequence[Cell], cell: Cell) -> dict[str, Any]:

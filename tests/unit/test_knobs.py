@@ -399,3 +399,15 @@ def test_graph_optimization_flag_joins_the_session_settings():
     settings = {"graph_optimization": "basic", "session": {"execution_mode": "parallel"}}
     assert backends.requested_session(settings) == {"execution_mode": "parallel",
                                                     "graph_optimization": "basic"}
+
+
+@pytest.mark.filterwarnings("ignore:.*is not in envmatrix's table")
+def test_a_cell_id_too_long_for_a_file_name_is_refused(tmp_path):
+    axes = ", ".join(f"session.config.session.k{i}.a_rather_long_config_key_name: [\"0\", \"1\"]"
+                     for i in range(6))
+    text = refused(tmp_path, f"""\
+        - base: trixie
+          packages: {{onnxruntime: "1.32.0"}}
+          matrix: {{{axes}}}
+        """)
+    assert "is longer than 200 characters (it names files)" in text
