@@ -411,3 +411,16 @@ def test_a_cell_id_too_long_for_a_file_name_is_refused(tmp_path):
           matrix: {{{axes}}}
         """)
     assert "is longer than 200 characters (it names files)" in text
+
+
+def test_the_documented_example_loads(tmp_path):
+    text = (Path(__file__).resolve().parents[2] / "docs" / "matrix-reference.md").read_text()
+    section = text[text.index("## Knobs"):]
+    example = section[section.index("```yaml\n") + 8:section.index("```\n", 10)]
+    path = tmp_path / "matrix.yaml"
+    path.write_text(HEAD + example)
+    plan = config.load_plan(path)
+    ids = [c.id for c in plan.cells]
+    assert "trixie-ort1.32.0--mlp--cpu--t2--opt-all--par" in ids
+    assert "bookworm-ortov1.24.1--mlp--openvino--num_streams-2" in ids
+    assert len(ids) == len(set(ids)) == 4 + 3
