@@ -51,6 +51,7 @@ from envmatrix.stats import (
     Verdict,
     VerdictRules,
     check_validity,
+    is_baseline_cell,
     method_phrase,
     node_share,
     point_value,
@@ -264,7 +265,7 @@ def summary_row(data: RunData, v: Verdict) -> list[Any]:
     words = v.verdict if v.verdict == INVALID else f"{v.verdict} / {v.tail_verdict}"
     if v.verdict in (FASTER, SLOWER):
         words = f"**{v.verdict}** / {v.tail_verdict}"
-    return [md(v.environment), md(v.workload), md(provider_name(v.provider)),
+    return [md(candidate_name(data, v)), md(v.workload), md(provider_name(v.provider)),
             fmt_change(v, "p50"), fmt_change(v, "p99"), fmt_ratio(costs["cpu_per_inference"]),
             fmt_ratio(costs["cold_start"]), fmt_ratio(costs["peak_rss"]), _image_cell(data, v),
             "**FAIL**" if parity and parity.status == "fail" else
@@ -274,8 +275,18 @@ def summary_row(data: RunData, v: Verdict) -> list[Any]:
 def _group_verdicts(data: RunData) -> dict[tuple[str, str], list[Verdict]]:
     groups: dict[tuple[str, str], list[Verdict]] = {}
     for v in data.verdicts:
-        groups.setdefault((v.environment, v.provider), []).append(v)
+        groups.setdefault((candidate_name(data, v), v.provider), []).append(v)
     return groups
+
+
+def candidate_name(data: RunData, v: Verdict) -> str:
+    """The candidate's environment, with the knobs the plan varies: `env (threads=2)`."""
+    try:
+        values = knob_fields(data.cells, data.plan.cell(v.candidate))
+    except KeyError:
+        return v.environment
+    shown = [f"{name}={value}" for name, value in values.items() if value is not None]
+    return f"{v.environment} ({', '.join(shown)})" if shown else v.environment
 
 
 def _change_words(vs: Sequence[Verdict]) -> str:
@@ -833,7 +844,7 @@ def _plot_series(data: RunData, workload: str) -> list[plots.Series]:
         lat = [x * 1000.0 for rep in repeat_latencies(res) for x in rep.tolist()]
         verdict = data.verdict_of(c.id)
         ok = res.get("status") == "ok" and bool(lat)
-        base = c.environment.id == data.baseline
+        base = is_baseline_cell(data.plan, c)
         cost = data.cost_ratios.get(c.id, {}) if ok else {}
         series.append(plots.Series(
             label=f"{c.environment.id} / {provider_name(c.provider)}"

@@ -633,17 +633,32 @@ def method_phrase(method: str) -> str:
 def match_baseline(
     cells: Sequence[Cell], baseline_env: str, cand: Cell
 ) -> tuple[Cell | None, list[str]]:
-    """The baseline cell for a candidate: same workload and provider, else the cpu cell."""
-    same_wl = [c for c in cells
-               if c.environment.id == baseline_env and c.workload.name == cand.workload.name]
-    for c in same_wl:
-        if c.provider == cand.provider:
+    """The baseline cell for a candidate: same workload and provider (and the same knobs
+    where the baseline has such a cell), else the cpu cell. A baseline environment's other
+    knob variants are candidates against its first one (`t2` against `t1`)."""
+    same_wl = [c for c in cells if c.environment.id == baseline_env and c is not cand
+               and c.workload.name == cand.workload.name]
+    same_provider = [c for c in same_wl if c.provider == cand.provider]
+    for c in same_provider:
+        if (c.knobs, c.provider_options) == (cand.knobs, cand.provider_options):
             return c, []
+    if same_provider:
+        return same_provider[0], []
     for c in same_wl:
         if c.provider == "cpu":
             note = f"the baseline has no {cand.provider} cell: compared with its cpu cell"
             return c, [note]
     return None, []
+
+
+def is_baseline_cell(plan: Plan, cell: Cell) -> bool:
+    """The first cell of the baseline environment for its workload and provider; the others
+    (knob variants) get verdicts against it."""
+    if cell.environment.id != plan.baseline:
+        return False
+    first = next(c for c in plan.cells if c.environment.id == plan.baseline
+                 and c.workload.name == cell.workload.name and c.provider == cell.provider)
+    return first is cell
 
 
 def run_verdicts(
@@ -655,7 +670,7 @@ def run_verdicts(
     rules = rules or VerdictRules()
     verdicts = []
     for cell in plan.cells:
-        if cell.environment.id == plan.baseline:
+        if is_baseline_cell(plan, cell):
             continue
         base_cell, notes = match_baseline(plan.cells, plan.baseline, cell)
         verdicts.append(compare_cells(base_cell, cell, results, rules, notes))

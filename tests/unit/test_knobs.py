@@ -7,6 +7,7 @@ are short, stable and unique; the harness gets settings as data (JSON), never vi
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -424,3 +425,49 @@ def test_the_documented_example_loads(tmp_path):
     assert "trixie-ort1.32.0--mlp--cpu--t2--opt-all--par" in ids
     assert "bookworm-ortov1.24.1--mlp--openvino--num_streams-2" in ids
     assert len(ids) == len(set(ids)) == 4 + 3
+
+
+def test_verdicts_pair_knob_variants(tmp_path):
+    from envmatrix.stats import is_baseline_cell, match_baseline
+    plan = load(tmp_path, """\
+        - base: trixie
+          packages: {onnxruntime: "1.32.0"}
+          matrix: {threads: [1, 2]}
+        - base: bookworm
+          packages: {onnxruntime: "1.20.1"}
+          matrix: {threads: [1, 2]}
+        """)
+    t1, t2, other1, other2 = plan.cells
+    assert [is_baseline_cell(plan, c) for c in plan.cells] == [True, False, False, False]
+    assert match_baseline(plan.cells, plan.baseline, t2) == (t1, [])  # t2 against t1
+    assert match_baseline(plan.cells, plan.baseline, other2) == (t2, [])  # same knobs
+    assert match_baseline(plan.cells, plan.baseline, other1) == (t1, [])
+
+
+def test_report_of_a_threads_axis_has_the_column_and_a_verdict_t2_against_t1(tmp_path):
+    from test_report_fakes import fake_result
+
+    from envmatrix.rundir import create_run_dir
+    plan = load(tmp_path, """\
+        - base: trixie
+          packages: {onnxruntime: "1.32.0"}
+          matrix: {threads: [1, 2]}
+        """)
+    run = create_run_dir(tmp_path / "reports", run_id="run-1")
+    config.dump_resolved(plan, run.resolved_path, {"run_id": "run-1"})
+    for seed, (cell, p50) in enumerate(zip(plan.cells, (0.005, 0.004))):
+        res = fake_result("trixie-ort1.32.0--mlp--cpu", p50=p50, repeats=8, seed=seed)
+        res["cell"] = cell.id
+        res["host"]["config_hash"] = cell.config_hash(plan.measure)
+        (run.results_dir / f"{cell.id}.json").write_text(json.dumps(res))
+    path = report.build_report(run.path)
+    text = path.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| environment"))
+    assert [h.strip() for h in header.strip("|").split("|")][:3] == [
+        "environment", "provider", "threads"]
+    data = report.load_run(run.path)
+    verdict = data.verdict_of("trixie-ort1.32.0--mlp--cpu--t2")
+    assert verdict is not None and verdict.baseline == "trixie-ort1.32.0--mlp--cpu--t1"
+    assert re.search(r"\| trixie-ort1\.32\.0 \(threads=2\) +\| mlp", text)  # summary
+    rows = (run.path / "results.csv").read_text().splitlines()
+    assert rows[0].endswith(",threads") and rows[2].endswith(",2")
