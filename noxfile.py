@@ -86,6 +86,24 @@ def compare(session: nox.Session) -> None:
 
 
 @nox.session
+def archive(session: nox.Session) -> None:
+    """Save a run's images and bases with checksums: nox -s archive -- RUN_DIR."""
+    _envmatrix(session, "archive")
+
+
+@nox.session
+def restore(session: nox.Session) -> None:
+    """Verify and load an archive's images: nox -s restore -- ARCHIVE."""
+    _envmatrix(session, "restore")
+
+
+@nox.session
+def replay(session: nox.Session) -> None:
+    """Measure a run's cells again in its images: nox -s replay -- RUN_DIR [--only CELL]."""
+    _envmatrix(session, "replay")
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """Unit, harness and integration tests (integration needs a Docker engine)."""
     _install(session, "test")

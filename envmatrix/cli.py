@@ -1,8 +1,9 @@
 """`python -m envmatrix COMMAND`: what the nox sessions call.
 
 Exit codes: 0 all cells ok; 10 the run finished but some cells failed; 11 the report holds a
-verdict that --fail-on names (wins over 10); 2 bad matrix.yaml or arguments; 3 engine problem;
-4 base image; 5 build; 6 run directory; 7 compare: the runs were measured on different
+verdict that --fail-on names (wins over 10); 2 bad matrix.yaml or arguments; 3 engine problem
+(replay/archive: an image of the run is not in the engine); 4 base image; 5 build; 6 run
+directory (or archive: missing, damaged); 7 compare: the runs were measured on different
 hardware; 130 interrupted.
 """
 
@@ -103,10 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
                            metavar="ENV_A=ENV_B", dest="mapping",
                            help="match environment ENV_A of run A with ENV_B of run B "
                                 "(repeatable); other environments match by name")
+    _reproduce_args(sub)
     clean_p = sub.add_parser("clean", help="remove the containers and images envmatrix made")
     clean_p.add_argument("--bases", action="store_true",
                          help="also remove base images that envmatrix bootstrapped")
     return parser
+
+
+def _reproduce_args(sub: Any) -> None:
+    """archive / restore / replay (envmatrix.archive, envmatrix.replay; docs/reproduce.md)."""
+    archive_p = sub.add_parser("archive", help="save a run's images and bases with checksums")
+    archive_p.add_argument("run_dir", type=Path)
+    archive_p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                           help="the archive folder (default: <run-dir>.archive beside it)")
+    restore_p = sub.add_parser("restore", help="verify and load an archive's images")
+    restore_p.add_argument("archive", type=Path)
+    replay_p = sub.add_parser("replay", help="measure cells of a run again in its images")
+    replay_p.add_argument("run_dir", type=Path)
+    replay_p.add_argument("--only", action="append", default=[], metavar="GLOB",
+                          help="replay only cells or environments whose id matches (repeatable)")
+    replay_p.add_argument("--skip", action="append", default=[], metavar="GLOB")
+    replay_p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                          help="the new run directory (default: reports/<run-id>)")
+    replay_p.add_argument("--image", action="append", default=[], type=_env_pair,
+                          metavar="ENV=REF", dest="images",
+                          help="run environment ENV in image REF instead of the recorded one "
+                               "(e.g. rebuilt from the run's lock)")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -249,15 +272,56 @@ def cmd_clean(args: argparse.Namespace, progress: Progress) -> int:
 
     engine = Engine.connect()
     containers = engine.remove_labelled_containers(dict(MANAGED))
+    volumes = engine.remove_labelled_volumes(dict(MANAGED))  # remote-path hosts' leftovers
     removed = engine.remove_labelled_images(dict(MANAGED), include_bases=args.bases)
-    progress("clean", f"removed {containers} container(s) and {removed} image(s)")
+    progress("clean", f"removed {containers} container(s), {volumes} volume(s) and {removed} "
+                      "image(s)")
     return 0
+
+
+def cmd_archive(args: argparse.Namespace, progress: Progress) -> int:
+    from envmatrix import archive
+    from envmatrix.engine import Engine
+
+    done = archive.archive_run(Engine.connect(), args.run_dir, args.out, progress)
+    progress("done", f"{done.manifest['totals']['files']} tarball(s), "
+                     f"{archive.mb(done.total_bytes)} in {done.seconds:.1f}s")
+    print(f"Archive: {done.path}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, progress: Progress) -> int:
+    from envmatrix import archive
+    from envmatrix.engine import Engine
+
+    done = archive.restore_archive(Engine.connect(), args.archive, progress)
+    loaded = sum(1 for r in done.images if r.action == "loaded")
+    progress("done", f"{loaded} image(s) loaded, {len(done.images) - loaded} already present, "
+                     f"every id as recorded, in {done.seconds:.1f}s")
+    print(f"Restore record: {done.path}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, progress: Progress) -> int:
+    from envmatrix import replay
+
+    request = replay.Request(old_run=args.run_dir, reports_root=REPORTS_ROOT, only=args.only,
+                             skip=args.skip, out=args.out, images=dict(args.images))
+    outcome = replay.replay(request, progress)
+    for line in outcome.headlines:
+        print(line.text)
+    for r in outcome.failed:
+        progress.fail("failed", f"{r.get('cell')}: {r.get('status')}: {r.get('reason')}")
+    if outcome.comparison is not None:
+        print(f"Comparison: {outcome.comparison.path}")
+    return CellsFailed.exit_code if outcome.failed else 0
 
 
 COMMANDS: dict[str, Any] = {
     "matrix": cmd_pipeline, "run": cmd_pipeline, "build": cmd_pipeline,
     "render": cmd_render, "list": cmd_list, "report": cmd_report,
     "compare": cmd_compare, "clean": cmd_clean,
+    "archive": cmd_archive, "restore": cmd_restore, "replay": cmd_replay,
 }
 
 

@@ -18,11 +18,11 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from envmatrix import expand, gpucompat, grammar, knobs, yamlsrc
+from envmatrix import expand, gpucompat, grammar, hosts, knobs, yamlsrc
 from envmatrix import plan as planmod
 from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan, Workload
@@ -236,6 +236,16 @@ class _Builder:
                 "add a distinct id: to one of them (for a matrix combination, an include "
                 "entry with id:)."))
         return list(seen.values())
+
+    def env_hosts(self, drafts: list[_Draft], machines: Sequence[planmod.Host]
+                  ) -> dict[str, list[str]]:
+        """Environment id -> the hosts its `hosts:` selects (all when omitted)."""
+        out = {}
+        for draft in drafts:
+            names, found = hosts.select(draft.spec.hosts, machines, draft.path("hosts"))
+            self.problems += found
+            out[draft.env_id] = names
+        return out
 
     # workloads -----------------------------------------------------------------------------
 
@@ -455,8 +465,12 @@ def _build(source: Path, doc: Doc, only: Optional[list[str]],
     cells = expand.make_cells(envs, workloads, variants=variants.by_env,
                               gpus=builder.spec.measure.gpus)
     builder.check_cells(envs, workloads, cells)
+    machines = hosts.plan_hosts(builder.spec.hosts, builder.root)
+    cells = hosts.spread(cells, builder.env_hosts(drafts, machines), machines)
     builder.check()
-    return _selected_plan(builder, envs, workloads, cells, baseline, settings, only, skip)
+    plan = _selected_plan(builder, envs, workloads, cells, baseline, settings, only, skip)
+    return replace(plan, hosts=tuple(h for h in machines if any(c.host == h.name
+                                                                for c in plan.cells)))
 
 
 def _selected_plan(builder: _Builder, envs: Sequence[Environment],

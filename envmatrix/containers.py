@@ -3,9 +3,13 @@
 A cell runs as user nobody (65534) with least privilege: no network, all capabilities dropped,
 no-new-privileges, a read-only root with a tmpfs /tmp (HOME=/tmp), memory (without swap) and
 pids limits and an optional cpuset, the run's inputs mounted read-only and one writable scratch
-folder; never privileged, never the docker socket. A cell on a GPU provider (cuda, tensorrt)
-also asks the engine for GPUs (a device request, what `docker run --gpus` sends); others never.
-The harness inside is started with `harness_command`.
+folder; never privileged, never the docker socket. On an engine that shares this machine's
+paths both are bind mounts of the run directory; on a remote engine (envmatrix.hosts decides)
+they are volumes of that engine: a named one holding a copy of the inputs, mounted read-only,
+and a fresh one for the scratch folder, writable for the run user and copied back before the
+container is removed (envmatrix.engine makes the volumes and does both copies). A cell on a GPU
+provider (cuda, tensorrt) also asks the engine for GPUs (a device request, what
+`docker run --gpus` sends); others never. The harness inside is started with `harness_command`.
 
 One `ContainerSpec` says all of that, and both of its renderings come from here: `create_kwargs`
 (the keyword arguments of the SDK's `containers.create`, as plain data; envmatrix.engine only
@@ -63,7 +67,11 @@ class ContainerSpec:
     name: str | None = None
     user: str = RUN_USER
     environment: dict[str, str] = field(default_factory=dict)
-    mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # (host, container, ro)
+    mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # (source, container, ro)
+    # What the mounts' sources are. "bind": paths of the engine's machine. "volume": volumes of
+    # the engine, by name; an empty name is a fresh volume for this container, labelled like
+    # it (so `clean` finds a leftover) and removed with it (see `fresh_volumes`).
+    mount_type: str = "bind"
     labels: dict[str, str] = field(default_factory=dict)
     # Whether the container also carries MANAGED_LABEL, so `clean` and the start-up sweep may
     # remove it. False only for containers a person starts by hand (the reproduce command): no
@@ -96,8 +104,7 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "name": spec.name,
         "user": spec.user,
         "environment": dict(spec.environment),
-        "mounts": [{"type": "bind", "source": src, "target": dst, "read_only": ro}
-                   for src, dst, ro in spec.mounts],  # fmt: skip
+        "mounts": [_mount_kwargs(spec, src, dst, ro) for src, dst, ro in spec.mounts],
         "labels": all_labels(spec),
         "network_mode": "none" if spec.network_disabled else None,
         "read_only": spec.read_only_root,
@@ -113,6 +120,42 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "working_dir": spec.working_dir,
         "device_requests": device_requests(spec.gpus),
     }
+
+
+def _mount_kwargs(spec: ContainerSpec, src: str, dst: str, ro: bool) -> dict[str, Any]:
+    """One mount as `docker.types.Mount`'s arguments (see ContainerSpec.mount_type)."""
+    mount: dict[str, Any] = {"type": spec.mount_type, "source": src, "target": dst,
+                             "read_only": ro}
+    if spec.mount_type == "volume":
+        # Nothing of the image is copied into a volume: the scratch one starts empty, and
+        # the copy would also give its root the owner of the image's folder.
+        mount["no_copy"] = True
+        if not src:
+            mount["labels"] = all_labels(spec)
+    return mount
+
+
+def fresh_volumes(spec: ContainerSpec) -> list[str]:
+    """Container paths of the spec's fresh volumes (source ""): envmatrix.engine makes each
+    one a new volume whose root the spec's user owns (an anonymous volume's root is root's,
+    and the harness runs as 65534), copies it back after the end and removes it."""
+    return [dst for src, dst, ro in spec.mounts if spec.mount_type == "volume" and not src]
+
+
+def _mount_flags(spec: ContainerSpec, src: str, dst: str, ro: bool) -> list[str]:
+    """`-v` for bind mounts (sources may be "$PWD/..."), `--mount` for volumes: it names the
+    volume type and labels a fresh (anonymous) volume, which `-v` cannot. Only the SDK path
+    makes a fresh volume's root writable for the run user; nobody is shown this form (the
+    report prints the bind form, `reproduce_argv`)."""
+    if spec.mount_type == "bind":
+        return ["-v", f"{src}:{dst}:ro" if ro else f"{src}:{dst}"]
+    parts = ["type=volume", *([f"source={src}"] if src else []), f"target={dst}"]
+    if ro:
+        parts.append("readonly")
+    parts.append("volume-nocopy")
+    if not src:
+        parts += [f"volume-label={key}={value}" for key, value in all_labels(spec).items()]
+    return ["--mount", ",".join(parts)]
 
 
 def device_requests(gpus: tuple[str, ...] | None) -> list[dict[str, Any]] | None:
@@ -138,7 +181,7 @@ def parse_gpus(text: str | None) -> tuple[str, ...] | None:
 
 def run_argv(spec: ContainerSpec) -> list[str]:
     """The `docker run` that creates the same container as `create_kwargs`; `--rm` stands for
-    the removal engine.run always does. Mounts use `-v`, so sources may be "$PWD/..."."""
+    the removal engine.run always does. Bind mounts use `-v`, so sources may be "$PWD/..."."""
     argv = ["docker", "run", "--rm"]
     if spec.read_only_root:
         argv.append("--read-only")
@@ -168,7 +211,7 @@ def run_argv(spec: ContainerSpec) -> list[str]:
     for key, value in all_labels(spec).items():
         argv += ["--label", f"{key}={value}"]
     for src, dst, ro in spec.mounts:
-        argv += ["-v", f"{src}:{dst}:ro" if ro else f"{src}:{dst}"]
+        argv += _mount_flags(spec, src, dst, ro)
     return [*argv, spec.image, *spec.command]
 
 
@@ -187,14 +230,17 @@ def cell_spec(
     cpuset: str | None,
     owner: str | None = None,
     gpus: str | None = None,
+    inputs_volume: str | None = None,
 ) -> ContainerSpec:
     """The least-privilege container of one cell (see the module docstring).
 
     `run_dir` is the run directory as the engine will see it: an absolute path for the runner,
-    REPRODUCE_ROOT for the printed command. `gpus` is the cell's (`Cell.gpus`: "all", "0,1", or
-    None for a CPU cell). `owner` (host:pid) lets the sweep spare live runs;
-    a container without one is a person's (the printed command) and stays unmanaged, since the
-    sweep removes managed containers whose owner is gone, and it would kill that one mid-run.
+    REPRODUCE_ROOT for the printed command. `inputs_volume` (a remote engine's volume holding
+    the inputs) switches both mounts from bind mounts of run_dir to volumes. `gpus` is the
+    cell's (`Cell.gpus`: "all", "0,1", or None for a CPU cell). `owner` (host:pid) lets the
+    sweep spare live runs; a container without one is a person's (the printed command) and
+    stays unmanaged, since the sweep removes managed containers whose owner is gone, and it
+    would kill that one mid-run.
     """
     labels = {RUN_LABEL: run_dir.run_id, CELL_LABEL: cell_id}
     if owner is not None:
@@ -205,10 +251,8 @@ def cell_spec(
         name=None,  # engine-chosen names: a leftover never blocks the next run
         user=RUN_USER,
         environment={"HOME": "/tmp", "ENVMATRIX_IMAGE_ID": image_id},
-        mounts=[
-            (str(run_dir.inputs_dir), str(INPUTS_MOUNT), True),
-            (str(run_dir.scratch(cell_id)), str(OUT_MOUNT), False),
-        ],
+        mounts=_cell_mounts(run_dir, cell_id, inputs_volume),
+        mount_type="bind" if inputs_volume is None else "volume",
         labels=labels,
         managed=owner is not None,
         network_disabled=True,
@@ -224,10 +268,23 @@ def cell_spec(
     )
 
 
+def _cell_mounts(run_dir: RunDir, cell_id: str, inputs_volume: str | None
+                 ) -> list[tuple[str, str, bool]]:
+    if inputs_volume is not None:  # "": a fresh anonymous volume for the scratch folder
+        return [(inputs_volume, str(INPUTS_MOUNT), True), ("", str(OUT_MOUNT), False)]
+    return [(str(run_dir.inputs_dir), str(INPUTS_MOUNT), True),
+            (str(run_dir.scratch(cell_id)), str(OUT_MOUNT), False)]
+
+
 def reproduce_argv(run_id: str, cell_id: str, host: Mapping[str, Any], measure: Measure
                    ) -> list[str]:
     """The `docker run` of one cell as its result file recorded it (its `host` part), to be run
-    from inside the run directory; the plan's measure fills limits an older result lacks."""
+    from inside the run directory; the plan's measure fills limits an older result lacks.
+
+    Always the bind-mount form, also for a cell measured on a remote engine through volumes:
+    a person runs it on their own machine, inside the run directory, where `inputs/` and
+    `scratch/` are plain folders.
+    """
 
     image_id = str(host.get("image_id") or "")
     spec = cell_spec(

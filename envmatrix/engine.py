@@ -12,19 +12,35 @@ import contextlib
 import os
 import re
 import shutil
+import tarfile
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
 
-from envmatrix.containers import BOOTSTRAP_LABEL, ContainerSpec, create_kwargs
-from envmatrix.errors import BaseImageError, BuildError, EngineError, GpuUnavailableError
+from envmatrix.containers import (
+    BOOTSTRAP_LABEL,
+    ContainerSpec,
+    all_labels,
+    create_kwargs,
+    fresh_volumes,
+)
+from envmatrix.errors import (
+    BaseImageError,
+    BuildError,
+    EngineError,
+    GpuUnavailableError,
+    HostUnreachableError,
+)
 from envmatrix.results import gpu_unavailable
 from envmatrix.toolwords import build_cause, clean
 
@@ -48,6 +64,20 @@ class ContainerOutcome:
     duration_s: float
     log: str  # combined stdout+stderr
     container_id: str
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """An image as the engine describes it: what an archive records and a restore compares."""
+
+    image_id: str
+    tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]  # registry digests: a pulled image has them, a loaded one not
+    parent: str  # the local build's parent image; "" for pulled, imported or loaded images
+    created: str
+    size_bytes: int | None
+    layers: tuple[str, ...]  # RootFS diff ids, base layers first
+    labels: dict[str, str]
 
 
 def _label_filters(label_filter: dict[str, str]) -> dict[str, list[str]]:
@@ -134,6 +164,64 @@ class _BuildStream:
         return "".join(self._parts)
 
 
+def _owned_folder(name: str, user: str) -> bytes:
+    """A tar of one folder entry `name/` owned by `user`. Put into the folder above a volume's
+    mount point, it gives the volume's root that owner and mode: the engine applies an entry
+    over an existing folder as metadata (it skips a "./" entry, so the entry must name the
+    mount point from its parent). A user given by name (not uid:gid) gets an open folder
+    (0777, like a bind-mounted scratch folder)."""
+    uid, _, gid = user.partition(":")
+    numeric = uid.isdigit() and (gid or uid).isdigit()
+    entry = tarfile.TarInfo(f"{name}/")
+    entry.type = tarfile.DIRTYPE
+    entry.uid, entry.gid = (int(uid), int(gid or uid)) if numeric else (0, 0)
+    entry.mode = 0o755 if numeric else 0o777
+    entry.mtime = int(time.time())
+    with tempfile.TemporaryFile() as spool:
+        with tarfile.open(fileobj=spool, mode="w") as tar:
+            tar.addfile(entry)
+        spool.seek(0)
+        return spool.read()
+
+
+def _readable(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """An input file as the cells see it: root's, readable (folders enterable) by everyone."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
+
+
+def _pack_folder(source: Path, archive: IO[bytes]) -> None:
+    """The contents of a local folder as a tar (links followed: the engine's machine cannot
+    follow a link to a path of this one)."""
+    with tarfile.open(fileobj=archive, mode="w", dereference=True) as tar:
+        tar.add(str(source), arcname=".", filter=_readable)
+
+
+def _unpack_folder(archive: IO[bytes], top: str, dest: Path) -> None:
+    """The regular files and folders under `top/` of a `get_archive` tar, written into dest.
+
+    Links, devices and names that would leave the folder are skipped: the image under test
+    wrote them, and nothing it writes may land outside the cell's scratch folder.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=archive, mode="r|") as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            if len(parts) < 2 or parts[0] != top or ".." in parts:
+                continue
+            target = dest.joinpath(*parts[1:])
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                if source is not None:
+                    with source, target.open("wb") as out:
+                        shutil.copyfileobj(source, out)
+
+
 class BuildStepError(BuildError):
     """A build step failed; `cause` is the failing tool's own line (`toolwords.build_cause`).
 
@@ -144,6 +232,51 @@ class BuildStepError(BuildError):
     def __init__(self, message: str, log_tail: str, cause: str) -> None:
         super().__init__(message, log_tail)
         self.cause = cause
+
+
+_PROBE_VERSION = "1.24"  # any version: the client is built without asking, then asks
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an engine is (envmatrix.hosts makes one from a `hosts:` entry or a context).
+
+    `base_url` None: the environment's engine (DOCKER_HOST, else the local socket). TLS files
+    are read by the SDK from where the user keeps them. ssh:// goes through the `ssh` binary
+    (`use_ssh_client`): the user's own ssh config, agent and keys apply, and no paramiko.
+    """
+
+    base_url: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
+
+    def client(self) -> docker.DockerClient:
+        if self.base_url is None:
+            return docker.from_env()
+        tls: docker.tls.TLSConfig | bool = False
+        if self.tls_cert and self.tls_key:
+            tls = docker.tls.TLSConfig(client_cert=(self.tls_cert, self.tls_key),
+                                       ca_cert=self.tls_ca, verify=self.tls_verify)
+        ssh = self.base_url.startswith("ssh://")
+        if not tls:
+            return docker.DockerClient(base_url=self.base_url, use_ssh_client=ssh)
+        # requests lets REQUESTS_CA_BUNDLE (set for TLS-inspecting proxies) override the
+        # engine's own CA (psf/requests#3829): the session must not read the environment, so
+        # the API version is asked only once that is switched off.
+        client = docker.DockerClient(base_url=self.base_url, tls=tls, version=_PROBE_VERSION)
+        client.api.trust_env = False
+        client.api._version = client.api._retrieve_server_version()
+        return client
+
+
+def engine_words(err: BaseException) -> str:
+    """The engine's (or ssh's, or TLS's) own words for a failure, on one line."""
+    text = str(getattr(err, "explanation", None) or err) or type(err).__name__
+    if "Install paramiko" in text:
+        text += " (ssh:// hosts need it: `pip install 'envmatrix[ssh]'`)"
+    return " ".join(text.split())
 
 
 class Engine:
@@ -162,6 +295,35 @@ class Engine:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
             raise _engine_error(err, "connecting") from err
         return cls(client)
+
+    @classmethod
+    def connect_to(cls, target: Target, name: str) -> Engine:
+        """The engine of one matrix host; HostUnreachableError with its own words if not."""
+        try:
+            client = target.client()
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                OSError) as err:
+            raise HostUnreachableError(f"host {name} cannot be reached: {engine_words(err)}"
+                                       ) from err
+        return cls(client)
+
+    def unreachable(self) -> str | None:
+        """None while the engine answers a ping; else its (or the transport's) words."""
+        try:
+            self._client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                OSError) as err:
+            return engine_words(err)
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What the engine says about its machine (`docker info`, `docker version`)."""
+        try:
+            info, version = self._client.info(), self._client.version()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+            raise HostUnreachableError(engine_words(err)) from err
+        return {"info": dict(info), "version": dict(version)}
 
     def image_id(self, ref: str) -> str | None:
         try:
@@ -195,6 +357,62 @@ class Engine:
         if image_id is None:
             raise BaseImageError(f"docker import of {tar_path} as {ref} left no image behind")
         return image_id
+
+    # -- save, load, tag (archive and restore) -----------------------------------------------
+
+    def image_facts(self, ref: str) -> ImageFacts | None:
+        """What `docker image inspect` says that a save/load may change (None: absent)."""
+        try:
+            attrs = self._client.images.get(ref).attrs
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"inspecting image {ref}") from err
+        size = attrs.get("Size")
+        return ImageFacts(
+            image_id=str(attrs.get("Id")), tags=tuple(attrs.get("RepoTags") or ()),
+            repo_digests=tuple(attrs.get("RepoDigests") or ()),
+            parent=str(attrs.get("Parent") or ""), created=str(attrs.get("Created") or ""),
+            size_bytes=int(size) if isinstance(size, (int, float)) else None,
+            layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
+            labels=dict((attrs.get("Config") or {}).get("Labels") or {}))
+
+    def save_image(self, image_id: str, write: Callable[[bytes], object]) -> None:
+        """`docker save` of one image, streamed chunk by chunk into `write` (never in memory).
+
+        Saved by id, so the tarball names no repository or tag: `load_image` then adds no tag
+        and cannot move one that now names another image; the caller tags what it loaded.
+        """
+        try:
+            for chunk in self._client.api.get_image(image_id):
+                write(chunk)
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"saving image {image_id}") from err
+
+    def load_image(self, tar_path: Path) -> list[str]:
+        """`docker load` of a tarball, streamed from the file; the ids of the images it held."""
+        try:
+            with tar_path.open("rb") as handle:
+                return [str(image.id) for image in self._client.images.load(handle)]
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"loading {tar_path.name}") from err
+
+    def tag_image(self, image_id: str, ref: str) -> None:
+        repository, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "")
+        try:
+            self._client.api.tag(image_id, repository, tag or "latest")
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"tagging {image_id} as {ref}") from err
+
+    def remove_image(self, ref: str) -> bool:
+        """Remove one image or tag, never by force (an image in use stays); False when absent."""
+        try:
+            self._client.images.remove(ref)
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"removing image {ref}") from err
+        return True
 
     # -- builds ------------------------------------------------------------------------------
 
@@ -301,9 +519,56 @@ class Engine:
         timeout_s: float,
         log_path: Path | None = None,
         on_start: Callable[[str], None] | None = None,
+        copy_out: Path | None = None,
     ) -> ContainerOutcome:
-        """Create, start and wait for one container under our own deadline; always remove it."""
-        container = self._create(spec)
+        """Create, start and wait for one container under our own deadline; always remove it.
+
+        A spec with fresh volumes (a remote engine's scratch folder, containers.fresh_volumes)
+        gets each as a new volume writable for its user, whose contents are copied into the
+        local folder `copy_out` once the container ended (or timed out), before the container
+        and the volume are removed.
+        """
+        fresh: dict[str, str] = {}  # container path -> the volume made for it
+        try:
+            self._make_fresh_volumes(spec, fresh)
+            container = self._create(spec, fresh)
+            try:
+                return self._run_created(container, spec, timeout_s, log_path, on_start,
+                                         copy_out)
+            finally:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True, v=True)
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"running a container of {spec.image}") from err
+        finally:
+            for name in fresh.values():
+                with contextlib.suppress(docker.errors.DockerException):
+                    self._client.volumes.get(name).remove(force=True)
+
+    def _make_fresh_volumes(self, spec: ContainerSpec, made: dict[str, str]) -> None:
+        """A named volume for each fresh volume of the spec, labelled like its container, its
+        root owned by the spec's user (the harness runs as 65534; a new volume's root is
+        root's). The owner is set through a helper container of the spec's image that mounts
+        the volume and is never started: the cell container's own root is read-only, so the
+        folder above its mount point cannot take an archive. Names go into `made` as they are
+        created, so the caller removes each one whatever happens next."""
+        for path in fresh_volumes(spec):
+            target = PurePosixPath(path)
+            name = f"envmatrix-scratch-{uuid.uuid4().hex[:20]}"
+            self._client.volumes.create(name=name, labels=all_labels(spec))
+            made[path] = name
+            helper = self._client.containers.create(
+                spec.image, command=["true"], labels=all_labels(spec), network_mode="none",
+                mounts=[docker.types.Mount(path, name, type="volume", no_copy=True)])
+            try:
+                helper.put_archive(str(target.parent), _owned_folder(target.name, spec.user))
+            finally:
+                with contextlib.suppress(docker.errors.DockerException):
+                    helper.remove(force=True)
+
+    def _run_created(self, container: Any, spec: ContainerSpec, timeout_s: float,
+                     log_path: Path | None, on_start: Callable[[str], None] | None,
+                     copy_out: Path | None) -> ContainerOutcome:
         started = time.monotonic()
         try:
             self._start(container, spec)
@@ -312,17 +577,27 @@ class Engine:
             timed_out = not self._wait_exit(container, started + timeout_s)
             if timed_out:
                 self._stop(container)
-            return self._outcome(container, timed_out, time.monotonic() - started, log_path)
+            duration_s = time.monotonic() - started  # the copy back is not the cell's time
+            if copy_out is not None:
+                for path in fresh_volumes(spec):
+                    self._copy_out(container, path, copy_out)
+            return self._outcome(container, timed_out, duration_s, log_path)
         except KeyboardInterrupt:
             self._stop(container)
             with contextlib.suppress(docker.errors.DockerException):  # keep the log if we can
                 self._outcome(container, True, time.monotonic() - started, log_path)
             raise
-        except docker.errors.DockerException as err:
-            raise _engine_error(err, f"running a container of {spec.image}") from err
-        finally:
-            with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
+
+    @staticmethod
+    def _copy_out(container: Any, path: str, dest: Path) -> None:
+        """The folder `path` of a container (running or not) unpacked into `dest`."""
+        chunks, _ = container.get_archive(path)
+        with tempfile.TemporaryFile() as spool:
+            for chunk in chunks:
+                spool.write(chunk)
+            spool.seek(0)
+            _unpack_folder(spool, PurePosixPath(path).name, dest)
+
 
     def create(self, spec: ContainerSpec) -> str:
         """Create (not start) the container of a spec; its id. For inspecting what a spec asks
@@ -336,9 +611,13 @@ class Engine:
         except docker.errors.DockerException as err:
             raise _engine_error(err, f"inspecting container {container_id}") from err
 
-    def _create(self, spec: ContainerSpec) -> Any:
-        """The container of a spec, as envmatrix.containers words it for the SDK."""
+    def _create(self, spec: ContainerSpec, fresh: dict[str, str] | None = None) -> Any:
+        """The container of a spec, as envmatrix.containers words it for the SDK; `fresh`
+        names the volumes made for its fresh volumes (else the engine makes anonymous ones)."""
         kwargs = create_kwargs(spec)
+        for mount in kwargs["mounts"]:
+            if mount["target"] in (fresh or {}):
+                mount.update(source=(fresh or {})[mount["target"]], labels=None)
         kwargs["mounts"] = [docker.types.Mount(**mount) for mount in kwargs["mounts"]]
         if kwargs["device_requests"] is not None:
             kwargs["device_requests"] = [docker.types.DeviceRequest(**request)
@@ -438,8 +717,70 @@ class Engine:
             if keep is not None and keep(dict(container.labels or {})):
                 continue
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # with a remote cell's scratch volume
                 removed += 1
+        return removed
+
+    # -- volumes (engines that do not share this machine's paths) ---------------------------
+
+    def fill_volume(self, name: str, source: Path, *, image: str, target: str,
+                    labels: dict[str, str]) -> None:
+        """Create the named volume `name` holding a copy of the local folder `source`.
+
+        The copy goes through a helper container of `image` that mounts the volume at `target`
+        and is never started (`put_archive` needs a container, not a running one; no command
+        of the image runs). Files arrive owned by root and readable by everyone, as the bind
+        mount showed them to the run user. The helper is removed whatever happens; the volume
+        stays with the caller, who removes it (`remove_volume`).
+        """
+        try:
+            self._client.volumes.create(name=name, labels=labels)
+            helper = self._client.containers.create(
+                image, command=["true"], labels=labels, network_mode="none",
+                mounts=[docker.types.Mount(target, name, type="volume", no_copy=True)])
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"creating volume {name}") from err
+        try:
+            with tempfile.TemporaryFile() as archive:
+                _pack_folder(source, archive)
+                archive.seek(0)
+                helper.put_archive(target, archive)
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"copying {source} into volume {name}") from err
+        finally:
+            with contextlib.suppress(docker.errors.DockerException):
+                helper.remove(force=True)
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume; one already gone is fine."""
+        try:
+            self._client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"removing volume {name}") from err
+
+    def remove_labelled_volumes(
+        self, label_filter: dict[str, str], *, keep: Callable[[dict[str, str]], bool] | None = None
+    ) -> int:
+        """Remove the volumes carrying these labels, except those `keep(labels)` spares and
+        those a container still uses."""
+        try:
+            volumes = self._client.volumes.list(filters=_label_filters(label_filter))
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, "listing volumes") from err
+        removed = 0
+        for volume in volumes:
+            if keep is not None and keep(dict(volume.attrs.get("Labels") or {})):
+                continue
+            try:
+                volume.remove()
+                removed += 1
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as err:
+                if err.status_code != 409:  # 409: in use by a container; leave it
+                    raise _engine_error(err, f"removing volume {volume.name}") from err
         return removed
 
     def remove_labelled_images(self, label_filter: dict[str, str], *,

@@ -26,6 +26,11 @@ class GpuUnavailableError(EngineError):
     engine's own. A cell's outcome (status `no_gpu`), not the run's end."""
 
 
+class HostUnreachableError(EngineError):
+    """A host of the matrix does not answer (down, refuses TLS, ssh fails); its cells get the
+    status host_unreachable with these words, and the other hosts go on."""
+
+
 class BaseImageError(EnvmatrixError):
     """A base image could not be found, pulled or bootstrapped."""
 

@@ -55,7 +55,7 @@ KNOWN_PACKAGES = frozenset(name for name, _ in RUNTIME_TAGS) | {"numpy", "openvi
 KNOB_FIELDS = ("threads", "cpuset", "memory_limit")
 AXIS_FIELDS = ("base", "python", "providers", *KNOB_FIELDS)
 INCLUDE_FIELDS = (*AXIS_FIELDS, "id", "env", "description", "provider_options", "template",
-                  "gpus", "session")
+                  "gpus", "hosts", "session")
 # Dotted axes that vary one setting inside a mapping: session.<setting>,
 # session.config.<key>, provider_options.<provider>.<option>.
 SESSION_AXES = tuple(f"session.{name}" for name in SESSION_SETTINGS)

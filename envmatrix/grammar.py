@@ -48,6 +48,15 @@ GRAMMARS: dict[str, str] = {
     "template": r"[A-Za-z0-9][A-Za-z0-9._-]*",
     "cpuset": r"[0-9]{1,4}(?:-[0-9]{1,4})?(?:,[0-9]{1,4}(?:-[0-9]{1,4})?)*",
     "memory": r"[1-9][0-9]{0,12}[bkmg]?",
+    # A Docker engine's address (DOCKER_HOST style): a socket path, tcp://host:port or
+    # ssh://[user@]host[:port]; no query strings or spaces, which the SDK would pass on.
+    "host_url": (r"unix:///[A-Za-z0-9._~%+/-]*"
+                 r"|tcp://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?"
+                 r"|ssh://(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])"
+                 r"(?::[0-9]{1,5})?"),
+    "context": r"[A-Za-z0-9][A-Za-z0-9_.+-]*",  # docker's own rule for context names
+    "label_key": r"[a-z][a-z0-9_.-]*",
+    "label_value": r"[A-Za-z0-9_.-]*",
     # Free text and paths: anything printable; no control or bidirectional-override characters.
     "text": "[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*",
 }
@@ -57,7 +66,8 @@ MAX_LENGTH = {"id": 63, "package": 100, "version": 64, "env_name": 128, "env_val
               "image": 255, "suite": 31, "mirror": 300, "index_url": 300, "python": 6,
               "cuda": 12, "cudnn": 16, "gpus": 600, "provider": 64, "option_key": 64,
               "option_value": 256, "config_key": 128, "property_key": 128, "input_name": 128,
-              "value": 64, "template": 128, "cpuset": 64, "memory": 16, "text": 300}
+              "value": 64, "template": 128, "cpuset": 64, "memory": 16, "text": 300,
+              "host_url": 300, "context": 100, "label_key": 64, "label_value": 64}
 ID_MAX = MAX_LENGTH["id"]
 
 # Environment variables envmatrix sets in every image itself; ENVMATRIX_* are reserved too.

@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from envmatrix import __version__, config, gate, images, inputs, render, report, runner, stats
+from envmatrix import (
+    __version__,
+    config,
+    gate,
+    images,
+    inputs,
+    render,
+    report,
+    runner,
+    schedule,
+    stats,
+)
 from envmatrix.engine import Engine
 from envmatrix.errors import EnvmatrixError
 from envmatrix.plan import Plan
@@ -84,6 +95,8 @@ def run(request: Request, progress: Progress) -> Outcome:
     progress("run", f"run directory {run_dir.path}")
     write_resolved(plan, run_dir)
     prepared = prepare_workloads(plan, run_dir, progress)
+    if plan.hosts:  # a hosts: section: every host builds and measures its own cells
+        return run_on_hosts(request, plan, run_dir, prepared, progress, started)
     engine = Engine.connect()
     swept = runner.sweep_leftovers(engine)
     if swept:
@@ -105,6 +118,27 @@ def run(request: Request, progress: Progress) -> Outcome:
     return outcome
 
 
+def run_on_hosts(request: Request, plan: Plan, run_dir: RunDir, prepared: dict[str, Any],
+                 progress: Progress, started: str) -> Outcome:
+    """The builds and cells of a plan with hosts, one thread per host (envmatrix.schedule)."""
+    progress("hosts", ", ".join(f"{h.name} ({h.address})" for h in plan.hosts))
+    spread = schedule.run_hosts(plan, run_dir, prepared, progress, rebuild=request.rebuild,
+                                resume=request.resume is not None,
+                                stop_after=request.stop_after)
+    write_resolved(plan, run_dir, spread.images(), hosts=spread.record())
+    if spread.interrupted:
+        raise Interrupted(run_dir)
+    outcome = Outcome(run_dir, spread.build_failures)
+    if request.stop_after == "build":
+        return outcome
+    outcome.results = spread.results
+    outcome.harness_s = seconds_in_containers(outcome.results, since=started)
+    if request.stop_after == "report":
+        outcome.report_data = write_report(run_dir, progress)
+        outcome.report_path = outcome.report_data.run_dir.report_path
+    return outcome
+
+
 def seconds_in_containers(results: list[dict[str, Any]], *, since: str) -> float:
     """Container time of the cells measured since `since` (not those a resume kept)."""
     hosts = [r.get("host") or {} for r in results]
@@ -112,7 +146,8 @@ def seconds_in_containers(results: list[dict[str, Any]], *, since: str) -> float
                if str(h.get("started_at") or "") >= since)
 
 
-def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = None) -> None:
+def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = None,
+                   hosts: dict[str, Any] | None = None) -> None:
     """Record the expanded plan (and image tags once known) so the run can be reported alone."""
     extra: dict[str, Any] = {
         "run_id": run_dir.run_id,
@@ -125,6 +160,8 @@ def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = N
                      "size_bytes": getattr(b, "size_bytes", None)}
             for env_id, b in sorted(built.items())
         }
+    if hosts:
+        extra["hosts"] = hosts  # per host: address, labels, fingerprint, its own images
     config.dump_resolved(plan, run_dir.resolved_path, extra)
 
 

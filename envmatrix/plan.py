@@ -98,7 +98,9 @@ class Measure:
     warmup: int = 10  # untimed iterations after the first inference
     min_iterations: int = 50
     min_time_s: float = 1.0  # per process; the verdicts rely on repeats, not on long loops
-    repeats: int = 20  # fresh processes per cell: 20 rounds detect 5% (docs/report.md)
+    # Fresh processes per cell (one per round): 40 rounds detect 95% of 5% slowdowns at the
+    # runtime's default threads on a 2-core VM (benchmarks/sensitivity.py, docs/report.md).
+    repeats: int = 40
     # Interleaved rounds: round 1 of every cell, then round 2 of every cell..., each round one
     # container running repeats/rounds processes, so that slow drift of the machine hits every
     # cell alike and the verdict can pair cells round by round. None: rounds = repeats.
@@ -183,6 +185,8 @@ class Cell:
     # The GPUs the cell's container asks the engine for ("all", "0,1"); None for CPU cells.
     gpus: str | None = None
     knobs: Knobs = NO_KNOBS
+    # The `hosts:` entry whose engine measures the cell; None: the local default engine.
+    host: str | None = None
 
     def config_hash(self, measure: Measure) -> str:
         """Hash of everything that shapes this cell's numbers: stale results are refused.
@@ -194,7 +198,7 @@ class Cell:
         cell["environment"].pop("gpus", None)
         settings.pop("gpus", None)
         # Keys added after results existed count only when set, so old hashes stay valid.
-        for part, key in ((cell, "gpus"), (cell["environment"]["base"], "cudnn")):
+        for part, key in ((cell, "gpus"), (cell, "host"), (cell["environment"]["base"], "cudnn")):
             if part.get(key) is None:
                 part.pop(key, None)
         if self.knobs == NO_KNOBS:
@@ -208,6 +212,30 @@ class Cell:
         own: dict[str, Any] = {"threads": self.knobs.threads, "cpuset": self.knobs.cpuset,
                                "memory_limit": self.knobs.memory_limit}
         return replace(measure, **{k: v for k, v in own.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Host:
+    """A Docker engine of the matrix's `hosts:` (envmatrix.hosts connects to it).
+
+    `address` is what the user wrote: a URL (unix://, tcp://, ssh://), `context:<name>`, or
+    `default` (DOCKER_HOST or the local socket). The TLS fields are paths where the user keeps
+    the files: they are read when connecting and never written into a run directory.
+    """
+
+    name: str
+    address: str = "default"
+    labels: tuple[tuple[str, str], ...] = ()
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
+    # The matrix's `shared_paths:`; None: decided from the address (hosts.shares_paths).
+    shared_paths: bool | None = None
+
+    @property
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
 
 
 @dataclass(frozen=True)
@@ -225,6 +253,12 @@ class Plan:
     template_dir: str | None = None  # user template folder; None: the packaged dockerfiles/
     extra: dict[str, Any] = field(default_factory=dict)
     verdict: VerdictSettings = field(default_factory=VerdictSettings)
+    hosts: tuple[Host, ...] = ()  # empty: the local default engine, as before hosts existed
+
+    @property
+    def multi_host(self) -> bool:
+        """Cell ids, tables and results.csv name the host only when there is more than one."""
+        return len(self.hosts) > 1
 
     def environment(self, env_id: str) -> Environment:
         for env in self.environments:
@@ -260,6 +294,8 @@ class RunRecord:
     envmatrix_version: str = ""
     started_at: str = ""
     images: dict[str, ImageRecord] = field(default_factory=dict)  # environment id ->
+    # host name -> {address, labels, fingerprint, images, error}: what each host said and built
+    hosts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -320,7 +356,13 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "gpus": c.gpus,
             **({"knobs": c.knobs.to_dict()} if c.knobs != NO_KNOBS else {}),
             "config_hash": c.config_hash(plan.measure),
+            **({"host": c.host} if c.host else {}),
         } for c in plan.cells],
+        # Names, addresses and labels only: the TLS paths stay in matrix.yaml.
+        **({"hosts": [{"name": h.name, "address": h.address, "labels": dict(h.labels),
+                       **({"shared_paths": h.shared_paths} if h.shared_paths is not None
+                          else {})}
+                      for h in plan.hosts]} if plan.hosts else {}),
     }
 
 
@@ -385,7 +427,8 @@ def _run_record(doc: Any) -> RunRecord:
               for env_id, rec in (doc.get("images") or {}).items()}
     return RunRecord(run_id=str(doc.get("run_id") or ""),
                      envmatrix_version=str(doc.get("envmatrix_version") or ""),
-                     started_at=str(doc.get("started_at") or ""), images=images)
+                     started_at=str(doc.get("started_at") or ""), images=images,
+                     hosts=dict(doc.get("hosts") or {}))
 
 
 def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
@@ -404,7 +447,7 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
         Cell(id=str(c["id"]), environment=envs[str(c["environment"])],
              workload=workloads[str(c["workload"])], provider=str(c["provider"]),
              provider_options=_options(c.get("provider_options")), gpus=c.get("gpus"),
-             knobs=_knobs(c.get("knobs")))
+             knobs=_knobs(c.get("knobs")), host=c.get("host"))
         for c in doc.get("cells") or [])
     build = doc.get("build") or {}
     plan = Plan(
@@ -418,7 +461,10 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
                "offline": bool(build.get("offline", False)),
                "configured_build": {"ca_bundle": build.get("ca_bundle")},
                "warnings": list(doc.get("warnings") or [])},
-        verdict=_verdict(doc.get("verdict")))
+        verdict=_verdict(doc.get("verdict")),
+        hosts=tuple(Host(str(h["name"]), str(h.get("address") or "default"),
+                         _pairs(h.get("labels")), shared_paths=h.get("shared_paths"))
+                    for h in doc.get("hosts") or []))
     hashes = {str(c["id"]): str(c["config_hash"]) for c in doc.get("cells") or []
               if c.get("config_hash")}
     return ResolvedPlan(plan=plan, run=_run_record(doc.get("run")), config_hashes=hashes)

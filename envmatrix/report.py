@@ -41,6 +41,7 @@ from envmatrix.plan import Cell, Environment, Plan, RunRecord
 from envmatrix.results import load_results
 from envmatrix.rundir import RunDir, atomic_write_bytes, atomic_write_text, open_run_dir
 from envmatrix.stats import (
+    CROSS_HOST_NOTE,
     FASTER,
     INVALID,
     NOISY_PREFIX,
@@ -437,6 +438,17 @@ def _latency(result: Mapping[str, Any], key: str) -> float | None:
     return point_value(result, key)
 
 
+def shown_point(data: RunData, cell: Cell, metric: str) -> float | None:
+    """The number a table shows for a cell: a candidate's from its comparison (paired: its
+    value corrected for the baseline's drift, so the columns divide to the change), else the
+    cell's own median (`point_value`)."""
+    v = data.verdict_of(cell.id)
+    ci = v.ratios.get(metric) if v else None
+    if ci is not None and ci.cand is not None and math.isfinite(ci.cand):
+        return ci.cand
+    return _latency(data.results.get(cell.id) or {}, metric)
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000.0
 
@@ -461,10 +473,12 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
     size = image_size(data, cell.environment.id)
     return {
         "cell": cid, "environment": cell.environment.id, "workload": cell.workload.name,
-        "provider": cell.provider, "status": res.get("status"),
+        "provider": cell.provider, **({"host": cell.host} if data.plan.multi_host else {}),
+        "status": res.get("status"),
         "valid": data.validity[cid].valid if cid in data.validity else False,
-        "p50_ms": _ms(_latency(res, "p50")), "p90_ms": _ms(_latency(res, "p90")),
-        "p99_ms": _ms(_latency(res, "p99")), "mean_ms": _ms(_latency(res, "mean")),
+        "p50_ms": _ms(shown_point(data, cell, "p50")), "p90_ms": _ms(_latency(res, "p90")),
+        "p99_ms": _ms(shown_point(data, cell, "p99")), "mean_ms": _ms(_latency(res, "mean")),
+        "p50_own_ms": _ms(_latency(res, "p50")),
         "throughput_per_s": _latency(res, "throughput") if ok else None,
         "cores_used": costs.cores_used if costs else None,
         "cpu_per_inference_ms": _ms(costs.cpu_per_inference_s) if costs else None,
@@ -515,15 +529,16 @@ def _knob_text(value: Any) -> Any:
 
 
 def with_knob_columns(cells: Sequence[Cell], headers: Sequence[str],
-                      rows: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+                      rows: list[list[Any]]) -> tuple[Sequence[str], list[list[Any]]]:
     """Headers and rows with a column per varied setting after `provider` (none: as given)."""
     names = knob_names(cells)
     if not names:
         return list(headers), rows
     values = [[md("default" if v is None else str(v).lower() if isinstance(v, bool) else v)
                for v in knob_fields(cells, c).values()] for c in cells]
-    return ([*headers[:2], *names, *headers[2:]],
-            [[*row[:2], *extra, *row[2:]] for row, extra in zip(rows, values)])
+    at = list(headers).index("provider") + 1
+    return ([*headers[:at], *names, *headers[at:]],
+            [[*row[:at], *extra, *row[at:]] for row, extra in zip(rows, values)])
 
 
 def _cost_columns(data: RunData, cid: str) -> dict[str, float | None]:
@@ -559,7 +574,7 @@ def _table_cells(data: RunData, cell: Cell) -> list[Any]:
         verdict = f"**{n['verdict']}** / {n['tail_verdict']}"
     return [md(n["environment"]), md(provider_name(n["provider"])),
             _fmt(None if n["node_share"] is None else 100 * n["node_share"], ".0f"),
-            fmt_ms(_latency(data.results.get(cell.id) or {}, "p50")),
+            fmt_ms(shown_point(data, cell, "p50")),
             _fmt(n["p90_ms"], ".3g"), _fmt(n["p99_ms"], ".3g"),
             _fmt(n["throughput_per_s"], ".1f"), _fmt(n["cores_used"], ".2f"),
             _fmt(n["cpu_per_inference_ms"], ".3g"), _fmt(n["cold_start_ms"], ".0f"),
@@ -575,11 +590,55 @@ def workloads(data: RunData) -> list[str]:
 
 def section_workload(data: RunData, workload: str, plot_files: Sequence[str]) -> str:
     cells = [c for c in data.cells if c.workload.name == workload]
-    headers, rows = with_knob_columns(cells, TABLE_HEADERS, [_table_cells(data, c)
-                                                             for c in cells])
+    rows = [_table_cells(data, c) for c in cells]
+    headers, rows = with_host_column(data, cells, rows)
+    headers, rows = with_knob_columns(cells, headers, rows)
     lines = [f"## Workload {md(workload)}", "", table(headers, rows), ""]
     lines += [f"![{md(Path(p).stem)}]({p})" for p in plot_files]
     return "\n".join(lines)
+
+
+def with_host_column(data: RunData, cells: Sequence[Cell], rows: list[list[Any]]
+                     ) -> tuple[Sequence[str], list[list[Any]]]:
+    """A host column after the environment when the plan has several hosts, and a marker on
+    each verdict whose baseline cell ran on another machine."""
+    if not data.plan.multi_host:
+        return TABLE_HEADERS, rows
+    out = []
+    for cell, row in zip(cells, rows):
+        v = data.verdict_of(cell.id)
+        if v is not None and CROSS_HOST_NOTE in v.notes:
+            row = [*row[:-1], f"{row[-1]} (cross-host)"]
+        out.append([row[0], md(cell.host or ""), *row[1:]])
+    return (TABLE_HEADERS[0], "host", *TABLE_HEADERS[1:]), out
+
+
+def host_rows(data: RunData) -> list[list[Any]]:
+    """One row per host: what its engine said (run.hosts) and the CPU its cells saw."""
+    rows = []
+    for host in data.plan.hosts:
+        record = data.run.hosts.get(host.name) or {}
+        fp = record.get("fingerprint") or {}
+        cpu = next(((r.get("fingerprint") or {}).get("cpu") or {} for c in data.cells
+                    if c.host == host.name and (r := data.results.get(c.id) or {})
+                    .get("fingerprint")), {})  # fmt: skip
+        memory = fp.get("memory_bytes")
+        rows.append([md(host.name), md(host.address), md(fp.get("engine_version") or ""),
+                     md(" / ".join(str(x) for x in (fp.get("os"), fp.get("kernel")) if x)),
+                     md(cpu.get("model") or fp.get("arch") or ""), fp.get("cpus"),
+                     f"{memory / 2**30:.1f} GiB" if memory else None,
+                     md(", ".join(fp.get("runtimes") or [])),
+                     md(record.get("unreachable") or "")])
+    return rows
+
+
+def section_hosts(data: RunData) -> str:
+    """## Hosts: the machines that measured, so a cross-host comparison can be judged."""
+    headers = ("host", "address", "engine", "OS / kernel", "CPU", "cores", "memory",
+               "runtimes", "unreachable")
+    return "\n".join(["## Hosts", "", "Verdicts between cells of different hosts compare "
+                      "different machines (marked cross-host).", "",
+                      table(headers, host_rows(data))])
 
 
 # ---------------------------------------------------------------- environments, failures
@@ -944,6 +1003,7 @@ def render_markdown(data: RunData, plot_files: Mapping[str, Sequence[str]]) -> s
             f"all ({t['measured_s']:.0f} s timed)."]
     sections = ["\n".join(head), section_summary(data)]
     sections += [section_workload(data, w, plot_files.get(w, ())) for w in workloads(data)]
+    sections += [section_hosts(data)] if data.plan.hosts else []
     sections += [section_environments(data), section_problems(data), section_parity(data),
                  section_provenance(data), section_measured(data), section_reproduce(data),
                  section_appendix(data)]

@@ -40,6 +40,7 @@ STATUSES = (
     "no_result",
     "no_gpu",
     "interrupted",
+    "host_unreachable",
     "skipped",
 )
 # Keys of a result, in the order the schema documents them; absent ones are null.

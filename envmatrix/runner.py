@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from envmatrix.containers import (
     ContainerSpec,
     cell_spec,
     container_path,
+    fresh_volumes,
     harness_command,
     round_result_name,
 )
@@ -53,6 +55,7 @@ from harness import measure as harness_measure
 
 ROUNDS_FILE = "rounds.json"
 ROUNDS_SCHEMA = "envmatrix.rounds/1"
+_ROUNDS_LOCK = threading.Lock()
 T = TypeVar("T")
 
 
@@ -110,11 +113,12 @@ def owner_label() -> str:
 def _owner_alive(labels: dict[str, str]) -> bool:
     """Whether a managed container may still be in use, so the sweep must keep it.
 
-    Only cell containers are swept: a build's step containers carry the managed label too
-    (the builder stage is labelled) but no cell or owner, and a concurrent build on the same
-    engine still needs them; the builder removes them itself (`forcerm`).
+    Only what a run owns is swept (cell containers, and on remote engines the inputs
+    volume, its helper container and scratch volumes): a build's step containers carry the
+    managed label too (the builder stage is labelled) but no cell or owner, and a concurrent
+    build on the same engine still needs them; the builder removes them itself (`forcerm`).
     """
-    if CELL_LABEL not in labels:
+    if CELL_LABEL not in labels and OWNER_LABEL not in labels:
         return True
     host, _, pid = labels.get(OWNER_LABEL, "").rpartition(":")
     if not pid.isdigit():
@@ -133,6 +137,11 @@ def _owner_alive(labels: dict[str, str]) -> bool:
 def sweep_leftovers(engine: Engine) -> int:
     """Remove containers a dead run left behind (start-up); never those of a live run."""
     return engine.remove_labelled_containers(dict(MANAGED), keep=_owner_alive)
+
+
+def sweep_volumes(engine: Engine) -> int:
+    """Remove the volumes a dead run left on an engine that does not share our paths."""
+    return engine.remove_labelled_volumes(dict(MANAGED), keep=_owner_alive)
 
 
 def prepare_scratch(path: Path) -> None:
@@ -166,11 +175,14 @@ def run_cells(
     resume: bool = False,
     progress: Progress | None = None,
     adjust: Adjust | None = None,
+    inputs_volume: str | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every cell of the plan in interleaved rounds; one result per cell, in plan order.
 
     Cells that need no container (build failed, kept by --resume, inputs missing) are settled
-    first; the others run round 1 each, then round 2 each, and so on.
+    first; the others run round 1 each, then round 2 each, and so on. `inputs_volume`: the
+    engine does not share our paths and holds a copy of the inputs in this volume
+    (envmatrix.schedule), so cells mount volumes instead of the run directory.
     """
     say = progress or (lambda stage, message: None)
     total, rounds = len(plan.cells), plan.measure.round_count
@@ -184,7 +196,7 @@ def run_cells(
         else:
             measuring.append(_Measuring(index, cell, *settled))
     current: _Measuring | None = None
-    orders = RoundOrders(run_dir)
+    orders = RoundOrders(run_dir, host=plan.cells[0].host if plan.cells else None)
     # Asked once per run, recorded with each GPU cell's result (host.engine_gpu).
     engine_gpu = engine.gpu_support() if any(m.cell.gpus for m in measuring) else None
     try:
@@ -197,7 +209,8 @@ def run_cells(
                     where = f"[round {round_index + 1}/{rounds}] {where}"
                 say("run", where)
                 current = item
-                result = _run_round(engine, plan, run_dir, item, round_index, adjust, engine_gpu)
+                result = _run_round(engine, plan, run_dir, item, round_index, adjust, engine_gpu,
+                                    inputs_volume)
                 current = None
                 if result is not None:
                     done[item.cell.id] = result
@@ -232,11 +245,13 @@ class RoundOrders:
     so the order of an interrupted run is on disk too.
     """
 
-    def __init__(self, run_dir: RunDir) -> None:
+    def __init__(self, run_dir: RunDir, host: str | None = None) -> None:
         self.path = run_dir.path / ROUNDS_FILE
         self.doc = self._read()
         self.entry: dict[str, Any] = {"started_at": results.utc_now(),
                                       "rule": "rotate by one place per round", "rounds": []}
+        if host is not None:  # one entry per host of a multi-host run (envmatrix.schedule)
+            self.entry["host"] = host
         self.doc["invocations"].append(self.entry)
 
     def _read(self) -> dict[str, Any]:
@@ -249,7 +264,14 @@ class RoundOrders:
 
     def record(self, round_index: int, cell_ids: list[str]) -> None:
         self.entry["rounds"].append({"round": round_index, "order": cell_ids})
-        atomic_write_json(self.path, self.doc)
+        with _ROUNDS_LOCK:  # hosts measure in threads: merge with their entries, never clobber
+            others = [e for e in self._read()["invocations"] if not self._mine(e)]
+            self.doc["invocations"] = [*others, self.entry]
+            atomic_write_json(self.path, self.doc)
+
+    def _mine(self, entry: Any) -> bool:
+        return isinstance(entry, dict) and all(
+            entry.get(k) == self.entry.get(k) for k in ("started_at", "host"))
 
 
 def _settle_without_container(
@@ -316,7 +338,8 @@ def _write(
 
 
 def _launch(
-    plan: Plan, run_dir: RunDir, item: _Measuring, round_index: int, adjust: Adjust | None
+    plan: Plan, run_dir: RunDir, item: _Measuring, round_index: int, adjust: Adjust | None,
+    inputs_volume: str | None = None,
 ) -> Launch:
     """One round's container. measure.timeout_s is per cell: a round gets what is left of it."""
     cell, workload = item.cell, item.workload
@@ -343,6 +366,7 @@ def _launch(
         cpuset=measure.cpuset,
         owner=owner_label(),
         gpus=cell.gpus,
+        inputs_volume=inputs_volume,
     )
     spent = sum(float(h.get("duration_s") or 0.0) for h in item.hosts)
     launch = Launch(spec=spec, timeout_s=max(plan.measure.timeout_s - spent, 1.0))
@@ -357,10 +381,11 @@ def _run_round(
     round_index: int,
     adjust: Adjust | None,
     engine_gpu: dict[str, Any] | None = None,
+    inputs_volume: str | None = None,
 ) -> dict[str, Any] | None:
     """One round of one cell; the cell's final result when this round ended it, else None."""
     cell = item.cell
-    launch = _launch(plan, run_dir, item, round_index, adjust)
+    launch = _launch(plan, run_dir, item, round_index, adjust, inputs_volume)
     if round_index == 0:
         prepare_scratch(run_dir.scratch(cell.id))
         run_dir.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -370,9 +395,13 @@ def _run_round(
     host = _host_base(run_dir, cell, plan, item.image, launch)
     if cell.gpus and engine_gpu is not None:
         host["engine_gpu"] = engine_gpu
+    # A scratch volume on a remote engine comes back into the scratch folder, so what follows
+    # reads the round's files where a bind mount would have left them.
+    copy: dict[str, Any] = {"copy_out": run_dir.scratch(cell.id)} if fresh_volumes(
+        launch.spec) else {}
     started = time.monotonic()
     try:
-        outcome = engine.run(launch.spec, timeout_s=launch.timeout_s, log_path=round_log)
+        outcome = engine.run(launch.spec, timeout_s=launch.timeout_s, log_path=round_log, **copy)
     except KeyboardInterrupt:
         _append_round_log(run_dir, cell, plan, round_index, round_log, None)
         _record_interrupted(run_dir, item, plan, host, time.monotonic() - started, round_index)

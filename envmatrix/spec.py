@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -130,6 +131,11 @@ MemoryText = Annotated[str, G("memory", "a memory size with an optional unit b, 
                               '"4g"')]
 Text = Annotated[str, G("text", "one line of printable text", '"2021 stack"', 300)]
 PathText = Annotated[str, G("text", "a file path", "models/net.onnx", 4096), Field(min_length=1)]
+HostUrl = Annotated[str, G("host_url", "a Docker engine address (unix:///path, tcp://host:port "
+                           "or ssh://user@host[:port])", "tcp://10.0.0.5:2376")]
+ContextName = Annotated[str, G("context", "a docker context name", "gpu-box")]
+LabelKey = Annotated[str, G("label_key", "a label name", "gpu")]
+LabelValue = Annotated[str, G("label_value", "a label value (letters, digits, _ . -)", "true")]
 
 
 # -- models of matrix.yaml ------------------------------------------------------------------
@@ -247,6 +253,50 @@ class SessionSpec(_Strict):
         return {k: v for k, v in self.model_dump().items() if v not in (None, {})}
 
 
+def _label_text(value: Any) -> Any:
+    """`gpu: true` and `gpu: "true"` are one label: YAML booleans and numbers become text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int) else value
+
+
+Label = Annotated[LabelValue, BeforeValidator(_label_text)]
+# Where an environment runs: every host (omitted), a list of host names, or labels to match.
+HostSelector = Union[Annotated[list[Slug], Field(min_length=1)],
+                     Annotated[dict[LabelKey, Label], Field(min_length=1)]]
+
+
+class TlsSpec(_Strict):
+    """Client certificates for a tcp:// engine: paths where the user keeps them."""
+
+    ca: Optional[PathText] = None
+    cert: PathText
+    key: PathText
+    verify: bool = True
+
+
+class HostSpec(_Strict):
+    """One Docker engine: a context, a URL, or neither (the default engine)."""
+
+    context: Optional[ContextName] = None
+    url: Optional[HostUrl] = None
+    tls: Optional[TlsSpec] = None
+    labels: dict[LabelKey, Label] = {}
+    shared_paths: Optional[bool] = Field(default=None, description=(
+        "whether the engine sees this machine's paths (cells then bind-mount the run "
+        "directory); default: true for the default engine and unix://, false for tcp://, "
+        "ssh:// and contexts pointing there (inputs and results then travel through volumes)"))
+
+    @model_validator(mode="after")
+    def _one_address(self) -> "HostSpec":
+        if self.context and self.url:
+            raise _custom("a host has either context: or url:, not both.", "keep one of them.")
+        if self.tls and not (self.url or "").startswith("tcp://"):
+            raise _custom("tls: applies to a tcp:// url only.",
+                          "write url: tcp://host:port, or remove tls: (a context brings its own).")
+        return self
+
+
 class _EnvironmentFields(_Strict):
     python: PythonVersion = "system"
     packages: Packages = {}
@@ -257,6 +307,8 @@ class _EnvironmentFields(_Strict):
     template: TemplateName = DEFAULT_TEMPLATE
     gpus: Optional[Gpus] = Field(default=None, description="GPUs of this environment's cuda and "
                                  "tensorrt cells; default: measure.gpus")
+    hosts: Optional[HostSelector] = Field(default=None, description="host names or labels "
+                                          "({gpu: true}) this environment runs on; default: all")
     threads: Optional[Threads] = None
     cpuset: Optional[Cpuset] = None
     memory_limit: Optional[MemoryText] = None
@@ -307,6 +359,7 @@ class MatrixEntrySpec(_Strict):
     description: Optional[Text] = None
     template: Optional[TemplateName] = None
     gpus: Optional[Gpus] = None
+    hosts: Optional[HostSelector] = None
     threads: Optional[Threads] = None
     cpuset: Optional[Cpuset] = None
     memory_limit: Optional[MemoryText] = None
@@ -440,6 +493,8 @@ class MatrixFile(_Strict):
     build: BuildSpec = BuildSpec()
     model_export: ModelExportSpec = ModelExportSpec()
     model_dirs: list[PathText] = []
+    hosts: dict[Slug, Optional[HostSpec]] = Field(default={}, description=(
+        "Docker engines that measure cells; default: the local engine"))
 
 
 # -- turning pydantic errors into problems --------------------------------------------------

@@ -9,11 +9,15 @@ the verdict (docs/report.md, "How a verdict is made"):
 - a *unit* is a round of the interleaved measurement (envmatrix.runner); a result without
   rounds counts each process as its own round. A unit's value is the median over its
   processes of the per-process statistic (p50, p99, mean latency, throughput);
-- a cell's *point* is the median of its units' values (`point_value`): the table's number;
-- the *change* is the candidate's point over the baseline's (the two table columns divide to
-  it exactly), its *interval* a percentile bootstrap of that same ratio: paired (whole rounds
-  drawn jointly for both cells) when the cells were measured in the same interleaved rounds,
-  unpaired (each cell's units drawn independently) otherwise;
+- paired (the two cells were measured in the same interleaved rounds): the *change* is the
+  median over rounds of the per-round ratio candidate/baseline, so the machine's drift from
+  round to round cancels; its *interval* a percentile bootstrap of that median drawing whole
+  rounds; the baseline's *point* is the median of its units' values (`point_value`) and the
+  candidate's is the baseline's times the change (its value corrected for the baseline's
+  drift), so the table's two columns divide to the change exactly;
+- unpaired (other runs, a resumed cell, too few shared rounds): each cell's point is the
+  median of its units' values, the change their ratio, its interval a bootstrap drawing each
+  cell's units independently;
 - the *verdict* is a pure function of (estimate, interval, min_effect) (`decide_interval`).
   With fewer units than the bootstrap can be trusted with (`min_rounds_for`,
   `min_repeats_for`) there is no interval (NaN) and no verdict (`too_few_note` says why).
@@ -485,12 +489,27 @@ def ratio_ci(metric: str, base_units: np.ndarray, cand_units: np.ndarray,
     base_pt, cand_pt = float(np.median(base_units)), float(np.median(cand_units))
     ok = base_pt > 0 and cand_pt > 0 and math.isfinite(base_pt) and math.isfinite(cand_pt)
     ratio = cand_pt / base_pt if ok else float("nan")
+    paired = method == PAIRED and ok and base_units.size == cand_units.size
+    if paired:
+        # The median of the per-round log ratios: the machine's drift from round to round
+        # hits both cells of a round alike and cancels in each ratio, which a ratio of the
+        # two medians does not (benchmarks/sensitivity.py: at 20 rounds with the runtime's
+        # default threads, 71% against 34% of 5% slowdowns found). The candidate's point is
+        # then the baseline's times that ratio: its p50 corrected for the baseline's drift,
+        # so the two points still divide exactly to the change.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_ratios = np.log(cand_units) - np.log(base_units)
+        ratio = float(np.exp(np.median(log_ratios)))
+        cand_pt = base_pt * ratio
     low = high = float("nan")
     p_value = None
     if picks is not None and ok:
         with np.errstate(divide="ignore", invalid="ignore"):
-            boot = (np.log(np.median(cand_units[picks[1]], axis=1))
-                    - np.log(np.median(base_units[picks[0]], axis=1)))
+            if paired:
+                boot = np.median(log_ratios[picks[0]], axis=1)
+            else:
+                boot = (np.log(np.median(cand_units[picks[1]], axis=1))
+                        - np.log(np.median(base_units[picks[0]], axis=1)))
         boot = np.sort(boot)
         n = boot.size
         # k resamples excluded in each tail; the interval excludes 1 exactly when p < alpha.
@@ -634,30 +653,41 @@ def match_baseline(
     cells: Sequence[Cell], baseline_env: str, cand: Cell
 ) -> tuple[Cell | None, list[str]]:
     """The baseline cell for a candidate: same workload and provider (and the same knobs
-    where the baseline has such a cell), else the cpu cell. A baseline environment's other
-    knob variants are candidates against its first one (`t2` against `t1`)."""
+    where the baseline has such a cell), else the cpu cell; on the candidate's own host when
+    the baseline ran there (else across hosts). A baseline environment's other knob variants
+    are candidates against its first one (`t2` against `t1`)."""
     same_wl = [c for c in cells if c.environment.id == baseline_env and c is not cand
                and c.workload.name == cand.workload.name]
+    same_wl = [c for c in same_wl if c.host == cand.host] or same_wl
     same_provider = [c for c in same_wl if c.provider == cand.provider]
     for c in same_provider:
         if (c.knobs, c.provider_options) == (cand.knobs, cand.provider_options):
-            return c, []
+            return c, cross_host(c, cand)
     if same_provider:
-        return same_provider[0], []
+        return same_provider[0], cross_host(same_provider[0], cand)
     for c in same_wl:
         if c.provider == "cpu":
             note = f"the baseline has no {cand.provider} cell: compared with its cpu cell"
-            return c, [note]
+            return c, [note, *cross_host(c, cand)]
     return None, []
 
 
+CROSS_HOST_NOTE = "cross-host comparison: different machines"
+
+
+def cross_host(base: Cell, cand: Cell) -> list[str]:
+    """The note a verdict carries when its two cells ran on different hosts."""
+    return [CROSS_HOST_NOTE] if base.host != cand.host else []
+
+
 def is_baseline_cell(plan: Plan, cell: Cell) -> bool:
-    """The first cell of the baseline environment for its workload and provider; the others
-    (knob variants) get verdicts against it."""
+    """The first cell of the baseline environment for its workload, provider and host; the
+    others (knob variants) get verdicts against it."""
     if cell.environment.id != plan.baseline:
         return False
     first = next(c for c in plan.cells if c.environment.id == plan.baseline
-                 and c.workload.name == cell.workload.name and c.provider == cell.provider)
+                 and c.workload.name == cell.workload.name and c.provider == cell.provider
+                 and c.host == cell.host)
     return first is cell
 
 

@@ -163,11 +163,12 @@ def test_interrupt_leaves_nothing_running_and_resume_completes(
     plan = replace(plan, cells=cells_for(plan, ["a", "b", "c"]))
     run, prepared = make_run(tmp_path, plan, "interrupted")
 
-    def stall_b(cell: Cell, launch: runner.Launch) -> runner.Launch:
-        # In b's last round: a has finished all its rounds by then, c only the first.
+    def stall_c(cell: Cell, launch: runner.Launch) -> runner.Launch:
+        # The second round runs rotated, b, c, a: in c's last round b has finished all its
+        # rounds, a only the first.
         last_round = containers.round_result_name(plan.measure.round_count - 1)
         out = launch.spec.command[launch.spec.command.index("--out") + 1]
-        if not cell.id.endswith("-b") or not out.endswith(last_round):
+        if not cell.id.endswith("-c") or not out.endswith(last_round):
             return launch
         # Ctrl-C as a person would press it: SIGINT to this process while b's container runs.
         timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
@@ -176,17 +177,17 @@ def test_interrupt_leaves_nothing_running_and_resume_completes(
         return runner.Launch(replace(launch.spec, command=["sleep", "60"]), launch.timeout_s)
 
     with pytest.raises(KeyboardInterrupt):
-        runner.run_cells(engine, plan, run, {built.env_id: built}, prepared, adjust=stall_b)
+        runner.run_cells(engine, plan, run, {built.env_id: built}, prepared, adjust=stall_c)
     assert leftover_containers(run.run_id) == []
     a, b, c = (run.result_path(cell.id) for cell in plan.cells)
-    assert json.loads(a.read_text())["status"] == "ok"
-    stopped = json.loads(b.read_text())
+    assert json.loads(b.read_text())["status"] == "ok"
+    stopped = json.loads(c.read_text())
     assert stopped["status"] == "interrupted" and "--resume" in stopped["reason"]
-    unfinished = json.loads(c.read_text())  # one of its two rounds done
+    unfinished = json.loads(a.read_text())  # one of its two rounds done
     assert unfinished["status"] == "interrupted" and "--resume" in unfinished["reason"]
-    kept = a.read_bytes()
+    kept = b.read_bytes()
 
     got = runner.run_cells(engine, plan, run, {built.env_id: built}, prepared, resume=True)
     assert [r["status"] for r in got] == ["ok", "ok", "ok"]
-    assert a.read_bytes() == kept  # the finished cell was kept, not measured again
+    assert b.read_bytes() == kept  # the finished cell was kept, not measured again
     assert leftover_containers(run.run_id) == []

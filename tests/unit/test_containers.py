@@ -62,8 +62,34 @@ def _add_value(got: dict[str, Any], flag: str, value: str) -> None:
         assert mode in ([], ["ro"]), value
         got.setdefault("mounts", []).append(
             {"type": "bind", "source": source, "target": target, "read_only": mode == ["ro"]})
+    elif flag == "--mount":
+        got.setdefault("mounts", []).append(_volume_mount(value))
     else:
         pytest.fail(f"run_argv printed {flag}, which this test cannot map to the SDK")
+
+
+def _volume_mount(value: str) -> dict[str, Any]:
+    """`--mount type=volume,...` as docker's CLI turns it into a Mount (opts/mount.go): no
+    source is an anonymous volume, whose `volume-label`s label it."""
+    mount: dict[str, Any] = {"type": "", "source": "", "target": "", "read_only": False}
+    labels: dict[str, str] = {}
+    for part in value.split(","):
+        key, _, item = part.partition("=")
+        if key == "readonly":
+            mount["read_only"] = True
+        elif key == "volume-nocopy":
+            mount["no_copy"] = True
+        elif key == "volume-label":
+            name, sep, text = item.partition("=")
+            assert sep, value
+            labels[name] = text
+        else:
+            assert key in ("type", "source", "target"), f"--mount {value}: unknown {key}"
+            mount[key] = item
+    assert mount["type"] == "volume", value
+    if not mount["source"]:
+        mount["labels"] = labels
+    return mount
 
 
 def _device_request(value: str) -> dict[str, Any]:
@@ -113,8 +139,16 @@ RUNNER_LIKE = containers.cell_spec(
     image_id="sha256:aa", command=["/opt/venv/bin/python", "-m", "harness", "--cell", "c"],
     memory_limit="512m", pids_limit=64, cpuset="1", owner="host:42")  # fmt: skip
 
+REMOTE_LIKE = containers.cell_spec(
+    RunDir(Path("/srv/reports/r1"), "r1"), "env--cnn--cpu", image="sha256:aa",
+    image_id="sha256:aa", command=["/opt/venv/bin/python", "-m", "harness", "--cell", "c"],
+    memory_limit="512m", pids_limit=64, cpuset="1", owner="host:42",
+    inputs_volume="envmatrix-inputs-r1-box-42")  # fmt: skip
+
 SPECS = {
     "runner with cpuset": RUNNER_LIKE,
+    "remote runner (volumes)": REMOTE_LIKE,
+    "remote, unmanaged": replace(REMOTE_LIKE, managed=False, labels={}),
     "runner without cpuset": replace(RUNNER_LIKE, cpuset_cpus=None),
     "other limits": replace(RUNNER_LIKE, mem_limit="2g", pids_limit=4096, cpuset_cpus="0-1"),
     "no limits": replace(RUNNER_LIKE, mem_limit=None, pids_limit=None, cpuset_cpus=None),
@@ -142,6 +176,7 @@ ALTERNATIVES: dict[str, Any] = {
     "user": "1000:1000",
     "environment": {"HOME": "/tmp", "EXTRA": "1"},
     "mounts": [("/srv/other", "/envmatrix/inputs", False)],
+    "mount_type": "volume",
     "labels": {containers.RUN_LABEL: "r2"},
     "managed": False,
     "network_disabled": False,
@@ -244,3 +279,30 @@ def test_reproduce_asks_for_the_recorded_gpus() -> None:
     argv = containers.reproduce_argv("r1", "e--cnn--cuda", {**HOST, "gpus": "all"}, MEASURE)
     assert argv[argv.index("--gpus") + 1] == "all"
     assert "--gpus" not in containers.reproduce_argv("r1", "e--cnn--cpu", HOST, MEASURE)
+
+
+def test_a_remote_cell_mounts_volumes_and_no_path_of_this_machine() -> None:
+    kwargs = containers.create_kwargs(REMOTE_LIKE)
+    assert kwargs["mounts"] == [
+        {"type": "volume", "source": "envmatrix-inputs-r1-box-42", "target": "/envmatrix/inputs",
+         "read_only": True, "no_copy": True},
+        {"type": "volume", "source": "", "target": "/envmatrix/out", "read_only": False,
+         "no_copy": True, "labels": containers.all_labels(REMOTE_LIKE)}]  # fmt: skip
+    assert "/srv" not in repr(kwargs)
+    assert containers.fresh_volumes(REMOTE_LIKE) == ["/envmatrix/out"]
+    assert containers.fresh_volumes(RUNNER_LIKE) == []
+    # Everything but the mounts is the hardened local container, flag by flag.
+    local = containers.create_kwargs(RUNNER_LIKE)
+    assert {k: v for k, v in kwargs.items() if k != "mounts"} == {
+        k: v for k, v in local.items() if k != "mounts"}
+    argv = containers.run_argv(REMOTE_LIKE)
+    assert "-v" not in argv
+    assert argv[argv.index("--mount") + 1] == (
+        "type=volume,source=envmatrix-inputs-r1-box-42,target=/envmatrix/inputs,readonly,"
+        "volume-nocopy")
+
+
+def test_the_printed_command_binds_the_run_directory_whatever_the_host() -> None:
+    argv = containers.reproduce_argv("r1", "env--cnn--cpu", HOST, MEASURE)
+    assert "--mount" not in argv
+    assert argv.count("-v") == 2

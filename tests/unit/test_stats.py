@@ -290,11 +290,21 @@ def test_the_table_points_are_the_ones_the_change_divides() -> None:
                CAND: _rounds_result(CAND, 0.0053, DRIFT, 9)}
     for ci in v.ratios.values():
         assert ci.cand is not None and ci.base is not None
-        assert ci.cand / ci.base == ci.ratio
+        assert ci.cand / ci.base == pytest.approx(ci.ratio, rel=1e-12)
     v = compare_cells(_cell(BASE), _cell(CAND), results, FAST_RULES)
+    assert v.method == stats.PAIRED
+    # The baseline shows its own median; a paired candidate its median corrected for the
+    # baseline's drift: the baseline's point times the median of the per-round ratios.
     assert v.ratios["p50"].base == stats.point_value(results[BASE], "p50")
-    assert v.ratios["p50"].cand == stats.point_value(results[CAND], "p50")
-    assert v.ratios["p99"].cand == stats.point_value(results[CAND], "p99")
+    base_rounds = stats.unit_values(results[BASE], "p50")
+    cand_rounds = stats.unit_values(results[CAND], "p50")
+    # (the median taken on log ratios: with an even number of rounds, the geometric mean of
+    # the middle two, so that swapping the cells inverts the ratio exactly)
+    per_round = [np.log(cand_rounds[r] / base_rounds[r]) for r in sorted(base_rounds)]
+    change = float(np.exp(np.median(per_round)))
+    assert v.ratios["p50"].ratio == pytest.approx(change, rel=1e-9)
+    assert v.ratios["p50"].cand == pytest.approx(
+        stats.point_value(results[BASE], "p50") * change, rel=1e-12)
 
 
 def test_too_few_units_have_no_interval_and_a_note() -> None:
