@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from envmatrix import __version__, config, gate, pipeline
+from envmatrix import __version__, config, expand, gate, pipeline
 from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError, GateFailed
 from envmatrix.progress import Progress
 from envmatrix.rundir import create_run_dir, open_run_dir
@@ -236,7 +236,8 @@ def cmd_list(args: argparse.Namespace, progress: Progress) -> int:
         print(f"{env.id}\t{tags[env.id]}")
         for cell in plan.cells:
             if cell.environment.id == env.id:
-                print(f"  {cell.id}")
+                knobs = expand.knob_summary(cell)
+                print(f"  {cell.id}" + (f"\t{knobs}" if knobs else ""))
     print(f"{len(plan.environments)} environments, {len(plan.cells)} cells; baseline "
           f"{plan.baseline}")
     return 0

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from envmatrix import expand, gpucompat, grammar, hosts, yamlsrc
+from envmatrix import expand, gpucompat, grammar, hosts, knobs, yamlsrc
 from envmatrix import plan as planmod
 from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan, Workload
@@ -65,6 +65,7 @@ __all__ = [
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "matrix.schema.json"
 CA_BUNDLE_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+CELL_ID_MAX = 200  # results/<cell>.json and logs/run-<cell>.round.log stay under 255 bytes
 
 
 class ConfigWarning(UserWarning):
@@ -157,7 +158,8 @@ class _Builder:
         return drafts
 
     def environments(self, drafts: list[_Draft], bases: Mapping[str, Base]) -> list[Environment]:
-        """One Environment per draft whose base exists; sets each draft's env_id."""
+        """One Environment per id whose base exists; sets each draft's env_id. Drafts with one
+        id and one environment that differ in knobs are that environment's variants."""
         pairs = []
         for draft in drafts:
             spec = draft.spec
@@ -177,8 +179,8 @@ class _Builder:
                 packages=tuple(sorted(spec.packages.items())), providers=tuple(spec.providers),
                 env=tuple(sorted(spec.env.items())), description=spec.description,
                 template=spec.template, gpus=spec.gpus)))
-        self._check_ids([draft for draft, _ in pairs])
-        for draft, env in pairs:
+        unique = self._check_ids(pairs)
+        for draft, env in unique:
             other_index = bool(self.spec.build.pip_index_url)
             for key, message, fix in (*expand.check_environment(env),
                                       *gpucompat.check(env, other_index)):
@@ -187,7 +189,18 @@ class _Builder:
             for note in (expand.numpy_warning(env), gpucompat.warning(env)):
                 if note:
                     self.warnings.append(f"{self.source}: {note}")
-        return [env for _, env in pairs]
+        return [env for _, env in unique]
+
+    def variants(self, drafts: list[_Draft], envs: Sequence[Environment]) -> knobs.Variants:
+        """Each environment's variants (knobs), checked against the releases it pins."""
+        found = knobs.Variants(Measure(**self.spec.measure.model_dump()))
+        by_id = {env.id: env for env in envs}
+        for draft in drafts:
+            if draft.env_id in by_id:
+                found.add(draft, by_id[draft.env_id])
+        self.problems += found.problems
+        self.warnings += [f"{self.source}: {note}" for note in found.warnings]
+        return found
 
     def _check_python(self, draft: _Draft, base: Base) -> None:
         python, source = draft.spec.python, base.python_source
@@ -202,21 +215,27 @@ class _Builder:
                 draft.path("python"), f"base {base.name!r} installs python from deadsnakes and "
                 "needs a version.", 'write python: "3.8" (the version to install).'))
 
-    def _check_ids(self, drafts: list[_Draft]) -> None:
-        seen: dict[str, _Draft] = {}
-        for draft in drafts:
+    def _check_ids(self, pairs: list[tuple[_Draft, Environment]]
+                   ) -> list[tuple[_Draft, Environment]]:
+        """The first draft of each id; a repeated id is an error unless both drafts make the
+        same environment with different knobs (then they are two variants of it)."""
+        seen: dict[str, tuple[_Draft, Environment]] = {}
+        for draft, env in pairs:
             why = grammar.check_id(draft.env_id)
             if why:
                 self.problems.append(Problem(draft.path("id"), why, "set a shorter id: with "
                                              "lower-case letters, digits and . _ -."))
-            first = seen.setdefault(draft.env_id, draft)
-            if first is not draft:
-                same = " (another combination of this matrix)" if first.where == draft.where else ""
-                self.problems.append(Problem(
-                    draft.path("id"), f"environment id {draft.env_id!r} is also the id of "
-                    f"{format_path(first.where)}{same}.",
-                    "add a distinct id: to one of them (for a matrix combination, an include "
-                    "entry with id:)."))
+            first, first_env = seen.setdefault(draft.env_id, (draft, env))
+            if first is draft or (first_env == env and
+                                  knobs.knob_key(first.spec) != knobs.knob_key(draft.spec)):
+                continue
+            same = " (another combination of this matrix)" if first.where == draft.where else ""
+            self.problems.append(Problem(
+                draft.path("id"), f"environment id {draft.env_id!r} is also the id of "
+                f"{format_path(first.where)}{same}.",
+                "add a distinct id: to one of them (for a matrix combination, an include "
+                "entry with id:)."))
+        return list(seen.values())
 
     def env_hosts(self, drafts: list[_Draft], machines: Sequence[planmod.Host]
                   ) -> dict[str, list[str]]:
@@ -362,6 +381,18 @@ class _Builder:
                 self.problems.append(Problem(("workloads", wl.name, "backend"), f"workload "
                                      f"{wl.name} runs in no environment (backend {wl.backend}).",
                                      "add an environment with that runtime, or change backend:."))
+        ids = [c.id for c in cells]
+        for long in sorted(i for i in set(ids) if len(i) > CELL_ID_MAX):
+            self.problems.append(Problem(("environments",), f"cell id {long[:80]!r}... is "
+                                 f"longer than {CELL_ID_MAX} characters (it names files).",
+                                 "vary fewer knobs in one environment, or give it a shorter "
+                                 "id:."))
+        for repeated in sorted({i for i in ids if ids.count(i) > 1}):
+            self.problems.append(Problem(("environments",), f"two cells share the id "
+                                 f"{repeated!r}: their knob values read alike in ids (letter "
+                                 "case, or a value longer than an id word).", "make the values "
+                                 "differ in more than letter case, or give the environments "
+                                 "distinct ids."))
         declared = set(self.spec.bases)
         unused = sorted(declared - {e.base.name for e in envs})
         if unused:
@@ -430,9 +461,9 @@ def _build(source: Path, doc: Doc, only: Optional[list[str]],
     builder.check_model_export(envs, workloads)
     settings = builder.build_settings()
     baseline = builder.baseline(envs)
-    options = {d.env_id: {p: tuple(sorted(o.items())) for p, o in d.spec.provider_options.items()}
-               for d in drafts}
-    cells = expand.make_cells(envs, workloads, options, gpus=builder.spec.measure.gpus)
+    variants = builder.variants(drafts, envs)
+    cells = expand.make_cells(envs, workloads, variants=variants.by_env,
+                              gpus=builder.spec.measure.gpus)
     builder.check_cells(envs, workloads, cells)
     machines = hosts.plan_hosts(builder.spec.hosts, builder.root)
     cells = hosts.spread(cells, builder.env_hosts(drafts, machines), machines)

@@ -22,6 +22,7 @@ and has to stay importable (and byte-for-byte reproducible) without the SDK.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -328,6 +329,23 @@ def container_path(run_dir: RunDir, host_path: Path) -> PurePosixPath:
     return INPUTS_MOUNT / PurePosixPath(relative.as_posix())
 
 
+def options_arguments(cell: Cell) -> list[str]:
+    """Provider options and session settings, as data: text-only options keep today's
+    `--provider-option KEY=VALUE`; typed ones (numbers, booleans, mappings) and the session
+    settings travel as one JSON argument each. Containers run an argument list, never a
+    shell, and the harness parses the JSON; nothing here is interpreted by a shell."""
+    args: list[str] = []
+    options = dict(cell.provider_options)
+    if all(isinstance(v, str) for v in options.values()):
+        for key, value in cell.provider_options:
+            args += ["--provider-option", f"{key}={value}"]
+    else:
+        args += ["--provider-options-json", json.dumps(options, sort_keys=True)]
+    if cell.knobs.session:
+        args += ["--session-options", json.dumps(cell.knobs.session_dict, sort_keys=True)]
+    return args
+
+
 def harness_command(
     cell: Cell,
     measure: Measure,
@@ -348,8 +366,7 @@ def harness_command(
         "--seed", str(cell.workload.seed),  # recorded only: the inputs file holds the tensors
         "--provider", PROVIDER_NAMES.get(cell.provider, cell.provider),
     ]  # fmt: skip
-    for key, value in cell.provider_options:
-        command += ["--provider-option", f"{key}={value}"]
+    command += options_arguments(cell)
     command += [
         "--warmup", str(measure.warmup),
         "--min-iterations", str(measure.min_iterations),

@@ -7,6 +7,8 @@ turns the path into a file and line. The typed result, `Plan`, lives in `envmatr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,8 +17,17 @@ from typing import Any
 
 from envmatrix.errors import ConfigError
 from envmatrix.grammar import normalize_package
-from envmatrix.plan import GPU_PROVIDERS, PROVIDER_NAMES, Cell, Environment, Workload
+from envmatrix.plan import (
+    GPU_PROVIDERS,
+    NO_KNOBS,
+    PROVIDER_NAMES,
+    Cell,
+    Environment,
+    Knobs,
+    Workload,
+)
 from envmatrix.problems import KeyPath, PlanError, Problem, did_you_mean, kind_of, show
+from harness.optiontable import SESSION_SETTINGS
 
 # Distributions that provide the `onnxruntime` module: at most one per environment, because each
 # overwrites the others' files.
@@ -39,9 +50,16 @@ RUNTIME_TAGS: tuple[tuple[str, str], ...] = (
 # Package names a matrix axis may use bare (`onnxruntime: [...]`); others need `packages.<name>`.
 KNOWN_PACKAGES = frozenset(name for name, _ in RUNTIME_TAGS) | {"numpy", "openvino", "onnx"}
 # Environment fields a matrix axis may vary, and the extra ones an include entry may set.
-AXIS_FIELDS = ("base", "python", "providers")
+# Knobs shape a cell's numbers but not its image: they are cell settings, so combinations
+# that differ only in knobs are one environment (one image) with several cells.
+KNOB_FIELDS = ("threads", "cpuset", "memory_limit")
+AXIS_FIELDS = ("base", "python", "providers", *KNOB_FIELDS)
 INCLUDE_FIELDS = (*AXIS_FIELDS, "id", "env", "description", "provider_options", "template",
-                  "gpus", "hosts")
+                  "gpus", "hosts", "session")
+# Dotted axes that vary one setting inside a mapping: session.<setting>,
+# session.config.<key>, provider_options.<provider>.<option>.
+SESSION_AXES = tuple(f"session.{name}" for name in SESSION_SETTINGS)
+DOTTED_HINTS = (*SESSION_AXES, "session.config.<key>", "provider_options.<provider>.<option>")
 # Providers that only exist in some distributions: requesting them elsewhere is a mistake.
 PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {
     "openvino": ("onnxruntime-openvino",),
@@ -49,6 +67,7 @@ PROVIDER_NEEDS: dict[str, tuple[str, ...]] = {
     "tensorrt": ("onnxruntime-gpu",),
     "rocm": ("onnxruntime-rocm",),
 }
+PROVIDER_SHORT = {full: short for short, full in PROVIDER_NAMES.items()}
 TORCH_PROVIDERS = ("cpu", "cuda")  # devices the torch backend can use
 NUMPY2_SINCE = (1, 19)  # onnxruntime releases before this were built against numpy 1.x
 # Newest ONNX IR version and opset that old onnxruntime releases read (onnxruntime's
@@ -78,16 +97,32 @@ def axis_key(key: str, where: KeyPath) -> str:
     """Canonical key of an axis or include/exclude key: a field name or `packages.<name>`."""
     if key in INCLUDE_FIELDS:
         return key
+    if key.startswith(("session.", "provider_options.")):
+        return _dotted_key(key, where)
     if key.startswith("packages."):
         return "packages." + normalize_package(key[len("packages."):])
     if normalize_package(key) in KNOWN_PACKAGES:
         return "packages." + normalize_package(key)
-    hint = did_you_mean(key, [*INCLUDE_FIELDS, *sorted(KNOWN_PACKAGES)])
+    hint = did_you_mean(key, [*INCLUDE_FIELDS, *sorted(KNOWN_PACKAGES), *SESSION_AXES])
     raise PlanError([Problem(
         where, f"unknown matrix key {key!r}{hint}.",
         f"use one of {', '.join(AXIS_FIELDS)}, a runtime package name "
-        f"({', '.join(sorted(KNOWN_PACKAGES))}), or packages.<name> to vary another package.",
-        at_key=True)])
+        f"({', '.join(sorted(KNOWN_PACKAGES))}), packages.<name> to vary another package, "
+        f"or one setting: {', '.join(DOTTED_HINTS)}.", at_key=True)])
+
+
+def _dotted_key(key: str, where: KeyPath) -> str:
+    """`session.<setting>`, `session.config.<key>` or `provider_options.<provider>.<option>`."""
+    head, _, rest = key.partition(".")
+    if head == "session" and (key in SESSION_AXES or
+                              (rest.startswith("config.") and len(rest) > len("config."))):
+        return key
+    provider, _, option = rest.partition(".")
+    if head == "provider_options" and provider and option and "." not in option:
+        return f"provider_options.{PROVIDER_SHORT.get(provider, provider)}.{option}"
+    hint = did_you_mean(key, SESSION_AXES) if head == "session" else ""
+    raise PlanError([Problem(where, f"unknown matrix key {key!r}{hint}.",
+                             f"write one of {', '.join(DOTTED_HINTS)}.", at_key=True)])
 
 
 def expand_matrix(
@@ -176,6 +211,7 @@ def parse_matrix(raw: dict[str, Any], where: KeyPath) -> tuple[
     mpath = (*where, "matrix")
     shared = {k for k in raw if k != "matrix"}
     shared |= {"packages." + normalize_package(n) for n in raw.get("packages") or {}}
+    shared |= _dotted_shared(raw)
     axes: dict[str, list[Src]] = {}
     for key, values in raw["matrix"].items():
         if key in ("include", "exclude"):
@@ -190,9 +226,26 @@ def parse_matrix(raw: dict[str, Any], where: KeyPath) -> tuple[
     return axes, include, exclude
 
 
+def _dotted_shared(raw: Mapping[str, Any]) -> set[str]:
+    """Dotted names of the session settings and provider options set next to matrix:."""
+    session = raw.get("session")
+    session = session if isinstance(session, dict) else {}
+    config = session.get("config")
+    config = config if isinstance(config, dict) else {}
+    names = {f"session.{k}" for k in session if k != "config"}
+    names |= {f"session.config.{k}" for k in config}
+    options = raw.get("provider_options")
+    for provider, values in (options.items() if isinstance(options, dict) else ()):
+        short = PROVIDER_SHORT.get(provider, provider)
+        names |= {f"provider_options.{short}.{k}" for k in (values or {})
+                  if isinstance(values, dict)}
+    return names
+
+
 def _axis_problem(key: str, canon: str, values: Any, axes: Mapping[str, Any],
                   shared: set[str]) -> tuple[str, str] | None:
-    if canon not in AXIS_FIELDS and not canon.startswith("packages."):
+    if canon not in AXIS_FIELDS and not canon.startswith(("packages.", "session.",
+                                                          "provider_options.")):
         return (f"{key!r} cannot be a matrix axis.",
                 f"vary {', '.join(AXIS_FIELDS)} or packages; set {key} in an include "
                 "entry or next to matrix:.")
@@ -226,13 +279,35 @@ def merge_combination(raw: dict[str, Any], combo: Mapping[str, Src], where: KeyP
             name = key.split(".", 1)[1]
             merged["packages"] = {**(merged.get("packages") or {}), name: src.value}
             origin[("packages", name)] = src.path
-        elif key in ("env", "provider_options") and isinstance(src.value, dict):
+        elif key.startswith(("session.", "provider_options.")):
+            _set_dotted(merged, key, src.value)
+            origin[tuple(_dotted_parts(key))] = src.path
+        elif key in ("env", "provider_options", "session") and isinstance(src.value, dict):
             merged[key] = {**(merged.get(key) or {}), **src.value}
             origin.update({(key, sub): (*src.path, sub) for sub in src.value})
         else:
             merged[key] = src.value
             origin[(key,)] = src.path
     return merged, origin
+
+
+def _dotted_parts(key: str) -> list[str]:
+    """`session.config.a.b` -> [session, config, a.b]; `provider_options.p.o` -> 3 parts."""
+    head, _, rest = key.partition(".")
+    if head == "session" and rest.startswith("config."):
+        return [head, "config", rest[len("config."):]]
+    return [head, *rest.split(".", 1)]
+
+
+def _set_dotted(merged: dict[str, Any], key: str, value: Any) -> None:
+    """Set one setting inside a mapping of the merged environment (copies, never aliases)."""
+    parts = _dotted_parts(key)
+    node = merged
+    for part in parts[:-1]:
+        child = node.get(part)
+        node[part] = dict(child) if isinstance(child, dict) else {}
+        node = node[part]
+    node[parts[-1]] = value
 
 
 def origin_path(origin: Mapping[tuple[str, ...], KeyPath], loc: KeyPath,
@@ -281,8 +356,79 @@ def provider_slug(provider: str) -> str:
     return slug(provider.removesuffix("ExecutionProvider"))
 
 
-def cell_id(env_id: str, workload: str, provider: str) -> str:
-    return f"{env_id}--{workload}--{provider_slug(provider)}"
+def cell_id(env_id: str, workload: str, provider: str, knobs: Sequence[str] = ()) -> str:
+    """`<env>--<workload>--<provider>`, then one `--<part>` per knob its variants vary."""
+    return "--".join((env_id, workload, provider_slug(provider), *knobs))
+
+
+# Id part of each knob: a prefix, then the value's word (below). Session settings keep their
+# matrix order; config entries and provider options follow, by name.
+KNOB_PREFIX = {
+    "threads": "t", "cpuset": "cpu", "memory_limit": "mem",
+    "session.graph_optimization": "opt-", "session.intra_op_threads": "intra",
+    "session.inter_op_threads": "inter", "session.execution_mode": "",
+    "session.enable_mem_pattern": "mempat-", "session.enable_cpu_mem_arena": "arena-",
+}
+_WORDS = {"sequential": "seq", "parallel": "par"}
+_WORD = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
+WORD_MAX = 24
+
+
+def knob_values(knobs: Knobs, options: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """A cell's settings by dotted name (threads, session.<setting>, session.config.<key>,
+    provider_options.<option> of the cell's provider): ids, report columns, results.csv."""
+    out: dict[str, Any] = {k: getattr(knobs, k) for k in KNOB_FIELDS
+                           if getattr(knobs, k) is not None}
+    for name, value in knobs.session:
+        if name == "config":
+            out.update({f"session.config.{k}": v for k, v in sorted(value.items())})
+        else:
+            out[f"session.{name}"] = value
+    out.update({f"provider_options.{k}": v for k, v in sorted(options)})
+    return out
+
+
+def knob_word(value: Any) -> str:
+    """A value as an id word: on/off, a number, a short lower-case word, else h + 7 hex."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).lower().replace(",", "_") if not isinstance(value, dict) else ""
+    text = _WORDS.get(text, text)
+    if text and len(text) <= WORD_MAX and _WORD.fullmatch(text):
+        return text
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+    return "h" + digest[:7]
+
+
+def knob_part(name: str, value: Any) -> str:
+    """`t1`, `opt-all`, `seq`, `arena-off`, `intra_op.allow_spinning-0`, `num_streams-2`."""
+    if name in KNOB_PREFIX:
+        return KNOB_PREFIX[name] + knob_word(value)
+    short = name.split(".", 1)[1]
+    if short.startswith("config."):
+        short = short[len("config."):].removeprefix("session.")
+    return f"{short}-{knob_word(value)}"
+
+
+def varied_knobs(values: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names whose value (or presence) differs between an environment's variants, in id order."""
+    names = list(dict.fromkeys(n for v in values for n in v))
+    varied = [n for n in names if len({json.dumps(v.get(n), sort_keys=True) for v in values}) > 1]
+    return knob_order(varied)
+
+
+def knob_summary(cell: Cell) -> str:
+    """`threads=1 session.graph_optimization=all` for `nox -s list`; empty when none is set."""
+    values = knob_values(cell.knobs, cell.provider_options)
+    shown = {n: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
+             for n, v in values.items()}
+    return " ".join(f"{name}={shown[name]}" for name in knob_order(values))
+
+
+def knob_order(names: Iterable[str]) -> list[str]:
+    """Setting names once each, in id order: KNOB_PREFIX's, then the others by name."""
+    order = list(KNOB_PREFIX)
+    return sorted(set(names), key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
 # -- environment checks ---------------------------------------------------------------------
@@ -356,28 +502,54 @@ def runs(env: Environment, workload: Workload, provider: str) -> bool:
     return any(name in packages for name in ORT_DISTRIBUTIONS)
 
 
+Variant = tuple[Knobs, Mapping[str, tuple[tuple[str, Any], ...]]]  # knobs, options by provider
+
+
 def make_cells(
     environments: Sequence[Environment],
     workloads: Sequence[Workload],
-    provider_options: Mapping[str, Mapping[str, tuple[tuple[str, str], ...]]] | None = None,
+    provider_options: Mapping[str, Mapping[str, tuple[tuple[str, Any], ...]]] | None = None,
     gpus: str = "all",
+    variants: Mapping[str, Sequence[Variant]] | None = None,
 ) -> list[Cell]:
-    """Every environment x workload x provider of that environment that can run.
+    """Every environment x workload x provider of that environment that can run, x variant.
 
-    `provider_options` maps environment id -> provider -> options. A torch workload pairs with
-    torch environments on cpu/cuda only; an onnxruntime workload with onnxruntime environments.
-    Cells on a GPU provider get the environment's `gpus`, else the run's (`gpus`); others none.
+    `provider_options` maps environment id -> provider -> options (one variant per
+    environment); `variants` maps environment id -> its variants (knobs, options by provider)
+    and wins. A torch workload pairs with torch environments on cpu/cuda only (session
+    settings and provider options are onnxruntime's: its cells leave them out); an
+    onnxruntime workload with onnxruntime environments. Variants that are alike for one
+    provider (options of another provider) make one cell; knobs that differ between the
+    remaining ones name the cells (`--t1`, `--opt-all`). Cells on a GPU provider get the
+    environment's `gpus`, else the run's (`gpus`); others none.
     """
     options = provider_options or {}
-    return [
-        Cell(cell_id(env.id, wl.name, provider), env, wl, provider,
-             tuple(options.get(env.id, {}).get(provider, ())),
-             (env.gpus or gpus) if provider in GPU_PROVIDERS else None)
-        for env in environments
-        for wl in workloads
-        for provider in env.providers
-        if runs(env, wl, provider)
-    ]
+    cells: list[Cell] = []
+    for env in environments:
+        own = (variants or {}).get(env.id) or [(NO_KNOBS, options.get(env.id, {}))]
+        for wl in workloads:
+            for provider in env.providers:
+                if runs(env, wl, provider):
+                    devices = (env.gpus or gpus) if provider in GPU_PROVIDERS else None
+                    cells += _variant_cells(env, wl, provider, own, devices)
+    return cells
+
+
+def _variant_cells(env: Environment, wl: Workload, provider: str,
+                   variants: Sequence[Variant], gpus: str | None) -> list[Cell]:
+    settings: list[tuple[Knobs, tuple[tuple[str, Any], ...]]] = []
+    for knobs, by_provider in variants:
+        pair = (knobs, tuple(by_provider.get(provider, ())))
+        if wl.backend == "torch":  # session and provider options are onnxruntime's
+            pair = (Knobs(knobs.threads, knobs.cpuset, knobs.memory_limit), ())
+        if pair not in settings:
+            settings.append(pair)
+    values = [knob_values(knobs, opts) for knobs, opts in settings]
+    varied = varied_knobs(values)
+    return [Cell(cell_id(env.id, wl.name, provider, [knob_part(n, v[n]) for n in varied
+                                                     if n in v]),
+                 env, wl, provider, opts, gpus=gpus, knobs=knobs)
+            for (knobs, opts), v in zip(settings, values)]
 
 
 def select(cells: Sequence[Cell], only: Sequence[str] | None,

@@ -38,7 +38,11 @@ GRAMMARS: dict[str, str] = {
     "gpus": rf"all|{_GPU}(?:,{_GPU})*",
     "provider": "|".join(PROVIDER_NAMES) + r"|[A-Za-z]+ExecutionProvider",
     "option_key": r"[A-Za-z_][A-Za-z0-9_]*",
-    "option_value": r"[A-Za-z0-9 _.,:/=+@%-]*",
+    # Provider option values go to the harness as data (JSON), never through a shell or a
+    # Dockerfile; brackets for the OpenVINO EP's reshape_input/layout (`x[1..8]`, `x[NCHW]`).
+    "option_value": r"[A-Za-z0-9 _.,:/=+@%\[\]-]*",
+    "config_key": r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+",
+    "property_key": r"[A-Za-z_][A-Za-z0-9_.:-]*",
     "input_name": r"[A-Za-z0-9_.:/-]+",
     "value": r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|true|false",
     "template": r"[A-Za-z0-9][A-Za-z0-9._-]*",
@@ -61,9 +65,9 @@ GRAMMARS: dict[str, str] = {
 MAX_LENGTH = {"id": 63, "package": 100, "version": 64, "env_name": 128, "env_value": 1024,
               "image": 255, "suite": 31, "mirror": 300, "index_url": 300, "python": 6,
               "cuda": 12, "cudnn": 16, "gpus": 600, "provider": 64, "option_key": 64,
-              "option_value": 256, "input_name": 128, "value": 64, "template": 128, "cpuset": 64,
-              "memory": 16, "text": 300, "host_url": 300, "context": 100, "label_key": 64,
-              "label_value": 64}
+              "option_value": 256, "config_key": 128, "property_key": 128, "input_name": 128,
+              "value": 64, "template": 128, "cpuset": 64, "memory": 16, "text": 300,
+              "host_url": 300, "context": 100, "label_key": 64, "label_value": 64}
 ID_MAX = MAX_LENGTH["id"]
 
 # Environment variables envmatrix sets in every image itself; ENVMATRIX_* are reserved too.

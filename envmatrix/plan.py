@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,14 +147,44 @@ class VerdictSettings:
 
 
 @dataclass(frozen=True)
+class Knobs:
+    """A cell's own settings that shape its numbers but not its image (docs: "Knobs").
+
+    None / empty: the plan's `measure` (threads, cpuset, memory_limit) or the runtime's default.
+    `session` holds onnxruntime session settings by name (graph_optimization, intra_op_threads,
+    ..., and `config`: a mapping of session config entries), values as JSON types.
+    """
+
+    threads: int | None = None  # intra-op threads; OpenVINO cells: also num_of_threads
+    cpuset: str | None = None
+    memory_limit: str | None = None
+    session: tuple[tuple[str, Any], ...] = field(default=(), hash=False)
+
+    @property
+    def session_dict(self) -> dict[str, Any]:
+        return dict(self.session)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that are set, as plain data (matrix.resolved.yaml, results)."""
+        doc = {"threads": self.threads, "cpuset": self.cpuset, "memory_limit": self.memory_limit,
+               "session": self.session_dict or None}
+        return {key: value for key, value in doc.items() if value is not None}
+
+
+NO_KNOBS = Knobs()
+
+
+@dataclass(frozen=True)
 class Cell:
-    id: str  # "<environment>--<workload>--<provider>"
+    id: str  # "<environment>--<workload>--<provider>[--<knob>...]"
     environment: Environment
     workload: Workload
     provider: str  # short name, key of PROVIDER_NAMES or a full onnxruntime provider name
-    provider_options: tuple[tuple[str, str], ...] = ()
+    # Values are JSON types: text, numbers, booleans, mappings (OpenVINO's load_config).
+    provider_options: tuple[tuple[str, Any], ...] = field(default=(), hash=False)
     # The GPUs the cell's container asks the engine for ("all", "0,1"); None for CPU cells.
     gpus: str | None = None
+    knobs: Knobs = NO_KNOBS
     # The `hosts:` entry whose engine measures the cell; None: the local default engine.
     host: str | None = None
 
@@ -171,9 +201,17 @@ class Cell:
         for part, key in ((cell, "gpus"), (cell, "host"), (cell["environment"]["base"], "cudnn")):
             if part.get(key) is None:
                 part.pop(key, None)
+        if self.knobs == NO_KNOBS:
+            del cell["knobs"]  # cells that set nothing new keep the hash they always had
         doc = {"cell": cell, "measure": settings}
         text = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def measure_for(self, measure: Measure) -> Measure:
+        """The plan's measure with this cell's own threads, cpuset and memory limit."""
+        own: dict[str, Any] = {"threads": self.knobs.threads, "cpuset": self.knobs.cpuset,
+                               "memory_limit": self.knobs.memory_limit}
+        return replace(measure, **{k: v for k, v in own.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -315,7 +353,9 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "cells": [{
             "id": c.id, "environment": c.environment.id, "workload": c.workload.name,
             "provider": c.provider, "provider_options": dict(c.provider_options),
-            "gpus": c.gpus, "config_hash": c.config_hash(plan.measure),
+            "gpus": c.gpus,
+            **({"knobs": c.knobs.to_dict()} if c.knobs != NO_KNOBS else {}),
+            "config_hash": c.config_hash(plan.measure),
             **({"host": c.host} if c.host else {}),
         } for c in plan.cells],
         # Names, addresses and labels only: the TLS paths stay in matrix.yaml.
@@ -328,6 +368,18 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 
 def _pairs(mapping: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in (mapping or {}).items()))
+
+
+def _options(mapping: Any) -> tuple[tuple[str, Any], ...]:
+    """Provider options as written: text stays text, typed values keep their type."""
+    return tuple(sorted((str(k), v) for k, v in (mapping or {}).items()))
+
+
+def _knobs(doc: Any) -> Knobs:
+    doc = doc if isinstance(doc, dict) else {}
+    return Knobs(threads=doc.get("threads"), cpuset=doc.get("cpuset"),
+                 memory_limit=doc.get("memory_limit"),
+                 session=tuple(sorted((doc.get("session") or {}).items())))
 
 
 def _base(doc: dict[str, Any]) -> Base:
@@ -394,8 +446,8 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
     cells = tuple(
         Cell(id=str(c["id"]), environment=envs[str(c["environment"])],
              workload=workloads[str(c["workload"])], provider=str(c["provider"]),
-             provider_options=_pairs(c.get("provider_options")), gpus=c.get("gpus"),
-             host=c.get("host"))
+             provider_options=_options(c.get("provider_options")), gpus=c.get("gpus"),
+             knobs=_knobs(c.get("knobs")), host=c.get("host"))
         for c in doc.get("cells") or [])
     build = doc.get("build") or {}
     plan = Plan(

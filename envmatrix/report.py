@@ -10,6 +10,7 @@ through `md()` or a code fence before it reaches the markdown.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from envmatrix import config, plots
+from envmatrix import config, expand, plots
 from envmatrix.containers import reproduce_argv
 from envmatrix.decision import (
     COST_METRICS,
@@ -51,6 +52,7 @@ from envmatrix.stats import (
     Verdict,
     VerdictRules,
     check_validity,
+    is_baseline_cell,
     method_phrase,
     node_share,
     point_value,
@@ -264,7 +266,7 @@ def summary_row(data: RunData, v: Verdict) -> list[Any]:
     words = v.verdict if v.verdict == INVALID else f"{v.verdict} / {v.tail_verdict}"
     if v.verdict in (FASTER, SLOWER):
         words = f"**{v.verdict}** / {v.tail_verdict}"
-    return [md(v.environment), md(v.workload), md(provider_name(v.provider)),
+    return [md(candidate_name(data, v)), md(v.workload), md(provider_name(v.provider)),
             fmt_change(v, "p50"), fmt_change(v, "p99"), fmt_ratio(costs["cpu_per_inference"]),
             fmt_ratio(costs["cold_start"]), fmt_ratio(costs["peak_rss"]), _image_cell(data, v),
             "**FAIL**" if parity and parity.status == "fail" else
@@ -274,8 +276,18 @@ def summary_row(data: RunData, v: Verdict) -> list[Any]:
 def _group_verdicts(data: RunData) -> dict[tuple[str, str], list[Verdict]]:
     groups: dict[tuple[str, str], list[Verdict]] = {}
     for v in data.verdicts:
-        groups.setdefault((v.environment, v.provider), []).append(v)
+        groups.setdefault((candidate_name(data, v), v.provider), []).append(v)
     return groups
+
+
+def candidate_name(data: RunData, v: Verdict) -> str:
+    """The candidate's environment, with the knobs the plan varies: `env (threads=2)`."""
+    try:
+        values = knob_fields(data.cells, data.plan.cell(v.candidate))
+    except KeyError:
+        return v.environment
+    shown = [f"{name}={value}" for name, value in values.items() if value is not None]
+    return f"{v.environment} ({', '.join(shown)})" if shown else v.environment
 
 
 def _change_words(vs: Sequence[Verdict]) -> str:
@@ -486,7 +498,47 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
         "parity": data.parity[cid].status if cid in data.parity else None,
         "noisy": bool(data.noise.get(cid)),
         "node_share": node_share(res) if ok else None,
+        **knob_fields(data.cells, cell),
     }  # fmt: skip
+
+
+def knob_names(cells: Sequence[Cell]) -> list[str]:
+    """Settings the plan varies (threads, session.*, provider_options.*): those that differ
+    between cells of one environment, workload and provider, as in the cell ids."""
+    return list(_knob_names(tuple(cells)))
+
+
+@functools.lru_cache(maxsize=8)  # every row of results.csv asks for the same plan's names
+def _knob_names(cells: tuple[Cell, ...]) -> tuple[str, ...]:
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        key = (c.environment.id, c.workload.name, c.provider)
+        groups.setdefault(key, []).append(expand.knob_values(c.knobs, c.provider_options))
+    return tuple(expand.knob_order(n for values in groups.values()
+                                   for n in expand.varied_knobs(values)))
+
+
+def knob_fields(cells: Sequence[Cell], cell: Cell) -> dict[str, Any]:
+    """One column per varied setting (results.csv/json, tables); null: the default."""
+    values = expand.knob_values(cell.knobs, cell.provider_options)
+    return {name: _knob_text(values.get(name)) for name in knob_names(cells)}
+
+
+def _knob_text(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+
+
+def with_knob_columns(cells: Sequence[Cell], headers: Sequence[str],
+                      rows: list[list[Any]]) -> tuple[Sequence[str], list[list[Any]]]:
+    """Headers and rows with a column per varied setting after `provider` (none: as given)."""
+    names = knob_names(cells)
+    if not names:
+        return list(headers), rows
+    values = [[md("default" if v is None else str(v).lower() if isinstance(v, bool) else v)
+               for v in knob_fields(cells, c).values()] for c in cells]
+    at = list(headers).index("provider") + 1
+    return ([*headers[:at], *names, *headers[at:]],
+            [[*row[:at], *extra, *row[at:]] for row, extra in zip(rows, values)])
 
 
 def _cost_columns(data: RunData, cid: str) -> dict[str, float | None]:
@@ -540,6 +592,7 @@ def section_workload(data: RunData, workload: str, plot_files: Sequence[str]) ->
     cells = [c for c in data.cells if c.workload.name == workload]
     rows = [_table_cells(data, c) for c in cells]
     headers, rows = with_host_column(data, cells, rows)
+    headers, rows = with_knob_columns(cells, headers, rows)
     lines = [f"## Workload {md(workload)}", "", table(headers, rows), ""]
     lines += [f"![{md(Path(p).stem)}]({p})" for p in plot_files]
     return "\n".join(lines)
@@ -850,7 +903,7 @@ def _plot_series(data: RunData, workload: str) -> list[plots.Series]:
         lat = [x * 1000.0 for rep in repeat_latencies(res) for x in rep.tolist()]
         verdict = data.verdict_of(c.id)
         ok = res.get("status") == "ok" and bool(lat)
-        base = c.environment.id == data.baseline
+        base = is_baseline_cell(data.plan, c)
         cost = data.cost_ratios.get(c.id, {}) if ok else {}
         series.append(plots.Series(
             label=f"{c.environment.id} / {provider_name(c.provider)}"

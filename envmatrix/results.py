@@ -213,6 +213,7 @@ def _settings_part(cell: Cell, measure: Measure | None) -> dict[str, Any] | None
     """What the harness would have been asked to do: so failures show their settings too."""
     if measure is None:
         return None
+    measure = cell.measure_for(measure)
     wl = cell.workload
     return {
         "warmup": measure.warmup,
@@ -225,6 +226,7 @@ def _settings_part(cell: Cell, measure: Measure | None) -> dict[str, Any] | None
         "values": dict(wl.values),
         "inputs_file": wl.inputs,
         "provider_options": dict(cell.provider_options),
+        **({"session": cell.knobs.session_dict} if cell.knobs.session else {}),
     }
 
 

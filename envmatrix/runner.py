@@ -413,15 +413,15 @@ def _launch(
     """One round's container. measure.timeout_s is per cell: a round gets what is left of it."""
     cell, workload = item.cell, item.workload
     model = harness_model_path(cell, workload)
+    measure = cell.measure_for(plan.measure)  # the cell's own threads, cpuset, memory
     command = harness_command(
         cell,
-        plan.measure,
+        measure,
         container_path(run_dir, model),
         container_path(run_dir, workload.inputs_path),
         round_index,
     )
     image_id = item.image.image_id
-    measure = plan.measure
     spec = cell_spec(
         RunDir(run_dir.path.resolve(), run_dir.run_id),  # the engine needs absolute mounts
         cell.id,

@@ -120,6 +120,9 @@ Provider = Annotated[str, G("provider", "an execution provider (cpu, openvino, c
                             "openvino"), AfterValidator(_short_provider)]
 OptionKey = Annotated[str, G("option_key", "an option name", "device_type")]
 OptionValue = Annotated[str, G("option_value", "an option value", "CPU")]
+ConfigKey = Annotated[str, G("config_key", "a session config key",
+                             "session.intra_op.allow_spinning")]
+PropertyKey = Annotated[str, G("property_key", "an OpenVINO property name", "PERFORMANCE_HINT")]
 InputName = Annotated[str, G("input_name", "a model input name", "input_ids")]
 ValueText = Annotated[str, G("value", "a number or true/false", "16000")]
 TemplateName = Annotated[str, G("template", "a template file name", DEFAULT_TEMPLATE)]
@@ -187,7 +190,67 @@ def _normalized_packages(value: dict[str, str]) -> dict[str, str]:
 
 
 Packages = Annotated[dict[PackageName, Version], AfterValidator(_normalized_packages)]
-ProviderOptions = dict[Provider, dict[OptionKey, OptionValue]]
+OPTION_TREE_DEPTH = 8  # the OpenVINO EP reads load_config nested up to 8 levels
+OPTION_TREE_ENTRIES = 256
+
+
+def _option_tree(value: Any, depth: int = 1) -> int:
+    """Check a nested mapping of option text (OpenVINO's load_config); its entry count."""
+    if depth > OPTION_TREE_DEPTH:
+        raise _custom(f"the mapping is nested deeper than {OPTION_TREE_DEPTH} levels.",
+                      "flatten it (the OpenVINO EP reads at most 8 levels).")
+    count = 0
+    for key, item in value.items():
+        _GRAMMAR_PROPERTY.check(str(key))
+        if isinstance(item, dict):
+            count += _option_tree(item, depth + 1)
+        elif isinstance(item, str):
+            _GRAMMAR_VALUE.check(item)
+        else:
+            raise _custom(f"{key}: expected text or a mapping, got {kind_of(item)}.",
+                          "write PROPERTY: value or DEVICE: {PROPERTY: value}.")
+        count += 1
+    if count > OPTION_TREE_ENTRIES:
+        raise _custom(f"the mapping has more than {OPTION_TREE_ENTRIES} entries.",
+                      "keep the properties that matter.")
+    return count
+
+
+def _option_value(value: Any) -> Any:
+    """A provider option: text (typed later by the option table) or a nested mapping."""
+    if isinstance(value, str):
+        return _GRAMMAR_VALUE.check(value)
+    if isinstance(value, dict):
+        _option_tree(value)
+        return value
+    raise _custom(f"expected text or a mapping, got {kind_of(value)}.",
+                  "write key: value, or key: {PROPERTY: value} for load_config.")
+
+
+_GRAMMAR_VALUE = G("option_value", "an option value", "CPU")
+_GRAMMAR_PROPERTY = G("property_key", "an OpenVINO property name", "PERFORMANCE_HINT")
+ProviderOptionValue = Annotated[Any, AfterValidator(_option_value), WithJsonSchema({
+    "anyOf": [{"type": ["string", "number", "boolean"]}, {"type": "object"}],
+    "description": "text, a number, true/false, or a mapping (OpenVINO's load_config)"})]
+ProviderOptions = dict[Provider, Annotated[dict[OptionKey, ProviderOptionValue],
+                                           Field(max_length=64)]]
+Threads = Annotated[int, Field(ge=1, le=1024)]
+
+
+class SessionSpec(_Strict):
+    """onnxruntime session settings; names match harness.optiontable.SESSION_SETTINGS."""
+
+    graph_optimization: Optional[Literal["disable", "basic", "extended", "all"]] = None
+    intra_op_threads: Optional[Threads] = None
+    inter_op_threads: Optional[Threads] = None
+    execution_mode: Optional[Literal["sequential", "parallel"]] = None
+    enable_mem_pattern: Optional[bool] = None
+    enable_cpu_mem_arena: Optional[bool] = None
+    config: Annotated[dict[ConfigKey, OptionValue], Field(max_length=64)] = {}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings that are set (config only when it has entries)."""
+        return {k: v for k, v in self.model_dump().items() if v not in (None, {})}
 
 
 def _label_text(value: Any) -> Any:
@@ -246,6 +309,10 @@ class _EnvironmentFields(_Strict):
                                  "tensorrt cells; default: measure.gpus")
     hosts: Optional[HostSelector] = Field(default=None, description="host names or labels "
                                           "({gpu: true}) this environment runs on; default: all")
+    threads: Optional[Threads] = None
+    cpuset: Optional[Cpuset] = None
+    memory_limit: Optional[MemoryText] = None
+    session: SessionSpec = SessionSpec()
 
     @field_validator("providers")
     @classmethod
@@ -276,8 +343,10 @@ class MatrixEntrySpec(_Strict):
     """An entry with `matrix:`; the other keys are shared by every combination."""
 
     matrix: dict[str, Any] = Field(json_schema_extra={
-        "description": "axes (base, python, providers, a runtime package name or "
-                       "packages.<name>) mapping to lists, plus optional include and exclude",
+        "description": "axes (base, python, providers, a runtime package name, "
+                       "packages.<name>, threads, cpuset, memory_limit, session.<setting>, "
+                       "session.config.<key>, provider_options.<provider>.<option>) mapping "
+                       "to lists, plus optional include and exclude",
         "properties": {"include": {"type": "array", "items": {"type": "object"}},
                        "exclude": {"type": "array", "items": {"type": "object"}}},
         "additionalProperties": {"type": "array"}})
@@ -291,6 +360,10 @@ class MatrixEntrySpec(_Strict):
     template: Optional[TemplateName] = None
     gpus: Optional[Gpus] = None
     hosts: Optional[HostSelector] = None
+    threads: Optional[Threads] = None
+    cpuset: Optional[Cpuset] = None
+    memory_limit: Optional[MemoryText] = None
+    session: Optional[SessionSpec] = None
 
     @model_validator(mode="before")
     @classmethod

@@ -652,14 +652,19 @@ def method_phrase(method: str) -> str:
 def match_baseline(
     cells: Sequence[Cell], baseline_env: str, cand: Cell
 ) -> tuple[Cell | None, list[str]]:
-    """The baseline cell for a candidate: same workload and provider, else the cpu cell;
-    on the candidate's own host when the baseline ran there (else across hosts)."""
-    same_wl = [c for c in cells
-               if c.environment.id == baseline_env and c.workload.name == cand.workload.name]
+    """The baseline cell for a candidate: same workload and provider (and the same knobs
+    where the baseline has such a cell), else the cpu cell; on the candidate's own host when
+    the baseline ran there (else across hosts). A baseline environment's other knob variants
+    are candidates against its first one (`t2` against `t1`)."""
+    same_wl = [c for c in cells if c.environment.id == baseline_env and c is not cand
+               and c.workload.name == cand.workload.name]
     same_wl = [c for c in same_wl if c.host == cand.host] or same_wl
-    for c in same_wl:
-        if c.provider == cand.provider:
+    same_provider = [c for c in same_wl if c.provider == cand.provider]
+    for c in same_provider:
+        if (c.knobs, c.provider_options) == (cand.knobs, cand.provider_options):
             return c, cross_host(c, cand)
+    if same_provider:
+        return same_provider[0], cross_host(same_provider[0], cand)
     for c in same_wl:
         if c.provider == "cpu":
             note = f"the baseline has no {cand.provider} cell: compared with its cpu cell"
@@ -675,6 +680,17 @@ def cross_host(base: Cell, cand: Cell) -> list[str]:
     return [CROSS_HOST_NOTE] if base.host != cand.host else []
 
 
+def is_baseline_cell(plan: Plan, cell: Cell) -> bool:
+    """The first cell of the baseline environment for its workload, provider and host; the
+    others (knob variants) get verdicts against it."""
+    if cell.environment.id != plan.baseline:
+        return False
+    first = next(c for c in plan.cells if c.environment.id == plan.baseline
+                 and c.workload.name == cell.workload.name and c.provider == cell.provider
+                 and c.host == cell.host)
+    return first is cell
+
+
 def run_verdicts(
     plan: Plan,
     results: Mapping[str, Mapping[str, Any]],
@@ -684,7 +700,7 @@ def run_verdicts(
     rules = rules or VerdictRules()
     verdicts = []
     for cell in plan.cells:
-        if cell.environment.id == plan.baseline:
+        if is_baseline_cell(plan, cell):
             continue
         base_cell, notes = match_baseline(plan.cells, plan.baseline, cell)
         verdicts.append(compare_cells(base_cell, cell, results, rules, notes))

@@ -15,15 +15,10 @@ import os
 import re
 import time
 
-from harness import compat, fingerprint, placement
-from harness.errors import HarnessError, ModelError, ProviderError
+from harness import compat, fingerprint, optiontable, placement
+from harness.errors import HarnessError, ModelError, ProviderError, UsageError
 
-GRAPH_OPT_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
+GRAPH_OPT_LEVELS = optiontable.SESSION_ENUMS["graph_optimization"][1]
 
 
 def one_line(text, limit=400):
@@ -61,23 +56,37 @@ class OrtBackend(object):
                     self.requested, self.package, self.version, ", ".join(self.available)))
         self.options, self.notes = compat.translate_options(
             self.requested, settings["provider_options"], self.package_version, self.package)
+        self.session_settings = requested_session(settings)
+        self._refuse_unknown_settings(package_version or self.version)
+        self.runtime_options = compat.runtime_option_values(self.requested, self.options,
+                                                            self.package_version)
         self.session = None
+
+    def _refuse_unknown_settings(self, version):
+        """A setting the installed release does not know is a usage error naming the release
+        that introduced it (the host checked the pins; this checks what is installed)."""
+        found = optiontable.session_problems(self.session_settings, self.package, version)
+        if self.requested == compat.OPENVINO and "openvino" in self.package:
+            found += [problem[:2] for problem in
+                      optiontable.openvino_problems(self.options, version, self.package)]
+        if found:
+            raise UsageError("; ".join("{} {}".format(name, why) for name, why in found))
 
     def _session_options(self):
         options = self.ort.SessionOptions()
         if self.settings["threads"]:
             options.intra_op_num_threads = int(self.settings["threads"])
-        level = self.settings.get("graph_optimization")
-        if level:
-            enum = self.ort.GraphOptimizationLevel
-            options.graph_optimization_level = getattr(enum, GRAPH_OPT_LEVELS[level])
+        try:
+            compat.apply_session(self.ort, options, self.session_settings)
+        except AttributeError as err:
+            raise UsageError("{} {}: {}".format(self.package, self.version, err))
         return options
 
     def create(self):
         try:
             self.session = compat.create_session(self.ort, self.model["path"],
                                                  self._session_options(), self.requested,
-                                                 self.options)
+                                                 self.runtime_options)
         except Exception as err:  # noqa: BLE001 - the runtime's exception types vary by release
             runtime = "{} {}".format(self.package, self.version)
             reason = compat.explain_load_error(err, self.model, runtime,
@@ -130,7 +139,7 @@ class OrtBackend(object):
 
         def make_session(sess_options):
             return compat.create_session(self.ort, path, sess_options, self.requested,
-                                         self.options)
+                                         self.runtime_options)
         try:
             events = placement.profile_once(make_session, self._session_options(), feeds)
             return placement.summarize_trace(events, self.requested)
@@ -151,8 +160,19 @@ class OrtBackend(object):
             inter = int(options.inter_op_num_threads) or None
         except Exception:  # noqa: BLE001 - a build without get_session_options: unknown
             pass
-        return {"intra_op_requested": self.settings["threads"], "inter_op_requested": None,
+        asked = self.session_settings
+        return {"intra_op_requested": asked.get("intra_op_threads") or self.settings["threads"],
+                "inter_op_requested": asked.get("inter_op_threads"),
                 "intra_op_effective": intra, "inter_op_effective": inter}
+
+    def in_force(self):
+        """(session settings, provider options) as the created session reads them back."""
+        try:
+            session = compat.session_in_force(self.session.get_session_options(),
+                                              self.session_settings)
+        except Exception:  # noqa: BLE001 - a build without get_session_options: unknown
+            session = None
+        return session, compat.provider_options_in_force(self.session, self.requested)
 
 
 class TorchBackend(object):
@@ -180,6 +200,9 @@ class TorchBackend(object):
         self.options, self.notes = dict(settings["provider_options"]), []
         if self.options:
             self.notes.append("provider options are ignored by the torch backend")
+        if requested_session(settings):
+            raise UsageError("session settings ({}) are onnxruntime's; the torch backend has "
+                             "none".format(", ".join(sorted(requested_session(settings)))))
         if settings["threads"]:
             torch.set_num_threads(int(settings["threads"]))
         self.module = None
@@ -247,6 +270,9 @@ class TorchBackend(object):
     def placement(self, feeds):
         return placement.not_applicable()
 
+    def in_force(self):
+        return None, None
+
     def threads(self):
         """What was asked (null: torch's default) and torch's own counts after the run."""
         torch = self.torch
@@ -290,6 +316,14 @@ def _flatten(prefix, value):
     for name, item in items:
         flat.extend(_flatten(name, item))
     return flat
+
+
+def requested_session(settings):
+    """The session settings asked for: --session-options, plus --graph-optimization."""
+    session = dict(settings.get("session") or {})
+    if settings.get("graph_optimization") and "graph_optimization" not in session:
+        session["graph_optimization"] = settings["graph_optimization"]
+    return session
 
 
 def make_backend(settings, model):

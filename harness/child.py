@@ -110,6 +110,10 @@ def run_child(settings, index, spawned_at=None, started_at=None):
     backend.create()
     create_s = time.perf_counter() - t0
     _provider_block(doc, backend)
+    # What the runtime's API was handed (text), and what the session reports back: the
+    # OpenVINO EP (1.24.1) reports nothing there, so options_passed is the evidence for it.
+    doc["provider"]["options_passed"] = getattr(backend, "runtime_options", None)
+    doc["session"], doc["provider"]["options_in_force"] = backend.in_force()
     feeds, from_file = _feeds(settings, backend)
     doc["provider"]["notes"] = list(backend.notes)
     record, first = _measure(settings, backend, feeds, spawned_at)

@@ -40,6 +40,15 @@ def build_parser():
     model.add_argument("--provider-option", action="append", default=[], metavar="KEY=VALUE",
                        help="provider option, repeatable (translated across runtime versions, "
                             "e.g. OpenVINO device_type=CPU precision=FP32)")
+    model.add_argument("--provider-options-json", metavar="JSON",
+                       help="provider options as one JSON object: text, numbers, booleans, "
+                            "mappings (OpenVINO load_config); merged over --provider-option")
+    model.add_argument("--session-options", metavar="JSON",
+                       help="onnxruntime session settings as one JSON object: "
+                            "graph_optimization, intra_op_threads, inter_op_threads, "
+                            "execution_mode, enable_mem_pattern, enable_cpu_mem_arena, "
+                            "config (session config entries); each checked against the "
+                            "installed release and read back into the result")
     model.add_argument("--threads", type=int, metavar="N", help="intra-op threads")
     model.add_argument("--graph-optimization", choices=("disable", "basic", "extended", "all"),
                        help="onnxruntime graph optimization level (default: the runtime's)")
@@ -89,6 +98,7 @@ def _check_ranges(args):
 def settings_from(args):
     """The plain dict every other module works from (also handed to the child processes)."""
     _check_ranges(args)
+    _session_names(_json_object("--session-options", args.session_options))
     backend = args.backend or ("torch" if args.model.lower().endswith(TORCH_SUFFIXES)
                                else "onnxruntime")
     dtypes = inputs.parse_assignments("--dtype", args.dtype)
@@ -96,8 +106,8 @@ def settings_from(args):
         inputs.normalize_dtype(name, dtype)
     return collections.OrderedDict([
         ("model", args.model), ("backend", backend), ("provider", args.provider),
-        ("provider_options", inputs.parse_assignments("--provider-option",
-                                                      args.provider_option)),
+        ("provider_options", _provider_options(args)),
+        ("session", _json_object("--session-options", args.session_options)),
         ("threads", args.threads), ("graph_optimization", args.graph_optimization),
         ("inputs_file", args.inputs), ("seed", args.seed),
         ("shapes", inputs.parse_shapes(args.shape)),
@@ -108,6 +118,36 @@ def settings_from(args):
         ("cell", args.cell), ("workload", args.workload),
         ("environment", args.environment or os.environ.get("ENVMATRIX_ENVIRONMENT")),
     ])
+
+
+def _json_object(flag, text):
+    """A JSON object given on the command line (as data: nothing here runs a shell)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise UsageError("{} is not valid JSON ({})".format(flag, err))
+    if not isinstance(value, dict):
+        raise UsageError("{} must be a JSON object, got {}".format(flag, type(value).__name__))
+    return value
+
+
+def _provider_options(args):
+    options = inputs.parse_assignments("--provider-option", args.provider_option)
+    options.update(_json_object("--provider-options-json", args.provider_options_json))
+    return options
+
+
+def _session_names(session):
+    from harness import optiontable
+    unknown = sorted(set(session) - set(optiontable.SESSION_SETTINGS) - {"config"})
+    if unknown:
+        raise UsageError("--session-options: unknown setting(s) {}; known: {}".format(
+            ", ".join(unknown), ", ".join(sorted(optiontable.SESSION_SETTINGS) + ["config"])))
+    if not isinstance(session.get("config", {}), dict):
+        raise UsageError("--session-options: config must be a JSON object of text values")
+    return session
 
 
 def _out_from_argv(argv):

@@ -4,7 +4,12 @@ Checked by running the harness's tests against real releases (see tests/harness/
 (first release it applies to, what differs, what the harness does).
 """
 
+import json
+import os
 import re
+import tempfile
+
+from harness import optiontable
 
 ORT_DIFFERENCES = (
     ("1.5", "InferenceSession(path, sess_options, providers=[names], provider_options=[dicts]) "
@@ -38,6 +43,16 @@ ORT_DIFFERENCES = (
     ("ov<1.17", "onnxruntime-openvino before 1.17 (OVEP < 5.2): device_type carries the "
                 "precision ('CPU_FP32', 'GPU_FP16'); there is no 'precision' option",
      "device_type=CPU + precision=FP32 is merged into device_type=CPU_FP32"),
+    ("1.5", "SessionOptions graph_optimization_level, intra/inter_op_num_threads, "
+            "execution_mode, enable_mem_pattern, enable_cpu_mem_arena, "
+            "add_session_config_entry/get_session_config_entry and session.get_provider_options"
+            "() exist from 1.5.1 on; config keys arrive release by release, and onnxruntime "
+            "accepts unknown keys silently",
+     "harness.optiontable lists the keys with their release; a key newer than the installed "
+     "release is an error; every setting is read back into the result"),
+    ("ov>=1.24", "onnxruntime-openvino 1.24: load_config takes the JSON text; the docs of "
+                 "earlier releases (1.20-1.23) say a JSON file path",
+     "a mapping is handed as JSON text from 1.24, as a file in the temp folder before"),
     ("ov>=1.17", "onnxruntime-openvino 1.17+: device_type 'CPU'/'GPU'/'NPU' plus a separate "
                  "'precision' option; 'CPU_FP32' is deprecated (warning) and later removed",
      "device_type=CPU_FP32 is split into device_type=CPU + precision=FP32"),
@@ -181,3 +196,80 @@ def explain_load_error(message, model, runtime, runtime_version=()):
     return ("model IR version {} / opset {} is newer than {} accepts; re-export it with {} "
             "(e.g. the exporter's opset_version, onnx.version_converter, and model.ir_version)"
             .format(ir_version, opset, runtime, advice))
+
+
+# -- session settings and typed provider options (tables: harness.optiontable) ---------------
+
+
+def apply_session(ort, options, session):
+    """Set each requested session setting on a SessionOptions; a setting the installed
+    release lacks raises AttributeError naming it (never silently skipped)."""
+    for name, value in sorted(session.items()):
+        if name == "config":
+            for key, text in sorted(value.items()):
+                options.add_session_config_entry(str(key), str(text))
+            continue
+        attribute, kind, _ = optiontable.SESSION_SETTINGS[name]
+        if not hasattr(options, attribute):
+            raise AttributeError("SessionOptions has no {} here".format(attribute))
+        if kind == "enum":
+            enum_name, words = optiontable.SESSION_ENUMS[name]
+            value = getattr(getattr(ort, enum_name), words[value])
+        setattr(options, attribute, value)
+
+
+def session_in_force(options, session):
+    """What a session's SessionOptions say after creation: every setting of the table, and
+    each requested config entry as the session reads it back (None where it cannot)."""
+    found = {}
+    for name, (attribute, kind, _) in sorted(optiontable.SESSION_SETTINGS.items()):
+        value = getattr(options, attribute, None)
+        if kind == "enum" and value is not None:
+            words = dict((member, word) for word, member in
+                         optiontable.SESSION_ENUMS[name][1].items())
+            value = words.get(str(value).split(".")[-1], str(value))
+        found[name] = value
+    config = {}
+    for key in sorted((session.get("config") or {})):
+        try:
+            config[key] = options.get_session_config_entry(key)
+        except Exception:  # noqa: BLE001 - an unset key raises in some releases
+            config[key] = None
+    found["config"] = config
+    return found
+
+
+def runtime_option_values(provider, options, package_version, scratch=None):
+    """Typed provider options as the text onnxruntime's API takes (it wants str -> str):
+    booleans true/false, numbers as digits, OpenVINO's load_config as JSON text (from
+    onnxruntime-openvino 1.24) or a JSON file beside `scratch` (before it)."""
+    out = {}
+    for key, value in options.items():
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, dict):
+            text = json.dumps(value, sort_keys=True)
+            if provider == OPENVINO and package_version < parse_version(
+                    optiontable.LOAD_CONFIG_AS_TEXT):
+                text = _json_file(text, scratch)
+            out[key] = text
+        else:
+            out[key] = str(value)
+    return out
+
+
+def _json_file(text, folder):
+    handle, path = tempfile.mkstemp(prefix="load_config-", suffix=".json", dir=folder)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    return path
+
+
+def provider_options_in_force(session, provider):
+    """The provider's options as the session holds them (get_provider_options), or None."""
+    try:
+        found = session.get_provider_options()
+    except Exception:  # noqa: BLE001 - a release or provider without it
+        return None
+    options = (found or {}).get(provider)
+    return dict(options) if options is not None else None

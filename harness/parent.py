@@ -42,8 +42,16 @@ def child_argv(settings, index, child_out):
             argv += [flag, str(value)]
     if index == 0 and settings["save_outputs"]:
         argv += ["--save-outputs", settings["save_outputs"]]
-    for flag, mapping in (("--provider-option", settings["provider_options"]),
-                          ("--value", settings["values"]), ("--dtype", settings["dtypes"])):
+    options = settings["provider_options"]
+    if all(isinstance(v, str) for v in options.values()):
+        pairs = (("--provider-option", options),)
+    else:  # typed values keep their type through the JSON form
+        argv += ["--provider-options-json", json.dumps(options, sort_keys=True)]
+        pairs = ()
+    if settings.get("session"):
+        argv += ["--session-options", json.dumps(settings["session"], sort_keys=True)]
+    for flag, mapping in pairs + (("--value", settings["values"]),
+                                  ("--dtype", settings["dtypes"])):
         for name, value in mapping.items():
             argv += [flag, "{}={}".format(name, value)]
     for name, dims in settings["shapes"].items():

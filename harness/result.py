@@ -32,7 +32,11 @@ def new_result(settings):
                      "available": None, "active": None, "fallback": None, "notes": [],
                      "engine_cache": None, "node_placement": None, "nodes": None,
                      "copy_nodes": None, "node_share": None, "fallback_nodes": None,
-                     "fallback_node_count": None},
+                     "fallback_node_count": None, "options_passed": None,
+                     "options_in_force": None},
+        # onnxruntime's SessionOptions of the created session, read back (null: torch, or
+        # the harness stopped before a session existed)
+        "session": None,
         "model": {"path": settings.get("model"), "sha256": None, "ir_version": None,
                   "opsets": {}, "inputs": None, "outputs": None},
         "settings": public_settings(settings),
@@ -46,7 +50,8 @@ def new_result(settings):
 
 def public_settings(settings):
     keys = ("warmup", "min_iterations", "min_time_s", "repeats", "threads", "seed", "shapes",
-            "values", "inputs_file", "provider_options", "graph_optimization", "dtypes")
+            "values", "inputs_file", "provider_options", "graph_optimization", "dtypes",
+            "session")
     public = dict((key, settings.get(key)) for key in keys)
     public["shapes"] = dict((k, list(v)) for k, v in (settings.get("shapes") or {}).items())
     return public

@@ -194,7 +194,8 @@ def test_list_prints_every_cell_and_one_tag_per_environment(
     tags = dict(re.findall(r"^(\S+)\t(envmatrix/\S+:[0-9a-f]{16})$", out, re.MULTILINE))
     assert sorted(tags) == sorted(env.id for env in plan.environments)
     assert all(tag.startswith(f"envmatrix/{env_id}:") for env_id, tag in tags.items())
-    listed = re.findall(r"^  (\S+)$", out, re.MULTILINE)
+    listed = re.findall(r"^  (\S+)(?:\t.*)?$", out, re.MULTILINE)  # then its knobs, if any
+    assert "  bookworm-ortov1.24.1--cnn--openvino\tprovider_options.device_type=CPU" in out
     assert listed == [c.id for env in plan.environments for c in plan.cells
                       if c.environment.id == env.id]
     assert len(listed) == len(plan.cells) == 10
