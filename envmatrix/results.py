@@ -40,6 +40,7 @@ STATUSES = (
     "no_result",
     "interrupted",
     "skipped",
+    "env_mismatch",  # measured, but the image's installed set is not its pins or its lock
 )
 # Keys of a result, in the order the schema documents them; absent ones are null.
 RESULT_KEYS = (
