@@ -193,19 +193,23 @@ def _build(engine: Engine, env: Environment, plan: Plan, ctx: RenderedContext, t
 def _check_lock(plan: Plan, env: Environment, tag: str, installed: locks.InstalledSet,
                 lock: locks.EnvLock | None, base: BaseIdentity) -> tuple[str, ...]:
     """Raise when the image does not hold the locked set; warnings for what may differ."""
-    where = locks.lock_path(plan.source).name
+    path = locks.lock_path(plan.source)
     if lock is None:
-        return (f"{env.id} is not in {where}: built from its pins; run `nox -s lock` to add it",
-                ) if locks.lock_path(plan.source).is_file() else ()
+        missing = f"{env.id} is not in {path.name}: built from its pins (`nox -s lock` adds it)"
+        return (missing,) if path.is_file() else ()
     problems = locks.differences(locks.versions(lock.installed), locks.versions(installed))
     if problems:
-        raise BuildError(f"Image {tag} does not reproduce {where}: " + "; ".join(problems))
-    notes = [f"{env.id}: Debian package {line} (apt installs the mirror's current version)"
-             for line in locks.apt_differences(lock, installed)]
+        raise BuildError(f"Image {tag} does not reproduce {path.name}: " + "; ".join(problems))
+    notes = []
+    apt = locks.apt_differences(lock, installed)
+    if apt:
+        shown = "; ".join(apt[:5]) + (f"; and {len(apt) - 5} more" if len(apt) > 5 else "")
+        notes.append(f"{env.id}: {len(apt)} Debian package(s) differ from {path.name} (apt "
+                     f"installs the mirror's current versions): {shown}")
     if lock.base is not None and lock.base.id != base.id:
-        notes.append(f"{env.id}: base {base.image} is {base.id}, {where} recorded "
-                     f"{lock.base.id}{' (' + lock.base.digest + ')' if lock.base.digest else ''}"
-                     "; pin the base by digest in the matrix to build on the same one")
+        recorded = f"{lock.base.id} ({lock.base.digest})" if lock.base.digest else lock.base.id
+        notes.append(f"{env.id}: base {base.image} is {base.id}, {path.name} recorded "
+                     f"{recorded}; pin the base by digest in the matrix to build on that one")
     return tuple(notes)
 
 

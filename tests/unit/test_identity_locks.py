@@ -53,7 +53,7 @@ class FakeEngine:
         return self.base
 
     def image_id(self, ref: str) -> str | None:
-        return self.images.get(ref)
+        return self.base[0] if ref.startswith("debian:") else self.images.get(ref)
 
     def image_size(self, ref: str) -> int:
         return 1
@@ -426,3 +426,45 @@ def test_the_report_lists_an_env_mismatch_cell_with_its_difference(tmp_path: Pat
     failed = text.split("## Cells without valid numbers", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in failed.splitlines() if line.startswith(f"| {cell}"))
     assert "env\\_mismatch" in row and "numpy: lock 1.23.5, image 1.24.0" in row
+
+
+def test_what_a_lock_cannot_pin_is_a_warning(matrix: Path, tmp_path: Path) -> None:
+    contents = installed()
+    recorded = BaseIdentity("debian:trixie", "sha256:old", ("debian@sha256:" + "7" * 64,))
+    apt_moved = locks.InstalledSet(contents.pip, {"python3": "3.13.4-1"}, contents.python)
+    locks.write_lock(matrix, {TRIXIE: locks.EnvLock(TRIXIE, apt_moved, recorded)})
+    notes = ensure(FakeEngine("sha256:new"), matrix, tmp_path).notes
+    assert notes == (
+        f"{TRIXIE}: 1 Debian package(s) differ from two_envs.lock.yaml (apt installs the "
+        "mirror's current versions): python3: lock 3.13.4-1, image 3.13.5-1",
+        f"{TRIXIE}: base debian:trixie is sha256:new, two_envs.lock.yaml recorded sha256:old "
+        f"(debian@sha256:{'7' * 64}); pin the base by digest in the matrix to build on that one")
+    locks.write_lock(matrix, {"other-env": locks.EnvLock("other-env", contents)})
+    assert ensure(FakeEngine(), matrix, tmp_path).notes == (
+        f"{TRIXIE} is not in two_envs.lock.yaml: built from its pins (`nox -s lock` adds it)",)
+
+
+def test_lock_command_writes_the_lock_and_keeps_other_environments(
+    matrix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envmatrix import cli
+    from envmatrix.engine import Engine
+
+    engine = FakeEngine()
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: engine))
+    monkeypatch.chdir(tmp_path)
+    kept = locks.EnvLock("bullseye-ort1.8.0", installed(numpy="1.23.5"))
+    write_lock_for(matrix, installed(numpy="0.1"))  # ignored: `lock` builds from the pins
+    locks.write_lock(matrix, {**locks.load_lock(matrix).environments,  # type: ignore[union-attr]
+                              "bullseye-ort1.8.0": kept})
+    code = cli.main(["lock", "--matrix", str(matrix), "--only", TRIXIE, "--out",
+                     str(tmp_path / "lock-run")])
+    assert code == 0
+    assert capsys.readouterr().out.strip() == f"Lock: {locks.lock_path(matrix)}"
+    assert engine.builds == [""]  # from the pins, not from the old lock
+    lock = locks.load_lock(matrix)
+    assert lock is not None
+    assert lock.environments[TRIXIE].installed == installed()
+    assert lock.environments[TRIXIE].base == BaseIdentity("debian:trixie", "sha256:base1")
+    assert lock.environments["bullseye-ort1.8.0"] == kept
