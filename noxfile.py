@@ -56,6 +56,12 @@ def build(session: nox.Session) -> None:
 
 
 @nox.session
+def lock(session: nox.Session) -> None:
+    """Build from the pins and write the exact installed sets beside the matrix (*.lock.yaml)."""
+    _envmatrix(session, "lock")
+
+
+@nox.session
 def run(session: nox.Session) -> None:
     """Build what is missing and run the cells, without writing the report."""
     _envmatrix(session, "run")

@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     render_p = sub.add_parser("render", help="render the Dockerfiles, build nothing")
     _plan_args(render_p)
     render_p.add_argument("--out", type=Path, default=None, metavar="DIR")
-    _plan_args(sub.add_parser("list", help="dry run: every cell id and image tag"))
+    _plan_args(sub.add_parser("list", help="dry run: every cell id and build context id"))
+    _run_args(sub.add_parser("lock", help="build from the pins and write <matrix>.lock.yaml"),
+              build_only=True)
     report_p = sub.add_parser("report", help="rebuild the report of a run directory")
     report_p.add_argument("run_dir", type=Path, nargs="?", default=REPORTS_ROOT / "latest")
     _verdict_args(report_p)
@@ -230,16 +232,27 @@ def cmd_render(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_list(args: argparse.Namespace, progress: Progress) -> int:
+    """No engine is contacted: a tag also hashes its base image's id, which only the engine
+    knows, so each environment shows its build context id and its base instead."""
     plan = config.load_plan(_matrix_path(args), only=args.only, skip=args.skip)
-    tags = pipeline.image_tags(plan)
+    ids = pipeline.context_ids(plan)
     for env in plan.environments:
-        print(f"{env.id}\t{tags[env.id]}")
+        print(f"{env.id}\tcontext {ids[env.id]} + base {env.base.image}")
         for cell in plan.cells:
             if cell.environment.id == env.id:
                 knobs = expand.knob_summary(cell)
                 print(f"  {cell.id}" + (f"\t{knobs}" if knobs else ""))
     print(f"{len(plan.environments)} environments, {len(plan.cells)} cells; baseline "
           f"{plan.baseline}")
+    print("Image tags hash the context and the base image's id: `nox -s build` prints them.")
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace, progress: Progress) -> int:
+    request = pipeline.Request(matrix=_matrix_path(args), reports_root=REPORTS_ROOT,
+                               only=args.only, skip=args.skip, out=args.out,
+                               rebuild=args.rebuild, stop_after="build")
+    print(f"Lock: {pipeline.lock(request, progress)}")
     return 0
 
 
@@ -337,7 +350,7 @@ def cmd_replay(args: argparse.Namespace, progress: Progress) -> int:
 
 COMMANDS: dict[str, Any] = {
     "matrix": cmd_pipeline, "run": cmd_pipeline, "build": cmd_pipeline,
-    "render": cmd_render, "list": cmd_list, "report": cmd_report,
+    "render": cmd_render, "list": cmd_list, "lock": cmd_lock, "report": cmd_report,
     "compare": cmd_compare, "push": cmd_push, "clean": cmd_clean,
     "archive": cmd_archive, "restore": cmd_restore, "replay": cmd_replay,
 }

@@ -276,6 +276,20 @@ def _cell_mounts(run_dir: RunDir, cell_id: str, inputs_volume: str | None
             (str(run_dir.scratch(cell_id)), str(OUT_MOUNT), False)]
 
 
+def installed_spec(image: str, *, labels: Mapping[str, str] | None = None) -> ContainerSpec:
+    """The short container that prints an image's installed set (`python -m harness.installed`,
+    read by envmatrix.locks after each build): a cell's least privilege, no mounts at all."""
+    return ContainerSpec(
+        image=image,
+        command=[VENV_PYTHON, "-m", "harness.installed"],
+        environment={"HOME": "/tmp"},
+        labels=dict(labels or {}),
+        working_dir=HARNESS_HOME,
+        mem_limit="512m",
+        pids_limit=64,
+    )
+
+
 def reproduce_argv(run_id: str, cell_id: str, host: Mapping[str, Any], measure: Measure
                    ) -> list[str]:
     """The `docker run` of one cell as its result file recorded it (its `host` part), to be run

@@ -334,6 +334,16 @@ class Engine:
         except docker.errors.DockerException as err:
             raise _engine_error(err, f"looking up image {ref}") from err
 
+    def image_identity(self, ref: str) -> tuple[str, tuple[str, ...]] | None:
+        """(image id, registry digests `repo@sha256:...`) of `ref`; None when absent."""
+        try:
+            attrs = self._client.images.get(ref).attrs
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.DockerException as err:
+            raise _engine_error(err, f"inspecting image {ref}") from err
+        return str(attrs.get("Id")), tuple(sorted(str(d) for d in attrs.get("RepoDigests") or ()))
+
     def pull(self, ref: str) -> bool:
         """Try a registry; False when none answers or the image is not there (no raise)."""
         return self.pull_words(ref) is None
@@ -504,10 +514,12 @@ class Engine:
         log_path: Path,
         timeout_s: float,
         cancel: threading.Event | None = None,
+        nocache: bool = False,
     ) -> str:
         """Build with the classic builder; stream the log to log_path; return the image id.
 
-        `cancel` lets another thread stop the build (Ctrl-C while builds run in parallel).
+        `cancel` lets another thread stop the build (Ctrl-C while builds run in parallel);
+        `nocache` runs every step again (a rebuild that proves a lock reproduces).
         """
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(f"# envmatrix build of {tag} from {context_dir}\n", encoding="utf-8")
@@ -521,6 +533,7 @@ class Engine:
                 rm=True,
                 forcerm=True,
                 pull=False,
+                nocache=nocache,
                 decode=True,
                 timeout=None,  # no socket read timeout: quiet steps are fine, our deadline rules
             )

@@ -21,6 +21,7 @@ from envmatrix import (
     gate,
     images,
     inputs,
+    locks,
     render,
     report,
     resume,
@@ -29,7 +30,7 @@ from envmatrix import (
     stats,
 )
 from envmatrix.engine import Engine
-from envmatrix.errors import EnvmatrixError
+from envmatrix.errors import BuildError, EnvmatrixError
 from envmatrix.plan import Plan
 from envmatrix.progress import Progress
 from envmatrix.results import utc_now
@@ -202,12 +203,17 @@ def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = N
 
 
 def image_entries(built: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The run record's `images:` entry of each environment (tag, id, size; None if unbuilt)."""
-    return {
-        env_id: {"tag": getattr(b, "tag", None), "image_id": getattr(b, "image_id", None),
-                 "size_bytes": getattr(b, "size_bytes", None)}
-        for env_id, b in sorted(built.items())
-    }
+    """The run record's `images:` entry of each environment (plan.ImageRecord): the image
+    (tag, id, size; None when unbuilt) and the base it was built on."""
+    return {env_id: _image_record(b) for env_id, b in sorted(built.items())}
+
+
+def _image_record(built: Any) -> dict[str, Any]:
+    base = getattr(built, "base", None)
+    return {"tag": getattr(built, "tag", None), "image_id": getattr(built, "image_id", None),
+            "size_bytes": getattr(built, "size_bytes", None),
+            "base_image": base.image if base else None, "base_id": base.id if base else None,
+            "base_digest": base.digest if base else None}
 
 
 def prepare_workloads(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
@@ -227,27 +233,31 @@ def prepare_workloads(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[s
 
 
 def check_templates(plan: Plan) -> None:
-    """Render every Dockerfile in memory once: raises ConfigError on a template problem."""
+    """Render every Dockerfile in memory once, and read the lock file beside the matrix: raises
+    ConfigError on a template problem or a damaged lock file."""
     for env in plan.environments:
         render.render_dockerfile(env, plan)
+    locks.load_lock(plan.source)
 
 
 def render_all(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, str]:
-    """Render every environment's Dockerfile into the run directory; returns the image tags."""
-    tags = {}
+    """Render every environment's Dockerfile into the run directory; returns the context ids
+    (no engine: the image tags also hash the bases' ids, see images.context_id)."""
+    ids = {}
     for env in plan.environments:
         with tempfile.TemporaryDirectory(prefix=f"envmatrix-{env.id}-") as scratch:
             ctx = render.render_environment(env, plan, harness_dir=images.packaged_harness_dir(),
-                                            out_dir=Path(scratch) / "context")
+                                            out_dir=Path(scratch) / "context",
+                                            lock=images.env_lock(plan, env))
         atomic_write_text(run_dir.dockerfiles_dir / f"{env.id}.Dockerfile", ctx.dockerfile_text)
-        tags[env.id] = images.tag_for(env, ctx)
-        progress("render", f"{env.id}: {tags[env.id]}")
-    return tags
+        ids[env.id] = ctx.content_hash[:16]
+        progress("render", f"{env.id}: context {ids[env.id]} on base {env.base.image}")
+    return ids
 
 
-def image_tags(plan: Plan) -> dict[str, str]:
-    """The tag each environment's image has or will have; nothing is built."""
-    return {env.id: images.planned_tag(env, plan) for env in plan.environments}
+def context_ids(plan: Plan) -> dict[str, str]:
+    """Each environment's context id (images.context_id); no engine is contacted."""
+    return {env.id: images.context_id(env, plan) for env in plan.environments}
 
 
 def build_images(
@@ -257,6 +267,34 @@ def build_images(
     progress("build", f"{len(plan.environments)} environment image(s)")
     return images.ensure_images(engine, plan, run_dir=run_dir.path, rebuild=rebuild,
                                 progress=progress)
+
+
+def lock(request: Request, progress: Progress) -> Path:
+    """`lock`: build (or reuse) the images from the pins, ignoring any lock file, read each
+    installed set and write them beside the matrix. Environments left out by --only/--skip
+    keep their entries of an existing lock file."""
+    plan = config.load_plan(request.matrix or Path("matrix.yaml"), only=request.only,
+                            skip=request.skip)
+    check_templates(plan)
+    run_dir = create_run_dir(request.reports_root, out=request.out)
+    progress("run", f"run directory {run_dir.path}")
+    write_resolved(plan, run_dir)
+    engine = Engine.connect()
+    progress("build", f"{len(plan.environments)} environment image(s), from the pins")
+    built = images.ensure_images(engine, plan, run_dir=run_dir.path, rebuild=request.rebuild,
+                                 progress=progress, use_lock=False)
+    write_resolved(plan, run_dir, built)
+    failed = [b for b in built.values() if isinstance(b, images.BuildFailure)]
+    if failed:
+        raise BuildError("No lock written: " + "; ".join(f"{b.env_id}: {b.message}"
+                                                         for b in failed))
+    old = locks.load_lock(plan.source)
+    entries = dict(old.environments) if old else {}
+    for env in plan.environments:
+        entries[env.id] = locks.read_installed_file(run_dir.path / "locks" / f"{env.id}.json")
+    path = locks.write_lock(plan.source, entries)
+    progress("lock", f"{path}: {len(entries)} environment(s)")
+    return path
 
 
 def write_report(run_dir: RunDir, progress: Progress,

@@ -278,12 +278,30 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class BaseIdentity:
+    """What a base image is in the engine: the reference the matrix gives, the image id, and
+    the registry digests (`repo@sha256:...`) when it was pulled; an imported base has none."""
+
+    image: str
+    id: str
+    digests: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str | None:
+        return self.digests[0] if self.digests else None
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """The image an environment's cells ran in, as the run recorded it."""
 
     tag: str | None
     image_id: str | None
     size_bytes: int | None = None
+    # The base it was built on; older run records lack these keys and read back as None.
+    base_image: str | None = None
+    base_id: str | None = None
+    base_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -419,11 +437,13 @@ def _verdict(doc: Any) -> VerdictSettings:
                                                         default.min_node_share)))
 
 
+def _image_record(rec: dict[str, Any]) -> ImageRecord:
+    return ImageRecord(**{key: rec.get(key) for key in ImageRecord.__dataclass_fields__})
+
+
 def _run_record(doc: Any) -> RunRecord:
     doc = doc if isinstance(doc, dict) else {}
-    images = {str(env_id): ImageRecord(tag=(rec or {}).get("tag"),
-                                       image_id=(rec or {}).get("image_id"),
-                                       size_bytes=(rec or {}).get("size_bytes"))
+    images = {str(env_id): _image_record(rec or {})
               for env_id, rec in (doc.get("images") or {}).items()}
     return RunRecord(run_id=str(doc.get("run_id") or ""),
                      envmatrix_version=str(doc.get("envmatrix_version") or ""),

@@ -2,10 +2,12 @@
 
 A context folder holds the `Dockerfile` (from a Jinja template, StrictUndefined), the harness
 sources under `harness/`, and `build/` with what only the throwaway builder stage may see:
-`requirements.txt` (exact pins, never interpolated into RUN lines), `wheelhouse/` and `ca.pem`.
-The Dockerfile does not depend on whether a CA bundle or a wheelhouse was given, so images do not
-either; the content hash covers everything except the CA bundle's bytes, which may rotate
-without changing what gets installed.
+`requirements.txt` (exact pins, never interpolated into RUN lines), `wheelhouse/`, `ca.pem`,
+`pip_hashes.py` and, when the matrix has a lock, `locked-requirements.txt`.
+The Dockerfile does not depend on whether a CA bundle, a wheelhouse or a lock was given, so
+images do not either; the content hash covers everything except the CA bundle's bytes, which may
+rotate without changing what gets installed, and it covers the base image's identity (its id
+and digests) when it is known: a base made again with other content gives new image tags.
 
 Values from matrix.yaml are checked against conservative allow-lists here even though `config`
 validates them too: a value that could break a Dockerfile line never reaches a template.
@@ -26,13 +28,16 @@ import jinja2
 
 from envmatrix import __version__, grammar
 from envmatrix.errors import ConfigError, EnvmatrixError
-from envmatrix.plan import Environment, Plan
+from envmatrix.locks import EnvLock, requirements_text
+from envmatrix.plan import BaseIdentity, Environment, Plan
 
 PACKAGED_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "dockerfiles"
 BUILD_DIR = "build"  # context subfolder only the builder stage copies
 HARNESS_DIR = "harness"
 CA_FILE = f"{BUILD_DIR}/ca.pem"
 WHEELHOUSE_DIR = f"{BUILD_DIR}/wheelhouse"
+LOCKED_FILE = f"{BUILD_DIR}/locked-requirements.txt"
+PIP_HASHES_SCRIPT = PACKAGED_TEMPLATE_DIR / "scripts" / "pip_hashes.py"
 WHEEL_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
 # The same grammars as the config check (envmatrix.grammar), checked again here as defence in
@@ -46,6 +51,7 @@ class RenderedContext:
     context_dir: Path
     dockerfile_text: str
     content_hash: str  # sha256 hex
+    base: BaseIdentity | None = None  # None: the hash lacks the base's id, so it is no tag yet
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -171,9 +177,14 @@ def render_dockerfile(env: Environment, plan: Plan) -> str:
 # -- the context folder ------------------------------------------------------------------------
 
 
-def render_environment(env: Environment, plan: Plan, *, harness_dir: Path,
-                       out_dir: Path) -> RenderedContext:
-    """Write a complete build context for `env` into the empty or absent folder `out_dir`."""
+def render_environment(env: Environment, plan: Plan, *, harness_dir: Path, out_dir: Path,
+                       base: BaseIdentity | None = None,
+                       lock: EnvLock | None = None) -> RenderedContext:
+    """Write a complete build context for `env` into the empty or absent folder `out_dir`.
+
+    `base` (the base image's identity in the engine) enters the content hash; `lock` (the
+    environment's entry of the matrix's lock file) becomes build/locked-requirements.txt.
+    """
     text = render_dockerfile(env, plan)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise EnvmatrixError(f"Build context folder {out_dir} is not empty; give a fresh one.")
@@ -181,12 +192,23 @@ def render_environment(env: Environment, plan: Plan, *, harness_dir: Path,
     (out_dir / "Dockerfile").write_text(text, encoding="utf-8")
     pins = "".join(f"{name}=={version}\n" for name, version in env.packages)
     (out_dir / BUILD_DIR / "requirements.txt").write_text(pins, encoding="utf-8")
+    shutil.copyfile(PIP_HASHES_SCRIPT, out_dir / BUILD_DIR / PIP_HASHES_SCRIPT.name)
+    if lock is not None:
+        (out_dir / LOCKED_FILE).write_text(requirements_text(lock), encoding="utf-8")
     _copy_harness(harness_dir, out_dir / HARNESS_DIR)
     if plan.ca_bundle:
         _copy_ca_bundle(Path(plan.ca_bundle), out_dir / CA_FILE, plan)
     if plan.wheelhouse:
         _link_wheelhouse(Path(plan.wheelhouse), out_dir / WHEELHOUSE_DIR, plan)
-    return RenderedContext(out_dir, text, content_hash(out_dir, text))
+    digest = content_hash(out_dir, text, identity=base_identity_lines(base))
+    return RenderedContext(out_dir, text, digest, base)
+
+
+def base_identity_lines(base: BaseIdentity | None) -> list[str]:
+    """What the content hash takes from the base: its reference, id and registry digests."""
+    if base is None:
+        return []
+    return [f"base {base.image} {base.id}", *(f"digest {d}" for d in base.digests)]
 
 
 def _copy_harness(src: Path, dst: Path) -> None:
@@ -223,9 +245,12 @@ def _link_wheelhouse(src: Path, dst: Path, plan: Plan) -> None:
 
 
 def content_hash(context_dir: Path, dockerfile_text: str,
-                 exclude: Sequence[str] = (CA_FILE,)) -> str:
-    """sha256 over the envmatrix version, the Dockerfile and every context file (path + bytes)."""
+                 exclude: Sequence[str] = (CA_FILE,), identity: Sequence[str] = ()) -> str:
+    """sha256 over the envmatrix version, the base's `identity` lines, the Dockerfile and every
+    context file (path + bytes)."""
     digest = hashlib.sha256(f"envmatrix {__version__}\n".encode())
+    for line in identity:
+        digest.update(f"{line}\n".encode())
     digest.update(dockerfile_text.encode("utf-8"))
     files = sorted(p for p in context_dir.rglob("*") if p.is_file())
     for path in files:

@@ -43,6 +43,7 @@ STATUSES = (
     "interrupted",
     "host_unreachable",
     "skipped",
+    "env_mismatch",  # measured, but the image's installed set is not its pins or its lock
 )
 # Keys of a result, in the order the schema documents them; absent ones are null.
 RESULT_KEYS = (

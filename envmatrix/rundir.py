@@ -5,7 +5,8 @@ Layout of `reports/<run-id>/` (see shared/DESIGN.md):
     .envmatrix-run         marker: {"schema": "envmatrix.rundir/1", "run_id", "created_at"}
     matrix.resolved.yaml   the expanded plan plus image ids (config.dump_resolved)
     dockerfiles/           rendered Dockerfiles, for people to read
-    logs/                  build-<env>.log, run-<cell>.log
+    logs/                  base-<name>.log, build-<env>.log, run-<cell>.log
+    locks/<env>.json       the installed set read from inside each image (envmatrix.locks)
     results/<cell>.json    one per cell, also for failures (envmatrix.results)
     outputs/<cell>.npz     the first inference's outputs, for parity checks
     inputs/<workload>/     models and inputs.npz made on the host, mounted read-only

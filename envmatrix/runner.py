@@ -12,6 +12,11 @@ Each container is a least-privilege cell container as envmatrix.containers defin
 nobody, no network, read-only root, the inputs read-only and one writable scratch folder); this
 module only decides which cell runs when, and what its outcome means.
 
+A cell whose rounds all succeeded is still `env_mismatch` when its fingerprint's installed set
+is not what its environment asked for: a pin not met, or, when the matrix has a lock file, any
+distribution that differs from the lock (`locks.cell_problems`). Its raw repeats are kept; the
+summary goes, as for every status but ok, so its numbers reach no comparison.
+
 A failing round never stops the other cells: its outcome is classified (results.classify) and
 written as the cell's result with a status, and that cell sits out the later rounds. Ctrl-C
 stops the current container (engine.run removes it), writes an `interrupted` result for every
@@ -37,7 +42,7 @@ from typing import Any, Protocol, TypeVar, Union, cast
 
 import numpy as np
 
-from envmatrix import results
+from envmatrix import locks, results
 from envmatrix.containers import (
     CELL_LABEL,
     MANAGED,
@@ -168,6 +173,7 @@ class _Measuring:
     identity: results.Identity  # what its result records: config hash, model and inputs hashes
     docs: list[dict[str, Any]] = field(default_factory=list)  # harness documents, ok rounds
     hosts: list[dict[str, Any]] = field(default_factory=list)  # host evidence, ok rounds
+    lock: locks.EnvLock | None = None  # the environment's entry of the matrix's lock file
 
 
 def run_cells(
@@ -197,6 +203,7 @@ def run_cells(
     done: dict[str, dict[str, Any]] = {}
     measuring: list[_Measuring] = []
     identities = Identities(plan, config_hashes or {})
+    matrix_lock = locks.load_lock(plan.source)
     for index, cell in enumerate(plan.cells, start=1):
         settled = _settle_without_container(plan, run_dir, cell, images, prepared,
                                             identities if resume else None, say)
@@ -206,8 +213,9 @@ def run_cells(
             say("run", f"[{index}/{total}] {cell.id}: {kept}{_summary_line(settled)}")
         else:
             image, workload = settled
+            lock = matrix_lock.environments.get(cell.environment.id) if matrix_lock else None
             measuring.append(_Measuring(index, cell, image, workload,
-                                        identities.of(cell, workload)))
+                                        identities.of(cell, workload), lock=lock))
     current: _Measuring | None = None
     orders = RoundOrders(run_dir, host=plan.cells[0].host if plan.cells else None)
     # Asked once per run, recorded with each GPU cell's result (host.engine_gpu).
@@ -643,8 +651,14 @@ def _finish_failed(
 def _finish_ok(run_dir: RunDir, item: _Measuring, plan: Plan) -> dict[str, Any]:
     """Merge the cell's rounds into its result, write it, drop its scratch folder."""
     merged = merge_rounds(item.docs, plan.measure)
+    packages = (merged.get("fingerprint") or {}).get("packages")
+    # A harness that recorded no package list leaves the judgement to stats.check_validity.
+    problems = (locks.cell_problems(packages, item.cell.environment, item.lock)
+                if isinstance(packages, dict) else [])
     result = results.finalize_result(
-        merged, cell=item.cell, measure=plan.measure, status="ok", reason=None,
+        merged, cell=item.cell, measure=plan.measure,
+        status="env_mismatch" if problems else "ok",
+        reason="installed set differs: " + "; ".join(problems) if problems else None,
         log_tail=None, host=_cell_host(item.hosts, plan.measure.round_count),
     )  # fmt: skip
     results.write_result(run_dir, result)

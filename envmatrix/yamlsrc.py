@@ -157,10 +157,11 @@ def _yaml_problem(path: Path, node: yaml.Node, message: str, fix: str,
 # -- resolved plans -------------------------------------------------------------------------
 
 
-def write_plain(path: Union[Path, str], data: Any) -> None:
-    """Write plain data (dicts, lists, str, numbers) as block YAML, atomically."""
+def write_plain(path: Union[Path, str], data: Any, header: str = "") -> None:
+    """Write plain data (dicts, lists, str, numbers) as block YAML, atomically; `header` (comment
+    lines, each starting with '#') goes first."""
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
-    atomic_write_text(Path(path), text)
+    atomic_write_text(Path(path), header + text)
 
 
 def read_plain(path: Union[Path, str]) -> Any:

@@ -57,9 +57,19 @@ def test_bootstrap_makes_a_labelled_working_base(engine: Engine, tmp_path: Path)
     ref = f"envmatrix-test/bookworm-bootstrap:{int(time.time())}"
     base = Base("fresh", ref, "debian", Bootstrap("bookworm"))
     before = _rootfs_dirs()
+    said: list[str] = []
     try:
-        image_id = ensure_base(engine, base, log_path=tmp_path / "base.log")
+        image_id = ensure_base(engine, base, log_path=tmp_path / "base.log", progress=said.append)
         assert engine.image_id(ref) == image_id
+        # debootstrap's stages with the time, at a sane rate (not one line per package).
+        stages = [line for line in said if line.startswith("debootstrap bookworm: ")]
+        # (minbase has nothing beyond the required set to configure: no "configuring the base
+        # system" stage.)
+        for stage in ("retrieving packages", "extracting packages", "installing core packages",
+                      "unpacking required packages", "configuring required packages",
+                      "unpacking the base system", "base system installed successfully"):
+            assert any(line.startswith(f"debootstrap bookworm: {stage} (") for line in stages), said
+        assert len(said) < 60, said
         labels = engine.image_labels(ref)
         assert labels == {"envmatrix.managed": "true",
                           "envmatrix.bootstrap": "debootstrap:bookworm"}

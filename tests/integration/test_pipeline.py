@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 import envmatrix
-from envmatrix import config, pipeline
+from envmatrix import config, images
+from envmatrix.bases import base_identity
 from envmatrix.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -218,6 +219,8 @@ def test_bad_pin_report_lists_the_failed_cell_with_its_reason(bad_pin_run: CliRu
 
 def test_bad_pin_leaves_no_image_behind(bad_pin_run: CliRun, engine: Engine) -> None:
     assert bad_pin_run.code == 10, bad_pin_run.stderr
-    tag = pipeline.image_tags(config.load_plan(BAD_PIN))[BAD_ENV]
+    plan = config.load_plan(BAD_PIN)
+    env = plan.environment(BAD_ENV)
+    tag = images.planned_tag(env, plan, base_identity(engine, env.base))
     assert tag in bad_pin_run.stderr  # the tag the failed build was for
     assert engine.image_id(tag) is None

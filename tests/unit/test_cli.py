@@ -185,15 +185,18 @@ def test_unreadable_user_model_is_a_matrix_error_before_the_engine(
 # -- commands that need no engine -------------------------------------------------------------
 
 
-def test_list_prints_every_cell_and_one_tag_per_environment(
+def test_list_prints_every_cell_and_one_context_per_environment(
     no_engine: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """No engine: a tag hashes the base's id, so `list` shows the context id and the base."""
     plan = config.load_plan(DEFAULT_MATRIX)
     code, out, _err = run_cli(["list", "--matrix", str(DEFAULT_MATRIX)], capsys)
     assert code == 0
-    tags = dict(re.findall(r"^(\S+)\t(envmatrix/\S+:[0-9a-f]{16})$", out, re.MULTILINE))
-    assert sorted(tags) == sorted(env.id for env in plan.environments)
-    assert all(tag.startswith(f"envmatrix/{env_id}:") for env_id, tag in tags.items())
+    found = re.findall(r"^(\S+)\tcontext ([0-9a-f]{16}) \+ base (\S+)$", out, re.MULTILINE)
+    assert sorted(env_id for env_id, _, _ in found) == sorted(e.id for e in plan.environments)
+    assert {env_id: base for env_id, _, base in found} == {
+        e.id: e.base.image for e in plan.environments}
+    assert "`nox -s build` prints them" in out
     listed = re.findall(r"^  (\S+)(?:\t.*)?$", out, re.MULTILINE)  # then its knobs, if any
     assert "  bookworm-ortov1.24.1--cnn--openvino\tprovider_options.device_type=CPU" in out
     assert listed == [c.id for env in plan.environments for c in plan.cells
@@ -210,7 +213,7 @@ def test_integration_matrix_reuses_the_default_images(
     def tags(path: Path) -> dict[str, str]:
         code, out, _err = run_cli(["list", "--matrix", str(path)], capsys)
         assert code == 0
-        return dict(re.findall(r"^(\S+)\t(\S+)$", out, re.MULTILINE))
+        return dict(re.findall(r"^(\S+)\t(context .+)$", out, re.MULTILINE))
 
     default, small = tags(DEFAULT_MATRIX), tags(TEST_MATRICES / "two_envs.yaml")
     assert sorted(small) == ["bullseye-ort1.8.0", "trixie-ort1.32.0"]

@@ -46,6 +46,10 @@ class FakeEngine:
     def repo_digests(self, ref: str) -> list[str]:
         return [ref] if "@" in ref else []
 
+    def image_identity(self, ref: str) -> tuple[str, tuple[str, ...]] | None:
+        image_id = self.images.get(ref)
+        return (image_id, tuple(self.repo_digests(ref))) if image_id else None
+
 
 @pytest.fixture
 def run(tmp_path: Path) -> RunDir:
@@ -130,4 +134,4 @@ def test_pinned_bases_are_pulled_first_and_their_digest_logged(tmp_path: Path) -
                         lambda stage, text: said.append(text))
     assert said == [f"b: {ref} (sha256:pulled)"]
     log = (tmp_path / "base-b.log").read_text()
-    assert f"pulled (sha256:pulled; registry digests: {ref})" in log
+    assert f"pulled (sha256:pulled, {ref})" in log  # the pulled id and its registry digest

@@ -181,7 +181,7 @@ def test_wheelhouse_is_linked_and_hashed_and_offline_adds_no_index(tmp_path: Pat
     ctx = render_environment(make_env(), plan, harness_dir=harness, out_dir=tmp_path / "c")
     copied = sorted(p.name for p in (ctx.context_dir / "build" / "wheelhouse").iterdir())
     assert copied == ["demo-1.0-py3-none-any.whl"]
-    assert "--find-links /tmp/envmatrix-build/wheelhouse --no-index -r" in ctx.dockerfile_text
+    assert '--find-links "$B/wheelhouse" --no-index "$@"' in ctx.dockerfile_text
     online = render_dockerfile(make_env(), make_plan())
     assert "--no-index" not in online
     assert ctx.content_hash != _hash(tmp_path, harness, make_env(), make_plan(), "plain")

@@ -567,3 +567,34 @@ def test_resume_keeps_a_result_that_applies_even_when_its_image_cannot_be_built_
                            progress=lambda stage, text: lines.append(text))
     assert engine.calls == [] and got == first
     assert any(text.endswith(f"{plan.cells[0].id}: kept: p50 4.00 ms (3.0 s)") for text in lines)
+
+
+def _with_packages(packages: dict[str, str]) -> Behaviour:
+    def behaviour(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+        doc = {**harness_doc(spec), "fingerprint": {"packages": packages}}
+        (out / PurePosixPath(arg(spec, "--out")).name).write_text(json.dumps(doc))
+        return outcome(0, "measured\n")
+    return behaviour
+
+
+def test_a_cell_whose_installed_set_is_not_its_pins_or_lock_is_env_mismatch(
+    tmp_path: Path, run_dir: RunDir
+) -> None:
+    from envmatrix import locks, stats
+
+    plan = make_plan(tmp_path)
+    lock = {"env1.8.0": locks.EnvLock("env1.8.0", locks.InstalledSet(
+        {"onnxruntime": locks.PipDist("1.8.0"), "numpy": locks.PipDist("1.23.5")}))}
+    locks.write_lock(plan.source, lock)
+    engine = FakeEngine({
+        "env1.8.0--cnn--cpu": _with_packages({"onnxruntime": "1.8.0", "numpy": "1.24.0"}),
+        "env1.16.0--cnn--cpu": _with_packages({"onnxruntime": "1.16.1"}),
+    })
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    assert [r["status"] for r in got] == ["env_mismatch", "env_mismatch"]
+    assert got[0]["reason"] == "installed set differs: numpy: lock 1.23.5, image 1.24.0"
+    assert got[1]["reason"] == ("installed set differs: onnxruntime==1.16.0 requested but "
+                                "1.16.1 installed")
+    assert got[0]["summary"] is None and got[0]["repeats"]  # raw values kept, no numbers used
+    validity = stats.check_validity(got[0])
+    assert not validity.valid and validity.reasons[0].startswith("status env_mismatch: ")
