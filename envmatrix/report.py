@@ -338,10 +338,11 @@ def candidate_sentence(data: RunData, key: tuple[str, str], vs: Sequence[Verdict
         parts.append("but " + ", ".join(tails))
     differ = [v.workload for v in valid if (p := data.parity.get(v.candidate)) and
               p.status == "fail"]
-    parts.append(f"**outputs differ** on {', '.join(md(w) for w in differ)}" if differ else
-                 "outputs match" if valid and all(
-                     (p := data.parity.get(v.candidate)) and p.status == "pass" for v in valid)
-                 else "outputs not all compared")
+    if valid:  # parity only says something about cells with numbers
+        parts.append(f"**outputs differ** on {', '.join(md(w) for w in differ)}" if differ else
+                     "outputs match" if all((p := data.parity.get(v.candidate)) and
+                                            p.status == "pass" for v in valid)
+                     else "outputs not all compared")
     if invalid:
         parts.append(f"invalid on {', '.join(md(v.workload) for v in invalid)} (see below)")
     return f"{head}: " + "; ".join(parts) + "."
@@ -568,8 +569,9 @@ def _table_cells(data: RunData, cell: Cell) -> list[Any]:
     n = cell_numbers(data, cell)
     v = data.verdict_of(cell.id)
     baseline = n["verdict"].startswith("baseline")
-    verdict = n["verdict"] if n["verdict"] == INVALID or baseline else \
-        f"{n['verdict']} / {n['tail_verdict']}"
+    verdict = n["verdict"] if baseline else f"{n['verdict']} / {n['tail_verdict']}"
+    if n["verdict"] == INVALID:
+        verdict = f"**{INVALID}**"
     if n["verdict"] in (FASTER, SLOWER):
         verdict = f"**{n['verdict']}** / {n['tail_verdict']}"
     return [md(n["environment"]), md(provider_name(n["provider"])),

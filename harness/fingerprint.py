@@ -9,6 +9,7 @@ import platform
 import re
 import shutil
 import subprocess
+import site
 import sys
 
 # The CPU flags that decide which kernels inference runtimes pick.
@@ -177,24 +178,46 @@ def scan_distributions(read_metadata=True, paths=None):
     return found
 
 
+def installed_paths():
+    """The sys.path entries that belong to the interpreter's installation (its prefixes and
+    site folders), in sys.path order.
+
+    A source checkout on PYTHONPATH or the working directory is not installed, even when a
+    `pip install -e .` left an `.egg-info` in it: it must not count as a distribution.
+    """
+    roots = [os.path.abspath(p) for p in (sys.prefix, sys.exec_prefix,
+                                          getattr(sys, "base_prefix", sys.prefix))]
+    user_site = getattr(site, "getusersitepackages", lambda: None)()
+    if user_site:
+        roots.append(os.path.abspath(user_site))
+    kept = []
+    for entry in sys.path:
+        folder = os.path.abspath(entry or os.curdir)
+        if any(folder == root or folder.startswith(root + os.sep) for root in roots):
+            kept.append(folder)
+    return kept
+
+
 def distributions():
     """{normalised name: version} of every installed distribution.
 
-    importlib.metadata (Python 3.8+), else a scan of the metadata folders in sys.path; the
-    first of a name in sys.path order wins (the one `import` would load).
+    importlib.metadata (Python 3.8+), else a scan of the metadata folders; only in the
+    interpreter's installation (`installed_paths`); the first of a name in sys.path order
+    wins (the one `import` would load).
     """
+    paths = installed_paths()
     try:
         from importlib import metadata  # novm (Python 3.8+; the scan below otherwise)
     except ImportError:
-        return scan_distributions()
+        return scan_distributions(paths=paths)
     found = {}
     try:
-        for dist in metadata.distributions():
+        for dist in metadata.distributions(path=paths):
             name = dist.metadata["Name"]
             if name:
                 found.setdefault(normalize_name(name), dist.version)
     except Exception:  # noqa: BLE001 - a broken metadata file must not fail the fingerprint
-        return scan_distributions()
+        return scan_distributions(paths=paths)
     return found
 
 

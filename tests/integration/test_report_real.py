@@ -70,10 +70,12 @@ def matrix(matrix_file: Path, out: Path) -> Cli:
 
 
 def listed_tags(matrix_file: Path, cwd: Path) -> dict[str, str]:
-    """environment id -> image tag, as `envmatrix list` prints them."""
+    """environment id -> "context <hash> + base <ref>", as `envmatrix list` prints them (the
+    image tag hashes the same context and the base's id: same context and base, same tag)."""
     run = cli("list", "--matrix", str(matrix_file), cwd=cwd)
     assert run.code == 0, run.stderr
-    return dict(re.findall(r"^(\S+)\t(\S+)$", run.stdout, re.MULTILINE))
+    return dict(re.findall(r"^(\S+)\t(context [0-9a-f]{16} \+ base \S+)$", run.stdout,
+                           re.MULTILINE))
 
 
 def result(run_dir: Path, cell: str) -> dict[str, Any]:
@@ -110,10 +112,10 @@ def test_fallback_matrix_reuses_the_default_matrix_images(
     run, _out = fallback
     ours, default = listed_tags(FALLBACK, workdir), listed_tags(DEFAULT, workdir)
     assert sorted(ours) == [OV_ENV, BASE_ENV]
-    for env_id, tag in ours.items():
-        assert tag == default[env_id], f"{env_id}: {tag} is not the default matrix's image"
-        assert re.search(rf"build\s+{re.escape(env_id)}: (reused|built) {re.escape(tag)} ",
-                         run.stderr), run.stderr
+    for env_id, context in ours.items():
+        assert context == default[env_id], f"{env_id}: {context} is not the default's image"
+        assert re.search(rf"build\s+{re.escape(env_id)}: (reused|built) envmatrix/"
+                         rf"{re.escape(env_id)}:[0-9a-f]{{16}} ", run.stderr), run.stderr
 
 
 def test_fallback_cell_records_the_fallback(fallback: tuple[Cli, Path]) -> None:
@@ -135,16 +137,20 @@ def test_fallback_is_invalid_in_the_summary_and_the_table(fallback: tuple[Cli, P
     _run, out = fallback
     text = (out / "report.md").read_text()
     summary = section(text, "Summary")
-    sentence = next(line for line in summary.splitlines() if line.startswith(f"- {OV_ENV} vs"))
-    # report.summary_sentence for an invalid verdict, with stats' provider reason.
-    assert sentence.startswith(
-        f"- {OV_ENV} vs {BASE_ENV} (baseline), mlp on OpenVINO: **invalid**: requested "
-        "provider OpenVINOExecutionProvider is not active, it fell back to "
-        "CPUExecutionProvider; the runtime said: ")
-    assert "Device GPU is not available" in sentence
+    # The summary table's row, the manager's sentence, and the reason once, in stats' words
+    # with the runtime's own.
+    summary_row = row_cells(summary, f"| {OV_ENV} ")
+    assert summary_row[2] == "OpenVINO" and summary_row[-1] == "**invalid**"
+    assert f"- **{OV_ENV}** on OpenVINO: invalid on mlp (see below)" in summary
+    reason = next(line for line in summary.splitlines()
+                  if line.startswith(f"- {OV_CELL}: **invalid**: "))
+    assert reason.startswith(
+        f"- {OV_CELL}: **invalid**: requested provider OpenVINOExecutionProvider is not active, "
+        "it fell back to CPUExecutionProvider; the runtime said: ")
+    assert "Device GPU is not available" in reason
     table_row = row_cells(section(text, "Workload mlp"), f"| {OV_ENV} ")
     assert table_row[1] == "OpenVINO" and table_row[-1] == "**invalid**"
-    assert table_row[-2] == "–"  # no change figure for numbers that do not count
+    assert table_row[-2] == table_row[-3] == "–"  # no change for numbers that do not count
     problems = row_cells(section(text, "Cells without valid numbers"), f"| {OV_CELL}")
     assert problems[1] == "ok" and "is not active" in problems[2]
 
