@@ -48,10 +48,36 @@ def resume_plan(run_dir: RunDir, *, matrix: Path | None, only: Sequence[str],
     """The run's own plan, checked against the matrix file, and the cells selected now."""
     resolved = config.read_resolved(run_dir.resolved_path)
     check_matrix(resolved.plan, matrix, progress)
+    if resolved.plan.hosts:
+        resolved = replace(resolved, plan=with_credentials(resolved.plan, matrix, progress))
     selected = select(resolved.plan, only, skip)
     progress("plan", f"resuming run {run_dir.run_id}: its own plan, {len(resolved.plan.cells)} "
                      f"cells; {len(selected.cells)} selected now")
     return Resumed(resolved, selected)
+
+
+def with_credentials(run_plan: Plan, given: Path | None, progress: Progress) -> Plan:
+    """The run's hosts with the TLS files the matrix names: a run directory never records
+    where credentials are kept, so a resumed run reads them from the matrix file again (the
+    given one, else the run's own), for each host whose name and address still match."""
+    path = given or run_plan.source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            file_hosts = {h.name: h for h in config.load_plan(path).hosts}
+    except (ConfigError, OSError):
+        file_hosts = {}
+    hosts = []
+    for host in run_plan.hosts:
+        mine = file_hosts.get(host.name)
+        if mine is not None and mine.address == host.address:
+            host = replace(host, tls_ca=mine.tls_ca, tls_cert=mine.tls_cert,
+                           tls_key=mine.tls_key, tls_verify=mine.tls_verify)
+        elif host.address.startswith("tcp://"):
+            progress.warn("resume", f"host {host.name}: {path} does not name it at "
+                                    f"{host.address} any more, so no TLS files are known for it")
+        hosts.append(host)
+    return replace(run_plan, hosts=tuple(hosts))
 
 
 def select(plan: Plan, only: Sequence[str], skip: Sequence[str]) -> Plan:
