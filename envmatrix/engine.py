@@ -334,14 +334,20 @@ class Engine:
         except docker.errors.DockerException as err:
             raise _engine_error(err, f"looking up image {ref}") from err
 
-    def image_identity(self, ref: str) -> tuple[str, tuple[str, ...]] | None:
-        """(image id, registry digests `repo@sha256:...`) of `ref`; None when absent."""
+    def _image_attrs(self, ref: str) -> dict[str, Any] | None:
+        """What `docker image inspect` says of `ref`; None when the engine has no such image."""
         try:
-            attrs = self._client.images.get(ref).attrs
+            return dict(self._client.images.get(ref).attrs)
         except docker.errors.ImageNotFound:
             return None
         except docker.errors.DockerException as err:
             raise _engine_error(err, f"inspecting image {ref}") from err
+
+    def image_identity(self, ref: str) -> tuple[str, tuple[str, ...]] | None:
+        """(image id, registry digests `repo@sha256:...`) of `ref`; None when absent."""
+        attrs = self._image_attrs(ref)
+        if attrs is None:
+            return None
         return str(attrs.get("Id")), tuple(sorted(str(d) for d in attrs.get("RepoDigests") or ()))
 
     def pull(self, ref: str) -> bool:
@@ -369,12 +375,8 @@ class Engine:
 
     def repo_digests(self, ref: str) -> list[str]:
         """`repo@sha256:...` names a registry gave the image (empty for a local-only image)."""
-        try:
-            return [str(d) for d in self._client.images.get(ref).attrs.get("RepoDigests") or []]
-        except docker.errors.ImageNotFound:
-            return []
-        except docker.errors.DockerException as err:
-            raise _engine_error(err, f"inspecting image {ref}") from err
+        attrs = self._image_attrs(ref)
+        return [str(d) for d in (attrs or {}).get("RepoDigests") or []]
 
     def push(self, image: str, target: str) -> str:
         """Tag `image` as `target` (registry/repo:tag), push it through the SDK and untag it
@@ -412,12 +414,9 @@ class Engine:
 
     def untag(self, ref: str) -> None:
         """Remove one name of an image, never the image: a name that is its last is kept."""
-        try:
-            attrs = self._client.images.get(ref).attrs
-        except docker.errors.ImageNotFound:
+        attrs = self._image_attrs(ref)
+        if attrs is None:
             return
-        except docker.errors.DockerException as err:
-            raise _engine_error(err, f"inspecting image {ref}") from err
         names = list(attrs.get("RepoTags") or []) + list(attrs.get("RepoDigests") or [])
         if len(names) < 2:
             return
@@ -449,12 +448,9 @@ class Engine:
 
     def image_facts(self, ref: str) -> ImageFacts | None:
         """What `docker image inspect` says that a save/load may change (None: absent)."""
-        try:
-            attrs = self._client.images.get(ref).attrs
-        except docker.errors.ImageNotFound:
+        attrs = self._image_attrs(ref)
+        if attrs is None:
             return None
-        except docker.errors.DockerException as err:
-            raise _engine_error(err, f"inspecting image {ref}") from err
         size = attrs.get("Size")
         return ImageFacts(
             image_id=str(attrs.get("Id")), tags=tuple(attrs.get("RepoTags") or ()),
@@ -911,22 +907,12 @@ class Engine:
 
     def image_size(self, ref: str) -> int | None:
         """The image's size in bytes as the engine reports it (None when absent)."""
-        try:
-            size = self._client.images.get(ref).attrs.get("Size")
-        except docker.errors.ImageNotFound:
-            return None
-        except docker.errors.DockerException as err:
-            raise _engine_error(err, f"inspecting image {ref}") from err
+        size = (self._image_attrs(ref) or {}).get("Size")
         return int(size) if isinstance(size, (int, float)) else None
 
     def image_labels(self, ref: str) -> dict[str, str]:
         """Labels of an image (empty when absent)."""
-        try:
-            attrs = self._client.images.get(ref).attrs
-        except docker.errors.ImageNotFound:
-            return {}
-        except docker.errors.DockerException as err:
-            raise _engine_error(err, f"inspecting image {ref}") from err
+        attrs = self._image_attrs(ref) or {}
         return dict((attrs.get("Config") or {}).get("Labels") or {})
 
     def image_history(self, ref: str) -> list[str]:
