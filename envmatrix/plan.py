@@ -87,10 +87,22 @@ class Workload:
     inputs: str | None = None  # user .npz of input tensors (path), overrides generation
     seed: int = 0
     description: str = ""
+    # Samples in one request: the first dimension of every input whose model-declared first
+    # dimension is dynamic (zoo models are then written with one). None: the model's own
+    # shapes (and `shapes:`), one sample per request.
+    batch: int | None = None
+    # The workload as declared in matrix.yaml: a declaration listing several backends or
+    # batch sizes expands into one workload each (`cnn-torch`, `cnn-b8`), all of network
+    # `cnn`; the report compares the cells of one network within each environment. "": name.
+    network: str = ""
 
     @property
     def is_zoo(self) -> bool:
         return self.model.startswith("zoo:")
+
+    @property
+    def network_name(self) -> str:
+        return self.network or self.name
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,9 @@ class Knobs:
     cpuset: str | None = None
     memory_limit: str | None = None
     session: tuple[tuple[str, Any], ...] = field(default=(), hash=False)
+    # Requests in flight on one session (1: single-stream; N > 1: a closed loop keeping N in
+    # flight, MLPerf LoadGen's offline scenario). None: 1.
+    concurrency: int | None = None
 
     @property
     def session_dict(self) -> dict[str, Any]:
@@ -167,7 +182,7 @@ class Knobs:
     def to_dict(self) -> dict[str, Any]:
         """The settings that are set, as plain data (matrix.resolved.yaml, results)."""
         doc = {"threads": self.threads, "cpuset": self.cpuset, "memory_limit": self.memory_limit,
-               "session": self.session_dict or None}
+               "session": self.session_dict or None, "concurrency": self.concurrency}
         return {key: value for key, value in doc.items() if value is not None}
 
 
@@ -198,9 +213,12 @@ class Cell:
         cell["environment"].pop("gpus", None)
         settings.pop("gpus", None)
         # Keys added after results existed count only when set, so old hashes stay valid.
-        for part, key in ((cell, "gpus"), (cell, "host"), (cell["environment"]["base"], "cudnn")):
+        for part, key in ((cell, "gpus"), (cell, "host"), (cell["environment"]["base"], "cudnn"),
+                          (cell["workload"], "batch"), (cell["knobs"], "concurrency")):
             if part.get(key) is None:
                 part.pop(key, None)
+        if cell["workload"].get("network") in ("", self.workload.name):
+            del cell["workload"]["network"]
         if self.knobs == NO_KNOBS:
             del cell["knobs"]  # cells that set nothing new keep the hash they always had
         doc = {"cell": cell, "measure": settings}
@@ -367,6 +385,8 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "shapes": {name: list(dims) for name, dims in w.shapes},
             "values": dict(w.values), "inputs": w.inputs, "seed": w.seed,
             "description": w.description,
+            **({"batch": w.batch} if w.batch is not None else {}),
+            **({"network": w.network} if w.network not in ("", w.name) else {}),
         } for w in plan.workloads],
         "cells": [{
             "id": c.id, "environment": c.environment.id, "workload": c.workload.name,
@@ -397,7 +417,8 @@ def _knobs(doc: Any) -> Knobs:
     doc = doc if isinstance(doc, dict) else {}
     return Knobs(threads=doc.get("threads"), cpuset=doc.get("cpuset"),
                  memory_limit=doc.get("memory_limit"),
-                 session=tuple(sorted((doc.get("session") or {}).items())))
+                 session=tuple(sorted((doc.get("session") or {}).items())),
+                 concurrency=doc.get("concurrency"))
 
 
 def _base(doc: dict[str, Any]) -> Base:
@@ -423,7 +444,9 @@ def _workload(doc: dict[str, Any]) -> Workload:
         shapes=tuple(sorted((str(k), tuple(int(d) for d in v))
                             for k, v in (doc.get("shapes") or {}).items())),
         values=_pairs(doc.get("values")), inputs=doc.get("inputs"),
-        seed=int(doc.get("seed") or 0), description=str(doc.get("description") or ""))
+        seed=int(doc.get("seed") or 0), description=str(doc.get("description") or ""),
+        batch=None if doc.get("batch") is None else int(doc["batch"]),
+        network=str(doc.get("network") or ""))
 
 
 def _verdict(doc: Any) -> VerdictSettings:
