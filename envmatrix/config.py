@@ -254,19 +254,54 @@ class _Builder:
         out = []
         for name, spec in self.spec.workloads.items():
             where: KeyPath = ("workloads", name)
-            model = spec.model
-            if model.startswith("zoo:"):
-                self._check_zoo(model, (*where, "model"))
-            else:
-                suffixes = (".pt", ".pth") if spec.backend == "torch" else (".onnx",)
-                model = self._user_file(model, (*where, "model"), allowed, suffixes)
+            models: dict[str, str] = {
+                backend: self._workload_model(spec.model, backend, where, allowed)
+                for backend in spec.backend}
             inputs = spec.inputs and self._user_file(spec.inputs, (*where, "inputs"), allowed,
                                                      (".npz",))
-            out.append(Workload(
-                name=name, model=model, backend=spec.backend,
-                shapes=tuple((k, tuple(v)) for k, v in sorted(spec.shapes.items())),
-                values=tuple(sorted(spec.values.items())), inputs=inputs or None,
-                seed=spec.seed, description=spec.description))
+            for backend, batch, own in self._expanded(name, spec, where):
+                out.append(Workload(
+                    name=own, model=models[backend], backend=backend,
+                    shapes=tuple((k, tuple(v)) for k, v in sorted(spec.shapes.items())),
+                    values=tuple(sorted(spec.values.items())), inputs=inputs or None,
+                    seed=spec.seed, description=spec.description, batch=batch,
+                    network="" if (spec.network or name) == own else (spec.network or name)))
+        return out
+
+    def _workload_model(self, model: str, backend: str, where: KeyPath,
+                        allowed: Sequence[Path]) -> str:
+        if model.startswith("zoo:"):
+            self._check_zoo(model, (*where, "model"))
+            return model
+        suffixes = (".pt", ".pth") if backend == "torch" else (".onnx",)
+        return self._user_file(model, (*where, "model"), allowed, suffixes)
+
+    def _expanded(self, name: str, spec: WorkloadSpec, where: KeyPath
+                  ) -> list[tuple[str, int | None, str]]:
+        """(backend, batch, workload name) of each workload a declaration makes: a list of
+        backends or batch sizes names each one after what it varies (cnn-torch, cnn-b8)."""
+        tags = dict(expand.RUNTIME_TAGS)
+        batches: list[int | None] = [*spec.batch] if spec.batch else [None]
+        out: list[tuple[str, int | None, str]] = []
+        for backend in spec.backend:
+            for batch in batches:
+                parts = [name]
+                parts += [tags[backend]] if len(spec.backend) > 1 else []
+                parts += [f"b{batch}"] if len(batches) > 1 else []
+                out.append((backend, batch, "-".join(parts)))
+        if len(spec.backend) > 1 and not spec.model.startswith("zoo:"):
+            self.problems.append(Problem(
+                (*where, "backend"), f"a list of backends needs a zoo model (it has a "
+                f"TorchScript twin); {spec.model!r} is one file.",
+                "declare one workload per file (.onnx and .pt) and give both the same network:."))
+        taken = set(self.spec.workloads)
+        for _, _, own in out:
+            why = grammar.check_id(own)
+            if own != name and (why or own in taken):
+                self.problems.append(Problem(
+                    where, f"workload {name!r} expands into {own!r}, "
+                    f"{'which another workload is called' if own in taken else why}.",
+                    "rename one of the workloads (a shorter name)."))
         return out
 
     def _model_dirs(self) -> list[Path]:

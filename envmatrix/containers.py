@@ -389,6 +389,10 @@ def harness_command(
     ]  # fmt: skip
     if measure.threads is not None:
         command += ["--threads", str(measure.threads)]
+    if cell.workload.batch is not None:
+        command += ["--batch", str(cell.workload.batch)]
+    if cell.knobs.concurrency is not None:
+        command += ["--concurrency", str(cell.knobs.concurrency)]
     command += [
         "--cell", cell.id,
         "--environment", cell.environment.id,

@@ -52,7 +52,7 @@ KNOWN_PACKAGES = frozenset(name for name, _ in RUNTIME_TAGS) | {"numpy", "openvi
 # Environment fields a matrix axis may vary, and the extra ones an include entry may set.
 # Knobs shape a cell's numbers but not its image: they are cell settings, so combinations
 # that differ only in knobs are one environment (one image) with several cells.
-KNOB_FIELDS = ("threads", "cpuset", "memory_limit")
+KNOB_FIELDS = ("threads", "cpuset", "memory_limit", "concurrency")
 AXIS_FIELDS = ("base", "python", "providers", *KNOB_FIELDS)
 INCLUDE_FIELDS = (*AXIS_FIELDS, "id", "env", "description", "provider_options", "template",
                   "gpus", "hosts", "session")
@@ -364,7 +364,7 @@ def cell_id(env_id: str, workload: str, provider: str, knobs: Sequence[str] = ()
 # Id part of each knob: a prefix, then the value's word (below). Session settings keep their
 # matrix order; config entries and provider options follow, by name.
 KNOB_PREFIX = {
-    "threads": "t", "cpuset": "cpu", "memory_limit": "mem",
+    "threads": "t", "cpuset": "cpu", "memory_limit": "mem", "concurrency": "c",
     "session.graph_optimization": "opt-", "session.intra_op_threads": "intra",
     "session.inter_op_threads": "inter", "session.execution_mode": "",
     "session.enable_mem_pattern": "mempat-", "session.enable_cpu_mem_arena": "arena-",
@@ -388,11 +388,15 @@ def knob_values(knobs: Knobs, options: Sequence[tuple[str, Any]] = ()) -> dict[s
     return out
 
 
-def knob_word(value: Any) -> str:
-    """A value as an id word: on/off, a number, a short lower-case word, else h + 7 hex."""
+def knob_word(value: Any, exact: bool = False) -> str:
+    """A value as an id word: on/off, a number, a short lower-case word; a mapping (OpenVINO's
+    load_config) by its leaf values (`throughput_2`) unless `exact`; else h + 7 hex."""
     if isinstance(value, bool):
         return "on" if value else "off"
-    text = str(value).lower().replace(",", "_") if not isinstance(value, dict) else ""
+    if isinstance(value, dict):
+        text = "" if exact else "_".join(_leaves(value)).lower()
+    else:
+        text = str(value).lower().replace(",", "_")
     text = _WORDS.get(text, text)
     if text and len(text) <= WORD_MAX and _WORD.fullmatch(text):
         return text
@@ -400,14 +404,21 @@ def knob_word(value: Any) -> str:
     return "h" + digest[:7]
 
 
-def knob_part(name: str, value: Any) -> str:
-    """`t1`, `opt-all`, `seq`, `arena-off`, `intra_op.allow_spinning-0`, `num_streams-2`."""
+def _leaves(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [leaf for key in sorted(value) for leaf in _leaves(value[key])]
+    return ["on" if value is True else "off" if value is False else str(value)]
+
+
+def knob_part(name: str, value: Any, exact: bool = False) -> str:
+    """`t1`, `opt-all`, `seq`, `arena-off`, `intra_op.allow_spinning-0`, `num_streams-2`,
+    `load_config-throughput` (`exact`: a mapping by its hash, when leaf words collide)."""
     if name in KNOB_PREFIX:
-        return KNOB_PREFIX[name] + knob_word(value)
+        return KNOB_PREFIX[name] + knob_word(value, exact)
     short = name.split(".", 1)[1]
     if short.startswith("config."):
         short = short[len("config."):].removeprefix("session.")
-    return f"{short}-{knob_word(value)}"
+    return f"{short}-{knob_word(value, exact)}"
 
 
 def varied_knobs(values: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -541,15 +552,18 @@ def _variant_cells(env: Environment, wl: Workload, provider: str,
     for knobs, by_provider in variants:
         pair = (knobs, tuple(by_provider.get(provider, ())))
         if wl.backend == "torch":  # session and provider options are onnxruntime's
-            pair = (Knobs(knobs.threads, knobs.cpuset, knobs.memory_limit), ())
+            pair = (Knobs(knobs.threads, knobs.cpuset, knobs.memory_limit,
+                          concurrency=knobs.concurrency), ())
         if pair not in settings:
             settings.append(pair)
     values = [knob_values(knobs, opts) for knobs, opts in settings]
     varied = varied_knobs(values)
-    return [Cell(cell_id(env.id, wl.name, provider, [knob_part(n, v[n]) for n in varied
-                                                     if n in v]),
-                 env, wl, provider, opts, gpus=gpus, knobs=knobs)
-            for (knobs, opts), v in zip(settings, values)]
+    parts = [[knob_part(n, v[n]) for n in varied if n in v] for v in values]
+    if len({tuple(p) for p in parts}) < len(parts):  # mappings alike in their leaf words
+        parts = [[knob_part(n, v[n], exact=True) for n in varied if n in v] for v in values]
+    return [Cell(cell_id(env.id, wl.name, provider, own), env, wl, provider, opts, gpus=gpus,
+                 knobs=knobs)
+            for (knobs, opts), own in zip(settings, parts)]
 
 
 def select(cells: Sequence[Cell], only: Sequence[str] | None,

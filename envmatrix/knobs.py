@@ -1,7 +1,7 @@
 """Knobs: the settings of a cell that shape its numbers but not its image.
 
-threads, cpuset, memory_limit, onnxruntime session settings and provider options, set per
-environment or as matrix axes (docs/matrix-reference.md, "Knobs"). Combinations of a matrix
+threads, cpuset, memory_limit, concurrency, onnxruntime session settings and provider options,
+set per environment or as matrix axes (docs/matrix-reference.md, "Knobs"). Combinations of a matrix
 that differ only in knobs are one environment, so one image, with several cells (`expand`
 names them). Here: each environment draft's knobs become a typed variant, checked against the
 runtime release it pins (`harness.optiontable`, the one table the harness checks again), so an
@@ -52,7 +52,8 @@ def where_of(draft: DraftLike, key: tuple[str, ...]) -> KeyPath:
 def knob_key(spec: Any) -> str:
     """The knobs of an environment spec as one comparable text (variants must differ in it)."""
     doc = {"threads": spec.threads, "cpuset": spec.cpuset, "memory_limit": spec.memory_limit,
-           "session": spec.session.as_dict(), "provider_options": spec.provider_options}
+           "concurrency": spec.concurrency, "session": spec.session.as_dict(),
+           "provider_options": spec.provider_options}
     return json.dumps(doc, sort_keys=True)
 
 
@@ -94,7 +95,8 @@ class Variants:
         if OPENVINO in options or OPENVINO in env.providers:
             options[OPENVINO] = self._openvino(draft, env, options.get(OPENVINO, {}))
         knobs = Knobs(threads=spec.threads, cpuset=spec.cpuset, memory_limit=spec.memory_limit,
-                      session=tuple(sorted(session.items())))
+                      session=tuple(sorted(session.items())),
+                      concurrency=spec.concurrency)
         self.by_env.setdefault(env.id, []).append(
             (knobs, {p: tuple(sorted(o.items())) for p, o in options.items() if o}))
 

@@ -228,6 +228,8 @@ def _settings_part(cell: Cell, measure: Measure | None) -> dict[str, Any] | None
         "inputs_file": wl.inputs,
         "provider_options": dict(cell.provider_options),
         **({"session": cell.knobs.session_dict} if cell.knobs.session else {}),
+        **({"batch": wl.batch} if wl.batch is not None else {}),
+        **({"concurrency": cell.knobs.concurrency} if cell.knobs.concurrency else {}),
     }
 
 

@@ -235,6 +235,11 @@ ProviderOptionValue = Annotated[Any, AfterValidator(_option_value), WithJsonSche
 ProviderOptions = dict[Provider, Annotated[dict[OptionKey, ProviderOptionValue],
                                            Field(max_length=64)]]
 Threads = Annotated[int, Field(ge=1, le=1024)]
+Concurrency = Annotated[int, Field(ge=1, le=256, description=(
+    "requests in flight on one session: 1 single-stream, N > 1 a closed loop keeping N in "
+    "flight (MLPerf LoadGen's offline scenario)"))]
+Batch = Annotated[int, Field(ge=1, le=4096)]
+Backend = Literal["onnxruntime", "torch"]
 
 
 class SessionSpec(_Strict):
@@ -312,6 +317,7 @@ class _EnvironmentFields(_Strict):
     threads: Optional[Threads] = None
     cpuset: Optional[Cpuset] = None
     memory_limit: Optional[MemoryText] = None
+    concurrency: Optional[Concurrency] = None
     session: SessionSpec = SessionSpec()
 
     @field_validator("providers")
@@ -344,7 +350,8 @@ class MatrixEntrySpec(_Strict):
 
     matrix: dict[str, Any] = Field(json_schema_extra={
         "description": "axes (base, python, providers, a runtime package name, "
-                       "packages.<name>, threads, cpuset, memory_limit, session.<setting>, "
+                       "packages.<name>, threads, cpuset, memory_limit, concurrency, "
+                       "session.<setting>, "
                        "session.config.<key>, provider_options.<provider>.<option>) mapping "
                        "to lists, plus optional include and exclude",
         "properties": {"include": {"type": "array", "items": {"type": "object"}},
@@ -363,6 +370,7 @@ class MatrixEntrySpec(_Strict):
     threads: Optional[Threads] = None
     cpuset: Optional[Cpuset] = None
     memory_limit: Optional[MemoryText] = None
+    concurrency: Optional[Concurrency] = None
     session: Optional[SessionSpec] = None
 
     @model_validator(mode="before")
@@ -386,9 +394,26 @@ EnvironmentEntry = Annotated[
 ]
 
 
+def _one_or_list(value: Any) -> Any:
+    """`backend: torch` and `backend: [onnxruntime, torch]` alike: a list of distinct values."""
+    values = value if isinstance(value, list) else [value]
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise _custom(f"{repeated[0]!r} is listed twice.", "list each value once.")
+    return values
+
+
 class WorkloadSpec(_Strict):
     model: Annotated[PathText, Field(description="zoo:<name> or a path to an .onnx/.pt file")]
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    backend: Annotated[list[Backend], BeforeValidator(_one_or_list), Field(
+        min_length=1, description="onnxruntime, torch, or a list: one workload per backend "
+        "(<name>-ort, <name>-torch), compared within each environment")] = ["onnxruntime"]
+    batch: Optional[Annotated[list[Batch], BeforeValidator(_one_or_list), Field(
+        min_length=1, description="samples per request (the first dimension of inputs whose "
+        "first dimension is dynamic), or a list: one workload per size (<name>-b8)")]] = None
+    network: Optional[Slug] = Field(default=None, description=(
+        "workloads of one network are compared with each other within each environment; "
+        "default: the workload's name (a backend or batch list shares it)"))
     shapes: dict[InputName, list[Annotated[int, Field(ge=1, le=1_000_000)]]] = {}
     values: dict[InputName, ValueText] = {}
     inputs: Optional[PathText] = None

@@ -128,7 +128,10 @@ def test_knob_parts_are_short_and_stable():
     mapping = {"CPU": {"PERFORMANCE_HINT": "LATENCY"}}
     assert part("provider_options.load_config", mapping) == \
         part("provider_options.load_config", json.loads(json.dumps(mapping)))  # stable
-    assert part("provider_options.load_config", mapping).startswith("load_config-h")
+    assert part("provider_options.load_config", mapping) == "load_config-latency"
+    assert part("provider_options.load_config", mapping, exact=True).startswith("load_config-h")
+    long = {"CPU": {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", "X": "a b"}}
+    assert part("provider_options.load_config", long).startswith("load_config-h")
     assert part("provider_options.cache_dir", "/tmp/a b").startswith("cache_dir-h")
 
 
@@ -471,3 +474,77 @@ def test_report_of_a_threads_axis_has_the_column_and_a_verdict_t2_against_t1(tmp
     assert re.search(r"\| trixie-ort1\.32\.0 \(threads=2\) +\| mlp", text)  # summary
     rows = (run.path / "results.csv").read_text().splitlines()
     assert rows[0].endswith(",threads") and rows[2].endswith(",2")
+
+
+def test_mappings_alike_in_their_leaf_words_get_hash_ids(tmp_path):
+    """{CPU: {HINT: LATENCY}} and {GPU: {HINT: LATENCY}} would both read `latency`: the ids
+    of such variants fall back to the mappings' hashes, so they stay distinct."""
+    from envmatrix import config
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "version: 1\nbases:\n  b: {image: 'debian:bookworm'}\nenvironments:\n"
+        "  - base: b\n    packages: {onnxruntime-openvino: '1.24.1'}\n"
+        "    providers: [openvino]\n    matrix:\n      provider_options.openvino.load_config:\n"
+        "        - {CPU: {PERFORMANCE_HINT: LATENCY}}\n"
+        "        - {GPU: {PERFORMANCE_HINT: LATENCY}}\n"
+        "workloads:\n  mlp: {model: 'zoo:mlp'}\n")
+    ids = [c.id for c in config.load_plan(path).cells]
+    assert len(set(ids)) == 2 and all("--load_config-h" in i for i in ids)
+
+
+def test_concurrency_is_a_knob_and_an_axis(tmp_path):
+    from pathlib import PurePosixPath
+
+    from envmatrix import config
+    from envmatrix.containers import harness_command
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "version: 1\nbases:\n  b: {image: 'debian:bookworm'}\nenvironments:\n"
+        "  - base: b\n    packages: {onnxruntime: '1.20.1'}\n    matrix:\n"
+        "      concurrency: [1, 2]\nworkloads:\n  mlp: {model: 'zoo:mlp'}\n")
+    plan = config.load_plan(path)
+    assert [c.id.rsplit("--", 1)[1] for c in plan.cells] == ["c1", "c2"]
+    argv = harness_command(plan.cells[1], plan.measure, PurePosixPath("/m"), PurePosixPath("/i"))
+    assert argv[argv.index("--concurrency") + 1] == "2" and "--batch" not in argv
+    assert plan.cells[0].knobs.concurrency == 1
+
+
+def test_backend_and_batch_lists_expand_into_workloads_of_one_network(tmp_path):
+    from pathlib import PurePosixPath
+
+    from envmatrix import config
+    from envmatrix.containers import harness_command
+    from envmatrix.plan import plan_from_dict, plan_to_dict
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "version: 1\nbases:\n  b: {image: 'debian:bookworm'}\nenvironments:\n"
+        "  - base: b\n    packages: {onnxruntime: '1.20.1', torch: '2.13.0+cpu'}\n"
+        "workloads:\n  cnn: {model: 'zoo:cnn', backend: [onnxruntime, torch], batch: [1, 8]}\n"
+        "  mlp: {model: 'zoo:mlp', batch: 4}\n")
+    plan = config.load_plan(path)
+    names = [(w.name, w.backend, w.batch, w.network_name) for w in plan.workloads]
+    assert names == [("cnn-ort-b1", "onnxruntime", 1, "cnn"),
+                     ("cnn-ort-b8", "onnxruntime", 8, "cnn"),
+                     ("cnn-torch-b1", "torch", 1, "cnn"), ("cnn-torch-b8", "torch", 8, "cnn"),
+                     ("mlp", "onnxruntime", 4, "mlp")]
+    cell = next(c for c in plan.cells if c.workload.name == "cnn-torch-b8")
+    argv = harness_command(cell, plan.measure, PurePosixPath("/m"), PurePosixPath("/i"))
+    assert argv[argv.index("--batch") + 1] == "8" and argv[argv.index("--backend") + 1] == "torch"
+    back = plan_from_dict(plan_to_dict(plan)).plan
+    assert back.workloads == plan.workloads
+    assert [c.config_hash(plan.measure) for c in back.cells] == \
+        [c.config_hash(plan.measure) for c in plan.cells]
+
+
+def test_a_backend_list_needs_a_zoo_model(tmp_path):
+    from envmatrix import config
+    from envmatrix.errors import ConfigError
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "version: 1\nbases:\n  b: {image: 'debian:bookworm'}\nenvironments:\n"
+        "  - base: b\n    packages: {onnxruntime: '1.20.1', torch: '2.13.0+cpu'}\n"
+        "workloads:\n  net: {model: m.onnx, backend: [onnxruntime, torch]}\n")
+    with pytest.raises(ConfigError) as err:
+        config.load_plan(path)
+    assert "workloads.net.backend" in str(err.value) and "network:" in str(err.value)
