@@ -27,8 +27,35 @@ def _install(session: nox.Session, extras: str = "") -> None:
     session.install("-e", f".[{extras}]" if extras else ".")
 
 
+def _torch_if_local(session: nox.Session) -> None:
+    """torch on the host, from a local wheel only (pip's find-links, or examples/wheels): the
+    host writes the TorchScript twins of zoo models for torch workloads. PyPI's Linux torch is
+    a multi-GB CUDA build, so nothing is downloaded; without a local wheel a torch workload
+    stops at config time with the fix, and every other workload runs as always."""
+    session.run("python", "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                "--find-links", "examples/wheels", TORCH, success_codes=[0, 1])
+    session.run("python", "-c", TORCH_DEPS_IF_INSTALLED)
+
+
+def _wants_torch(posargs: list[str]) -> bool:
+    """Whether the matrix file the command reads (--matrix, default matrix.yaml) names torch."""
+    path = "matrix.yaml"
+    for index, arg in enumerate(posargs):
+        if arg == "--matrix" and index + 1 < len(posargs):
+            path = posargs[index + 1]
+        elif arg.startswith("--matrix="):
+            path = arg.split("=", 1)[1]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return "torch" in handle.read()
+    except OSError:
+        return False  # envmatrix itself says what is wrong with the path
+
+
 def _envmatrix(session: nox.Session, command: str) -> None:
     _install(session)
+    if command in ("matrix", "run", "build", "lock") and _wants_torch(session.posargs):
+        _torch_if_local(session)
     try:
         session.run("python", "-m", "envmatrix", command, *session.posargs)
     except nox.command.CommandFailed as failed:
