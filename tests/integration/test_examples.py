@@ -1,0 +1,106 @@
+"""The two knob examples, run as committed at a small budget through the real engine.
+
+examples/openvino-tuning.yaml: one onnxruntime-openvino image, cells differing in OpenVINO's
+performance hint, streams, threads and requests in flight; examples/torch-vs-onnx.yaml: one
+image with onnxruntime and torch, the zoo's networks through both. Each cell must run on the
+settings it names (the result shows them in force), and the report must answer the example's
+question in its summary. Four rounds instead of the examples' twenty keep this short; the
+committed reports (reports/openvino-tuning, reports/torch-vs-onnx) come from full runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_pipeline import envmatrix_cli, load_result
+
+from envmatrix import config
+from envmatrix.engine import Engine
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ROUNDS = "4"
+TORCH_WHEEL = "torch==2.13.0"
+
+
+def _run_example(name: str, tmp_path: Path) -> tuple[Path, dict[str, dict[str, str]]]:
+    matrix = tmp_path / name
+    shutil.copy(EXAMPLES / name, matrix)
+    out = tmp_path / "run"
+    run = envmatrix_cli(["matrix", "--matrix", str(matrix), "--out", str(out),
+                         "--repeats", ROUNDS], tmp_path, out)
+    assert run.code == 0, run.stderr[-4000:]
+    with (out / "results.csv").open() as handle:
+        rows = {row["cell"]: row for row in csv.DictReader(handle)}
+    return out, rows
+
+
+def test_openvino_tuning_cells_run_on_their_settings(engine: Engine, tmp_path: Path) -> None:
+    plan = config.load_plan(EXAMPLES / "openvino-tuning.yaml")
+    assert len({c.environment.id for c in plan.cells}) == 1  # one image
+    out, rows = _run_example("openvino-tuning.yaml", tmp_path)
+    for cell in plan.cells:
+        result = load_result(out, cell.id)
+        assert result["status"] == "ok", result["reason"]
+        want = cell.knobs.concurrency or 1
+        assert result["settings"]["concurrency"] == want
+        assert result["summary"]["scenario"] == ("offline" if want > 1 else "single-stream")
+        assert {r["concurrency"] for r in result["repeats"]} == {want}
+        assert result["summary"]["samples_per_s"] > 0
+        # what the OpenVINO EP was handed: the hint of the cell's own load_config
+        options = dict(cell.provider_options)
+        passed = result["provider"]["options_passed"]
+        hint = options["load_config"]["CPU"]["PERFORMANCE_HINT"]
+        assert hint in passed["load_config"], passed
+        if cell.knobs.threads:
+            assert passed["num_of_threads"] == str(cell.knobs.threads)
+            assert result["session"]["intra_op_threads"] == cell.knobs.threads
+        assert rows[cell.id]["concurrency"] == str(want)
+        assert float(rows[cell.id]["samples_per_s"]) > 0
+    report = (out / "report.md").read_text()
+    summary = report.split("\n## ", 2)[1]
+    assert "Highest throughput" in summary and "samples/s" in summary
+    assert "## Within each environment" in report
+
+
+def _wheelhouse(folder: Path) -> None:
+    """The CPU torch wheel the example's build installs: examples/wheels when it is there,
+    else whatever pip finds locally (never PyPI's multi-GB CUDA build)."""
+    folder.mkdir()
+    local = sorted((EXAMPLES / "wheels").glob("torch-2.13.0*.whl"))
+    if local:
+        shutil.copy(local[0], folder)
+        return
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-index",
+                           "--no-deps", TORCH_WHEEL, "-d", str(folder)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"no local torch wheel for the example: {done.stderr}"
+
+
+def test_torch_vs_onnx_compares_backends_in_one_image(engine: Engine, tmp_path: Path) -> None:
+    _wheelhouse(tmp_path / "wheels")
+    plan = config.load_plan(EXAMPLES / "torch-vs-onnx.yaml")
+    out, rows = _run_example("torch-vs-onnx.yaml", tmp_path)
+    for cell in plan.cells:
+        result = load_result(out, cell.id)
+        assert result["status"] == "ok", result["reason"]
+        assert result["backend"] == cell.workload.backend
+        assert rows[cell.id]["backend"] == cell.workload.backend
+        assert rows[cell.id]["network"] == cell.workload.network_name
+        assert float(rows[cell.id]["cold_start_ms"]) > 0
+        assert float(rows[cell.id]["peak_rss_mib"]) > 0
+    torch_cells = [c for c in plan.cells if c.workload.backend == "torch"]
+    assert {c.workload.network_name for c in torch_cells} == {"cnn", "transformer"}
+    report = (out / "report.md").read_text()
+    within = report.split("## Within each environment", 1)[1].split("\n## ", 1)[0]
+    for cell in torch_cells:
+        assert cell.id in within or cell.workload.name in within
+    assert "matched by position" in within and "pass" in within
+    summary = report.split("\n## ", 2)[1]
+    assert "Lowest latency" in summary
