@@ -6,13 +6,15 @@ Both offer the same small surface to `harness.child`:
   threads() -> the thread counts asked for and, where the runtime says, in effect,
   gpu_index() -> the CUDA device index of a GPU cell (None otherwise),
   gpu_memory_peak() -> the runtime's own peak of device memory (torch) or None,
-  placement(feeds) -> the node placement fields (harness.placement; after the measurement).
+  placement(feeds) -> the node placement fields (harness.placement; after the measurement),
+  worker_init -> None, or a function each thread of a --concurrency loop calls first.
 The runtime modules are imported here and nowhere else, and only when asked for.
 """
 
 import collections
 import os
 import re
+import threading
 import time
 
 from harness import compat, fingerprint, optiontable, placement
@@ -30,6 +32,8 @@ def one_line(text, limit=400):
 
 class OrtBackend(object):
     name = "onnxruntime"
+    # session.run is thread-safe and keeps no per-thread state: nothing to set up per thread
+    worker_init = None
 
     def __init__(self, settings, model):
         t0 = time.perf_counter()
@@ -207,6 +211,7 @@ class TorchBackend(object):
             torch.set_num_threads(int(settings["threads"]))
         self.module = None
         self._grad_context = None
+        self._per_thread = threading.local()
 
     def create(self):
         torch = self.torch
@@ -218,9 +223,19 @@ class TorchBackend(object):
         self.module.eval()
         # inference_mode (torch >= 1.9) is cheaper than no_grad; both are thread-local and
         # stay entered for the life of this process, which is one measurement.
-        mode = getattr(torch, "inference_mode", None) or torch.no_grad
-        self._grad_context = mode()
+        self._grad_context = self._grad_mode()
         self._grad_context.__enter__()
+
+    def _grad_mode(self):
+        return (getattr(self.torch, "inference_mode", None) or self.torch.no_grad)()
+
+    def worker_init(self):
+        """Enter inference_mode/no_grad in a --concurrency thread: both are thread-local, so
+        the main thread's does not reach it. The context is kept in a thread-local slot, so it
+        lives as long as the thread and is dropped in that thread (dropping inference_mode's
+        guard restores the mode of the thread that drops it)."""
+        self._per_thread.grad_context = self._grad_mode()
+        self._per_thread.grad_context.__enter__()
 
     def input_specs(self):
         """Names from forward()'s schema; TorchScript keeps no dtypes or shapes, so those come

@@ -60,13 +60,23 @@ def _measure(settings, backend, feeds, spawned_at):
     first_s = time.perf_counter() - t0
     cold_start_s = _since(spawned_at)
     measure.warm_up(call, args, settings["warmup"], sync)
+    concurrency = settings.get("concurrency") or 1
+    if concurrency > 1:
+        measure.concurrent_warm_up(call, args, concurrency, settings["warmup"], sync,
+                                   backend.worker_init)
     alive_before = measure.threads_alive()
     # GPU cells: NVML's energy counter (or a 10 Hz power/memory sampler thread) around the
     # loop, started after the thread count above and stopped before the one below.
     monitor = _gpu_monitor(backend)
     cpu0 = measure.cpu_seconds()
-    latencies, wall = measure.timed_loop(call, args, settings["min_iterations"],
-                                         settings["min_time_s"], sync)
+    if concurrency > 1:
+        latencies, wall = measure.concurrent_loop(call, args, concurrency,
+                                                  settings["min_iterations"],
+                                                  settings["min_time_s"], sync,
+                                                  backend.worker_init)
+    else:  # single-stream: the bare loop, unchanged
+        latencies, wall = measure.timed_loop(call, args, settings["min_iterations"],
+                                             settings["min_time_s"], sync)
     cpu = measure.cpu_seconds() - cpu0
     gpu = monitor.stop(len(latencies)) if monitor is not None else None
     if gpu is not None:
@@ -74,7 +84,9 @@ def _measure(settings, backend, feeds, spawned_at):
     alive_after = measure.threads_alive()
     alive = [n for n in (alive_before, alive_after) if n is not None]
     threads = backend.threads()
-    threads["alive_in_loop"] = max(alive) if alive else None
+    # concurrent_loop's threads live only inside it, so neither count saw them
+    load_threads = concurrency if concurrency > 1 else 0
+    threads["alive_in_loop"] = max(alive) + load_threads if alive else None
     threads["cpus_available"] = measure.cpus_available(
         fingerprint.cgroup_limits()["cpu_quota_cores"])
     record = {"first_inference_s": first_s, "latencies_s": latencies,
@@ -83,6 +95,7 @@ def _measure(settings, backend, feeds, spawned_at):
               "cpu_per_inference_s": cpu / len(latencies),
               "cold_start_s": cold_start_s, "threads": threads,
               "peak_rss_bytes": measure.peak_rss_bytes(), "gpu": gpu}
+    record.update(measure.load_figures(latencies, wall, cpu, concurrency, settings.get("batch")))
     return record, first
 
 
@@ -115,6 +128,7 @@ def run_child(settings, index, spawned_at=None, started_at=None):
     doc["provider"]["options_passed"] = getattr(backend, "runtime_options", None)
     doc["session"], doc["provider"]["options_in_force"] = backend.in_force()
     feeds, from_file = _feeds(settings, backend)
+    inputs.check_batch(backend.input_specs(), feeds, settings.get("batch"))
     doc["provider"]["notes"] = list(backend.notes)
     record, first = _measure(settings, backend, feeds, spawned_at)
     interpreter_start_s = None

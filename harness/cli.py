@@ -68,6 +68,13 @@ def build_parser():
     timing.add_argument("--min-time", type=float, default=2.0, metavar="SECONDS")
     timing.add_argument("--repeats", type=int, default=5, metavar="N",
                         help="fresh processes, each: session, first inference, warm-up, timing")
+    timing.add_argument("--batch", type=int, metavar="N",
+                        help="samples in one request: the fed tensors' first dimension, "
+                             "checked against the model; counts samples_per_s (default: "
+                             "not given, one sample per request)")
+    timing.add_argument("--concurrency", type=int, default=1, metavar="N",
+                        help="requests in flight on the one session: 1 = single-stream (one "
+                             "at a time), N > 1 = offline (N threads in a closed loop)")
     out = parser.add_argument_group("output and labels")
     out.add_argument("--out", metavar="RESULT.json", help="result file (default: stdout)")
     out.add_argument("--save-outputs", metavar="OUT.npz",
@@ -88,7 +95,7 @@ def build_parser():
 
 def _check_ranges(args):
     for name, low in (("warmup", 0), ("min_iterations", 1), ("repeats", 1), ("threads", 1),
-                      ("min_time", 0)):
+                      ("min_time", 0), ("batch", 1), ("concurrency", 1)):
         value = getattr(args, name)
         if value is not None and value < low:
             raise UsageError("--{} must be >= {} (got {})".format(
@@ -114,6 +121,7 @@ def settings_from(args):
         ("values", inputs.parse_assignments("--value", args.value)), ("dtypes", dtypes),
         ("warmup", args.warmup), ("min_iterations", args.min_iterations),
         ("min_time_s", args.min_time), ("repeats", args.repeats),
+        ("batch", args.batch), ("concurrency", args.concurrency),
         ("out", args.out), ("save_outputs", args.save_outputs),
         ("cell", args.cell), ("workload", args.workload),
         ("environment", args.environment or os.environ.get("ENVMATRIX_ENVIRONMENT")),
@@ -179,6 +187,9 @@ def _ok_line(doc):
     line = "ok: p50 {:.3f} ms over {} iterations in {} repeat(s) on {}".format(
         summary["latency_s"]["p50"] * 1e3, summary["iterations"], len(doc["repeats"]),
         ", ".join(doc["provider"]["active"] or []))
+    if summary.get("concurrency", 1) > 1 or summary.get("batch") is not None:
+        line += "; {} in flight, {:.1f} samples/s".format(summary["concurrency"],
+                                                         summary["samples_per_s"])
     if doc["provider"]["fallback"]:
         line += "; FALLBACK: " + doc["provider"].get("reason", "")
     share = doc["provider"].get("node_share")

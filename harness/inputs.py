@@ -18,7 +18,7 @@ import hashlib
 
 import numpy as np
 
-from harness.errors import HarnessInputError
+from harness.errors import HarnessInputError, UsageError
 
 GENERATOR_VERSION = "splitmix64/1"
 INT_HIGH = 1000  # generated integers lie in [0, INT_HIGH)
@@ -218,6 +218,44 @@ def make_inputs(specs, seed, shapes=None, values=None, fixed=None):
         else:
             feeds[name] = generate(name, dtype, shape, seed)
     return feeds
+
+
+def check_batch(specs, feeds, batch):
+    """--batch N against the tensors made for a model (specs as in make_inputs): the first
+    dimension of a tensor is its batch, which the host set (--shape, --inputs).
+
+    Every fed input whose first dimension the model leaves dynamic, or whose shape it does not
+    declare at all (TorchScript), must have N there. Inputs with a fixed first dimension are
+    left alone (silero's state [2, batch, 128]) unless the model has no dynamic one: then the
+    batch is what the model fixes, and N must be it. Scalars carry no batch.
+    """
+    if batch is None:
+        return
+    declared = dict((name, shape) for name, _, shape in specs)
+    dynamic, fixed = 0, []
+    for name, array in feeds.items():
+        shape = declared.get(name)
+        if array.ndim == 0:
+            continue
+        if shape is not None and _is_fixed(shape[0]):
+            fixed.append((name, shape))
+            continue
+        dynamic += 1
+        if array.shape[0] != batch:
+            raise UsageError(
+                "--batch {}: input '{}' is fed with shape {}, whose first dimension (the batch) "
+                "is not {}; feed it {} (--shape {}={} or an --inputs file)".format(
+                    batch, name, list(array.shape), batch,
+                    [batch] + list(array.shape[1:]), name,
+                    ",".join(str(d) for d in (batch,) + array.shape[1:])))
+    # a model of scalars only takes one sample per request
+    firsts = set(shape[0] for _, shape in fixed) or {1}
+    if not dynamic and firsts != {batch}:
+        raise UsageError(
+            "--batch {}: the model has no dynamic batch dimension (inputs: {}); re-export it "
+            "with a dynamic first dimension, or drop --batch".format(
+                batch, ", ".join("{} {}".format(name, format_shape(shape))
+                                 for name, shape in fixed) or "scalars only"))
 
 
 def parse_assignments(option, items):

@@ -3,12 +3,17 @@
 The timed loop is kept as bare as a hand-written benchmark: the call and its arguments are
 bound to locals beforehand, and each iteration does two perf_counter() reads, the call and one
 list append (benchmarks/harness_overhead.py measures the difference to a bare loop).
+
+Load scenarios (MLPerf LoadGen's names): concurrency 1 is "single-stream" (timed_loop, one
+request at a time); concurrency N > 1 is "offline" (concurrent_loop: a closed loop of N threads
+on the same session, so N requests are always in flight).
 """
 
 import hashlib
 import os
 import resource
 import sys
+import threading
 import time
 
 import numpy as np
@@ -62,6 +67,94 @@ def warm_up(call, args, count, sync=None):
         call(*args)
     if sync is not None:
         sync()
+
+
+def scenario(concurrency):
+    return "single-stream" if (concurrency or 1) == 1 else "offline"
+
+
+def _in_threads(concurrency, work, worker_init=None):
+    """Run work(start, errors) in `concurrency` threads released together by one barrier.
+
+    Returns (start, [each thread's return value]); start is the perf_counter() read by the
+    barrier's action, just before the threads are released. The first exception raised in any
+    thread is re-raised here after all have ended (a thread that fails also breaks the
+    barrier, so none waits for it, and the others see `errors` and stop).
+    """
+    started, results, errors = [], [None] * concurrency, []
+    barrier = threading.Barrier(concurrency, action=lambda: started.append(time.perf_counter()))
+
+    def worker(index):
+        try:
+            if worker_init is not None:
+                worker_init()  # thread-local runtime state (torch's inference_mode)
+            barrier.wait()
+            results[index] = work(started[0], errors)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread below
+            errors.append(err)  # before abort(): the waiting threads' BrokenBarrierError
+            barrier.abort()     # lands after it, so errors[0] is the cause
+    threads = [threading.Thread(target=worker, args=(index,), name="harness-load-{}".format(index))
+               for index in range(concurrency)]
+    for thread in threads:
+        thread.daemon = True  # an interrupted run must not wait for them
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return started[0], results
+
+
+def concurrent_loop(call, args, concurrency, min_iterations, min_time_s, sync=None,
+                    worker_init=None):
+    """The offline scenario: `concurrency` threads each loop call(*args) on the same session,
+    so that many requests are in flight at all times (a closed loop), until the requests
+    completed by all threads reach min_iterations AND min_time_s has passed since the start.
+
+    Each thread times its own requests like timed_loop (sync, if given, after each call);
+    a thread that sees both minimums reached stops after its current request, so the last
+    requests run with fewer in flight. Returns (latencies of every completed request, thread by
+    thread, wall seconds from the barrier's release to the end of the last thread's request).
+    onnxruntime's session.run and torch modules release the GIL while they compute.
+    """
+    lock = threading.Lock()
+    completed = [0]
+
+    def work(start, errors):
+        perf = time.perf_counter
+        latencies = []
+        append = latencies.append
+        while True:
+            t0 = perf()
+            call(*args)
+            if sync is not None:
+                sync()
+            t1 = perf()
+            append(t1 - t0)
+            with lock:  # a shared count: one uncontended lock per request, no GIL reliance
+                completed[0] += 1
+                done = completed[0]
+            if errors or (done >= min_iterations and t1 - start >= min_time_s):
+                return latencies, t1
+
+    start, results = _in_threads(concurrency, work, worker_init)
+    latencies = [lat for thread_latencies, _ in results for lat in thread_latencies]
+    return latencies, max(end for _, end in results) - start
+
+
+def concurrent_warm_up(call, args, concurrency, count, sync=None, worker_init=None):
+    """max(1, count // concurrency) untimed calls in each of `concurrency` threads, so what a
+    runtime makes per concurrent request (OpenVINO infer requests, torch's pools) exists
+    before the timed loop; after the sequential warm_up."""
+    per_thread = max(1, count // concurrency)
+
+    def work(start, errors):
+        for _ in range(per_thread):
+            call(*args)
+        if sync is not None:
+            sync()
+
+    _in_threads(concurrency, work, worker_init)
 
 
 def cpu_seconds():
@@ -144,15 +237,44 @@ def _gpu_summary(repeats):
             "runtime_peak_memory_bytes": max(runtime) if runtime else None}
 
 
+def load_figures(latencies, wall, cpu, concurrency, batch):
+    """A repeat's load figures: requests completed in the timed loop, their rate and the rate
+    of samples (requests x batch; 1 sample per request without --batch) over its wall time,
+    and the CPU time per sample."""
+    requests = len(latencies)
+    samples = requests * (batch or 1)
+    return {"batch": batch, "concurrency": concurrency, "requests": requests,
+            "requests_per_s": requests / wall if wall > 0 else None,
+            "samples_per_s": samples / wall if wall > 0 else None,
+            "cpu_per_sample_s": cpu / samples}
+
+
+def _load_summary(repeats):
+    """Rates over all repeats: completed requests (samples) / wall time of the timed loops, so
+    each repeat weighs by its length. Repeats of an older harness count as single-stream
+    without a batch (one request per latency)."""
+    concurrency = repeats[0].get("concurrency") or 1
+    batch = repeats[0].get("batch")
+    requests = sum(rep.get("requests", len(rep["latencies_s"])) for rep in repeats)
+    samples = sum(rep.get("requests", len(rep["latencies_s"])) * (rep.get("batch") or 1)
+                  for rep in repeats)
+    wall = float(sum(rep.get("measure_wall_s") or 0.0 for rep in repeats))
+    return {"batch": batch, "concurrency": concurrency, "scenario": scenario(concurrency),
+            "requests_per_s": requests / wall if wall > 0 else None,
+            "samples_per_s": samples / wall if wall > 0 else None,
+            "cpu_per_sample_s": _median_of(repeats, "cpu_per_sample_s")}
+
+
 def summarize(repeats):
     """The result's `summary` block over all repeats pooled (see docs/result-schema.md)."""
     pooled = [lat for rep in repeats for lat in rep["latencies_s"]]
     if not pooled:
         return None
-    return {
+    summary = {
         "iterations": len(pooled),
         "latency_s": latency_summary(pooled),
         "repeat_p50_s": [float(np.percentile(rep["latencies_s"], 50)) for rep in repeats],
+        # 1 / mean latency; under concurrency > 1 that is not the rate (samples_per_s is)
         "throughput_per_s": len(pooled) / float(sum(pooled)),
         "session_create_s": float(np.median([rep["session_create_s"] for rep in repeats])),
         "first_inference_s": float(np.median([rep["first_inference_s"] for rep in repeats])),
@@ -169,6 +291,8 @@ def summarize(repeats):
         "engine_build_s": repeats[0].get("engine_build_s"),
         "gpu": _gpu_summary(repeats),
     }
+    summary.update(_load_summary(repeats))
+    return summary
 
 
 def tensor_digest(name, value):

@@ -32,10 +32,12 @@ def child_argv(settings, index, child_out):
             "--warmup", str(settings["warmup"]),
             "--min-iterations", str(settings["min_iterations"]),
             "--min-time", repr(float(settings["min_time_s"])), "--repeats", "1",
+            "--concurrency", str(settings.get("concurrency") or 1),
             "--child-index", str(index), "--child-out", child_out]
     single = (("--provider", settings["provider"]), ("--threads", settings["threads"]),
               ("--graph-optimization", settings["graph_optimization"]),
-              ("--inputs", settings["inputs_file"]), ("--cell", settings["cell"]),
+              ("--inputs", settings["inputs_file"]), ("--batch", settings.get("batch")),
+              ("--cell", settings["cell"]),
               ("--environment", settings["environment"]), ("--workload", settings["workload"]))
     for flag, value in single:
         if value is not None:

@@ -51,7 +51,7 @@ def new_result(settings):
 def public_settings(settings):
     keys = ("warmup", "min_iterations", "min_time_s", "repeats", "threads", "seed", "shapes",
             "values", "inputs_file", "provider_options", "graph_optimization", "dtypes",
-            "session")
+            "session", "batch", "concurrency")
     public = dict((key, settings.get(key)) for key in keys)
     public["shapes"] = dict((k, list(v)) for k, v in (settings.get("shapes") or {}).items())
     return public

@@ -9,8 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness_testlib import (CACHE, RUNTIMES, SILERO_VERSION, _run, make_venv, tiny_model,
-                             unique_model)
+from harness_testlib import (
+    CACHE,
+    RUNTIMES,
+    SILERO_VERSION,
+    _run,
+    make_venv,
+    tiny_model,
+    unique_model,
+)
 
 
 @pytest.fixture(scope="session")

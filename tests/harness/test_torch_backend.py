@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from harness_testlib import run_harness
+
+from harness import backends, cli, measure
 
 torch = pytest.importorskip("torch")
 
@@ -82,3 +86,42 @@ def test_inputs_file_with_onnx_names_is_fed_by_position(scripted: Path, tmp_path
     assert run.doc["provider"]["notes"] == [
         "inputs file tensors fed to forward() by position: input -> x, input_ids -> ids"]
     assert [i["name"] for i in run.doc["inputs"]] == ["x", "ids"]
+
+
+def test_torch_with_requests_in_flight(scripted: Path, tmp_path: Path) -> None:
+    shapes = ["--shape", "x=2,16", "--shape", "ids=2,8", "--dtype", "ids=int64"]
+    run = run_harness(sys.executable, ["--model", str(scripted), *shapes, "--concurrency", "2",
+                                       "--batch", "2", *FAST], tmp_path)
+    doc = run.doc
+    assert run.code == 0 and doc["status"] == "ok", doc["reason"]
+    assert doc["settings"]["concurrency"] == 2 and doc["summary"]["scenario"] == "offline"
+    for rep in doc["repeats"]:
+        assert rep["requests"] == len(rep["latencies_s"]) >= 20
+        assert rep["samples_per_s"] == pytest.approx(2 * rep["requests_per_s"])
+    assert doc["summary"]["samples_per_s"] > 0 and "2 in flight" in run.stderr
+    # no declared shapes: every fed tensor's first dimension is the batch
+    wrong = run_harness(sys.executable, ["--model", str(scripted), *shapes, "--batch", "3",
+                                         *FAST], tmp_path, name="wrong.json")
+    assert wrong.code == 2 and wrong.doc["reason"].startswith(
+        "--batch 3: input 'x' is fed with shape [2, 16]")
+
+
+def test_worker_threads_run_under_inference_mode(scripted: Path) -> None:
+    """inference_mode is thread-local: worker_init enters it in each load thread, and the
+    main thread's stays entered after those threads end."""
+    settings = cli.settings_from(cli.build_parser().parse_args(["--model", str(scripted)]))
+    backend = backends.make_backend(settings, {"path": str(scripted)})
+    backend.create()
+    seen = []
+
+    def call() -> None:
+        seen.append((threading.get_ident(), torch.is_inference_mode_enabled()))
+    measure.concurrent_loop(call, (), 3, 10, 0.0, worker_init=backend.worker_init)
+    assert {mode for _, mode in seen} == {True} and len({ident for ident, _ in seen}) == 3
+    outside = []
+    thread = threading.Thread(target=lambda: outside.append(torch.is_inference_mode_enabled()))
+    thread.start()
+    thread.join()
+    assert outside == [False]  # what a thread without worker_init would run under
+    gc.collect()
+    assert torch.is_inference_mode_enabled()
