@@ -6,6 +6,9 @@ reads the same bytes whatever numpy it has. Inputs come from the user's `.npz` a
 it against the model, or from the harness's own generator (`harness.inputs.make_inputs`), the
 very code that would make them inside a container.
 
+A workload's `batch:` sets the first dim of every input the model declares with a dynamic
+first dim (zoo models are then written with one); see `prepare_workload`.
+
 Every problem is a `ConfigError` naming the workload, the matrix key, the input and the fix.
 """
 
@@ -65,7 +68,14 @@ def prepare_workload(
     `ir_version`/`opset`: what zoo models are written with (the oldest runtime's limits);
     a user model newer than that is copied as it is, with a ModelVersionWarning.
     `base_dir`: the matrix file's folder, against which relative paths resolve (default: cwd).
+
+    `workload.batch` (when set) is the first dim of every input whose declared first dim is
+    dynamic: zoo models are written with a dynamic first dim; a user model needs at least one
+    such input. Other dynamic dims of such an input still come from `shapes:`, whose first dim
+    is then replaced by the batch. Inputs from a user .npz (and so a user TorchScript model)
+    fix the batch themselves and cannot be combined with it.
     """
+    _check_batch_source(workload)
     base = Path.cwd() if base_dir is None else Path(base_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +133,8 @@ def _zoo_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", zoo.ZooWarning)  # turned into a ConfigError below
         made = zoo.write_model(name, out_dir, ir_version=ir_version, opset=opset,
-                               seed=ZOO_WEIGHT_SEED, torchscript=want_torch)
+                               seed=ZOO_WEIGHT_SEED, torchscript=want_torch,
+                               dynamic_batch=workload.batch is not None)
     if want_torch and made.torchscript_path is None:
         raise ConfigError(f"{_where(workload, 'backend')}: {made.note}")
     return made.onnx_path, made.torchscript_path, made.inputs
@@ -222,6 +233,8 @@ def _make_feeds(
     values = dict(workload.values)
     _check_known(workload, "shapes", shapes, names)
     _check_known(workload, "values", values, names)
+    if workload.batch is not None:
+        shapes = _batched_shapes(workload, workload.batch, specs, shapes)
     fixed: dict[str, np.ndarray] = {}
     if workload.inputs is not None:
         fixed = _load_npz(workload, _existing_file(workload, "inputs", workload.inputs, base))
@@ -258,7 +271,10 @@ def _check_dynamic(
     for spec in specs:
         dynamic = [i for i, d in enumerate(spec.shape) if isinstance(d, str)]
         if dynamic and spec.name not in shapes:
-            example = ",".join("1" if isinstance(d, str) else str(d) for d in spec.shape)
+            example_dims = [1 if isinstance(d, str) else d for d in spec.shape]
+            if workload.batch is not None and dynamic[0] == 0:  # shows where the batch goes
+                example_dims[0] = workload.batch
+            example = ",".join(str(d) for d in example_dims)
             raise ConfigError(
                 f"{_where(workload, 'shapes')}: input {spec.name!r} has dynamic dims "
                 f"{[spec.shape[i] for i in dynamic]} (shape {list(spec.shape)}) and no shape; "
@@ -266,6 +282,57 @@ def _check_dynamic(
             )
         if spec.name in shapes:
             _check_shape(workload, "shapes", spec, shapes[spec.name])
+
+
+def _check_batch_source(workload: Workload) -> None:
+    """A batch is made by generating inputs; tensors the user gives fix their own first dim."""
+    batch = workload.batch
+    if batch is None:
+        return
+    if batch < 1:
+        raise ConfigError(f"{_where(workload, 'batch')}: batch: {batch} is not a sample count; "
+                          "give an integer >= 1, or remove batch:")
+    if not workload.is_zoo and Path(workload.model).suffix == ".pt":
+        raise ConfigError(
+            f"{_where(workload, 'batch')}: a TorchScript model ({Path(workload.model).name}) "
+            f"takes its inputs from the .npz under `inputs:`, which fixes the batch size; save "
+            f"the .npz at batch size {batch} and remove batch:"
+        )
+    if workload.inputs is not None:
+        raise ConfigError(
+            f"{_where(workload, 'batch')}: the .npz under `inputs:` ({workload.inputs}) fixes "
+            f"every tensor, batch size included; save the .npz at batch size {batch} and remove "
+            "batch:, or remove inputs: to have the inputs generated"
+        )
+
+
+def _batched_shapes(
+    workload: Workload,
+    batch: int,
+    specs: Sequence[InputSpec],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, tuple[int, ...]]:
+    """`shapes` with the batch as first dim of every input whose declared first dim is dynamic.
+
+    Such an input gets the model's other dims when they are fixed; otherwise its `shapes:`
+    entry gives them (first dim replaced), and without one `_check_dynamic` asks for it.
+    """
+    batched = [spec for spec in specs if spec.shape and isinstance(spec.shape[0], str)]
+    if not batched:
+        declared = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in specs)
+        raise ConfigError(
+            f"{_where(workload, 'batch')}: batch: {batch} sets the first dim of the inputs whose "
+            f"first dim is dynamic, but {workload.model} has none (its inputs: {declared}); "
+            "export the model with a dynamic first dimension, or remove batch:"
+        )
+    result = dict(shapes)
+    for spec in batched:
+        given, rest = shapes.get(spec.name), spec.shape[1:]
+        if given:  # an empty shape is left for _check_shape to refuse
+            result[spec.name] = (batch, *given[1:])
+        elif given is None and all(isinstance(d, int) for d in rest):
+            result[spec.name] = (batch, *(int(d) for d in rest))
+    return result
 
 
 def _check_shape(workload: Workload, key: str, spec: InputSpec, shape: Sequence[int]) -> None:

@@ -6,6 +6,10 @@ runtime in the matrix decides them: onnxruntime 1.8 reads IR 7 at most). Only op
 definitions old runtimes implement are used; LayerNorm is decomposed for the same reason.
 The same arguments give byte-identical files, so the host can cache them.
 
+Every model takes one sample (first dim 1) unless `dynamic_batch=True`: then the first dim of
+every input and output is the named dynamic dim "batch" (BATCH_DIM), and each sample of a
+batch is computed independently of the others.
+
 With `torchscript=True` the same network with the same weights is also saved as TorchScript
 (see `envmatrix.zoo_torch`), for the torch backend.
 """
@@ -33,6 +37,10 @@ VOCAB_SIZE = 1024  # >= INT_HIGH: every token id the harness generates must be a
 SEQ_LEN = 128
 MASK_BIAS = -10000.0  # added to attention scores of masked-out tokens (BERT's convention)
 LN_EPS = 1e-5
+BATCH_DIM = "batch"  # name of the dynamic first dim of models written with dynamic_batch=True
+# Batch size of the example a dynamic-batch TorchScript twin is traced on: a trace at 1 could
+# bake in size-1 broadcasting; at 2 the first dim is a real batch dim (and 1 not special).
+TRACE_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -69,13 +77,18 @@ def write_model(
     seed: int = 0,
     torchscript: bool = False,
     perturb: float = 0.0,
+    dynamic_batch: bool = False,
 ) -> ZooModel:
-    """Write `<out_dir>/<name>.onnx` (and `<name>.pt` when asked and torch is importable)."""
+    """Write `<out_dir>/<name>.onnx` (and `<name>.pt` when asked and torch is importable).
+
+    `dynamic_batch`: first dim of every input and output is BATCH_DIM instead of 1 (False
+    writes the very bytes written before this option existed).
+    """
     if name not in _BUILDERS:
         raise ValueError(f"unknown zoo model {name!r}: choose one of {', '.join(NAMES)}")
     if opset < MIN_OPSET:
         raise ValueError(f"zoo models need opset >= {MIN_OPSET}, got {opset}")
-    graph = _GraphBuilder(opset, seed, perturb)
+    graph = _GraphBuilder(opset, seed, perturb, BATCH_DIM if dynamic_batch else 1)
     _BUILDERS[name](graph)
     model = graph.to_model(name, ir_version)
     onnx.checker.check_model(model, full_check=True)
@@ -85,7 +98,8 @@ def write_model(
     inputs, outputs = io_specs(model)
     ts_path, note = None, ""
     if torchscript:
-        ts_path, note = _write_torchscript(name, model, inputs, out_dir / f"{name}.pt", seed)
+        example = example_inputs(inputs, seed, batch=TRACE_BATCH if dynamic_batch else None)
+        ts_path, note = _write_torchscript(name, model, example, out_dir / f"{name}.pt")
     return ZooModel(name, onnx_path, ts_path, ir_version, opset, inputs, outputs, note)
 
 
@@ -118,7 +132,7 @@ def _spec(vi: onnx.ValueInfoProto) -> InputSpec:
 
 
 def _write_torchscript(
-    name: str, model: onnx.ModelProto, inputs: Sequence[InputSpec], path: Path, seed: int
+    name: str, model: onnx.ModelProto, example: dict[str, np.ndarray], path: Path
 ) -> tuple[Path | None, str]:
     try:  # torch is optional on the host; zoo_torch imports it
         zoo_torch = importlib.import_module("envmatrix.zoo_torch")
@@ -130,21 +144,33 @@ def _write_torchscript(
         warnings.warn(note, ZooWarning, stacklevel=3)
         return None, note
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    zoo_torch.save_torchscript(name, weights, example_inputs(inputs, seed), path)
+    zoo_torch.save_torchscript(name, weights, example, path)
     return path, ""
 
 
-def example_inputs(specs: Sequence[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs made by the harness's own generator, as every cell gets them (ints in [0, 1000))."""
-    feeds = make_inputs([(s.name, s.dtype, list(s.shape)) for s in specs], seed)
+def example_inputs(
+    specs: Sequence[InputSpec], seed: int = 0, batch: int | None = None
+) -> dict[str, np.ndarray]:
+    """Inputs made by the harness's own generator, as every cell gets them (ints in [0, 1000)).
+
+    `batch`: the first dim of every input whose first dim is dynamic (a dynamic-batch model).
+    """
+    def dims(spec: InputSpec) -> list[int | str]:
+        shape = list(spec.shape)
+        if batch is not None and shape and isinstance(shape[0], str):
+            shape[0] = batch
+        return shape
+
+    feeds = make_inputs([(s.name, s.dtype, dims(s)) for s in specs], seed)
     return dict(feeds)
 
 
 class _GraphBuilder:
     """Collects nodes and initializers; draws weights in a fixed order from one seeded stream."""
 
-    def __init__(self, opset: int, seed: int, perturb: float) -> None:
+    def __init__(self, opset: int, seed: int, perturb: float, batch: int | str) -> None:
         self.opset = opset
+        self.batch = batch  # first dim of every graph input and output: 1 or BATCH_DIM
         self.rng = np.random.default_rng(seed)
         # A separate stream, so a perturbed variant has the same base weights times the noise.
         self.noise = np.random.default_rng([seed, 1]) if perturb else None
@@ -155,13 +181,16 @@ class _GraphBuilder:
         self.outputs: list[onnx.ValueInfoProto] = []
         self._count = 0
 
-    def input(self, name: str, elem_type: int, shape: Sequence[int]) -> str:
-        self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+    def input(self, name: str, elem_type: int, sample_shape: Sequence[int]) -> str:
+        """A graph input of one batch of samples of `sample_shape`."""
+        shape = [self.batch, *sample_shape]
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
         return name
 
-    def output(self, value: str, name: str, elem_type: int, shape: Sequence[int]) -> None:
+    def output(self, value: str, name: str, elem_type: int, sample_shape: Sequence[int]) -> None:
+        shape = [self.batch, *sample_shape]
         self.nodes.append(helper.make_node("Identity", [value], [name]))
-        self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
 
     def weight(self, name: str, shape: Sequence[int], std: float, mean: float = 0.0) -> str:
         """A float32 weight ~ N(mean, std); perturbed by (1 + perturb * noise) when asked."""
@@ -241,7 +270,7 @@ def _relu6(g: _GraphBuilder, x: str) -> str:
 
 
 def _build_cnn(g: _GraphBuilder) -> None:
-    x = g.input("input", TensorProto.FLOAT, [1, 3, 224, 224])
+    x = g.input("input", TensorProto.FLOAT, [3, 224, 224])
     x = _relu6(g, _conv(g, x, "stem", 3, CNN_STEM, 3, 2))
     cin = CNN_STEM
     for i, (cout, stride) in enumerate(CNN_BLOCKS):
@@ -251,7 +280,7 @@ def _build_cnn(g: _GraphBuilder) -> None:
     x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
     w = g.weight("fc.w", [CNN_CLASSES, cin], std=np.sqrt(1.0 / cin))
     b = g.weight("fc.b", [CNN_CLASSES], std=0.01)
-    g.output(g.op("Gemm", [x, w, b], transB=1), "logits", TensorProto.FLOAT, [1, CNN_CLASSES])
+    g.output(g.op("Gemm", [x, w, b], transB=1), "logits", TensorProto.FLOAT, [CNN_CLASSES])
 
 
 # --- transformer: DistilBERT-like encoder, post-LN, GELU via Erf ------------------------------
@@ -313,11 +342,11 @@ def _mask_bias(g: _GraphBuilder, mask: str) -> str:
 
 
 def _build_transformer(g: _GraphBuilder) -> None:
-    ids = g.input("input_ids", TensorProto.INT64, [1, SEQ_LEN])
-    mask = g.input("attention_mask", TensorProto.INT64, [1, SEQ_LEN])
+    ids = g.input("input_ids", TensorProto.INT64, [SEQ_LEN])
+    mask = g.input("attention_mask", TensorProto.INT64, [SEQ_LEN])
     tokens = g.weight("embed.tokens", [VOCAB_SIZE, TF_HIDDEN], std=1.0)
     positions = g.weight("embed.positions", [SEQ_LEN, TF_HIDDEN], std=0.5)
-    x = g.op("Add", [g.op("Gather", [tokens, ids], axis=0), positions])
+    x = g.op("Add", [g.op("Gather", [tokens, ids], axis=0), positions])  # [b,s,h] + [s,h]
     x = _layer_norm(g, x, "embed.ln")
     bias = _mask_bias(g, mask)
     for i in range(TF_LAYERS):
@@ -326,10 +355,10 @@ def _build_transformer(g: _GraphBuilder) -> None:
         hidden = _gelu(g, _linear(g, x, f"layer{i}.ffn1", TF_HIDDEN, TF_FFN))
         x = _layer_norm(g, g.op("Add", [x, _linear(g, hidden, f"layer{i}.ffn2", TF_FFN,
                                                    TF_HIDDEN)]), f"layer{i}.ln2")
-    g.output(x, "last_hidden_state", TensorProto.FLOAT, [1, SEQ_LEN, TF_HIDDEN])
-    first = g.op("Gather", [x, g.const(0, np.int64)], axis=1)  # [CLS]-style first token
+    g.output(x, "last_hidden_state", TensorProto.FLOAT, [SEQ_LEN, TF_HIDDEN])
+    first = g.op("Gather", [x, g.const(0, np.int64)], axis=1)  # [CLS]-style token: [b, h]
     pooled = g.op("Tanh", [_linear(g, first, "pooler", TF_HIDDEN, TF_HIDDEN)])
-    g.output(pooled, "pooled_output", TensorProto.FLOAT, [1, TF_HIDDEN])
+    g.output(pooled, "pooled_output", TensorProto.FLOAT, [TF_HIDDEN])
 
 
 # --- mlp: Gemm + Relu stack ----------------------------------------------------------------
@@ -338,7 +367,7 @@ MLP_WIDTHS: tuple[int, ...] = (256, 512, 512, 256, 10)  # input, hidden..., clas
 
 
 def _build_mlp(g: _GraphBuilder) -> None:
-    x = g.input("input", TensorProto.FLOAT, [1, MLP_WIDTHS[0]])
+    x = g.input("input", TensorProto.FLOAT, [MLP_WIDTHS[0]])
     layers = list(zip(MLP_WIDTHS[:-1], MLP_WIDTHS[1:]))
     for i, (fan_in, fan_out) in enumerate(layers):
         w = g.weight(f"fc{i}.w", [fan_out, fan_in], std=np.sqrt(2.0 / fan_in))
@@ -346,7 +375,7 @@ def _build_mlp(g: _GraphBuilder) -> None:
         x = g.op("Gemm", [x, w, b], transB=1)
         if i < len(layers) - 1:
             x = g.op("Relu", [x])
-    g.output(x, "logits", TensorProto.FLOAT, [1, MLP_WIDTHS[-1]])
+    g.output(x, "logits", TensorProto.FLOAT, [MLP_WIDTHS[-1]])
 
 
 _BUILDERS: dict[str, Callable[[_GraphBuilder], None]] = {

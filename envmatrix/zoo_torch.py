@@ -65,7 +65,7 @@ class Transformer(_ZooModule):
         return x, pooled
 
     def _attention(self, x: torch.Tensor, name: str, bias: torch.Tensor) -> torch.Tensor:
-        b, s, _ = x.shape
+        b, s, _ = x.shape  # traced as size ops, so the view below keeps the batch dynamic
         head_dim = zoo.TF_HIDDEN // zoo.TF_HEADS
 
         def heads(proj: str) -> torch.Tensor:
@@ -106,7 +106,11 @@ def build_module(name: str, weights: Mapping[str, np.ndarray]) -> torch.nn.Modul
 def save_torchscript(
     name: str, weights: Mapping[str, np.ndarray], example: Mapping[str, np.ndarray], path: Path
 ) -> None:
-    """Trace the twin on example inputs (in the ONNX input order) and save it atomically."""
+    """Trace the twin on example inputs (in the ONNX input order) and save it atomically.
+
+    The traced module runs at any batch size: every op works per sample (a dynamic-batch model is
+    traced on zoo.TRACE_BATCH samples so that no size-1 dim of the example gets baked in).
+    """
     module = build_module(name, weights)
     args = tuple(torch.from_numpy(array) for array in example.values())
     buffer = io.BytesIO()

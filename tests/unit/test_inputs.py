@@ -262,3 +262,119 @@ def test_user_model_with_external_weights_is_copied_whole(tmp_path: Path, user_m
     feeds = _npz(prepared.inputs_path)
     ours = ort.InferenceSession(str(prepared.model_path)).run(None, feeds)[0]
     np.testing.assert_array_equal(ours, ort.InferenceSession(str(user_mlp)).run(None, feeds)[0])
+
+
+# --- batch -------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def seq_model(tmp_path: Path) -> Path:
+    """A user model whose input has a dynamic first dim and a dynamic second one."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "seq"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "seq"])
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    path = tmp_path / "seq.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer"])
+def test_batched_zoo_workload_gets_a_dynamic_model_and_batch_inputs(
+    name: str, tmp_path: Path
+) -> None:
+    prepared = _prepare(Workload(name="w", model=f"zoo:{name}", batch=8, seed=3), tmp_path)
+    assert all(spec.shape[0] == zoo.BATCH_DIM for spec in prepared.input_specs)
+    arrays = _npz(prepared.inputs_path)
+    assert prepared.shapes == {n: a.shape for n, a in arrays.items()}
+    assert all(shape[0] == 8 for shape in prepared.shapes.values())
+    # the harness's generator at the batch shapes, as a container would call it
+    specs = [(s.name, s.dtype, [8, *s.shape[1:]]) for s in prepared.input_specs]
+    for n, array in make_inputs(specs, 3).items():
+        assert arrays[n].tobytes() == array.tobytes()
+    outputs = ort.InferenceSession(str(prepared.model_path)).run(None, arrays)
+    assert all(out.shape[0] == 8 and np.isfinite(out).all() for out in outputs)
+
+
+def test_unbatched_zoo_workload_keeps_the_fixed_model(tmp_path: Path) -> None:
+    plain = _prepare(Workload(name="p", model="zoo:mlp"), tmp_path)
+    batched = _prepare(Workload(name="b", model="zoo:mlp", batch=1), tmp_path)
+    assert plain.model_path.read_bytes() == zoo.write_model("mlp", tmp_path / "z").onnx_path \
+        .read_bytes()
+    assert batched.model_path.read_bytes() != plain.model_path.read_bytes()
+    assert plain.shapes == batched.shapes == {"input": (1, 256)}
+
+
+def test_batched_zoo_workload_for_torch_runs_at_the_batch(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    prepared = _prepare(Workload(name="t", model="zoo:transformer", backend="torch", batch=3),
+                        tmp_path)
+    assert prepared.torchscript_path is not None
+    arrays = _npz(prepared.inputs_path)
+    with torch.no_grad():
+        hidden, pooled = torch.jit.load(str(prepared.torchscript_path))(
+            *(torch.from_numpy(a) for a in arrays.values()))
+    assert hidden.shape == (3, 128, 256) and pooled.shape == (3, 256)
+
+
+def test_batch_sets_the_dynamic_first_dim_of_a_user_model(
+    tmp_path: Path, dynamic_model: Path
+) -> None:
+    workload = Workload(name="d", model=str(dynamic_model), batch=8, values=(("scale", "2"),))
+    prepared = _prepare(workload, tmp_path)
+    assert prepared.shapes == {"x": (8, 4), "scale": (1,)}  # scale's first dim is fixed
+    # a `shapes:` entry's first dim is replaced by the batch
+    shaped = _prepare(Workload(name="d", model=str(dynamic_model), batch=8,
+                               shapes=(("x", (3, 4)),), values=(("scale", "2"),)), tmp_path)
+    assert shaped.shapes == prepared.shapes
+
+
+def test_batch_leaves_other_dynamic_dims_to_shapes(tmp_path: Path, seq_model: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        _prepare(Workload(name="s", model=str(seq_model), batch=8), tmp_path)
+    message = str(err.value)
+    assert "workloads.s.shapes" in message and "'seq'" in message
+    assert "shapes: {x: [8,1]}" in message
+    prepared = _prepare(Workload(name="s", model=str(seq_model), batch=8,
+                                 shapes=(("x", (1, 16)),)), tmp_path)
+    assert prepared.shapes == {"x": (8, 16)}
+    with pytest.raises(ConfigError, match=r"workloads\.s\.shapes.*input 'x' gets shape \[8\]"):
+        _prepare(Workload(name="s", model=str(seq_model), batch=8, shapes=(("x", (1,)),)),
+                 tmp_path)
+
+
+def test_batch_on_a_model_without_a_dynamic_first_dim_says_how_to_fix_it(
+    tmp_path: Path, user_mlp: Path
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        _prepare(Workload(name="u", model="models/mlp.onnx", batch=8), tmp_path)
+    message = str(err.value)
+    assert "workload 'u' (matrix key workloads.u.batch)" in message
+    assert "input [1, 256]" in message
+    assert "export the model with a dynamic first dimension, or remove batch:" in message
+
+
+def test_batch_with_a_user_npz_is_refused(tmp_path: Path, dynamic_model: Path) -> None:
+    np.savez(tmp_path / "in.npz", x=np.zeros((8, 4), np.float32),
+             scale=np.ones(1, np.float32))
+    workload = Workload(name="d", model=str(dynamic_model), inputs="in.npz", batch=8)
+    with pytest.raises(ConfigError, match=r"workloads\.d\.batch.*in\.npz.*fixes every tensor.*"
+                                          r"at batch size 8 and remove batch:, or remove inputs:"):
+        _prepare(workload, tmp_path)
+    assert not (tmp_path / "prepared" / "d").exists()  # refused before anything is written
+
+
+def test_batch_with_a_user_torchscript_model_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "net.pt").write_bytes(b"a TorchScript archive, as far as preparation cares")
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 3), np.float32))
+    for inputs in (None, "in.npz"):
+        workload = Workload(name="t", model="net.pt", backend="torch", inputs=inputs, batch=4)
+        with pytest.raises(ConfigError, match=r"workloads\.t\.batch.*TorchScript model \(net\.pt\)"
+                                              r".*at batch size 4 and remove batch:"):
+            _prepare(workload, tmp_path)
+
+
+def test_batch_below_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"workloads\.m\.batch.*batch: 0.*integer >= 1"):
+        _prepare(Workload(name="m", model="zoo:mlp", batch=0), tmp_path)

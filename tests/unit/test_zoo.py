@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,22 @@ def test_same_arguments_give_the_same_bytes(name: str, tmp_path: Path) -> None:
     other_seed = zoo.write_model(name, tmp_path / "c", seed=4).onnx_path.read_bytes()
     assert first == second
     assert first != other_seed
+
+
+# sha256 of each model at the default arguments, as written before `dynamic_batch` existed:
+# run directories and cached hashes depend on these bytes (onnx 1.23, numpy 2.4).
+PINNED_SHA256 = {
+    "cnn": "d36d01289d62862a92a3455e601596170f3a4d9cb8e6373514ffbd3ff871450a",
+    "transformer": "74a973d36d47285238024b2b8ba1e548384650f6912e2210bcce394b4898810d",
+    "mlp": "9f76aa3c4a21302da2fd2dca7bda531e6b730e3a11e5280bf592c8954a665d50",
+}
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_default_bytes_are_pinned(name: str, tmp_path: Path) -> None:
+    for made in (zoo.write_model(name, tmp_path / "a"),
+                 zoo.write_model(name, tmp_path / "b", dynamic_batch=False)):
+        assert hashlib.sha256(made.onnx_path.read_bytes()).hexdigest() == PINNED_SHA256[name]
 
 
 def test_rewriting_an_unchanged_model_keeps_the_file(tmp_path: Path) -> None:
@@ -180,3 +199,99 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         zoo.write_model("resnet", tmp_path)
     with pytest.raises(ValueError, match="opset >= 11"):
         zoo.write_model("mlp", tmp_path, opset=9)
+
+
+# --- dynamic batch -----------------------------------------------------------------------
+
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zoo.ZooModel]:
+    """Dynamic-batch models, with their TorchScript twins where torch is importable."""
+    out = tmp_path_factory.mktemp("zoo_batch")
+    torch_here = importlib.util.find_spec("torch") is not None
+    return {name: zoo.write_model(name, out, dynamic_batch=True, torchscript=torch_here)
+            for name in zoo.NAMES}
+
+
+def _runner(made: zoo.ZooModel, runtime: str) -> Runner:
+    if runtime == "onnxruntime":
+        return lambda feeds: _run(made.onnx_path, feeds)
+    torch = pytest.importorskip("torch")
+    assert made.torchscript_path is not None
+    module = torch.jit.load(str(made.torchscript_path))
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            result = module(*(torch.from_numpy(a) for a in feeds.values()))
+        return [t.numpy() for t in ([result] if isinstance(result, torch.Tensor) else result)]
+
+    return run
+
+
+def _batch_feeds(made: zoo.ZooModel, batch: int, seed: int = 5) -> dict[str, np.ndarray]:
+    feeds = zoo.example_inputs(made.inputs, seed, batch=batch)
+    if "attention_mask" in feeds:  # a different mask per sample: none may leak into another
+        for i in range(batch):
+            feeds["attention_mask"][i, 32 * (i + 1):] = 0
+    return feeds
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize(("ir_version", "opset"), [(7, 11), (9, 18)])
+def test_dynamic_batch_names_the_first_dim_of_every_input_and_output(
+    name: str, ir_version: int, opset: int, tmp_path: Path, models: dict[str, zoo.ZooModel]
+) -> None:
+    made = zoo.write_model(name, tmp_path, ir_version=ir_version, opset=opset,
+                           dynamic_batch=True)
+    onnx.checker.check_model(onnx.load(str(made.onnx_path)), full_check=True)
+    fixed = models[name]
+    for specs, fixed_specs in ((made.inputs, fixed.inputs), (made.outputs, fixed.outputs)):
+        assert [s.shape[0] for s in specs] == [zoo.BATCH_DIM] * len(specs)
+        assert [(s.name, s.dtype, s.shape[1:]) for s in specs] == [
+            (s.name, s.dtype, s.shape[1:]) for s in fixed_specs]
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_dynamic_batch_changes_only_the_declared_dims(
+    name: str, batched: dict[str, zoo.ZooModel], models: dict[str, zoo.ZooModel]
+) -> None:
+    """The same weights: at batch 1 the dynamic model computes what the fixed one does."""
+    feeds = zoo.example_inputs(models[name].inputs, seed=2)
+    for ref, out in zip(_run(models[name].onnx_path, feeds), _run(batched[name].onnx_path, feeds),
+                        strict=True):
+        # not bit-equal: onnxruntime may pick other kernels when a dim is dynamic
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torchscript"])
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_each_sample_of_a_batch_is_computed_on_its_own(
+    name: str, runtime: str, batched: dict[str, zoo.ZooModel]
+) -> None:
+    made = batched[name]
+    run = _runner(made, runtime)
+    feeds = _batch_feeds(made, 4)
+    outputs = run(feeds)
+    for spec, out in zip(made.outputs, outputs, strict=True):
+        assert out.shape == (4, *spec.shape[1:]) and np.isfinite(out).all()
+    for i in range(4):
+        alone = run({k: v[i:i + 1] for k, v in feeds.items()})
+        for out, single in zip(outputs, alone, strict=True):
+            np.testing.assert_allclose(out[i:i + 1], single, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(outputs[0][0], outputs[0][1])  # the samples differ
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_dynamic_batch_torchscript_agrees_with_onnxruntime(
+    name: str, batch: int, batched: dict[str, zoo.ZooModel]
+) -> None:
+    """Traced at zoo.TRACE_BATCH, the twin runs at other batch sizes (1 included)."""
+    made = batched[name]
+    feeds = _batch_feeds(made, batch)
+    torch_outputs = _runner(made, "torchscript")(feeds)
+    for ref, out in zip(_run(made.onnx_path, feeds), torch_outputs, strict=True):
+        assert out.shape == ref.shape and out.shape[0] == batch
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
