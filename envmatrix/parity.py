@@ -16,6 +16,15 @@ tolerance chosen by dtype:
 float sum grows with the magnitude of its terms, so a logit vector in the hundreds needs a
 larger absolute floor than a softmax in [0, 1]. An element passes when
 |cand - base| <= atol * scale + rtol * |base| (numpy.isclose's rule); NaN matches NaN.
+
+Outputs are paired by name. Two backends of one network name them differently: torch
+`output`, `output.0`, `output.1` (the harness's names for a tensor, a tuple, a dict), and
+onnxruntime the graph's own (`logits`, `last_hidden_state`, `pooled_output`). So when the two
+sides' names differ but their count, shapes and dtypes match position by position, the
+outputs are paired in the order they were saved (the model's output order, which the harness
+keeps in the .npz) and the parity says so (`CellParity.matched_by_position`, named
+`<baseline name> vs <candidate name>`). Anything else that differs in names still fails as
+missing on one side.
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ class CellParity:
     status: str  # "pass" | "fail" | "missing"
     reason: str = ""
     outputs: tuple[OutputParity, ...] = field(default_factory=tuple)
+    matched_by_position: bool = False  # names differed: outputs paired in saved order
 
 
 def tolerance_for(dtype: np.dtype, scale: float) -> tuple[float, float]:
@@ -147,6 +157,24 @@ def compare_outputs(
     return tuple(rows)
 
 
+def by_position(base: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray]) -> bool:
+    """Pair the outputs in order rather than by name? When the names differ but the count,
+    shapes and dtypes agree position by position (module docstring)."""
+    if set(base) == set(cand) or len(base) != len(cand):
+        return False
+    return all(np.asarray(b).shape == np.asarray(c).shape
+               and np.asarray(b).dtype == np.asarray(c).dtype
+               for b, c in zip(base.values(), cand.values()))
+
+
+def compare_by_position(
+    base: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray]
+) -> tuple[OutputParity, ...]:
+    """Every output paired with the other side's output at the same position."""
+    return tuple(compare_output(f"{b_name} vs {c_name}", np.asarray(b), np.asarray(c))
+                 for (b_name, b), (c_name, c) in zip(base.items(), cand.items()))
+
+
 def load_outputs(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an outputs .npz (no pickles: a result folder is not trusted code)."""
     with np.load(path, allow_pickle=False) as data:
@@ -170,9 +198,11 @@ def files_parity(base_cell: str, base_path: Path, cand_cell: str, cand_path: Pat
 
 def parity_of(base_cell: str, base: Mapping[str, np.ndarray], cand_cell: str,
               cand: Mapping[str, np.ndarray]) -> CellParity:
-    outputs = compare_outputs(base, cand)
+    positional = by_position(base, cand)
+    outputs = compare_by_position(base, cand) if positional else compare_outputs(base, cand)
     failed = [f"{o.name}: {o.reason}" for o in outputs if not o.passed]
     if not outputs:
         return CellParity(base_cell, cand_cell, "missing", "no outputs saved")
     reason = "; ".join(failed)
-    return CellParity(base_cell, cand_cell, "fail" if failed else "pass", reason, outputs)
+    return CellParity(base_cell, cand_cell, "fail" if failed else "pass", reason, outputs,
+                      matched_by_position=positional)

@@ -1,7 +1,8 @@
 """The report's figures, drawn on the host with matplotlib's Agg renderer.
 
-One set per workload (envmatrix.report.write_plots), each titled "<workload>: <what>, baseline
-<environment>" (`title`):
+One set per network (envmatrix.report.write_plots: the cells of a network's workloads, e.g.
+cnn-ort and cnn-torch; a network that is one workload keeps that workload's file names), each
+titled "<network>: <what>, baseline <environment>" (`title`):
 - ratio: p50 and p99 as % change vs the baseline, the very numbers the text prints
   ((ratio - 1) * 100 with the verdict's bootstrap interval), the no-change band of
   ±min_effect shaded, and the verdict word of each marker beside its row;
@@ -10,7 +11,7 @@ One set per workload (envmatrix.report.write_plots), each titled "<workload>: <w
 - latency: every cell's latencies as a box plot (whiskers at p1 and p99, no fliers);
 - rounds: per cell the p50 of each round as a line, each process's p50 as a faint dot, so
   drift over the run and two modes show;
-- throughput: inferences per second of every cell.
+- throughput: samples per second of every cell, the tables' number (report.shown_point).
 Legends sit outside the axes and never cover data; the verdict words sit in the right margin.
 
 Byte-for-byte reproducible: the figures are built from matplotlib's default style whatever
@@ -62,9 +63,9 @@ _VERDICT_COLORS = {"faster": "tab:green", "slower": "tab:red", INVALID: "tab:red
 class Series:
     """One cell's data for the figures."""
 
-    label: str  # "<environment> / <provider>", "(baseline)" added for the baseline's cells
+    label: str  # "<environment> / <provider>[ / <setting>]", "(baseline)" for the baseline's
     latencies_ms: Sequence[float]  # all repeats pooled
-    throughput_per_s: float | None = None
+    throughput_per_s: float | None = None  # samples per second, as the tables show it
     p50: RatioCI | None = None  # vs baseline; None for the baseline or invalid cells
     p99: RatioCI | None = None
     baseline: bool = False  # a cell of the baseline environment
@@ -80,9 +81,9 @@ def plain(label: str) -> str:
     return label.replace("\\", "\\\\").replace("$", r"\$")
 
 
-def title(workload: str, what: str, baseline: str) -> str:
-    """Every figure's title: what is shown, of which workload, against which baseline."""
-    return f"{workload}: {what}, baseline {baseline}"
+def title(network: str, what: str, baseline: str) -> str:
+    """Every figure's title: what is shown, of which network, against which baseline."""
+    return f"{network}: {what}, baseline {baseline}"
 
 
 def pct(ratio: float) -> float:
@@ -270,14 +271,14 @@ def rounds_figure(fig_title: str, series: Sequence[Series]) -> Figure:
 
 
 def throughput_figure(fig_title: str, series: Sequence[Series]) -> Figure:
-    """Inferences per second of every cell that measured any; the baseline's bar grey."""
+    """Samples per second of every cell that measured any; the baseline's bar grey."""
     rows = [s for s in series if s.throughput_per_s]
     with matplotlib.rc_context(_STYLE):
         fig, ax = _new(_height(len(rows)))
         ax.barh(range(len(rows)), [float(s.throughput_per_s or 0.0) for s in rows],
                 color=["0.3" if s.baseline else "tab:blue" for s in rows])
         _rows_axis(ax, [s.label for s in rows])
-        ax.set_xlabel("throughput (inferences/s)")
+        ax.set_xlabel("throughput (samples/s)")
         ax.set_title(plain(fig_title))
         ax.grid(axis="x", alpha=0.3)
         return fig

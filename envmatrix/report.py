@@ -52,6 +52,7 @@ from envmatrix.stats import (
     Verdict,
     VerdictRules,
     check_validity,
+    compare_cells,
     is_baseline_cell,
     method_phrase,
     node_share,
@@ -75,6 +76,23 @@ PROVIDER_DISPLAY = {"cpu": "CPU", "openvino": "OpenVINO", "cuda": "CUDA",
 # ---------------------------------------------------------------- loading a run
 
 
+@dataclass(frozen=True)
+class WithinGroup:
+    """The cells of one network in one environment on one host, each compared with the
+    first in plan order (the reference) by the verdicts' own procedure."""
+
+    environment: str
+    network: str
+    host: str | None
+    cells: tuple[Cell, ...]  # plan order; cells[0] is the reference
+    verdicts: dict[str, Verdict]  # cell id -> against the reference (stats.compare_cells)
+    parity: dict[str, CellParity]  # cell id -> outputs against the reference's
+
+    @property
+    def reference(self) -> Cell:
+        return self.cells[0]
+
+
 @dataclass
 class RunData:
     """Everything the report says, computed once from a run directory."""
@@ -91,6 +109,7 @@ class RunData:
     # candidate cell id -> cost metric -> vs its baseline cell (decision.cost_ratios)
     cost_ratios: dict[str, dict[str, RatioCI]] = field(default_factory=dict)
     noise: dict[str, Noise | None] = field(default_factory=dict)  # cell id -> (noisy cells)
+    within: list[WithinGroup] = field(default_factory=list)  # settings side by side
 
     @property
     def baseline(self) -> str:
@@ -125,7 +144,37 @@ def load_run(path: Path, rules: VerdictRules | None = None) -> RunData:
     for v in data.verdicts:
         if v.baseline and _both_ok(results, v.baseline, v.candidate):
             data.parity[v.candidate] = cell_parity(run_dir.path, v.baseline, v.candidate)
+    data.within = within_groups(data)
     return data
+
+
+BATCH_DIFFERS = "batch differs"  # CellParity.reason of cells whose outputs are not comparable
+
+
+def within_groups(data: RunData) -> list[WithinGroup]:
+    """Every (environment, network, host) with two or more cells, in plan order."""
+    groups: dict[tuple[str, str, str | None], list[Cell]] = {}
+    for c in data.cells:
+        groups.setdefault((c.environment.id, c.workload.network_name, c.host), []).append(c)
+    return [_within_group(data, key, cells) for key, cells in groups.items() if len(cells) > 1]
+
+
+def _within_group(data: RunData, key: tuple[str, str, str | None],
+                  cells: Sequence[Cell]) -> WithinGroup:
+    # The cells of one environment run in the same interleaved rounds: compare_cells pairs
+    # them round by round, exactly as a candidate is paired with its baseline cell.
+    ref, others = cells[0], cells[1:]
+    verdicts = {c.id: compare_cells(ref, c, data.results, data.rules) for c in others}
+    parity = {c.id: _within_parity(data, ref, c) for c in others
+              if _both_ok(data.results, ref.id, c.id)}
+    return WithinGroup(*key, tuple(cells), verdicts, parity)
+
+
+def _within_parity(data: RunData, ref: Cell, cell: Cell) -> CellParity:
+    """Outputs against the reference's; another batch gives other output shapes by design."""
+    if ref.workload.batch != cell.workload.batch:
+        return CellParity(ref.id, cell.id, "missing", BATCH_DIFFERS)
+    return cell_parity(data.run_dir.path, ref.id, cell.id)
 
 
 def _both_ok(results: Mapping[str, Mapping[str, Any]], a: str, b: str) -> bool:
@@ -163,11 +212,17 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def fmt_ms(seconds: float | None) -> str | None:
     """Milliseconds with about three significant digits."""
-    if seconds is None:
-        return None
-    ms = seconds * 1000.0
-    digits = 0 if ms >= 100 else 1 if ms >= 10 else 2 if ms >= 1 else 3
-    return f"{ms:.{digits}f}"
+    return None if seconds is None else _three_digits(seconds * 1000.0)
+
+
+def fmt_rate(per_s: float | None) -> str | None:
+    """Samples per second with about three significant digits."""
+    return None if per_s is None or not math.isfinite(per_s) else _three_digits(per_s)
+
+
+def _three_digits(x: float) -> str:
+    digits = 0 if x >= 100 else 1 if x >= 10 else 2 if x >= 1 else 3
+    return f"{x:.{digits}f}"
 
 
 def fmt_pct(ratio: float) -> str:
@@ -382,13 +437,20 @@ def section_summary(data: RunData) -> str:
         lines += [f"> **Output parity failure:** {len(differ)} cell(s) compute different "
                   f"outputs from the baseline on identical inputs: {names}. See "
                   f"[Output parity](#output-parity).", ""]
+    within = within_summary_lines(data)
+    if within:  # the settings' answer stands on its own: a reader of the summary gets it
+        within = ["Within each environment, against its first setting ([details]"
+                  "(#within-each-environment)):", "", *within, ""]
     if not data.verdicts:
-        lines.append(f"Only the baseline {md(data.baseline)} was measured: nothing to compare.")
+        lines += within
+        lines.append(f"Only the baseline {md(data.baseline)} was measured: no other "
+                     "environment to compare.")
         return "\n".join(lines)
     lines += [f"Changes against the baseline **{md(data.baseline)}** (negative: less time, "
               "less CPU, less memory).", "",
               table(SUMMARY_HEADERS, [summary_row(data, v) for v in data.verdicts]), ""]
     lines += [f"- {candidate_sentence(data, k, vs)}" for k, vs in _group_verdicts(data).items()]
+    lines += ["", *within[:-1]] if within else []
     note = budget_note(data)
     lines += ["", note] if note else []
     notes = trust_notes(data)
@@ -427,7 +489,7 @@ def verdict_methods(verdicts: Sequence[Verdict]) -> str:
 # ---------------------------------------------------------------- per-cell numbers
 
 TABLE_HEADERS = ("environment", "provider", "nodes on provider (%)", "p50 (ms)", "p90 (ms)",
-                 "p99 (ms)", "throughput (/s)", "cores used", "CPU per inference (ms)",
+                 "p99 (ms)", "samples/s", "cores used", "CPU per inference (ms)",
                  "cold start (ms)", "first inference (ms)", "session creation (ms)",
                  "peak RSS (MiB)",
                  "p50 change [95% CI]", "p99 change [95% CI]", "verdict p50 / p99")
@@ -439,15 +501,35 @@ def _latency(result: Mapping[str, Any], key: str) -> float | None:
     return point_value(result, key)
 
 
-def shown_point(data: RunData, cell: Cell, metric: str) -> float | None:
-    """The number a table shows for a cell: a candidate's from its comparison (paired: its
-    value corrected for the baseline's drift, so the columns divide to the change), else the
-    cell's own median (`point_value`)."""
-    v = data.verdict_of(cell.id)
+def point_against(v: Verdict | None, result: Mapping[str, Any], metric: str) -> float | None:
+    """The number a table shows for a cell compared in `v`: its point from that comparison
+    (paired: its value corrected for the reference's drift, so the columns divide to the
+    change), else the cell's own median (`point_value`)."""
     ci = v.ratios.get(metric) if v else None
     if ci is not None and ci.cand is not None and math.isfinite(ci.cand):
         return ci.cand
-    return _latency(data.results.get(cell.id) or {}, metric)
+    return _latency(result, metric)
+
+
+def shown_point(data: RunData, cell: Cell, metric: str) -> float | None:
+    """The number the tables show for a cell against its baseline cell (`point_against`)."""
+    return point_against(data.verdict_of(cell.id), data.results.get(cell.id) or {}, metric)
+
+
+def samples_per_request(cell: Cell, result: Mapping[str, Any]) -> int:
+    """Samples in one request: what the harness ran (`summary.batch`), else the plan's batch,
+    else 1 (results written before batches existed)."""
+    batch = (result.get("summary") or {}).get("batch") or cell.workload.batch
+    return int(batch) if batch else 1
+
+
+def scenario(cell: Cell, result: Mapping[str, Any]) -> str:
+    """single-stream (one request in flight) or offline (several): as the harness recorded
+    it, else from the cell's concurrency."""
+    recorded = (result.get("summary") or {}).get("scenario")
+    if recorded:
+        return str(recorded)
+    return "offline" if (cell.knobs.concurrency or 1) > 1 else "single-stream"
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -469,20 +551,28 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
     ok = res.get("status") == "ok"
     costs = data.costs.get(cid)
     v = data.verdict_of(cid)
-    p50, p99 = _ci(v, "p50"), _ci(v, "p99")
+    p50, p99, rate = _ci(v, "p50"), _ci(v, "p99"), _ci(v, "throughput")
     rss = costs.peak_rss_bytes if costs else None
     size = image_size(data, cell.environment.id)
+    cpu = costs.cpu_per_inference_s if costs else None
+    samples = shown_point(data, cell, "throughput") if ok else None
+    wl = cell.workload
     return {
-        "cell": cid, "environment": cell.environment.id, "workload": cell.workload.name,
-        "provider": cell.provider, **({"host": cell.host} if data.plan.multi_host else {}),
+        "cell": cid, "environment": cell.environment.id, "workload": wl.name,
+        "network": wl.network_name, "provider": cell.provider,
+        **({"host": cell.host} if data.plan.multi_host else {}),
+        "backend": wl.backend, "batch": wl.batch, "concurrency": cell.knobs.concurrency,
+        "scenario": scenario(cell, res),
         "status": res.get("status"),
         "valid": data.validity[cid].valid if cid in data.validity else False,
         "p50_ms": _ms(shown_point(data, cell, "p50")), "p90_ms": _ms(_latency(res, "p90")),
         "p99_ms": _ms(shown_point(data, cell, "p99")), "mean_ms": _ms(_latency(res, "mean")),
         "p50_own_ms": _ms(_latency(res, "p50")),
-        "throughput_per_s": _latency(res, "throughput") if ok else None,
+        # samples per second; throughput_per_s: the same number under its older name
+        "samples_per_s": samples, "throughput_per_s": samples,
         "cores_used": costs.cores_used if costs else None,
-        "cpu_per_inference_ms": _ms(costs.cpu_per_inference_s) if costs else None,
+        "cpu_per_inference_ms": _ms(cpu),
+        "cpu_per_sample_ms": _ms(None if cpu is None else cpu / samples_per_request(cell, res)),
         "cold_start_ms": _ms(costs.cold_start_s) if costs else None,
         "first_inference_ms": _ms(costs.first_inference_s) if costs else None,
         "session_create_ms": _ms(costs.session_create_s) if costs else None,
@@ -491,6 +581,7 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
         "cv": repeat_cv(res) if ok else None,
         "p50_ratio": p50[0], "p50_low": p50[1], "p50_high": p50[2], "p50_p_value": p50[3],
         "p99_ratio": p99[0], "p99_low": p99[1], "p99_high": p99[2], "p99_p_value": p99[3],
+        "throughput_ratio": rate[0], "throughput_low": rate[1], "throughput_high": rate[2],
         "method": v.method if v else None,
         "units_base": v.p50.n_base if v and v.p50 else None,
         "units_cand": v.p50.n_cand if v and v.p50 else None,
@@ -578,7 +669,7 @@ def _table_cells(data: RunData, cell: Cell) -> list[Any]:
             _fmt(None if n["node_share"] is None else 100 * n["node_share"], ".0f"),
             fmt_ms(shown_point(data, cell, "p50")),
             _fmt(n["p90_ms"], ".3g"), _fmt(n["p99_ms"], ".3g"),
-            _fmt(n["throughput_per_s"], ".1f"), _fmt(n["cores_used"], ".2f"),
+            _fmt(n["samples_per_s"], ".1f"), _fmt(n["cores_used"], ".2f"),
             _fmt(n["cpu_per_inference_ms"], ".3g"), _fmt(n["cold_start_ms"], ".0f"),
             _fmt(n["first_inference_ms"], ".3g"), _fmt(n["session_create_ms"], ".3g"),
             _fmt(n["peak_rss_mib"], ".0f"),
@@ -586,18 +677,313 @@ def _table_cells(data: RunData, cell: Cell) -> list[Any]:
             None if baseline else (fmt_change(v, "p99") if v else None), verdict]
 
 
-def workloads(data: RunData) -> list[str]:
-    return list(dict.fromkeys(c.workload.name for c in data.cells))
+def networks(data: RunData) -> list[str]:
+    """The networks of the plan in plan order: a workload declared with several backends or
+    batch sizes is one network of several workloads (`Workload.network_name`)."""
+    return list(dict.fromkeys(c.workload.network_name for c in data.cells))
 
 
-def section_workload(data: RunData, workload: str, plot_files: Sequence[str]) -> str:
-    cells = [c for c in data.cells if c.workload.name == workload]
+def network_cells(data: RunData, network: str) -> list[Cell]:
+    return [c for c in data.cells if c.workload.network_name == network]
+
+
+def section_network(data: RunData, network: str, plot_files: Sequence[str]) -> str:
+    """## Workload <network>: every cell of the network's workloads, one table."""
+    cells = network_cells(data, network)
     rows = [_table_cells(data, c) for c in cells]
     headers, rows = with_host_column(data, cells, rows)
     headers, rows = with_knob_columns(cells, headers, rows)
-    lines = [f"## Workload {md(workload)}", "", table(headers, rows), ""]
+    headers, rows = with_workload_columns(cells, headers, rows)
+    lines = [f"## Workload {md(network)}", ""]
+    names = list(dict.fromkeys(c.workload.name for c in cells))
+    if names != [network]:
+        lines += [f"Network {md(network)}, as workloads {', '.join(md(n) for n in names)}.", ""]
+    lines += [table(headers, rows), ""]
     lines += [f"![{md(Path(p).stem)}]({p})" for p in plot_files]
     return "\n".join(lines)
+
+
+WORKLOAD_FIELDS = ("backend", "batch")  # what tells the workloads of one network apart
+
+
+def varied_workload_fields(cells: Sequence[Cell]) -> list[str]:
+    return [f for f in WORKLOAD_FIELDS if len({getattr(c.workload, f) for c in cells}) > 1]
+
+
+def with_workload_columns(cells: Sequence[Cell], headers: Sequence[str],
+                          rows: list[list[Any]]) -> tuple[Sequence[str], list[list[Any]]]:
+    """A backend and/or batch column after `provider` where the cells' workloads differ in
+    them (several workloads of one network); none: as given."""
+    names = varied_workload_fields(cells)
+    if not names:
+        return list(headers), rows
+    at = list(headers).index("provider") + 1
+    values = [[md(getattr(c.workload, f) or "default") for f in names] for c in cells]
+    return ([*headers[:at], *names, *headers[at:]],
+            [[*row[:at], *extra, *row[at:]] for row, extra in zip(rows, values)])
+
+
+def setting_parts(cells: Sequence[Cell], cell: Cell,
+                  fields: Sequence[str] = ("backend", "batch", "provider")) -> list[str]:
+    """What sets a cell apart among `cells`, as short words: `torch`, `b8`, `openvino`,
+    then the knobs varied among its workload's cells on its provider, as in cell ids (`c2`,
+    `load_config-throughput`; provider options and session settings belong to one provider
+    and one backend, so a cpu cell is not "load_config default" next to an OpenVINO one)."""
+    parts = []
+    varied = [f for f in fields if len({_field(c, f) for c in cells}) > 1]
+    for f in varied:
+        parts.append(_setting_word(f, _field(cell, f)))
+    values = [expand.knob_values(c.knobs, c.provider_options) for c in cells
+              if (c.workload.name, c.provider) == (cell.workload.name, cell.provider)]
+    own = expand.knob_values(cell.knobs, cell.provider_options)
+    for name in expand.varied_knobs(values):
+        value = own.get(name)
+        parts.append(f"{name} default" if value is None else expand.knob_part(name, value))
+    return parts
+
+
+def setting_diff(cell: Cell, ref: Cell) -> list[str]:
+    """What differs in a cell from a reference cell, as `setting_parts` words: `torch`, `b8`,
+    `c2 load_config-throughput`. Provider options are compared only on one provider and
+    session settings only on one backend (they belong to them)."""
+    fields = [f for f in ("backend", "batch", "provider") if _field(cell, f) != _field(ref, f)]
+    parts = [_setting_word(f, _field(cell, f)) for f in fields]
+    own = expand.knob_values(cell.knobs, cell.provider_options)
+    theirs = expand.knob_values(ref.knobs, ref.provider_options)
+    for name in expand.knob_order(set(own) | set(theirs)):
+        if (own.get(name) == theirs.get(name)
+                or (name.startswith("provider_options.") and "provider" in fields)
+                or (name.startswith("session.") and "backend" in fields)):
+            continue
+        value = own.get(name)
+        parts.append(f"{name} default" if value is None else expand.knob_part(name, value))
+    return parts
+
+
+def _field(cell: Cell, name: str) -> Any:
+    return cell.provider if name == "provider" else getattr(cell.workload, name)
+
+
+def _setting_word(name: str, value: Any) -> str:
+    if name == "backend":
+        return dict(expand.RUNTIME_TAGS).get(value, value)
+    if name == "batch":
+        return "batch default" if value is None else f"b{value}"
+    return expand.provider_slug(value)
+
+
+# ---------------------------------------------------------------- within each environment
+
+
+def code(text: str) -> str:
+    """A setting's words as inline code; text outside the id alphabet is escaped instead."""
+    return f"`{text}`" if re.fullmatch(r"[A-Za-z0-9._=+/ -]+", text) else md(text)
+
+
+def within_settings(group: WithinGroup) -> dict[str, str]:
+    """Cell id -> its setting's short text: the reference's by what varies in its group
+    (`setting_parts`), every other cell's by what differs from the reference
+    (`setting_diff`); the workload's name first where that alone tells no two cells apart."""
+    ref = group.reference
+    parts = {c.id: setting_parts(group.cells, c) if c is ref else setting_diff(c, ref)
+             for c in group.cells}
+    texts = {cid: " ".join(words) for cid, words in parts.items()}
+    if len(set(texts.values())) < len(texts) or not all(texts.values()):
+        texts = {c.id: " ".join([c.workload.name, *parts[c.id]]) for c in group.cells}
+    return texts
+
+
+def within_point(data: RunData, group: WithinGroup, cell: Cell, metric: str) -> float | None:
+    """A cell's number in its group's table: from its comparison with the reference
+    (`point_against`), the reference's own median for the reference."""
+    return point_against(group.verdicts.get(cell.id), data.results.get(cell.id) or {}, metric)
+
+
+def _word(ci: RatioCI | None) -> str | None:
+    if ci is None:
+        return None
+    return f"**{ci.verdict}**" if ci.verdict in (FASTER, SLOWER) else ci.verdict
+
+
+def _within_changes(v: Verdict | None) -> list[Any]:
+    """p50 change, samples/s change, and the verdict word of each."""
+    if v is None:
+        return ["reference", "reference", None, None]
+    if v.verdict == INVALID:
+        return [None, None, f"**{INVALID}**", f"**{INVALID}**"]
+    return [fmt_change(v, "p50"), fmt_change(v, "throughput"), _word(v.p50),
+            _word(v.ratios.get("throughput"))]
+
+
+def _within_parity_text(p: CellParity | None) -> str | None:
+    if p is None:
+        return None
+    how = " (matched by position)" if p.matched_by_position else ""
+    if p.status == "pass":
+        return f"pass{how}"
+    if p.status == "fail":
+        return f"**FAIL**{how}: {md(p.reason)}"
+    return md(p.reason) if p.reason == BATCH_DIFFERS else f"missing: {md(p.reason)}"
+
+
+def _per_sample(data: RunData, group: WithinGroup) -> bool:
+    return any(samples_per_request(c, data.results.get(c.id) or {}) > 1 for c in group.cells)
+
+
+def within_table(data: RunData, group: WithinGroup) -> str:
+    """One row per setting: its numbers, its changes against the reference with their
+    intervals and verdicts, its costs (`cell_numbers`) and its outputs' parity."""
+    settings, per_sample = within_settings(group), _per_sample(data, group)
+    ci = f"[{data.rules.confidence:.0%} CI]"
+    headers = ("setting", "p50 (ms)", "p99 (ms)", "samples/s", f"p50 change {ci}",
+               f"samples/s change {ci}", "verdict p50", "verdict samples/s",
+               "CPU per inference (ms)", *(["CPU per sample (ms)"] if per_sample else []),
+               "cold start (ms)", "peak RSS (MiB)", "parity")
+    rows = []
+    for cell in group.cells:
+        n, ref = cell_numbers(data, cell), cell is group.reference
+        point = functools.partial(within_point, data, group, cell)
+        rows.append([code(settings[cell.id]) + (" (reference)" if ref else ""),
+                     fmt_ms(point("p50")), fmt_ms(point("p99")), fmt_rate(point("throughput")),
+                     *_within_changes(group.verdicts.get(cell.id)),
+                     _fmt(n["cpu_per_inference_ms"], ".3g"),
+                     *([_fmt(n["cpu_per_sample_ms"], ".3g")] if per_sample else []),
+                     _fmt(n["cold_start_ms"], ".0f"), _fmt(n["peak_rss_mib"], ".0f"),
+                     "reference" if ref else _within_parity_text(group.parity.get(cell.id))])
+    return table(headers, rows)
+
+
+# metric -> (how the answer starts, which end wins, the other metric quoted beside it)
+_WINNERS = {"throughput": ("Highest throughput", max, "p50"),
+            "p50": ("Lowest latency", min, "throughput")}
+
+
+def _number(metric: str, value: float | None) -> str:
+    return str(fmt_rate(value) if metric == "throughput" else fmt_ms(value))
+
+
+def _amount(metric: str, value: float | None) -> str:
+    """`812 samples/s`, `p50 4.90 ms`."""
+    if metric == "throughput":
+        return f"{_number(metric, value)} samples/s"
+    return f"p50 {_number(metric, value)} ms"
+
+
+def _pair(metric: str, first: float | None, second: float | None) -> str:
+    """`p50 4.90 vs 2.50 ms`, `812 vs 400 samples/s`."""
+    both = f"{_number(metric, first)} vs {_number(metric, second)}"
+    return f"{both} samples/s" if metric == "throughput" else f"p50 {both} ms"
+
+
+def _change_phrase(ci: RatioCI, confidence: float) -> str:
+    """`+103.0% [95%: +95.0%, +111.0%], faster`: the comparison's estimate, interval, verdict."""
+    word = ci.verdict if ci.verdict in (FASTER, SLOWER) else "no significant difference"
+    if not (math.isfinite(ci.low) and math.isfinite(ci.high)):
+        return f"{fmt_pct(ci.ratio)}, no interval (too few rounds), {word}"
+    return f"{fmt_pct(ci.ratio)} [{confidence:.0%}: {fmt_pct(ci.low)}, {fmt_pct(ci.high)}], {word}"
+
+
+def winner_sentence(data: RunData, group: WithinGroup, valid: Sequence[Cell],
+                    metric: str) -> str:
+    """The highest-throughput (or lowest-latency) setting against the reference, or, when the
+    reference wins, the runner-up against it: the table's numbers, interval and verdict."""
+    head, pick, other = _WINNERS[metric]
+    names, ref = within_settings(group), group.reference
+
+    def point(c: Cell) -> float:
+        return within_point(data, group, c, metric) or math.nan
+
+    ranked = [c for c in valid if math.isfinite(point(c))]
+    best = pick(ranked, key=point)  # ties: the first in plan order
+    rest = [c for c in ranked if c is not ref]
+    if best is ref and not rest:
+        return (f"{head}: {code(names[ref.id])} (the reference), {_amount(metric, point(ref))}; "
+                "no other setting has valid numbers.")
+    shown = pick(rest, key=point) if best is ref else best
+    v = group.verdicts[shown.id]
+    main, side = v.ratios[metric], v.ratios[other]
+    change = _change_phrase(main, data.rules.confidence)
+    if best is ref:
+        return (f"{head}: {code(names[ref.id])} (the reference), {_amount(metric, main.base)}; "
+                f"next {code(names[shown.id])}, {_amount(metric, main.cand)} ({change}), at "
+                f"{_pair(other, side.base, side.cand)}.")
+    return (f"{head}: {code(names[shown.id])}, {_amount(metric, main.cand)} against "
+            f"{_number(metric, main.base)} for {code(names[ref.id])} ({change}), at "
+            f"{_pair(other, side.cand, side.base)}.")
+
+
+def _parity_sentence(group: WithinGroup, names: Mapping[str, str]) -> str | None:
+    """Whether the settings compute what the reference computes: a faster setting that
+    computes something else is no answer."""
+    def listed(status: str) -> list[str]:
+        return [f"{code(names[cid])} ({md(p.reason)})" if p.reason else code(names[cid])
+                for cid, p in group.parity.items() if p.status == status]
+
+    failed, skipped = listed("fail"), listed("missing")
+    by_position = [code(names[cid]) for cid, p in group.parity.items() if p.matched_by_position]
+    if failed:
+        words = f"**Outputs differ** from the reference's: {', '.join(failed)}"
+    elif len(skipped) < len(group.parity):
+        how = f" ({', '.join(by_position)} matched by position)" if by_position else ""
+        words = f"Outputs match the reference's{how}"
+    else:
+        return f"Outputs not compared: {', '.join(skipped)}." if skipped else None
+    return words + (f"; not compared: {', '.join(skipped)}." if skipped else ".")
+
+
+def within_answer(data: RunData, group: WithinGroup) -> list[str]:
+    """The group's answer from its table's numbers: the highest-throughput and the
+    lowest-latency setting; cells without valid numbers are left out, saying why."""
+    names, ref = within_settings(group), group.reference
+    ref_ok = data.validity.get(ref.id)
+    if ref_ok is None or not ref_ok.valid:
+        why = "; ".join(ref_ok.reasons) if ref_ok else "no result"
+        return [f"No answer: the reference {code(names[ref.id])} has no valid numbers "
+                f"({md(why)})."]
+    invalid = [c for c in group.cells[1:] if group.verdicts[c.id].verdict == INVALID]
+    valid = [c for c in group.cells if c.id not in {i.id for i in invalid}]
+    lines = [winner_sentence(data, group, valid, m) for m in ("throughput", "p50")]
+    if invalid:
+        lines.append("Left out: " + "; ".join(
+            f"{code(names[c.id])} (invalid: {md('; '.join(group.verdicts[c.id].reasons))})"
+            for c in invalid) + ".")
+    return lines
+
+
+def _group_title(data: RunData, group: WithinGroup, strong: bool = True) -> str:
+    host = f" on {md(group.host)}" if data.plan.multi_host and group.host else ""
+    env = f"**{md(group.environment)}**" if strong else md(group.environment)
+    return f"{env} / {md(group.network)}{host}"
+
+
+def section_within(data: RunData) -> str:
+    """## Within each environment: the settings of one network side by side, each against
+    the first, by the verdicts' procedure, with the answer below each table."""
+    verdicts = [v for g in data.within for v in g.verdicts.values()]
+    lines = ["## Within each environment", "",
+             "The cells of one network in one environment (backends, batch sizes, providers, "
+             "knobs), each against the first in plan order (the reference), by the verdicts' "
+             f"own procedure: {verdict_methods(verdicts)}. samples/s: samples per second "
+             "(requests completed x batch / wall time of the timed loop). Parity: outputs "
+             "against the reference's on identical inputs; outputs named differently by two "
+             "backends are matched by position.", ""]
+    for group in data.within:
+        names = within_settings(group)
+        lines += [f"### {_group_title(data, group, strong=False)}", "",
+                  within_table(data, group), "", " ".join(within_answer(data, group))]
+        parity = _parity_sentence(group, names)
+        lines += [parity] if parity else []
+        notes = list(dict.fromkeys(f"{code(names[cid])}: {md(note)}"
+                                   for cid, v in group.verdicts.items() for note in v.notes))
+        lines += [f"Notes: {'; '.join(notes)}."] if notes else []
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def within_summary_lines(data: RunData) -> list[str]:
+    """One line per group for the summary: its throughput and latency answers."""
+    return [f"- {_group_title(data, g)}: {' '.join(within_answer(data, g))}"
+            for g in data.within]
 
 
 def with_host_column(data: RunData, cells: Sequence[Cell], rows: list[list[Any]]
@@ -895,12 +1281,11 @@ def section_appendix(data: RunData) -> str:
 # ---------------------------------------------------------------- files
 
 
-def _plot_series(data: RunData, workload: str) -> list[plots.Series]:
-    """The figures' data of every cell of one workload, in plan order."""
+def _plot_series(data: RunData, network: str) -> list[plots.Series]:
+    """The figures' data of every cell of one network, in plan order."""
     series = []
-    for c in data.cells:
-        if c.workload.name != workload:
-            continue
+    cells = network_cells(data, network)
+    for c in cells:
         res = data.results.get(c.id) or {}
         lat = [x * 1000.0 for rep in repeat_latencies(res) for x in rep.tolist()]
         verdict = data.verdict_of(c.id)
@@ -908,10 +1293,9 @@ def _plot_series(data: RunData, workload: str) -> list[plots.Series]:
         base = is_baseline_cell(data.plan, c)
         cost = data.cost_ratios.get(c.id, {}) if ok else {}
         series.append(plots.Series(
-            label=f"{c.environment.id} / {provider_name(c.provider)}"
-                  + (" (baseline)" if base else ""),
+            label=plot_label(cells, c) + (" (baseline)" if base else ""),
             latencies_ms=lat if ok else [],
-            throughput_per_s=point_value(res, "throughput") if ok else None,
+            throughput_per_s=shown_point(data, c, "throughput") if ok else None,
             p50=verdict.ratios.get("p50") if verdict else None,
             p99=verdict.ratios.get("p99") if verdict else None,
             baseline=base,
@@ -923,14 +1307,24 @@ def _plot_series(data: RunData, workload: str) -> list[plots.Series]:
     return series
 
 
-def plot_figures(data: RunData, workload: str) -> dict[str, plots.Figure]:
-    """The figures of one workload by their paths relative to the run directory, in the
-    order the report shows them: the answer (ratio, cost) first, then the detail."""
-    series = _plot_series(data, workload)
-    name = slug(workload)
+def plot_label(cells: Sequence[Cell], cell: Cell) -> str:
+    """`<environment> / <provider>`, then what sets the cell apart among the network's cells
+    of its environment (`torch`, `b8`, `t2`): a network that is one workload without knob
+    variants keeps the labels, and so the figures, it always had."""
+    own_env = [c for c in cells if c.environment.id == cell.environment.id]
+    parts = setting_parts(own_env, cell, fields=WORKLOAD_FIELDS)
+    return " / ".join([cell.environment.id, provider_name(cell.provider), *parts])
+
+
+def plot_figures(data: RunData, network: str) -> dict[str, plots.Figure]:
+    """The figures of one network by their paths relative to the run directory, in the
+    order the report shows them: the answer (ratio, cost) first, then the detail. A network
+    that is one workload keeps the file names of that workload."""
+    series = _plot_series(data, network)
+    name = slug(network)
 
     def title(what: str) -> str:
-        return plots.title(workload, what, data.baseline)
+        return plots.title(network, what, data.baseline)
 
     figures = {}
     if any(s.p50 for s in series):
@@ -948,9 +1342,9 @@ def plot_figures(data: RunData, workload: str) -> dict[str, plots.Figure]:
     return figures
 
 
-def write_plots(data: RunData, workload: str) -> list[str]:
-    """The figures of one workload; their paths relative to the run directory."""
-    figures = plot_figures(data, workload)
+def write_plots(data: RunData, network: str) -> list[str]:
+    """The figures of one network; their paths relative to the run directory."""
+    figures = plot_figures(data, network)
     for rel, fig in figures.items():
         atomic_write_bytes(data.run_dir.path / rel, plots.png(fig))
     return list(figures)
@@ -992,6 +1386,11 @@ def results_document(data: RunData) -> dict[str, Any]:
         "cost_ratios": {cid: {k: asdict(r) for k, r in ratios.items()}
                         for cid, ratios in data.cost_ratios.items()},
         "noise": {cid: asdict(n) if n else None for cid, n in data.noise.items()},
+        "within": [{"environment": g.environment, "network": g.network, "host": g.host,
+                    "reference": g.reference.id, "cells": [c.id for c in g.cells],
+                    "verdicts": {cid: asdict(v) for cid, v in g.verdicts.items()},
+                    "parity": {cid: asdict(p) for cid, p in g.parity.items()}}
+                   for g in data.within],
     }
 
 
@@ -1004,7 +1403,8 @@ def render_markdown(data: RunData, plot_files: Mapping[str, Sequence[str]]) -> s
             f"per cell, {t['processes']} processes and {t['iterations']} timed inferences in "
             f"all ({t['measured_s']:.0f} s timed)."]
     sections = ["\n".join(head), section_summary(data)]
-    sections += [section_workload(data, w, plot_files.get(w, ())) for w in workloads(data)]
+    sections += [section_within(data)] if data.within else []
+    sections += [section_network(data, n, plot_files.get(n, ())) for n in networks(data)]
     sections += [section_hosts(data)] if data.plan.hosts else []
     sections += [section_environments(data), section_problems(data), section_parity(data),
                  section_provenance(data), section_measured(data), section_reproduce(data),
@@ -1034,7 +1434,7 @@ def build_report(run_dir: Path, rules: VerdictRules | None = None) -> Path:
 
 def write_report_files(data: RunData) -> Path:
     """build_report for a run already loaded (the CLI's gate reads the same RunData)."""
-    plot_files = {w: write_plots(data, w) for w in workloads(data)}
+    plot_files = {n: write_plots(data, n) for n in networks(data)}
     atomic_write_text(data.run_dir.results_json, _json_text(results_document(data)))
     atomic_write_text(data.run_dir.results_csv, results_csv(data))
     atomic_write_text(data.run_dir.report_path, render_markdown(data, plot_files))

@@ -170,7 +170,8 @@ def repeat_cv(result: Mapping[str, Any]) -> float | None:
 
 
 def process_stat(latencies: np.ndarray, metric: str) -> float:
-    """One process's statistic: "pNN" (percentile), "mean" or "throughput" (per second)."""
+    """A statistic of one process's latencies: "pNN" (percentile), "mean" or "throughput"
+    (requests per summed latency: the throughput of results older than `samples_per_s`)."""
     if metric == "mean":
         return float(np.mean(latencies))
     if metric == "throughput":
@@ -178,6 +179,20 @@ def process_stat(latencies: np.ndarray, metric: str) -> float:
     if metric.startswith("p") and metric[1:].replace(".", "", 1).isdigit():
         return float(np.percentile(latencies, float(metric[1:])))
     raise ValueError(f"unknown metric {metric!r}")
+
+
+def repeat_stat(rep: Mapping[str, Any], metric: str) -> float:
+    """One process's statistic. Throughput is samples per second: the repeat's own
+    `samples_per_s` (completed requests x batch / wall time of the timed loop: right with
+    batches and with several requests in flight, where summed latencies overlap); a repeat
+    written before the harness recorded it has one sample per request and one in flight,
+    so iterations / summed latencies (`process_stat`)."""
+    if metric == "throughput":
+        samples = rep.get("samples_per_s")
+        if (isinstance(samples, (int, float)) and not isinstance(samples, bool)
+                and math.isfinite(samples) and samples > 0):
+            return float(samples)
+    return process_stat(np.asarray(rep["latencies_s"], dtype=float), metric)
 
 
 def _by_round(result: Mapping[str, Any]) -> bool:
@@ -191,7 +206,7 @@ def _grouped(result: Mapping[str, Any], metric: str, by_round: bool) -> dict[int
     groups: dict[int, list[float]] = {}
     for i, rep in enumerate(reps):
         key = int(rep["round"]) if by_round else i
-        value = process_stat(np.asarray(rep["latencies_s"], dtype=float), metric)
+        value = repeat_stat(rep, metric)
         groups.setdefault(key, []).append(value)
     return {k: float(np.median(v)) for k, v in sorted(groups.items())}
 

@@ -76,3 +76,36 @@ def test_cell_parity_reads_npz_and_reports_missing_files(tmp_path: Path) -> None
     assert cell_parity(tmp_path, "a", "b").status == "pass"
     missing = cell_parity(tmp_path, "a", "c")
     assert missing.status == "missing" and "c.npz" in missing.reason
+
+
+def test_outputs_named_differently_by_two_backends_are_matched_by_position() -> None:
+    """onnxruntime names the graph's outputs, torch `output.0`, `output.1`: same count, shapes
+    and dtypes in order, so they are compared in order and the parity says so."""
+    hidden, pooled = _logits(), _logits()[:, :10]
+    ort = {"last_hidden_state": hidden, "pooled_output": pooled}
+    torch = {"output.0": hidden.copy(), "output.1": pooled.copy()}
+    found = parity_of("ort", ort, "torch", torch)
+    assert found.status == "pass" and found.matched_by_position
+    assert [o.name for o in found.outputs] == ["last_hidden_state vs output.0",
+                                               "pooled_output vs output.1"]
+    torch["output.1"] = pooled + 1.0
+    failed = parity_of("ort", ort, "torch", torch)
+    assert failed.status == "fail" and "pooled_output vs output.1" in failed.reason
+
+
+def test_position_is_used_only_when_names_differ_and_shapes_agree() -> None:
+    y = _logits()
+    same_names = parity_of("a", {"y": y, "z": y[:1]}, "b", {"z": y[:1], "y": y})
+    assert same_names.status == "pass" and not same_names.matched_by_position
+    other_shapes = parity_of("a", {"logits": y}, "b", {"output": y[:1]})
+    assert other_shapes.status == "fail" and not other_shapes.matched_by_position
+    assert "missing in the candidate" in other_shapes.reason
+
+
+def test_saved_order_is_the_position(tmp_path: Path) -> None:
+    (tmp_path / "outputs").mkdir()
+    first, second = _logits(), _logits()[:, :3]
+    np.savez(tmp_path / "outputs" / "ort.npz", logits=first, probs=second)
+    np.savez(tmp_path / "outputs" / "torch.npz", output_b=first, output_a=second)
+    found = cell_parity(tmp_path, "ort", "torch")
+    assert found.status == "pass" and found.matched_by_position
