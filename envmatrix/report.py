@@ -736,9 +736,9 @@ def setting_parts(cells: Sequence[Cell], cell: Cell,
     values = [expand.knob_values(c.knobs, c.provider_options) for c in cells
               if (c.workload.name, c.provider) == (cell.workload.name, cell.provider)]
     own = expand.knob_values(cell.knobs, cell.provider_options)
-    for name in expand.varied_knobs(values):
-        value = own.get(name)
-        parts.append(f"{name} default" if value is None else expand.knob_part(name, value))
+    # a knob the cell leaves unset is the runtime's default: not a word of its own here
+    parts += [expand.knob_part(name, own[name]) for name in expand.varied_knobs(values)
+              if own.get(name) is not None]
     return parts
 
 
@@ -756,8 +756,14 @@ def setting_diff(cell: Cell, ref: Cell) -> list[str]:
                 or (name.startswith("session.") and "backend" in fields)):
             continue
         value = own.get(name)
-        parts.append(f"{name} default" if value is None else expand.knob_part(name, value))
+        parts.append(f"{_knob_label(name)} default" if value is None
+                     else expand.knob_part(name, value))
     return parts
+
+
+def _knob_label(name: str) -> str:
+    """`num_of_threads` for provider_options.num_of_threads, as in cell ids."""
+    return name.split(".", 1)[1] if name.startswith("provider_options.") else name
 
 
 def _field(cell: Cell, name: str) -> Any:
