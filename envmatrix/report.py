@@ -233,6 +233,8 @@ def fmt_change(v: Verdict, metric: str = "p50") -> str | None:
     ci = v.ratios.get(metric)
     if ci is None:
         return None
+    if not (math.isfinite(ci.low) and math.isfinite(ci.high)):
+        return f"{fmt_pct(ci.ratio)} [no interval]"  # too few rounds: the notes say why
     return f"{fmt_pct(ci.ratio)} [{fmt_pct(ci.low)}, {fmt_pct(ci.high)}]"
 
 

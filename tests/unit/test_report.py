@@ -195,3 +195,15 @@ def test_the_node_share_threshold_is_a_verdict_setting(tmp_path: Path) -> None:
     text = (Path(__file__).resolve().parents[2] / "matrix.yaml").read_text()
     matrix.write_text(text + "\nverdict: {min_node_share: 0.75}\n")
     assert config.load_plan(matrix).verdict.min_node_share == 0.75
+
+
+def test_a_change_without_an_interval_says_so() -> None:
+    """Too few rounds for a bootstrap: the change is shown with "no interval", never nan."""
+    from envmatrix.report import fmt_change
+    from envmatrix.stats import RatioCI, Verdict
+    few = RatioCI("p50", 1.25, float("nan"), float("nan"))
+    verdict = Verdict("c", "b", "e", "w", "cpu", "no significant change", ratios={"p50": few})
+    assert fmt_change(verdict) == "+25.0% [no interval]"
+    sure = RatioCI("p50", 1.25, 1.2, 1.3)
+    assert fmt_change(Verdict("c", "b", "e", "w", "cpu", "slower", ratios={"p50": sure})) \
+        == "+25.0% [+20.0%, +30.0%]"
