@@ -17,6 +17,7 @@ RUN if getent passwd 1000 >/dev/null; then userdel "$(getent passwd 1000 | cut -
 # Stage "builder" (thrown away): creates the venv. Only this stage sees the CA bundle, the
 # wheelhouse and the index URL, so none of them reaches the final image's layers or history.
 FROM runtime AS builder
+ARG DEBIAN_FRONTEND=noninteractive
 # Labelled so `envmatrix clean` also removes this stage's cached image (it holds the CA bundle).
 LABEL envmatrix.managed="true" envmatrix.stage="builder"
 ARG PYTHON_BIN=python3
@@ -24,15 +25,28 @@ ARG PYTHON_BIN=python3
 ARG ENVMATRIX_PIP_INDEX_URL
 COPY build/ /tmp/envmatrix-build/
 # Old distribution pips (bullseye: 20.3) cannot install some wheels: upgrade pip in the venv first.
+# With a lock (build/locked-requirements.txt, written from the matrix's lock file) the exact set
+# is installed without the resolver (--no-deps; hashes when the lock has one for every entry),
+# else the pins of requirements.txt are resolved. pip's install reports (pip >= 22.2) are
+# reduced to name, version and sha256 in the venv; the reports themselves stay here.
 RUN set -e; \
-    if [ -s /tmp/envmatrix-build/ca.pem ]; then \
-        export PIP_CERT=/tmp/envmatrix-build/ca.pem SSL_CERT_FILE=/tmp/envmatrix-build/ca.pem; \
-    fi; \
+    B=/tmp/envmatrix-build; \
+    if [ -s "$B/ca.pem" ]; then export PIP_CERT="$B/ca.pem" SSL_CERT_FILE="$B/ca.pem"; fi; \
     if [ -n "${ENVMATRIX_PIP_INDEX_URL:-}" ]; then export PIP_INDEX_URL="$ENVMATRIX_PIP_INDEX_URL"; fi; \
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1; \
     "$PYTHON_BIN" -m venv /opt/venv; \
-    /opt/venv/bin/python -m pip install --find-links /tmp/envmatrix-build/wheelhouse --upgrade pip; \
-    /opt/venv/bin/python -m pip install --find-links /tmp/envmatrix-build/wheelhouse -r /tmp/envmatrix-build/requirements.txt
+    pip_install() { \
+        report="$1"; shift; \
+        if /opt/venv/bin/python -m pip install --help | grep -- '--report' >/dev/null; then set -- --report "$report" "$@"; fi; \
+        /opt/venv/bin/python -m pip install --find-links "$B/wheelhouse" "$@"; \
+    }; \
+    pip_install "$B/report-pip.json" --upgrade pip; \
+    if [ -s "$B/locked-requirements.txt" ]; then \
+        pip_install "$B/report-packages.json" --no-deps -r "$B/locked-requirements.txt"; \
+    else \
+        pip_install "$B/report-packages.json" -r "$B/requirements.txt"; \
+    fi; \
+    /opt/venv/bin/python "$B/pip_hashes.py" "$B"/report-*.json > /opt/venv/envmatrix-pip-hashes.json
 
 # Final stage: the runtime stage plus the finished venv and the harness.
 FROM runtime
