@@ -338,13 +338,16 @@ def _group_verdicts(data: RunData) -> dict[tuple[str, str], list[Verdict]]:
 
 
 def candidate_name(data: RunData, v: Verdict) -> str:
-    """The candidate's environment, with the knobs the plan varies: `env (threads=2)`."""
+    """The candidate's environment, with the knobs the plan varies in the words of the cell
+    ids: `env (t2)`, `env (c2 load_config-throughput)`."""
     try:
-        values = knob_fields(data.cells, data.plan.cell(v.candidate))
+        cell = data.plan.cell(v.candidate)
     except KeyError:
         return v.environment
-    shown = [f"{name}={value}" for name, value in values.items() if value is not None]
-    return f"{v.environment} ({', '.join(shown)})" if shown else v.environment
+    values = expand.knob_values(cell.knobs, cell.provider_options)
+    shown = [expand.knob_part(name, values[name]) for name in knob_names(data.cells)
+             if values.get(name) is not None]
+    return f"{v.environment} ({' '.join(shown)})" if shown else v.environment
 
 
 def _change_words(vs: Sequence[Verdict]) -> str:

@@ -471,7 +471,7 @@ def test_report_of_a_threads_axis_has_the_column_and_a_verdict_t2_against_t1(tmp
     data = report.load_run(run.path)
     verdict = data.verdict_of("trixie-ort1.32.0--mlp--cpu--t2")
     assert verdict is not None and verdict.baseline == "trixie-ort1.32.0--mlp--cpu--t1"
-    assert re.search(r"\| trixie-ort1\.32\.0 \(threads=2\) +\| mlp", text)  # summary
+    assert re.search(r"\| trixie-ort1\.32\.0 \(t2\) +\| mlp", text)  # summary
     rows = (run.path / "results.csv").read_text().splitlines()
     assert rows[0].endswith(",threads") and rows[2].endswith(",2")
 
