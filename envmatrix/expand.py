@@ -429,11 +429,16 @@ def varied_knobs(values: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def knob_summary(cell: Cell) -> str:
-    """`threads=1 session.graph_optimization=all` for `nox -s list`; empty when none is set."""
+    """`threads=1 session.graph_optimization=all` for `nox -s list`, after the workload's
+    backend and batch when its network has several (`backend=torch batch=8`); empty when
+    nothing is set."""
     values = knob_values(cell.knobs, cell.provider_options)
     shown = {n: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
              for n, v in values.items()}
-    return " ".join(f"{name}={shown[name]}" for name in knob_order(values))
+    wl = cell.workload
+    own = [f"backend={wl.backend}"] if wl.network else []
+    own += [f"batch={wl.batch}"] if wl.batch is not None else []
+    return " ".join([*own, *(f"{name}={shown[name]}" for name in knob_order(values))])
 
 
 def knob_order(names: Iterable[str]) -> list[str]:

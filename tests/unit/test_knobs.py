@@ -548,3 +548,18 @@ def test_a_backend_list_needs_a_zoo_model(tmp_path):
     with pytest.raises(ConfigError) as err:
         config.load_plan(path)
     assert "workloads.net.backend" in str(err.value) and "network:" in str(err.value)
+
+
+def test_list_shows_the_backend_and_batch_of_expanded_workloads(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "version: 1\nbases:\n  b: {image: 'debian:bookworm'}\nenvironments:\n"
+        "  - base: b\n    packages: {onnxruntime: '1.20.1', torch: '2.13.0+cpu'}\n"
+        "    concurrency: 2\nworkloads:\n"
+        "  cnn: {model: 'zoo:cnn', backend: [onnxruntime, torch], batch: 8}\n"
+        "  mlp: {model: 'zoo:mlp'}\n")
+    summaries = {c.id.split("--")[1]: expand.knob_summary(c)
+                 for c in config.load_plan(path).cells}
+    assert summaries == {"cnn-ort": "backend=onnxruntime batch=8 concurrency=2",
+                         "cnn-torch": "backend=torch batch=8 concurrency=2",
+                         "mlp": "concurrency=2"}
