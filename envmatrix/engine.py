@@ -327,12 +327,8 @@ class Engine:
         return {"info": dict(info), "version": dict(version)}
 
     def image_id(self, ref: str) -> str | None:
-        try:
-            return str(self._client.images.get(ref).id)
-        except docker.errors.ImageNotFound:
-            return None
-        except docker.errors.DockerException as err:
-            raise _engine_error(err, f"looking up image {ref}") from err
+        attrs = self._image_attrs(ref)
+        return None if attrs is None else str(attrs["Id"])
 
     def _image_attrs(self, ref: str) -> dict[str, Any] | None:
         """What `docker image inspect` says of `ref`; None when the engine has no such image."""

@@ -55,19 +55,29 @@ class CliRun:
         return int(ok), int(total), float(wall), float(inside), float(overhead)
 
 
-def envmatrix_cli(args: list[str], cwd: Path, out: Path) -> CliRun:
-    """`python -m envmatrix ARGS` from `cwd`, importing this checkout's package."""
+def envmatrix_process(*args: str, cwd: Path, timeout: float = RUN_TIMEOUT_S
+                      ) -> subprocess.CompletedProcess[str]:
+    """`python -m envmatrix ARGS` from `cwd`, importing this checkout's package; what it
+    printed is shown with the test's output."""
     source_root = str(Path(envmatrix.__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
     env["COLUMNS"] = "200"  # progress lines are not wrapped, but keep rich from guessing
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "envmatrix", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False)
     seconds = time.monotonic() - started
     print(f"$ envmatrix {' '.join(args)}  -> exit {proc.returncode} in {seconds:.1f}s")
+    print(proc.stdout)
     print(proc.stderr)
-    return CliRun(proc.returncode, proc.stdout, proc.stderr, seconds, out)
+    return proc
+
+
+def envmatrix_cli(args: list[str], cwd: Path, out: Path) -> CliRun:
+    """`envmatrix_process`, timed, with the run directory it was given."""
+    started = time.monotonic()
+    proc = envmatrix_process(*args, cwd=cwd)
+    return CliRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started, out)
 
 
 def matrix_run(matrix: Path, workdir: Path, name: str) -> CliRun:

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,8 +26,8 @@ from pathlib import Path
 
 import docker
 import pytest
+from test_pipeline import envmatrix_process as cli
 
-import envmatrix
 from envmatrix.bases import ensure_base
 from envmatrix.engine import Engine
 from envmatrix.plan import Base
@@ -39,7 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TWO_ENVS = Path(__file__).resolve().parent / "matrices" / "two_envs.yaml"
 BULLSEYE = "bullseye-ort1.8.0"
 START_S = 20.0
-RUN_TIMEOUT_S = 1200  # a fresh engine builds the image first
 ZERO_DIGEST = "sha256:" + "0" * 64
 # Whatever manifest the engine pushed (Docker schema 2, or OCI with a containerd image store).
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
@@ -121,17 +118,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             proc.kill()
             proc.wait(10)
         log.close()
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    root = str(Path(envmatrix.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    env["COLUMNS"] = "200"
-    done = subprocess.run([sys.executable, "-m", "envmatrix", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-    print(f"$ envmatrix {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
 
 
 def _names(engine_client: docker.DockerClient, image_id: str) -> list[str]:

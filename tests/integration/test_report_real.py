@@ -15,17 +15,15 @@ MLP in two short repeats. Every run has --out in a temporary folder.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from test_pipeline import envmatrix_process
 
 import envmatrix
 from envmatrix import config, zoo
@@ -47,25 +45,14 @@ PERTURB = 0.05
 TIMEOUT_S = 900
 
 
-@dataclass
-class Cli:
-    code: int
-    stdout: str
-    stderr: str
+Cli = subprocess.CompletedProcess  # returncode, stdout, stderr
 
 
-def cli(*args: str, cwd: Path) -> Cli:
-    """`python -m envmatrix ARGS` in a subprocess, importing this checkout's package."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["COLUMNS"] = "200"
-    proc = subprocess.run([sys.executable, "-m", "envmatrix", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-    print(f"$ envmatrix {' '.join(args)} -> exit {proc.returncode}\n{proc.stderr}")
-    return Cli(proc.returncode, proc.stdout, proc.stderr)
+def cli(*args: str, cwd: Path) -> Cli[str]:
+    return envmatrix_process(*args, cwd=cwd, timeout=TIMEOUT_S)
 
 
-def matrix(matrix_file: Path, out: Path) -> Cli:
+def matrix(matrix_file: Path, out: Path) -> Cli[str]:
     return cli("matrix", "--matrix", str(matrix_file), "--out", str(out), cwd=out.parent)
 
 
@@ -73,7 +60,7 @@ def listed_tags(matrix_file: Path, cwd: Path) -> dict[str, str]:
     """environment id -> "context <hash> + base <ref>", as `envmatrix list` prints them (the
     image tag hashes the same context and the base's id: same context and base, same tag)."""
     run = cli("list", "--matrix", str(matrix_file), cwd=cwd)
-    assert run.code == 0, run.stderr
+    assert run.returncode == 0, run.stderr
     return dict(re.findall(r"^(\S+)\t(context [0-9a-f]{16} \+ base \S+)$", run.stdout,
                            re.MULTILINE))
 
@@ -101,13 +88,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fallback(engine: Engine, workdir: Path) -> tuple[Cli, Path]:
+def fallback(engine: Engine, workdir: Path) -> tuple[Cli[str], Path]:
     out = workdir / "fallback"
     return matrix(FALLBACK, out), out
 
 
 def test_fallback_matrix_reuses_the_default_matrix_images(
-        fallback: tuple[Cli, Path], workdir: Path) -> None:
+        fallback: tuple[Cli[str], Path], workdir: Path) -> None:
     """Provider options belong to the cell, not to the image: the tags are the default's."""
     run, _out = fallback
     ours, default = listed_tags(FALLBACK, workdir), listed_tags(DEFAULT, workdir)
@@ -118,7 +105,7 @@ def test_fallback_matrix_reuses_the_default_matrix_images(
                          rf"{re.escape(env_id)}:[0-9a-f]{{16}} ", run.stderr), run.stderr
 
 
-def test_fallback_cell_records_the_fallback(fallback: tuple[Cli, Path]) -> None:
+def test_fallback_cell_records_the_fallback(fallback: tuple[Cli[str], Path]) -> None:
     _run, out = fallback
     res = result(out, OV_CELL)
     assert res["status"] == "ok", res.get("reason")
@@ -133,7 +120,7 @@ def test_fallback_cell_records_the_fallback(fallback: tuple[Cli, Path]) -> None:
     assert baseline["status"] == "ok" and baseline["provider"]["fallback"] is False
 
 
-def test_fallback_is_invalid_in_the_summary_and_the_table(fallback: tuple[Cli, Path]) -> None:
+def test_fallback_is_invalid_in_the_summary_and_the_table(fallback: tuple[Cli[str], Path]) -> None:
     _run, out = fallback
     text = (out / "report.md").read_text()
     summary = section(text, "Summary")
@@ -155,11 +142,11 @@ def test_fallback_is_invalid_in_the_summary_and_the_table(fallback: tuple[Cli, P
     assert problems[1] == "ok" and "is not active" in problems[2]
 
 
-def test_fallback_is_a_finished_run_with_exit_0(fallback: tuple[Cli, Path]) -> None:
+def test_fallback_is_a_finished_run_with_exit_0(fallback: tuple[Cli[str], Path]) -> None:
     """A fallback measured something (the CPU): its status is ok, its verdict invalid; the
     CLI counts only cells without numbers as failed (exit 10), so this run exits 0."""
     run, out = fallback
-    assert run.code == 0, run.stderr
+    assert run.returncode == 0, run.stderr
     assert re.search(r"done\s+2/2 cells ok", run.stderr), run.stderr
     assert run.stdout.strip().splitlines()[-1] == f"Report: {out / 'report.md'}"
 
@@ -186,14 +173,14 @@ def model_runs(engine: Engine, workdir: Path) -> dict[str, Path]:
     runs = {"run1": clean, "rerun": clean, "run2": perturbed}
     for name, folder in runs.items():
         done = matrix(folder / "matrix.yaml", workdir / name)
-        assert done.code == 0, done.stderr
+        assert done.returncode == 0, done.stderr
     return {name: workdir / name for name in runs}
 
 
-def _compare(a: Path, b: Path, workdir: Path) -> tuple[Cli, str]:
+def _compare(a: Path, b: Path, workdir: Path) -> tuple[Cli[str], str]:
     out = workdir / f"{a.name}-vs-{b.name}.md"
     run = cli("compare", str(a), str(b), "--out", str(out), cwd=workdir)
-    assert run.code == 0, run.stderr
+    assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"Comparison: {out}"
     return run, out.read_text()
 

@@ -9,32 +9,17 @@ the other integration tests build and reuse), in a temporary folder; every run h
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from test_pipeline import envmatrix_process as cli
 
-import envmatrix
 from envmatrix import config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TWO_ENVS = Path(__file__).resolve().parent / "matrices" / "two_envs.yaml"
 BULLSEYE, TRIXIE = "bullseye-ort1.8.0", "trixie-ort1.32.0"
-RUN_TIMEOUT_S = 1200  # a fresh engine builds the two images first
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    root = str(Path(envmatrix.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    env["COLUMNS"] = "200"
-    done = subprocess.run([sys.executable, "-m", "envmatrix", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-    print(f"$ envmatrix {' '.join(args)} -> {done.returncode}\n{done.stderr}")
-    return done
 
 
 def plan_part(path: Path) -> bytes:

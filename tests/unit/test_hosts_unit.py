@@ -223,8 +223,10 @@ def ok_everywhere(engines: dict[str, FakeHostEngine], plan: Plan) -> None:
         engine.behaviours = {c.id: tr.harness_ok for c in plan.cells}
 
 
-def test_hosts_measure_in_parallel_one_cell_at_a_time_each(tmp_path: Path,
-                                                           run_dir: RunDir) -> None:
+def run_two_hosts_ok(tmp_path: Path, run_dir: RunDir
+                     ) -> tuple[Plan, dict[str, FakeHostEngine], Any, list[str]]:
+    """The two-host plan (a: the default engine, b: tcp://, another machine) run with every
+    cell ok: the plan, the engines, what run_hosts returned and the progress messages."""
     plan = two_host_plan(tmp_path)
     engines = engines_for()
     ok_everywhere(engines, plan)
@@ -232,6 +234,12 @@ def test_hosts_measure_in_parallel_one_cell_at_a_time_each(tmp_path: Path,
     spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir),
                                 lambda s, m: said.append(m), stages=stages(engines))
     assert [r["status"] for r in spread.results] == ["ok"] * 4
+    return plan, engines, spread, said
+
+
+def test_hosts_measure_in_parallel_one_cell_at_a_time_each(tmp_path: Path,
+                                                           run_dir: RunDir) -> None:
+    _, engines, spread, said = run_two_hosts_ok(tmp_path, run_dir)
     gauge = engines["a"].gauge
     assert gauge["max"] == {"a": 1, "b": 1}  # never two containers on one host
     assert gauge["all"] == 2  # the hosts did measure at the same time
@@ -369,13 +377,7 @@ def test_shared_paths_is_read_and_recorded(tmp_path: Path) -> None:
 
 def test_a_remote_host_gets_the_inputs_once_and_its_results_back(tmp_path: Path,
                                                                run_dir: RunDir) -> None:
-    plan = two_host_plan(tmp_path)  # a: the default engine, b: tcp:// (another machine)
-    engines = engines_for()
-    ok_everywhere(engines, plan)
-    said: list[str] = []
-    spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir),
-                                lambda s, m: said.append(m), stages=stages(engines))
-    assert [r["status"] for r in spread.results] == ["ok"] * 4
+    plan, engines, spread, said = run_two_hosts_ok(tmp_path, run_dir)
     a, b = engines["a"], engines["b"]
     assert all(spec.mount_type == "bind" for spec in a.calls) and not a.volume_log
     name = schedule.inputs_volume_name(run_dir, "b")
