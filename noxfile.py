@@ -28,7 +28,7 @@ def _install(session: nox.Session, extras: str = "") -> None:
 
 
 def _torch_if_local(session: nox.Session) -> None:
-    """torch on the host, from a local wheel only (pip's find-links, or examples/wheels): the
+    """torch on the host, from a local wheel only (pip's find-links, or examples/wheels/): the
     host writes the TorchScript twins of zoo models for torch workloads. PyPI's Linux torch is
     a multi-GB CUDA build, so nothing is downloaded; without a local wheel a torch workload
     stops at config time with the fix, and every other workload runs as always."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from envmatrix import expand, gpucompat, grammar, hosts, knobs, yamlsrc
+from envmatrix import expand, gpucompat, grammar, hosts, hostwheels, knobs, yamlsrc
 from envmatrix import plan as planmod
 from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan, Workload
@@ -495,6 +495,7 @@ def _build(source: Path, doc: Doc, only: Optional[list[str]],
     workloads = builder.workloads()
     builder.check_model_export(envs, workloads)
     settings = builder.build_settings()
+    builder.problems.extend(hostwheels.problems(envs, builder.spec.build.host_wheels))
     baseline = builder.baseline(envs)
     variants = builder.variants(drafts, envs)
     cells = expand.make_cells(envs, workloads, variants=variants.by_env,
@@ -537,6 +538,7 @@ def _selected_plan(builder: _Builder, envs: Sequence[Environment],
         cells=tuple(cells),
         ca_bundle=settings["ca_bundle"],
         wheelhouse=settings["wheelhouse"],
+        host_wheels=tuple(spec.build.host_wheels),
         pip_index_url=spec.build.pip_index_url,
         template_dir=settings["template_dir"],
         extra={

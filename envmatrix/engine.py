@@ -35,9 +35,10 @@ from envmatrix.containers import (
     create_kwargs,
     fresh_volumes,
 )
-from envmatrix.errors import (
+from envmatrix.errors import (  # BuildStepError: importers of the engine find it here too
     BaseImageError,
     BuildError,
+    BuildStepError,
     EngineError,
     GpuUnavailableError,
     HostUnreachableError,
@@ -221,18 +222,6 @@ def _unpack_folder(archive: IO[bytes], top: str, dest: Path) -> None:
                 if source is not None:
                     with source, target.open("wb") as out:
                         shutil.copyfileobj(source, out)
-
-
-class BuildStepError(BuildError):
-    """A build step failed; `cause` is the failing tool's own line (`toolwords.build_cause`).
-
-    Kept beside the engine because only the engine knows the builder's error; what reads
-    `cause` (a cell's reason) needs it without the tag and log path that `str()` carries.
-    """
-
-    def __init__(self, message: str, log_tail: str, cause: str) -> None:
-        super().__init__(message, log_tail)
-        self.cause = cause
 
 
 _PROBE_VERSION = "1.24"  # any version: the client is built without asking, then asks

@@ -47,6 +47,18 @@ class BuildError(EnvmatrixError):
         self.log_tail = log_tail
 
 
+class BuildStepError(BuildError):
+    """A build step failed; `cause` is the failing tool's own line (`toolwords.build_cause`).
+
+    What reads `cause` (a cell's reason) needs it without the tag and log path that `str()`
+    carries. Raised by the engine's builds and by the host's pip fetching `host_wheels`.
+    """
+
+    def __init__(self, message: str, log_tail: str, cause: str) -> None:
+        super().__init__(message, log_tail)
+        self.cause = cause
+
+
 class RunDirError(EnvmatrixError):
     """A run directory is missing, incomplete, or holds results of another configuration."""
 

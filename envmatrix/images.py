@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from envmatrix import __version__, locks
+from envmatrix import __version__, hostwheels, locks
 from envmatrix.bases import base_identity, ensure_base
 from envmatrix.containers import MANAGED_LABEL
 from envmatrix.engine import BuildStepError, Engine
 from envmatrix.errors import BuildError, EnvmatrixError
 from envmatrix.plan import Base, BaseIdentity, Environment, Plan
-from envmatrix.render import RenderedContext, render_environment
+from envmatrix.render import WHEELHOUSE_DIR, RenderedContext, render_environment
 
 Progress = Callable[[str, str], None]
 
@@ -165,6 +165,8 @@ def ensure_image(
             log_path.write_text(f"# reused {tag} ({image_id}): same content hash\n",
                                 encoding="utf-8")
         else:
+            hostwheels.download(env, plan.host_wheels, ctx.context_dir / WHEELHOUSE_DIR,
+                                hostwheels.log_path_for(run_dir, env))
             image_id = _build(engine, env, plan, ctx, tag, log_path, cancel, nocache, lock)
     installed = locks.read_installed(engine, image_id)
     locks.write_installed(run_dir, env.id, installed, tag=tag, image_id=image_id, base=base)

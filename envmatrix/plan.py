@@ -267,6 +267,7 @@ class Plan:
     cells: tuple[Cell, ...]
     ca_bundle: str | None = None  # path to a PEM bundle handed to pip in builds
     wheelhouse: str | None = None  # folder of wheels handed to pip in builds
+    host_wheels: tuple[str, ...] = ()  # packages whose pinned wheel the host's pip fetches
     pip_index_url: str | None = None  # None: pip's default index
     template_dir: str | None = None  # user template folder; None: the packaged dockerfiles/
     extra: dict[str, Any] = field(default_factory=dict)
@@ -364,6 +365,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "ca_bundle": configured.get("ca_bundle", plan.ca_bundle),
             "ca_bundle_resolved": plan.ca_bundle,
             "wheelhouse": plan.wheelhouse,
+            "host_wheels": list(plan.host_wheels),
             "pip_index_url": plan.pip_index_url,
             "template_dir": plan.template_dir,
             "offline": bool(plan.extra.get("offline", False)),
@@ -499,6 +501,7 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
         workloads=tuple(workloads.values()), measure=Measure(**(doc.get("measure") or {})),
         baseline=str(doc["baseline"]), cells=cells,
         ca_bundle=build.get("ca_bundle_resolved"), wheelhouse=build.get("wheelhouse"),
+        host_wheels=tuple(build.get("host_wheels") or ()),
         pip_index_url=build.get("pip_index_url"), template_dir=build.get("template_dir"),
         extra={"model_export": dict(doc.get("model_export") or {}),
                "offline": bool(build.get("offline", False)),

@@ -26,7 +26,7 @@ from typing import Any
 
 import jinja2
 
-from envmatrix import __version__, grammar
+from envmatrix import __version__, grammar, hostwheels
 from envmatrix.errors import ConfigError, EnvmatrixError
 from envmatrix.locks import EnvLock, requirements_text
 from envmatrix.plan import BaseIdentity, Environment, Plan
@@ -200,6 +200,9 @@ def render_environment(env: Environment, plan: Plan, *, harness_dir: Path, out_d
         _copy_ca_bundle(Path(plan.ca_bundle), out_dir / CA_FILE, plan)
     if plan.wheelhouse:
         _link_wheelhouse(Path(plan.wheelhouse), out_dir / WHEELHOUSE_DIR, plan)
+    fetched = hostwheels.requirements_text(env, plan.host_wheels)
+    if fetched is not None:  # the wheels themselves come once the image must be built
+        (out_dir / BUILD_DIR / hostwheels.REQUIREMENTS_FILE).write_text(fetched, encoding="utf-8")
     digest = content_hash(out_dir, text, identity=base_identity_lines(base))
     return RenderedContext(out_dir, text, digest, base)
 

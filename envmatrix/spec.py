@@ -488,6 +488,9 @@ class BuildSpec(_Strict):
         default="auto", description="auto: the host's PIP_CERT, SSL_CERT_FILE, "
         "REQUESTS_CA_BUNDLE or pip's cert setting; null: none; else a PEM file")
     wheelhouse: Optional[PathText] = None
+    host_wheels: list[PackageName] = Field(default=[], description=(
+        "packages whose wheel the host's pip downloads for each environment pinning them "
+        "(that pin, its Python, no dependencies) into the build's wheelhouse"))
     pip_index_url: Optional[IndexUrl] = None
     template_dir: Optional[PathText] = None
     offline: bool = False
