@@ -124,7 +124,7 @@ def run_findings(data: RunData, fail_on: Iterable[str]) -> list[str]:
     wanted = set(fail_on)
     found = []
     if "slower" in wanted:
-        found += [f"slower: {v.candidate} ({_change(v.p50)})" for v in data.verdicts
+        found += [f"slower: {v.candidate} ({_change(v.decided)})" for v in data.verdicts
                   if v.verdict == SLOWER]
     if "parity" in wanted:
         found += [f"parity: {cid}: {p.reason}" for cid, p in data.parity.items()
@@ -163,7 +163,8 @@ def comparison_findings(comparison: Comparison, fail_on: Iterable[str]) -> list[
 def _change(ci: RatioCI | None) -> str:
     if ci is None:
         return "p50"
-    return (f"p50 {(ci.ratio - 1) * 100:+.1f}% [{(ci.low - 1) * 100:+.1f}%, "
+    name = "samples/s" if ci.metric == "throughput" else ci.metric
+    return (f"{name} {(ci.ratio - 1) * 100:+.1f}% [{(ci.low - 1) * 100:+.1f}%, "
             f"{(ci.high - 1) * 100:+.1f}%]")
 
 

@@ -46,6 +46,7 @@ from envmatrix.stats import (
     INVALID,
     NOISY_PREFIX,
     SLOWER,
+    UNCHANGED,
     UNPAIRED,
     RatioCI,
     Validity,
@@ -54,6 +55,7 @@ from envmatrix.stats import (
     check_validity,
     compare_cells,
     is_baseline_cell,
+    load_of,
     method_phrase,
     node_share,
     point_value,
@@ -313,18 +315,32 @@ def trust_word(data: RunData, v: Verdict) -> str:
 
 
 SUMMARY_HEADERS = ("candidate", "workload", "provider", "p50 change [95% CI]",
-                   "p99 change [95% CI]", "CPU per inference", "cold start", "peak RSS",
-                   "image size", "parity", "verdict p50 / p99", "trust")
+                   "p99 change [95% CI]", "samples/s change [95% CI]", "CPU per inference",
+                   "cold start", "peak RSS", "image size", "parity", "verdict p50 / p99",
+                   "trust")
+
+
+def verdict_words(word: str, tail: str | None, decided_by: str | None = "p50") -> str:
+    """The verdict column: `**faster** / no significant change` (p50 / p99), or the
+    samples/s verdict of two cells at different loads: `**faster** (samples/s)`."""
+    if word.startswith("baseline"):
+        return word
+    if word == INVALID:
+        return f"**{INVALID}**"
+    shown = f"**{word}**" if word in (FASTER, SLOWER) else word
+    if decided_by == "throughput":
+        return f"{shown} (samples/s)"
+    return f"{shown} / {tail}"
 
 
 def summary_row(data: RunData, v: Verdict) -> list[Any]:
     costs = cost_changes(data, v)
     parity = data.parity.get(v.candidate)
-    words = v.verdict if v.verdict == INVALID else f"{v.verdict} / {v.tail_verdict}"
-    if v.verdict in (FASTER, SLOWER):
-        words = f"**{v.verdict}** / {v.tail_verdict}"
+    words = v.verdict if v.verdict == INVALID else verdict_words(v.verdict, v.tail_verdict,
+                                                                 v.decided_by)
     return [md(candidate_name(data, v)), md(v.workload), md(provider_name(v.provider)),
-            fmt_change(v, "p50"), fmt_change(v, "p99"), fmt_ratio(costs["cpu_per_inference"]),
+            fmt_change(v, "p50"), fmt_change(v, "p99"), fmt_change(v, "throughput"),
+            fmt_ratio(costs["cpu_per_inference"]),
             fmt_ratio(costs["cold_start"]), fmt_ratio(costs["peak_rss"]), _image_cell(data, v),
             "**FAIL**" if parity and parity.status == "fail" else
             (parity.status if parity else None), words, trust_word(data, v)]
@@ -350,19 +366,33 @@ def candidate_name(data: RunData, v: Verdict) -> str:
     return f"{v.environment} ({' '.join(shown)})" if shown else v.environment
 
 
-def _change_words(vs: Sequence[Verdict]) -> str:
-    """"faster on cnn (p50 -41%) and transformer (-43%)", grouped by verdict word."""
+# What a verdict word says, by the metric that made it: per request (p50), or in samples/s
+# for cells at different loads (more requests in flight trade latency for throughput).
+_WORDS_ON = {"p50": {FASTER: "faster per request", SLOWER: "slower per request"},
+             "throughput": {FASTER: "more samples/s", SLOWER: "fewer samples/s",
+                            UNCHANGED: "no significant change in samples/s"}}
+
+
+def _change_words(data: RunData, vs: Sequence[Verdict]) -> str:
+    """"faster per request on cnn (-41%) and transformer (-43%)", grouped by verdict words;
+    a verdict across loads in samples/s: "more samples/s on cnn (+10.4%, 2 in flight)"."""
     by_word: dict[str, list[str]] = {}
     for v in vs:
-        p50 = v.p50
-        pct = f"{fmt_pct(p50.ratio)}" if p50 is not None and math.isfinite(p50.ratio) else ""
-        by_word.setdefault(v.verdict, []).append(f"{md(v.workload)} ({pct})" if pct else
-                                                 md(v.workload))
-    parts = []
-    for word, items in by_word.items():
-        label = "per request" if word in (FASTER, SLOWER) else ""
-        parts.append(f"{word} {label} on {' and '.join(items)}".replace("  ", " "))
-    return "; ".join(parts)
+        ci = v.decided
+        pct = f"{fmt_pct(ci.ratio)}" if ci is not None and math.isfinite(ci.ratio) else ""
+        if v.decided_by == "throughput":
+            pct = ", ".join(p for p in (pct, _in_flight(data, v)) if p)
+        words = _WORDS_ON.get(v.decided_by, {}).get(v.verdict, v.verdict)
+        by_word.setdefault(words, []).append(f"{md(v.workload)} ({pct})" if pct else
+                                             md(v.workload))
+    return "; ".join(f"{words} on {' and '.join(items)}" for words, items in by_word.items())
+
+
+def _in_flight(data: RunData, v: Verdict) -> str:
+    try:
+        return f"{load_of(data.plan.cell(v.candidate))} in flight"
+    except KeyError:
+        return ""
 
 
 def _cost_words(data: RunData, vs: Sequence[Verdict]) -> list[str]:
@@ -390,7 +420,7 @@ def candidate_sentence(data: RunData, key: tuple[str, str], vs: Sequence[Verdict
     head = f"**{md(env)}** on {md(provider_name(provider))}"
     invalid = [v for v in vs if v.verdict == INVALID]
     valid = [v for v in vs if v.verdict != INVALID]
-    parts = [_change_words(valid)] if valid else []
+    parts = [_change_words(data, valid)] if valid else []
     parts += _cost_words(data, valid)
     tails = [f"{md(v.workload)} p99 {v.tail_verdict}" for v in valid
              if v.tail_verdict and v.tail_verdict != v.verdict]
@@ -465,9 +495,19 @@ def section_summary(data: RunData) -> str:
                   f"{1 - rules.confidence:.2g}: \"faster\" or \"slower\" only when the whole "
                   f"{rules.confidence:.0%} interval is on that side of no change and the estimate "
                   f"is beyond a {rules.min_effect:.0%} change; the same rule on p99 gives the "
-                  "tail verdict. CPU, cold start and memory changes: the same estimate and "
-                  "interval on those figures, without a verdict (docs/report.md)."]
+                  f"tail verdict.{_load_rule(data)} CPU, cold start and memory changes: the same "
+                  "estimate and interval on those figures, without a verdict (docs/report.md)."]
     return "\n".join(lines)
+
+
+def _load_rule(data: RunData) -> str:
+    """Said when some verdict compares cells at different loads: what decided it."""
+    if not any(v.decided_by == "throughput" for v in data.verdicts):
+        return ""
+    return (" A cell that keeps another number of requests in flight than its baseline is "
+            "decided the same way on samples/s (marked \"(samples/s)\"): each request's "
+            "latency under load is not comparable to a request's alone, and throughput is "
+            "what more requests in flight are for.")
 
 
 def budget_note(data: RunData) -> str | None:
@@ -592,6 +632,7 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
         "units_cand": v.p50.n_cand if v and v.p50 else None,
         **_cost_columns(data, cid),
         "verdict": _verdict_word(data, cid, v), "tail_verdict": v.tail_verdict if v else None,
+        "verdict_on": v.decided_by if v else None,
         "parity": data.parity[cid].status if cid in data.parity else None,
         "noisy": bool(data.noise.get(cid)),
         "node_share": node_share(res) if ok else None,
@@ -665,11 +706,7 @@ def _table_cells(data: RunData, cell: Cell) -> list[Any]:
     n = cell_numbers(data, cell)
     v = data.verdict_of(cell.id)
     baseline = n["verdict"].startswith("baseline")
-    verdict = n["verdict"] if baseline else f"{n['verdict']} / {n['tail_verdict']}"
-    if n["verdict"] == INVALID:
-        verdict = f"**{INVALID}**"
-    if n["verdict"] in (FASTER, SLOWER):
-        verdict = f"**{n['verdict']}** / {n['tail_verdict']}"
+    verdict = verdict_words(n["verdict"], n["tail_verdict"], n["verdict_on"])
     return [md(n["environment"]), md(provider_name(n["provider"])),
             _fmt(None if n["node_share"] is None else 100 * n["node_share"], ".0f"),
             fmt_ms(shown_point(data, cell, "p50")),

@@ -18,7 +18,10 @@ the verdict (docs/report.md, "How a verdict is made"):
 - unpaired (other runs, a resumed cell, too few shared rounds): each cell's point is the
   median of its units' values, the change their ratio, its interval a bootstrap drawing each
   cell's units independently;
-- the *verdict* is a pure function of (estimate, interval, min_effect) (`decide_interval`).
+- the *verdict* is a pure function of (estimate, interval, min_effect) (`decide_interval`),
+  on p50; on samples/s when the two cells keep different numbers of requests in flight
+  (`decided_by`): a request's latency under load is not comparable to one alone, and what
+  more requests in flight are for is throughput.
   With fewer units than the bootstrap can be trusted with (`min_rounds_for`,
   `min_repeats_for`) there is no interval (NaN) and no verdict (`too_few_note` says why).
 A cell is *valid* only when it measured what was asked (provider, package versions,
@@ -131,11 +134,17 @@ class Verdict:
     notes: tuple[str, ...] = ()  # e.g. "compared with the baseline's cpu cell", noise
     method: str | None = None  # PAIRED | UNPAIRED; None when no test ran (invalid)
     rounds: int | None = None  # rounds paired (PAIRED only)
-    tail_verdict: str | None = None  # the same procedure on p99; None when invalid
+    tail_verdict: str | None = None  # the same procedure on p99; None when invalid or on load
+    decided_by: str = "p50"  # the metric of `verdict`: "throughput" across loads (`load_of`)
 
     @property
     def p50(self) -> RatioCI | None:
         return self.ratios.get("p50")
+
+    @property
+    def decided(self) -> RatioCI | None:
+        """The comparison the verdict word comes from."""
+        return self.ratios.get(self.decided_by)
 
     @property
     def p99(self) -> RatioCI | None:
@@ -619,8 +628,14 @@ def compare_cells(
     if reasons:
         return _verdict(cand_cell, baseline=base_id, verdict=INVALID, reasons=tuple(reasons),
                         notes=tuple(notes))
-    return _verdict(cand_cell, baseline=base_id,
-                    **measured_comparison(base_id, base_res, cid, cand_res, rules, notes))
+    decide = "p50" if load_of(base_cell) == load_of(cand_cell) else "throughput"
+    return _verdict(cand_cell, baseline=base_id, **measured_comparison(
+        base_id, base_res, cid, cand_res, rules, notes, decide=decide))
+
+
+def load_of(cell: Cell) -> int:
+    """Requests the cell keeps in flight: 1 is single-stream, more the offline scenario."""
+    return cell.knobs.concurrency or 1
 
 
 def measured_comparison(
@@ -631,25 +646,27 @@ def measured_comparison(
     rules: VerdictRules,
     notes: Sequence[str] = (),
     metrics: Sequence[str] = METRICS,
+    decide: str = "p50",
 ) -> dict[str, Any]:
     """Ratios with intervals, verdict words and method of two valid cells (Verdict fields).
 
-    One procedure for every metric (module docstring): `verdict` is p50's, `tail_verdict`
-    p99's (when computed), `p_value` p50's bootstrap p-value, supplementary.
+    One procedure for every metric (module docstring): `verdict` is the `decide` metric's
+    (p50's, or throughput's across loads), `tail_verdict` p99's (when computed, and only
+    beside p50's), `p_value` the deciding metric's bootstrap p-value, supplementary.
     """
     paired, shared, note = pairing(base_res, cand_res, rules)
     notes = list(notes) + ([note] if note else [])
     ratios = {m: compare_units(base_id, unit_values(base_res, m), cand_id,
                                unit_values(cand_res, m), paired, rules, m) for m in metrics}
-    main = ratios.get("p50") or next(iter(ratios.values()))
+    main = ratios.get(decide) or next(iter(ratios.values()))
     few = too_few_note(main.method or UNPAIRED, main.n_base or 0, main.n_cand or 0, rules)
     if few:
         notes.append(few)
-    tail = ratios.get("p99")
+    tail = ratios.get("p99") if decide == "p50" else None
     return {"verdict": main.verdict, "ratios": ratios, "p_value": main.p_value,
             "notes": tuple(notes), "method": PAIRED if paired else UNPAIRED,
             "rounds": shared if paired else None,
-            "tail_verdict": tail.verdict if tail else None}
+            "tail_verdict": tail.verdict if tail else None, "decided_by": main.metric}
 
 
 def method_phrase(method: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from test_report_fakes import BASELINE, CANDIDATE, fake_result, make_run
 
+from envmatrix import gate
 from envmatrix.report import build_report, load_run
 from envmatrix.rundir import create_run_dir
 from envmatrix.stats import VerdictRules, point_value, process_stat, unit_values
@@ -282,3 +283,41 @@ def test_a_repeats_samples_per_s_is_its_throughput() -> None:
         rep["samples_per_s"] = 1000.0 + i  # e.g. 8 samples a request, two in flight
     assert unit_values(res, "throughput") == {i: 1000.0 + i for i in range(5)}
     assert point_value(res, "throughput") == 1002.0
+
+
+def test_a_cell_at_another_load_is_decided_on_samples_per_s(run: Path, report: str) -> None:
+    data = load_run(run, RULES)
+    c2, c1 = data.verdict_of(C2), data.verdict_of(C1)
+    # c2 against the baseline's single-stream cell: the same p50, twice the samples/s
+    assert (c2.decided_by, c2.verdict, c2.tail_verdict) == ("throughput", "faster", None)
+    assert c2.decided is c2.ratios["throughput"] and c2.p_value == c2.decided.p_value
+    assert (c1.decided_by, c1.verdict) == ("p50", "faster")
+    rows = {r["cell"]: r for r in csv.DictReader((run / "results.csv").open())}
+    assert (rows[C2]["verdict_on"], rows[C1]["verdict_on"], rows[ORT]["verdict_on"]) == (
+        "throughput", "p50", "")
+    summary = _section(report, "## Summary")
+    line = next(x for x in summary.splitlines() if x.startswith(f"- **{OV} (c2 load\\_config"
+                                                                  "-latency)**"))
+    assert re.search(r"more samples/s on cnn-ort \(\+\d+\.\d%, 2 in flight\)", line), line
+    row = next(x for x in summary.splitlines() if x.startswith(f"| {OV} (c2 load\\_config"
+                                                               "-latency)"))
+    assert "| **faster** (samples/s) |" in row.replace("  ", " ").replace("  ", " ")
+    assert "decided the same way on samples/s" in summary
+
+
+def test_twice_the_latency_at_twice_the_load_is_not_slower(tmp_path: Path) -> None:
+    """Two requests in flight on the same cores: each waits for the other, p50 doubles, the
+    samples/s stay. Not a slowdown, and a `--fail-on slower` gate lets it through."""
+    path = _make_run(tmp_path)
+    same = _result(C2, 0.008, 250.0, 5, concurrency=2)
+    (path / "results" / f"{C2}.json").write_text(json.dumps(same))
+    data = load_run(path, RULES)
+    v = data.verdict_of(C2)
+    assert v.ratios["p50"].ratio == pytest.approx(2.0, rel=0.05) and v.p50.verdict == "slower"
+    assert (v.decided_by, v.verdict) == ("throughput", "no significant change")
+    assert not [f for f in gate.run_findings(data, ["slower"]) if C2 in f]
+    slower = _result(C2, 0.008, 200.0, 5, concurrency=2)  # fewer samples/s: that is slower
+    (path / "results" / f"{C2}.json").write_text(json.dumps(slower))
+    findings = gate.run_findings(load_run(path, RULES), ["slower"])
+    assert [f for f in findings if C2 in f] == [
+        next(f for f in findings if f.startswith(f"slower: {C2} (samples/s -"))]
