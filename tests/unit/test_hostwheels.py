@@ -76,23 +76,21 @@ def _head() -> str:
         """)
 
 
-def test_a_name_no_environment_pins_is_refused(tmp_path: Path) -> None:
-    path = write(tmp_path, BODY + "build: {ca_bundle: null, host_wheels: [torch, tensorflow]}\n",
-                 head=_head())
+def _refusal(tmp_path: Path, body: str) -> str:
     with pytest.raises(ConfigError) as caught:
-        config.load_plan(path)
-    text = str(caught.value)
+        config.load_plan(write(tmp_path, body, head=_head()))
+    return str(caught.value)
+
+
+def test_a_name_no_environment_pins_is_refused(tmp_path: Path) -> None:
+    text = _refusal(tmp_path, BODY + "build: {ca_bundle: null, host_wheels: [torch, tensorflow]}\n")
     assert "build.host_wheels[1]" in text and "'tensorflow' is pinned by no environment" in text
     assert "Fix: pin it in an environment's packages:, or remove it." in text
 
 
 def test_an_environment_of_unknown_python_is_refused(tmp_path: Path) -> None:
-    body = BODY + "  - {base: odd, packages: {torch: \"2.13.0\"}}\n"
-    path = write(tmp_path, body + "build: {ca_bundle: null, host_wheels: [torch]}\n",
-                 head=_head())
-    with pytest.raises(ConfigError) as caught:
-        config.load_plan(path)
-    text = str(caught.value)
+    text = _refusal(tmp_path, BODY + "  - {base: odd, packages: {torch: \"2.13.0\"}}\n"
+                    "build: {ca_bundle: null, host_wheels: [torch]}\n")
     assert "build.host_wheels" in text and "example/odd:latest" in text
     assert "odd-torch2.13.0" in text  # the environment, by id
 
