@@ -7,6 +7,11 @@ processes) hits both alike; the figure is the median over rounds of each loop's 
 
     python benchmarks/harness_overhead.py [--model cnn] [--iterations 200] [--rounds 7]
 
+`--concurrency N` compares the offline scenario instead: the harness's
+`measure.concurrent_loop` (N threads behind a barrier, a shared count under a lock) against
+N hand-written threads that each run their share of the iterations with no shared state; the
+figures are requests per second (completed requests / wall time) and p50.
+
 `--subprocess` also runs the whole harness (`python -m harness`, fresh processes) for a
 figure that includes everything the harness does around the loop.
 """
@@ -19,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +53,55 @@ def bare_loop(run: Callable[..., Any], feed: dict[str, np.ndarray], count: int) 
 def harness_loop(run: Callable[..., Any], feed: dict[str, np.ndarray], count: int) -> list[float]:
     latencies, _ = measure.timed_loop(run, (None, feed), count, 0.0)
     return latencies
+
+
+def bare_threads(run: Callable[..., Any], feed: dict[str, np.ndarray], count: int,
+                 concurrency: int) -> tuple[list[float], float]:
+    """N threads by hand, a fixed share each, nothing shared: (latencies, wall seconds)."""
+    shares = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
+    out: list[list[float]] = [[] for _ in shares]
+    threads = [threading.Thread(target=lambda i=i: out[i].extend(bare_loop(run, feed,
+                                                                           shares[i])))
+               for i in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [lat for part in out for lat in part], time.perf_counter() - start
+
+
+def harness_threads(run: Callable[..., Any], feed: dict[str, np.ndarray], count: int,
+                    concurrency: int) -> tuple[list[float], float]:
+    return measure.concurrent_loop(run, (None, feed), concurrency, count, 0.0)
+
+
+def offline(model: Path, args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    """(requests/s, p50) per round of each loop, alternating which goes first."""
+    session = make_session(model, args.threads)
+    feed = feed_for(session, args.shapes)
+    run = session.run
+    measure.concurrent_warm_up(run, (None, feed), args.concurrency, args.warmup)
+    figures: dict[str, list[tuple[float, float]]] = {"harness": [], "bare": []}
+    loops = [("harness", harness_threads), ("bare", bare_threads)]
+    for round_index in range(args.rounds):
+        for name, loop in (loops[::-1] if round_index % 2 else loops):
+            latencies, wall = loop(run, feed, args.iterations, args.concurrency)
+            figures[name].append((len(latencies) / wall, float(np.percentile(latencies, 50))))
+    return figures
+
+
+def report_offline(model: Path, args: argparse.Namespace) -> None:
+    figures = offline(model, args)
+    print(f"model {args.model}: {args.rounds} alternating rounds x {args.iterations} requests, "
+          f"{args.concurrency} in flight, same session and inputs")
+    for name, rows in figures.items():
+        print(f"  {name:7} requests/s per round: " + " ".join(f"{r:.1f}" for r, _ in rows))
+    pairs = list(zip(figures["harness"], figures["bare"]))
+    rate = statistics.median(h[0] / b[0] for h, b in pairs)
+    p50 = statistics.median(h[1] / b[1] for h, b in pairs)
+    print(f"harness/bare median paired ratio: requests/s {rate:.4f} ({(rate - 1) * 100:+.2f} %)"
+          f" | p50 {p50:.4f} ({(p50 - 1) * 100:+.2f} %)")
 
 
 def make_session(model: Path, threads: int | None) -> Any:
@@ -103,6 +158,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="requests in flight: above 1, compare the offline loop")
     parser.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2")
     parser.add_argument("--subprocess", action="store_true",
                         help="also time the whole harness in fresh processes")
@@ -124,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         model = resolve_model(args.model, Path(folder))
+        if args.concurrency > 1:
+            report_offline(model, args)
+            return 0
         harness_p50, bare_p50 = in_process(model, args)
         h, b = statistics.median(harness_p50), statistics.median(bare_p50)
         print(f"model {args.model}: {args.rounds} alternating rounds x {args.iterations} "
