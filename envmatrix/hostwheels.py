@@ -68,9 +68,10 @@ def problems(envs: Sequence[Environment], names: Sequence[str]) -> list[Problem]
                                  "environment, so there is nothing to download.",
                                  "pin it in an environment's packages:, or remove it."))
     for env in envs:
-        if requirements(env, names) and python_of(env) is None:
+        wanted = requirements(env, names)
+        if wanted and python_of(env) is None:
             found.append(Problem(("build", "host_wheels"), f"environment {env.id} pins "
-                                 f"{', '.join(requirements(env, names))}, and envmatrix cannot "
+                                 f"{', '.join(wanted)}, and envmatrix cannot "
                                  f"tell which Python its base {env.base.image} has (it knows "
                                  f"{', '.join(sorted(RELEASE_PYTHON))}).",
                                  "give the base a bootstrap suite or an image tag naming its "

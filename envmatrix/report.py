@@ -574,7 +574,7 @@ def scenario(cell: Cell, result: Mapping[str, Any]) -> str:
     recorded = (result.get("summary") or {}).get("scenario")
     if recorded:
         return str(recorded)
-    return "offline" if (cell.knobs.concurrency or 1) > 1 else "single-stream"
+    return "offline" if load_of(cell) > 1 else "single-stream"
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -931,12 +931,12 @@ def _change_phrase(ci: RatioCI, confidence: float) -> str:
     return f"{fmt_pct(ci.ratio)} [{confidence:.0%}: {fmt_pct(ci.low)}, {fmt_pct(ci.high)}], {word}"
 
 
-def winner_sentence(data: RunData, group: WithinGroup, valid: Sequence[Cell],
-                    metric: str) -> str:
+def winner_sentence(data: RunData, group: WithinGroup, names: Mapping[str, str],
+                    valid: Sequence[Cell], metric: str) -> str:
     """The highest-throughput (or lowest-latency) setting against the reference, or, when the
     reference wins, the runner-up against it: the table's numbers, interval and verdict."""
     head, pick, other = _WINNERS[metric]
-    names, ref = within_settings(group), group.reference
+    ref = group.reference
 
     def point(c: Cell) -> float:
         return within_point(data, group, c, metric) or math.nan
@@ -990,7 +990,7 @@ def within_answer(data: RunData, group: WithinGroup) -> list[str]:
                 f"({md(why)})."]
     invalid = [c for c in group.cells[1:] if group.verdicts[c.id].verdict == INVALID]
     valid = [c for c in group.cells if c.id not in {i.id for i in invalid}]
-    lines = [winner_sentence(data, group, valid, m) for m in ("throughput", "p50")]
+    lines = [winner_sentence(data, group, names, valid, m) for m in ("throughput", "p50")]
     if invalid:
         lines.append("Left out: " + "; ".join(
             f"{code(names[c.id])} (invalid: {md('; '.join(group.verdicts[c.id].reasons))})"

@@ -255,9 +255,10 @@ def _load_summary(repeats):
     without a batch (one request per latency)."""
     concurrency = repeats[0].get("concurrency") or 1
     batch = repeats[0].get("batch")
-    requests = sum(rep.get("requests", len(rep["latencies_s"])) for rep in repeats)
-    samples = sum(rep.get("requests", len(rep["latencies_s"])) * (rep.get("batch") or 1)
-                  for rep in repeats)
+    counts = [(rep.get("requests", len(rep["latencies_s"])), rep.get("batch") or 1)
+              for rep in repeats]
+    requests = sum(n for n, _ in counts)
+    samples = sum(n * batch for n, batch in counts)
     wall = float(sum(rep.get("measure_wall_s") or 0.0 for rep in repeats))
     return {"batch": batch, "concurrency": concurrency, "scenario": scenario(concurrency),
             "requests_per_s": requests / wall if wall > 0 else None,
