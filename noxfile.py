@@ -163,4 +163,4 @@ def lint(session: nox.Session) -> None:
     _install(session, "lint")
     session.run("ruff", "check", "envmatrix", "tests", "noxfile.py", "benchmarks")
     session.run("mypy")
-    session.run("vermin", "-q", "--no-tips", "-t=3.6-", "--violations", "harness")
+    session.run("vermin", "-q", "--no-tips", "-t=3.6-", "--violations", "envmatrix_harness")

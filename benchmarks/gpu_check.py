@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py [--batch 8] [--min-time 2] [--repeats 3] [--keep DIR]
 
-What it does, in under 5 minutes: takes the zoo's cnn as TorchScript (envmatrix.zoo with
+What it does, in under 5 minutes: takes the zoo's cnn as TorchScript (envmatrix.inputs.zoo with
 torchscript=True, when the envmatrix package and onnx are importable) or else a small
 convolutional network scripted here; runs `python -m harness --provider cuda` on it from this
 checkout (torch.cuda.synchronize around each timed iteration, NVML through ctypes); prints p50,
@@ -69,7 +69,7 @@ def _model(torch: Any, folder: Path, batch: int) -> tuple[Path, list[str], str]:
     """The zoo cnn's TorchScript twin, else the small CNN; (path, harness args, what)."""
     try:
         sys.path.insert(0, str(REPO))
-        from envmatrix import zoo
+        from envmatrix.inputs import zoo
         model = zoo.write_model("cnn", folder, torchscript=True)
         if model.torchscript_path is not None:
             args = []
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     model, shape_args, what = _model(torch, folder, args.batch)
     print(f"model: {what}: {model}")
     out = folder / "result.json"
-    command = [sys.executable, "-m", "harness", "--model", str(model), "--provider", "cuda",
+    command = [sys.executable, "-m", "envmatrix_harness", "--model", str(model), "--provider", "cuda",
                *shape_args, "--warmup", "20", "--min-iterations", "100",
                "--min-time", str(args.min_time), "--repeats", str(args.repeats),
                "--out", str(out)]

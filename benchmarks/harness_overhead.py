@@ -35,8 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness import measure  # noqa: E402 - the checkout's harness, not an installed one
-from harness.inputs import make_inputs  # noqa: E402
+from envmatrix_harness import measure  # noqa: E402 - the checkout's harness, not an installed one
+from envmatrix_harness.inputs import make_inputs  # noqa: E402
 
 
 def bare_loop(run: Callable[..., Any], feed: dict[str, np.ndarray], count: int) -> list[float]:
@@ -140,7 +140,7 @@ def whole_harness(model: Path, args: argparse.Namespace) -> float:
     """p50 of `python -m harness` (fresh processes) over the same iteration count."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "r.json"
-        command = [sys.executable, "-m", "harness", "--model", str(model), "--warmup",
+        command = [sys.executable, "-m", "envmatrix_harness", "--model", str(model), "--warmup",
                    str(args.warmup), "--min-iterations", str(args.iterations), "--min-time",
                    "0", "--repeats", "3", "--out", str(out)]
         for name, dims in args.shapes.items():
@@ -172,7 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_model(name: str, folder: Path) -> Path:
     if name.endswith(".onnx"):
         return Path(name)
-    from envmatrix import zoo
+    from envmatrix.inputs import zoo
 
     return Path(zoo.write_model(name, folder).onnx_path)
 

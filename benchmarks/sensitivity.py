@@ -5,7 +5,7 @@ Prints, for each number of rounds asked for (`--rounds 10,20,30`), over `--trial
 - how often the real slow model (5% more work; its true slowdown printed) gets "slower";
 - how often one unchanged model measured twice gets "faster" or "slower" (goal <= 5%);
 plus the same for the unpaired comparison of the same processes, and how often the interval
-covers the true ratio. The verdicts come from `envmatrix.stats.measured_comparison`, the
+covers the true ratio. The verdicts come from `envmatrix.analysis.stats.measured_comparison`, the
 function the report uses, so this measures the procedure the report prints (docs/report.md).
 
 How the slowdowns are made real: the baseline A is a model of BLOCKS identical MatMul+Relu
@@ -14,7 +14,7 @@ with BLOCKS/20 more blocks (5% more work, its true slowdown measured over all ro
 printed as a calibration). The 3% and 5% slowdowns are A' with its latencies multiplied by
 1.03 and 1.05: real process-to-process and round-to-round noise, exactly known truth.
 
-How the processes are recorded: like `envmatrix.runner` measures a matrix, in interleaved
+How the processes are recorded: like `envmatrix.running.runner` measures a matrix, in interleaved
 rounds. Each round runs one fresh process each of A, the slow model and A', in an order that
 rotates from round to round, with the harness's own timing loop (`harness.measure.warm_up` /
 `timed_loop`) and the default Measure settings (10 warm-up iterations, then at least 50
@@ -53,14 +53,14 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from envmatrix.plan import Measure  # noqa: E402
-from envmatrix.stats import (  # noqa: E402
+from envmatrix.analysis.stats import (  # noqa: E402
     SLOWER,
     UNCHANGED,
     VerdictRules,
     measured_comparison,
     min_rounds_for,
 )
+from envmatrix.rundir.plan import Measure  # noqa: E402
 
 BLOCKS = 20  # the slow model has BLOCKS + 1 blocks: 5% more work
 BATCH, WIDTH = 32, 384
@@ -71,7 +71,7 @@ CHILD = r"""
 import json, sys
 import numpy as np
 import onnxruntime as ort
-from harness.measure import timed_loop, warm_up
+from envmatrix_harness.measure import timed_loop, warm_up
 model, shape = sys.argv[1], tuple(json.loads(sys.argv[5]))
 warmup, min_iter, min_time = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 opts = ort.SessionOptions()
@@ -154,7 +154,7 @@ def p50_table(rec: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def as_result(p50s: np.ndarray, run_id: str = "trial") -> dict[str, Any]:
     """A result dict of one cell measured in len(p50s) interleaved rounds of one process each
-    (round r's process has p50 p50s[r]), in run `run_id`: what envmatrix.stats reads."""
+    (round r's process has p50 p50s[r]), in run `run_id`: what envmatrix.analysis.stats reads."""
     return {"repeats": [{"round": r, "latencies_s": [float(v)]} for r, v in enumerate(p50s)],
             "host": {"run_id": run_id, "started_at": "2026-01-01T00:00:00Z",
                      "finished_at": "2026-01-01T01:00:00Z"}}
@@ -198,7 +198,7 @@ def describe(rec: dict[str, Any], table: dict[str, np.ndarray]) -> float:
     print(f"recorded: {len(rounds)} interleaved rounds x (A, slow, A') fresh processes, "
           f"{iterations} iterations; settings {rec['measure']}; load average before "
           f"{rec.get('load_before')}, after {rec.get('load_after')}, nice {rec.get('nice')}")
-    # The paired verdict estimates the median of the per-round ratios (envmatrix.stats).
+    # The paired verdict estimates the median of the per-round ratios (envmatrix.analysis.stats).
     truth = float(np.exp(np.median(np.log(table["slow"] / table["base"]))))
     print(f"baseline p50 {np.median(table['base']) * 1e3:.3f} ms; true slowdown of the slow "
           f"model (median of the per-round ratios over all rounds, the statistic the paired "

@@ -18,13 +18,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from envmatrix import __version__, config, expand, gate, pipeline
+from envmatrix import __version__, gate, pipeline
+from envmatrix.config import expand
+from envmatrix.config import load as config
 from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError, GateFailed
 from envmatrix.progress import Progress
-from envmatrix.rundir import create_run_dir, open_run_dir
+from envmatrix.rundir.layout import create_run_dir, open_run_dir
 
 if TYPE_CHECKING:  # the report module imports the plotting stack: only when a report is made
-    from envmatrix.report import RunData
+    from envmatrix.report.document import RunData
 
 REPORTS_ROOT = Path("reports")
 DEFAULT_MATRIX = Path("matrix.yaml")
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _reproduce_args(sub: Any) -> None:
-    """archive / restore / replay (envmatrix.archive, envmatrix.replay; docs/reproduce.md)."""
+    """archive / restore / replay (envmatrix.reproduce.archive, envmatrix.reproduce.replay; docs/reproduce.md)."""
     archive_p = sub.add_parser("archive", help="save a run's images and bases with checksums")
     archive_p.add_argument("run_dir", type=Path)
     archive_p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -214,7 +216,7 @@ def _gate_code(findings: list[str], fail_on: Sequence[str], progress: Progress) 
 
 
 def _step_summary(data: RunData, progress: Progress) -> None:
-    from envmatrix import report
+    from envmatrix.report import document as report
 
     try:
         gate.write_step_summary(report.section_summary(data))
@@ -265,8 +267,8 @@ def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
-    from envmatrix.compare import compare
-    from envmatrix.stats import rules_for
+    from envmatrix.analysis.stats import rules_for
+    from envmatrix.report.compare import compare
 
     mapping = dict(args.mapping)
     if len(mapping) < len(args.mapping):
@@ -285,8 +287,8 @@ def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_push(args: argparse.Namespace, progress: Progress) -> int:
-    from envmatrix import registry
-    from envmatrix.engine import Engine
+    from envmatrix.reproduce import registry
+    from envmatrix.running.engine import Engine
 
     target = args.registry or registry.default_registry()
     if not target:
@@ -298,8 +300,8 @@ def cmd_push(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_clean(args: argparse.Namespace, progress: Progress) -> int:
-    from envmatrix.containers import MANAGED
-    from envmatrix.engine import Engine
+    from envmatrix.running.containers import MANAGED
+    from envmatrix.running.engine import Engine
 
     engine = Engine.connect()
     containers = engine.remove_labelled_containers(dict(MANAGED))
@@ -311,8 +313,8 @@ def cmd_clean(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_archive(args: argparse.Namespace, progress: Progress) -> int:
-    from envmatrix import archive
-    from envmatrix.engine import Engine
+    from envmatrix.reproduce import archive
+    from envmatrix.running.engine import Engine
 
     done = archive.archive_run(Engine.connect(), args.run_dir, args.out, progress)
     progress("done", f"{done.manifest['totals']['files']} tarball(s), "
@@ -322,8 +324,8 @@ def cmd_archive(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, progress: Progress) -> int:
-    from envmatrix import archive
-    from envmatrix.engine import Engine
+    from envmatrix.reproduce import archive
+    from envmatrix.running.engine import Engine
 
     done = archive.restore_archive(Engine.connect(), args.archive, progress)
     loaded = sum(1 for r in done.images if r.action == "loaded")
@@ -334,7 +336,7 @@ def cmd_restore(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, progress: Progress) -> int:
-    from envmatrix import replay
+    from envmatrix.reproduce import replay
 
     request = replay.Request(old_run=args.run_dir, reports_root=REPORTS_ROOT, only=args.only,
                              skip=args.skip, out=args.out, images=dict(args.images))

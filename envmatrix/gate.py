@@ -24,15 +24,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from envmatrix.analysis.stats import INVALID, SLOWER, RatioCI
+from envmatrix.config.problems import did_you_mean
+from envmatrix.config.spec import ALPHA_RANGE, MIN_EFFECT_RANGE
 from envmatrix.errors import GateFailed
-from envmatrix.plan import FAIL_ON_WORDS, Measure, Plan, VerdictSettings
-from envmatrix.problems import did_you_mean
-from envmatrix.spec import ALPHA_RANGE, MIN_EFFECT_RANGE
-from envmatrix.stats import INVALID, SLOWER, RatioCI
+from envmatrix.rundir.plan import FAIL_ON_WORDS, Measure, Plan, VerdictSettings
 
 if TYPE_CHECKING:  # report imports plots (matplotlib): not needed to parse arguments
-    from envmatrix.compare import Comparison
-    from envmatrix.report import RunData
+    from envmatrix.report.compare import Comparison
+    from envmatrix.report.document import RunData
 
 STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 NONE = "none"  # --fail-on none: no gate, whatever the matrix's verdict.fail_on says

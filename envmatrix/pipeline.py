@@ -14,27 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from envmatrix import (
-    __version__,
-    bases,
-    config,
-    gate,
-    images,
-    inputs,
-    locks,
-    render,
-    report,
-    resume,
-    runner,
-    schedule,
-    stats,
-)
-from envmatrix.engine import Engine
+from envmatrix import __version__, gate, schedule
+from envmatrix.analysis import stats
+from envmatrix.config import load as config
 from envmatrix.errors import BuildError, EnvmatrixError
-from envmatrix.plan import Plan
+from envmatrix.images import bases, locks, render
+from envmatrix.images import build as images
+from envmatrix.inputs import prepare as inputs
 from envmatrix.progress import Progress
-from envmatrix.results import utc_now
-from envmatrix.rundir import RunDir, atomic_write_text, create_run_dir, open_run_dir
+from envmatrix.report import document as report
+from envmatrix.reproduce import resume
+from envmatrix.rundir.layout import RunDir, atomic_write_text, create_run_dir, open_run_dir
+from envmatrix.rundir.plan import Plan
+from envmatrix.rundir.results import utc_now
+from envmatrix.running import runner
+from envmatrix.running.engine import Engine
 
 Stop = Literal["build", "run", "report"]
 
@@ -43,7 +37,7 @@ Stop = Literal["build", "run", "report"]
 class Request:
     """What a pipeline command asks for (the CLI's arguments, typed)."""
 
-    matrix: Path | None  # None with --resume: the run's own plan (see envmatrix.resume)
+    matrix: Path | None  # None with --resume: the run's own plan (see envmatrix.reproduce.resume)
     reports_root: Path
     only: list[str] = field(default_factory=list)
     skip: list[str] = field(default_factory=list)

@@ -14,7 +14,7 @@ A host that cannot be reached, or stops answering mid-run, gives its cells the s
 A host whose engine does not share this machine's paths (`hosts.shares_paths`: tcp://, ssh://
 by default) cannot bind-mount the run directory: once per run, its thread copies the run's
 inputs into a volume there (`remote_inputs`), the cells mount it read-only, each cell's
-scratch folder is a fresh volume copied back after its container ends (envmatrix.engine), and
+scratch folder is a fresh volume copied back after its container ends (envmatrix.running.engine), and
 the inputs volume is removed when the host's cells are done, also on Ctrl-C or a lost host.
 
 Ctrl-C reaches the main thread only, so it raises KeyboardInterrupt in each host's thread (and
@@ -35,12 +35,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from envmatrix import hosts, images, results, runner
-from envmatrix.containers import INPUTS_MOUNT, MANAGED, OWNER_LABEL, RUN_LABEL
-from envmatrix.engine import Engine
 from envmatrix.errors import EngineError, EnvmatrixError, HostUnreachableError
-from envmatrix.plan import Cell, Host, Plan
-from envmatrix.rundir import RunDir
+from envmatrix.images import build as images
+from envmatrix.rundir import results
+from envmatrix.rundir.layout import RunDir
+from envmatrix.rundir.plan import Cell, Host, Plan
+from envmatrix.running import hosts, runner
+from envmatrix.running.containers import INPUTS_MOUNT, MANAGED, OWNER_LABEL, RUN_LABEL
+from envmatrix.running.engine import Engine
 
 Progress = Callable[[str, str], None]
 JOIN_AFTER_INTERRUPT_S = 120.0  # a host thread may be finishing a base bootstrap (debootstrap)

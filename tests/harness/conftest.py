@@ -34,7 +34,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def zoo_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    zoo = pytest.importorskip("envmatrix.zoo")
+    zoo = pytest.importorskip("envmatrix.inputs.zoo")
     return Path(zoo.write_model("cnn", tmp_path_factory.mktemp("zoo")).onnx_path)
 
 

@@ -118,7 +118,7 @@ def run_harness(python: Path | str, args: Sequence[str], workdir: Path,
     """Run `python -m harness ARGS --out workdir/name` from this checkout; read the result."""
     out = workdir / name
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([str(python), "-m", "harness", *args, "--out", str(out)],
+    done = subprocess.run([str(python), "-m", "envmatrix_harness", *args, "--out", str(out)],
                           capture_output=True, text=True, env=env, cwd=str(workdir),
                           timeout=timeout)
     assert out.exists(), f"no result file; stderr:\n{done.stderr[-3000:]}"

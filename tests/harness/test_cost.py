@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from harness_testlib import RUNTIMES, HarnessRun, run_harness
 
-from harness.fingerprint import normalize_name
+from envmatrix_harness.fingerprint import normalize_name
 
 pytestmark = pytest.mark.slow
 

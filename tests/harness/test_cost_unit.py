@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import child, fingerprint, measure
+from envmatrix_harness import child, fingerprint, measure
 
 
 def _threads(alive: int | None, requested: int | None = 2) -> dict:
@@ -152,7 +152,7 @@ def test_torch_backend_reports_torchs_own_thread_counts(monkeypatch: pytest.Monk
     """torch is not installed here: a stand-in module proves the calls and the block's shape."""
     import types
 
-    from harness import backends
+    from envmatrix_harness import backends
 
     fake = types.ModuleType("torch")
     counts = {"intra": 8, "inter": 4}

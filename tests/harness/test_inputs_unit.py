@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import inputs
-from harness.errors import HarnessInputError
+from envmatrix_harness import inputs
+from envmatrix_harness.errors import HarnessInputError
 
 SPECS = [("x", "tensor(float)", ["batch", 16]), ("ids", "int64", [None, 8]),
          ("sr", "tensor(int64)", [])]

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import cli, inputs, measure, parent, result
-from harness.errors import UsageError
+from envmatrix_harness import cli, inputs, measure, parent, result
+from envmatrix_harness.errors import UsageError
 
 
 class Counted:

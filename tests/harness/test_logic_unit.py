@@ -11,8 +11,8 @@ import onnx
 import pytest
 from harness_testlib import tiny_model
 
-from harness import cli, compat, measure, modelinfo, parent
-from harness.errors import HarnessInputError, ModelError, UsageError
+from envmatrix_harness import cli, compat, measure, modelinfo, parent
+from envmatrix_harness.errors import HarnessInputError, ModelError, UsageError
 
 
 def test_latency_summary_uses_linear_percentiles() -> None:
@@ -216,5 +216,5 @@ def test_crash_reason_names_repeat_signal_and_last_line() -> None:
     ("CUDAExecutionProvider", "cuda"), ("cuda:1", "cuda:1"),
 ])
 def test_torch_device_names(provider: str | None, device: str) -> None:
-    from harness.backends import torch_device
+    from envmatrix_harness.backends import torch_device
     assert torch_device(provider) == device

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from harness_testlib import build_shared_library
 
-from harness import child, fingerprint, measure, nvml
+from envmatrix_harness import child, fingerprint, measure, nvml
 
 SOURCE = Path(__file__).resolve().parent / "data" / "fake_nvml.c"
 GIB = 1 << 30

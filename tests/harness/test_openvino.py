@@ -80,7 +80,7 @@ def test_node_placement_names_the_node_openvino_left_to_the_cpu(ov_python: Path,
     assert provider["fallback_nodes"] == [
         {"name": "unique_values", "op_type": "Unique", "provider": "CPUExecutionProvider"}]
     assert provider["fallback_node_count"] == 1
-    from envmatrix.stats import placement_warning
+    from envmatrix.analysis.stats import placement_warning
     warning = placement_warning(run.doc)
     assert warning == (f"{OV} ran 1 of 2 compute nodes (50%, below 100%); 1 ran elsewhere: "
                        "unique_values (Unique on CPUExecutionProvider)")

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from envmatrix.stats import placement_warning
-from harness import placement
+from envmatrix.analysis.stats import placement_warning
+from envmatrix_harness import placement
 
 TRACES = Path(__file__).resolve().parent / "data" / "traces"
 CPU = "CPUExecutionProvider"

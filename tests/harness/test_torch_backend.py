@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from harness_testlib import run_harness
 
-from harness import backends, cli, measure
+from envmatrix_harness import backends, cli, measure
 
 torch = pytest.importorskip("torch")
 
@@ -47,7 +47,7 @@ def test_torchscript_runs_with_generated_inputs(scripted: Path, tmp_path: Path) 
     assert doc["fingerprint"]["packages"]["torch"] == torch.__version__
     assert all(len(rep["latencies_s"]) >= 20 for rep in doc["repeats"])
     # the outputs are what torch computes on the same generated inputs
-    from harness.inputs import make_inputs
+    from envmatrix_harness.inputs import make_inputs
     feeds = make_inputs([("x", "float32", [2, 16]), ("ids", "int64", [2, 8])], 0)
     module = torch.jit.load(str(scripted))
     with torch.no_grad():

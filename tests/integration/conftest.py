@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from envmatrix.bases import ensure_base
-from envmatrix.engine import Engine
 from envmatrix.errors import EngineError
-from envmatrix.plan import Base, Bootstrap
+from envmatrix.images.bases import ensure_base
+from envmatrix.rundir.plan import Base, Bootstrap
+from envmatrix.running.engine import Engine
 
 
 def _in_ci() -> bool:

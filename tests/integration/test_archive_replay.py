@@ -30,8 +30,9 @@ import pytest
 import yaml
 from test_pipeline import CliRun, envmatrix_cli
 
-from envmatrix import archive, config
-from envmatrix.engine import Engine
+from envmatrix.config import load as config
+from envmatrix.reproduce import archive
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from envmatrix.config import load_plan
-from envmatrix.containers import ContainerSpec
-from envmatrix.engine import Engine
-from envmatrix.images import BuildFailure, BuiltImage, ensure_image, ensure_images
-from envmatrix.plan import Plan
+from envmatrix.config.load import load_plan
+from envmatrix.images.build import BuildFailure, BuiltImage, ensure_image, ensure_images
+from envmatrix.rundir.plan import Plan
+from envmatrix.running.containers import ContainerSpec
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""envmatrix.bases against the real engine and the real debootstrap."""
+"""envmatrix.images.bases against the real engine and the real debootstrap."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from envmatrix.bases import ensure_base
-from envmatrix.engine import Engine
 from envmatrix.errors import BaseImageError
-from envmatrix.plan import Base, Bootstrap
+from envmatrix.images.bases import ensure_base
+from envmatrix.rundir.plan import Base, Bootstrap
+from envmatrix.running.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""envmatrix.engine against the real Docker engine: runs, deadlines, OOM, cleanup, errors."""
+"""envmatrix.running.engine against the real Docker engine: runs, deadlines, OOM, cleanup, errors."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from envmatrix.containers import ContainerSpec
-from envmatrix.engine import Engine
 from envmatrix.errors import BaseImageError, BuildError, EngineError
+from envmatrix.running.containers import ContainerSpec
+from envmatrix.running.engine import Engine
 
 pytestmark = pytest.mark.integration
 

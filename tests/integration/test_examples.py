@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from test_pipeline import envmatrix_cli, load_result
 
-from envmatrix import config
-from envmatrix.engine import Engine
+from envmatrix.config import load as config
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

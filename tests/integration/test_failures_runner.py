@@ -23,11 +23,14 @@ from typing import Any
 import docker
 import pytest
 
-from envmatrix import config, containers, images, inputs, runner
-from envmatrix.engine import Engine
-from envmatrix.images import BuildFailure, BuiltImage
-from envmatrix.plan import Cell, Measure, Plan
-from envmatrix.rundir import RunDir, create_run_dir
+from envmatrix.config import load as config
+from envmatrix.images import build as images
+from envmatrix.images.build import BuildFailure, BuiltImage
+from envmatrix.inputs import prepare as inputs
+from envmatrix.rundir.layout import RunDir, create_run_dir
+from envmatrix.rundir.plan import Cell, Measure, Plan
+from envmatrix.running import containers, runner
+from envmatrix.running.engine import Engine
 
 pytestmark = pytest.mark.integration
 

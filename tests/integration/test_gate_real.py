@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from test_pipeline import MATRICES, CliRun, envmatrix_cli
 
-from envmatrix.engine import Engine
 from envmatrix.errors import GateFailed
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

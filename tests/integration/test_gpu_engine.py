@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 import envmatrix
-from envmatrix import results
-from envmatrix.containers import ContainerSpec
-from envmatrix.engine import Engine
 from envmatrix.errors import GpuUnavailableError
+from envmatrix.rundir import results
+from envmatrix.running.containers import ContainerSpec
+from envmatrix.running.engine import Engine
 
 pytestmark = pytest.mark.integration
 GPU_MATRIX = Path(__file__).resolve().parent / "matrices" / "gpu_cells.yaml"

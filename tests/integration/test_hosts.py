@@ -25,10 +25,10 @@ import hostlab  # tests/integration is on sys.path (rootdir-relative test module
 import pytest
 
 import envmatrix
-from envmatrix import containers, hosts
-from envmatrix.engine import Engine
-from envmatrix.plan import Host
-from envmatrix.rundir import RunDir
+from envmatrix.rundir.layout import RunDir
+from envmatrix.rundir.plan import Host
+from envmatrix.running import containers, hosts
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -23,11 +23,12 @@ import docker
 import pytest
 from test_pipeline import MATRICES, envmatrix_cli
 
-from envmatrix import config, locks
-from envmatrix.bases import ensure_base
-from envmatrix.engine import Engine
-from envmatrix.images import BuiltImage, ensure_image, ensure_images
-from envmatrix.plan import Plan
+from envmatrix.config import load as config
+from envmatrix.images import locks
+from envmatrix.images.bases import ensure_base
+from envmatrix.images.build import BuiltImage, ensure_image, ensure_images
+from envmatrix.rundir.plan import Plan
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ import docker
 import pytest
 
 import envmatrix
-from envmatrix import config
+from envmatrix.config import load as config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

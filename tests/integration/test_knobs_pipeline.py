@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from test_pipeline import MATRICES, load_result, matrix_run
 
-from envmatrix import config
-from envmatrix.engine import Engine
+from envmatrix.config import load as config
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

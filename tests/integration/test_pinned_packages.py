@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_pipeline import MATRICES, load_result, matrix_run
 
-from envmatrix.engine import Engine
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

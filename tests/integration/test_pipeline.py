@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 import envmatrix
-from envmatrix import config, images
-from envmatrix.bases import base_identity
-from envmatrix.engine import Engine
+from envmatrix.config import load as config
+from envmatrix.images import build as images
+from envmatrix.images.bases import base_identity
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

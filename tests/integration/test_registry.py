@@ -28,9 +28,9 @@ import docker
 import pytest
 from test_pipeline import envmatrix_process as cli
 
-from envmatrix.bases import ensure_base
-from envmatrix.engine import Engine
-from envmatrix.plan import Base
+from envmatrix.images.bases import ensure_base
+from envmatrix.rundir.plan import Base
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -26,9 +26,10 @@ import pytest
 from test_pipeline import envmatrix_process
 
 import envmatrix
-from envmatrix import config, zoo
-from envmatrix.engine import Engine
-from envmatrix.parity import TOLERANCES
+from envmatrix.analysis.parity import TOLERANCES
+from envmatrix.config import load as config
+from envmatrix.inputs import zoo
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -186,7 +187,7 @@ def _compare(a: Path, b: Path, workdir: Path) -> tuple[Cli[str], str]:
 
 
 def _max_abs_diff(a: Path, b: Path) -> float:
-    """Computed here from the two runs' saved outputs, independently of envmatrix.parity."""
+    """Computed here from the two runs' saved outputs, independently of envmatrix.analysis.parity."""
     with np.load(a / "outputs" / f"{M_CELL}.npz") as xa, \
             np.load(b / "outputs" / f"{M_CELL}.npz") as xb:
         assert xa.files == xb.files == ["logits"]

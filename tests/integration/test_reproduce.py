@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import envmatrix
-from envmatrix.engine import Engine
+from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

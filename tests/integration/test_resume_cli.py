@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_pipeline import envmatrix_process as cli
 
-from envmatrix import config
+from envmatrix.config import load as config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,12 +16,15 @@ from typing import Any
 import docker
 import pytest
 
-from envmatrix import config, containers, images, inputs, runner
-from envmatrix.containers import ContainerSpec
-from envmatrix.engine import ContainerOutcome, Engine
-from envmatrix.images import BuiltImage
-from envmatrix.plan import Cell, Measure, Plan
-from envmatrix.rundir import create_run_dir
+from envmatrix.config import load as config
+from envmatrix.images import build as images
+from envmatrix.images.build import BuiltImage
+from envmatrix.inputs import prepare as inputs
+from envmatrix.rundir.layout import create_run_dir
+from envmatrix.rundir.plan import Cell, Measure, Plan
+from envmatrix.running import containers, runner
+from envmatrix.running.containers import ContainerSpec
+from envmatrix.running.engine import ContainerOutcome, Engine
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,11 @@ import pytest
 import yaml
 from test_report_fakes import plan_dict
 
-from envmatrix import archive, cli
-from envmatrix.archive import ArchiveError, MissingImages, archive_run, restore_archive
-from envmatrix.engine import ImageFacts
-from envmatrix.rundir import create_run_dir
+from envmatrix import cli
+from envmatrix.reproduce import archive
+from envmatrix.reproduce.archive import ArchiveError, MissingImages, archive_run, restore_archive
+from envmatrix.rundir.layout import create_run_dir
+from envmatrix.running.engine import ImageFacts
 
 ENV_A, ENV_B = "bullseye-ort1.8.0", "bullseye-ort1.16.0"
 BASE_ID = "sha256:" + "b" * 64

@@ -12,11 +12,13 @@ from typing import Any, cast
 
 import pytest
 
-from envmatrix import images, results, runner
-from envmatrix.engine import BuildStepError, Engine, _BuildStream
 from envmatrix.errors import BuildError
-from envmatrix.plan import Base, Cell, Environment, Measure, Plan, Workload
-from envmatrix.rundir import create_run_dir
+from envmatrix.images import build as images
+from envmatrix.rundir import results
+from envmatrix.rundir.layout import create_run_dir
+from envmatrix.rundir.plan import Base, Cell, Environment, Measure, Plan, Workload
+from envmatrix.running import runner
+from envmatrix.running.engine import BuildStepError, Engine, _BuildStream
 from envmatrix.toolwords import build_cause, clean
 
 RED, BOLD_RED, RESET = "\x1b[31m", "\x1b[1;31m", "\x1b[0m"

@@ -15,8 +15,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from envmatrix import __version__, cli, config
-from envmatrix.engine import Engine
+from envmatrix import __version__, cli
+from envmatrix.config import load as config
+from envmatrix.running.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = Path(__file__).resolve().parent / "broken"
@@ -25,7 +26,7 @@ TEST_MATRICES = REPO / "tests" / "integration" / "matrices"
 
 # HEAD-style matrices in these tests declare bases they do not all use; that warning is tested
 # in test_config.py.
-pytestmark = pytest.mark.filterwarnings("ignore::envmatrix.config.ConfigWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::envmatrix.config.load.ConfigWarning")
 
 # (fixture name, line, key path): fourteen kinds of broken matrix files, each from
 # tests/unit/broken/, each found by a different rule of the loader.

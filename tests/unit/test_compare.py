@@ -11,9 +11,9 @@ import pytest
 from test_report_fakes import BASELINE, fake_result, make_run
 
 from envmatrix import cli, errors
-from envmatrix.compare import DifferentHardwareError, compare
+from envmatrix.analysis.stats import VerdictRules
 from envmatrix.errors import ConfigError
-from envmatrix.stats import VerdictRules
+from envmatrix.report.compare import DifferentHardwareError, compare
 
 RULES = VerdictRules(n_boot=300)
 CELL = f"{BASELINE}--cnn--cpu"

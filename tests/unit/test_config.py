@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from envmatrix import config
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, RunDirError
-from envmatrix.plan import plan_to_dict
+from envmatrix.rundir.plan import plan_to_dict
 
 # HEAD declares more bases than most tests use; the warning about that has its own test.
 pytestmark = pytest.mark.filterwarnings("ignore:.*are declared but no environment uses them")
@@ -72,7 +72,7 @@ def test_cuda_example_loads():
 def test_committed_json_schema_is_current():
     committed = json.loads(config.SCHEMA_FILE.read_text())
     assert committed == json.loads(json.dumps(config.matrix_json_schema())), \
-        "regenerate with: python -m envmatrix.config --write"
+        "regenerate with: python -m envmatrix.config.load --write"
 
 
 # -- values as written ----------------------------------------------------------------------

@@ -17,9 +17,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envmatrix import config
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
-from envmatrix.plan import PROVIDER_NAMES, Plan
+from envmatrix.rundir.plan import PROVIDER_NAMES, Plan
 
 VALID: dict[str, Any] = {
     "version": 1,
@@ -152,7 +152,7 @@ def test_valid_document_loads(matrix_dir: Path) -> None:
     assert_strict(config.load_plan(path))
 
 
-@pytest.mark.filterwarnings("ignore::envmatrix.config.ConfigWarning")
+@pytest.mark.filterwarnings("ignore::envmatrix.config.load.ConfigWarning")
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(FIELDS), text=hostile)
 def test_hostile_strings_are_refused_or_strict(matrix_dir: Path, field: tuple[Any, ...],

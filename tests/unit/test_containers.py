@@ -1,4 +1,4 @@
-"""The container contract (envmatrix.containers), without an engine.
+"""The container contract (envmatrix.running.containers), without an engine.
 
 One ContainerSpec yields both the SDK's `containers.create` keyword arguments (what the runner
 creates) and the `docker run` argv (what the report prints). Here the argv is parsed back into
@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 import envmatrix
-from envmatrix import containers
-from envmatrix.containers import ContainerSpec
-from envmatrix.plan import Measure
-from envmatrix.rundir import RunDir
+from envmatrix.rundir.layout import RunDir
+from envmatrix.rundir.plan import Measure
+from envmatrix.running import containers
+from envmatrix.running.containers import ContainerSpec
 
 SOURCE_ROOT = Path(envmatrix.__file__).resolve().parents[1]
 
@@ -244,7 +244,7 @@ def test_reproduce_falls_back_to_the_plans_measure_and_the_tag() -> None:
     assert "--memory" not in printed and "--pids-limit" not in printed
 
 
-@pytest.mark.parametrize("module", ["envmatrix.report", "envmatrix.containers"])
+@pytest.mark.parametrize("module", ["envmatrix.report.document", "envmatrix.running.containers"])
 def test_imports_without_the_docker_sdk(module: str) -> None:
     """The report (and the contract it prints from) must not need the SDK: a fresh
     interpreter, since this one may have imported docker already."""

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from envmatrix import config, grammar, render
+from envmatrix.config import grammar
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
-from envmatrix.plan import ImageRecord, plan_from_dict, plan_to_dict
+from envmatrix.images import render
+from envmatrix.rundir.plan import ImageRecord, plan_from_dict, plan_to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +43,8 @@ def test_render_refuses_exactly_the_ids_config_refuses(env_id: str) -> None:
 
 
 def test_one_normalize_package() -> None:
-    from envmatrix import expand, spec, stats
+    from envmatrix.analysis import stats
+    from envmatrix.config import expand, spec
 
     for module in (expand, spec, stats):
         assert getattr(module, "normalize_package", grammar.normalize_package) is \

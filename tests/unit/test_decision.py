@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from test_report_fakes import CANDIDATE, fake_result
 
-from envmatrix import decision
-from envmatrix.decision import Costs
+from envmatrix.analysis import decision
+from envmatrix.analysis.decision import Costs
 
 CELL = f"{CANDIDATE}--cnn--cpu"
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from envmatrix import expand, grammar, problems
-from envmatrix import plan as planmod
+from envmatrix.config import expand, grammar, problems
 from envmatrix.errors import ConfigError
-from envmatrix.plan import Base, Cell, Environment, Measure, Plan, Workload
+from envmatrix.rundir import plan as planmod
+from envmatrix.rundir.plan import Base, Cell, Environment, Measure, Plan, Workload
 
 WHERE = ("environments", 0, "matrix")
 

@@ -13,11 +13,13 @@ import pytest
 import yaml
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
-from envmatrix import cli, config, gate, pipeline, report
+from envmatrix import cli, gate, pipeline
+from envmatrix.analysis.stats import SLOWER, UNCHANGED, VerdictRules, rules_for
+from envmatrix.config import load as config
 from envmatrix.errors import CellsFailed, ConfigError, GateFailed
-from envmatrix.plan import Measure, VerdictSettings, plan_from_dict, plan_to_dict
-from envmatrix.rundir import open_run_dir
-from envmatrix.stats import SLOWER, UNCHANGED, VerdictRules, rules_for
+from envmatrix.report import document as report
+from envmatrix.rundir.layout import open_run_dir
+from envmatrix.rundir.plan import Measure, VerdictSettings, plan_from_dict, plan_to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_ENVS = REPO / "tests" / "integration" / "matrices" / "two_envs.yaml"

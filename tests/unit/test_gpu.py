@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from envmatrix import config, gpucompat, results
+from envmatrix.config import gpucompat
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
-from envmatrix.plan import Base, Environment, plan_to_dict
-from envmatrix.render import render_dockerfile
+from envmatrix.images.render import render_dockerfile
+from envmatrix.rundir import results
+from envmatrix.rundir.plan import Base, Environment, plan_to_dict
 
 # HEAD declares more bases than most tests use; that warning has its own test in test_config.
 pytestmark = pytest.mark.filterwarnings("ignore:.*are declared but no environment uses them")

@@ -15,11 +15,15 @@ from typing import Any
 import pytest
 import test_runner as tr  # tests/unit is on sys.path: the runner tests' fakes
 
-from envmatrix import config, containers, hosts, report, schedule, stats
-from envmatrix.engine import ContainerOutcome
+from envmatrix import schedule
+from envmatrix.analysis import stats
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, EngineError, HostUnreachableError
-from envmatrix.plan import Cell, Host, Plan
-from envmatrix.rundir import RunDir
+from envmatrix.report import document as report
+from envmatrix.rundir.layout import RunDir
+from envmatrix.rundir.plan import Cell, Host, Plan
+from envmatrix.running import containers, hosts
+from envmatrix.running.engine import ContainerOutcome
 
 MATRIX = """\
 version: 1
@@ -323,7 +327,7 @@ def test_the_table_gains_a_host_column_only_with_several_hosts(tmp_path: Path) -
 
 
 def test_cells_keep_their_host_in_the_resolved_plan(tmp_path: Path) -> None:
-    from envmatrix import plan as planmod
+    from envmatrix.rundir import plan as planmod
 
     plan = load(tmp_path, THREE)
     doc = planmod.plan_to_dict(plan)
@@ -364,7 +368,7 @@ def test_a_context_shares_paths_when_it_points_at_a_socket(tmp_path: Path,
 
 
 def test_shared_paths_is_read_and_recorded(tmp_path: Path) -> None:
-    from envmatrix import plan as planmod
+    from envmatrix.rundir import plan as planmod
 
     plan = load(tmp_path, THREE.replace("    url: tcp://127.0.0.1:2376\n",
                                         "    url: tcp://127.0.0.1:2376\n    shared_paths: true\n"))

@@ -12,11 +12,12 @@ import pytest
 from test_config import write
 from test_render import harness, make_env, make_plan  # noqa: F401 - `harness` is a fixture
 
-from envmatrix import config, hostwheels
-from envmatrix.engine import BuildStepError
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
-from envmatrix.plan import Base, Bootstrap, Environment, plan_from_dict, plan_to_dict
-from envmatrix.render import BUILD_DIR, render_environment
+from envmatrix.images import hostwheels
+from envmatrix.images.render import BUILD_DIR, render_environment
+from envmatrix.rundir.plan import Base, Bootstrap, Environment, plan_from_dict, plan_to_dict
+from envmatrix.running.engine import BuildStepError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*are declared but no environment uses them")
 

@@ -18,13 +18,16 @@ from typing import Any
 import pytest
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
-from envmatrix import bases, config, grammar, images, locks
-from envmatrix.engine import BuildStepError, ContainerOutcome
+from envmatrix.config import grammar
+from envmatrix.config import load as config
 from envmatrix.errors import BaseImageError, BuildError, ConfigError
-from envmatrix.plan import Base, BaseIdentity, ImageRecord, plan_from_dict, plan_to_dict
-from envmatrix.render import render_environment
-from envmatrix.report import build_report
-from harness import installed as harness_installed
+from envmatrix.images import bases, locks
+from envmatrix.images import build as images
+from envmatrix.images.render import render_environment
+from envmatrix.report.document import build_report
+from envmatrix.rundir.plan import Base, BaseIdentity, ImageRecord, plan_from_dict, plan_to_dict
+from envmatrix.running.engine import BuildStepError, ContainerOutcome
+from envmatrix_harness import installed as harness_installed
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_ENVS = REPO / "tests" / "integration" / "matrices" / "two_envs.yaml"
@@ -454,7 +457,7 @@ def test_lock_command_writes_the_lock_and_keeps_other_environments(
     capsys: pytest.CaptureFixture[str]
 ) -> None:
     from envmatrix import cli
-    from envmatrix.engine import Engine
+    from envmatrix.running.engine import Engine
 
     engine = FakeEngine()
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: engine))

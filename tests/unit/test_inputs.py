@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from envmatrix import zoo
 from envmatrix.errors import ConfigError
-from envmatrix.inputs import (
+from envmatrix.inputs import zoo
+from envmatrix.inputs.prepare import (
     INPUTS_FILE,
     ModelVersionWarning,
     PreparedWorkload,
@@ -21,8 +21,8 @@ from envmatrix.inputs import (
     prepare_workload,
     read_specs,
 )
-from envmatrix.plan import Workload
-from harness.inputs import make_inputs
+from envmatrix.rundir.plan import Workload
+from envmatrix_harness.inputs import make_inputs
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit:DeprecationWarning")
 
@@ -96,7 +96,7 @@ def test_zoo_workload_for_torch_without_torch_is_a_config_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    monkeypatch.setitem(sys.modules, "envmatrix.zoo_torch", None)
+    monkeypatch.setitem(sys.modules, "envmatrix.inputs.zoo_torch", None)
     with pytest.raises(ConfigError, match=r"workloads\.m\.backend.*torch is not importable.*"
                                           r"pip install torch"):
         _prepare(Workload(name="m", model="zoo:mlp", backend="torch"), tmp_path)

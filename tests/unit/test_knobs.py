@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from envmatrix import config, containers, expand, report, spec
+from envmatrix.config import expand, spec
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
-from envmatrix.plan import (
+from envmatrix.report import document as report
+from envmatrix.rundir.plan import (
     NO_KNOBS,
     Base,
     Cell,
@@ -27,8 +29,9 @@ from envmatrix.plan import (
     plan_from_dict,
     plan_to_dict,
 )
-from harness import cli as harness_cli
-from harness import compat, optiontable, parent
+from envmatrix.running import containers
+from envmatrix_harness import cli as harness_cli
+from envmatrix_harness import compat, optiontable, parent
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*are declared but no environment uses them")
 
@@ -392,14 +395,14 @@ def test_load_config_before_1_24_goes_as_a_file(tmp_path):
     (["--provider-options-json", '"x"'], "must be a JSON object, got str"),
 ])
 def test_harness_refuses_bad_json_settings(argv, message):
-    from harness.errors import UsageError
+    from envmatrix_harness.errors import UsageError
     with pytest.raises(UsageError, match=message):
         harness_cli.settings_from(harness_cli.build_parser().parse_args(
             ["--model", "m.onnx", *argv]))
 
 
 def test_graph_optimization_flag_joins_the_session_settings():
-    from harness import backends
+    from envmatrix_harness import backends
     settings = {"graph_optimization": "basic", "session": {"execution_mode": "parallel"}}
     assert backends.requested_session(settings) == {"execution_mode": "parallel",
                                                     "graph_optimization": "basic"}
@@ -431,7 +434,7 @@ def test_the_documented_example_loads(tmp_path):
 
 
 def test_verdicts_pair_knob_variants(tmp_path):
-    from envmatrix.stats import is_baseline_cell, match_baseline
+    from envmatrix.analysis.stats import is_baseline_cell, match_baseline
     plan = load(tmp_path, """\
         - base: trixie
           packages: {onnxruntime: "1.32.0"}
@@ -450,7 +453,7 @@ def test_verdicts_pair_knob_variants(tmp_path):
 def test_report_of_a_threads_axis_has_the_column_and_a_verdict_t2_against_t1(tmp_path):
     from test_report_fakes import fake_result
 
-    from envmatrix.rundir import create_run_dir
+    from envmatrix.rundir.layout import create_run_dir
     plan = load(tmp_path, """\
         - base: trixie
           packages: {onnxruntime: "1.32.0"}
@@ -479,7 +482,7 @@ def test_report_of_a_threads_axis_has_the_column_and_a_verdict_t2_against_t1(tmp
 def test_mappings_alike_in_their_leaf_words_get_hash_ids(tmp_path):
     """{CPU: {HINT: LATENCY}} and {GPU: {HINT: LATENCY}} would both read `latency`: the ids
     of such variants fall back to the mappings' hashes, so they stay distinct."""
-    from envmatrix import config
+    from envmatrix.config import load as config
     path = tmp_path / "m.yaml"
     path.write_text(
         "version: 1\nbases:\n  b: {image: 'debian:bookworm'}\nenvironments:\n"
@@ -495,8 +498,8 @@ def test_mappings_alike_in_their_leaf_words_get_hash_ids(tmp_path):
 def test_concurrency_is_a_knob_and_an_axis(tmp_path):
     from pathlib import PurePosixPath
 
-    from envmatrix import config
-    from envmatrix.containers import harness_command
+    from envmatrix.config import load as config
+    from envmatrix.running.containers import harness_command
     path = tmp_path / "m.yaml"
     path.write_text(
         "version: 1\nbases:\n  b: {image: 'debian:bookworm'}\nenvironments:\n"
@@ -512,9 +515,9 @@ def test_concurrency_is_a_knob_and_an_axis(tmp_path):
 def test_backend_and_batch_lists_expand_into_workloads_of_one_network(tmp_path):
     from pathlib import PurePosixPath
 
-    from envmatrix import config
-    from envmatrix.containers import harness_command
-    from envmatrix.plan import plan_from_dict, plan_to_dict
+    from envmatrix.config import load as config
+    from envmatrix.rundir.plan import plan_from_dict, plan_to_dict
+    from envmatrix.running.containers import harness_command
     path = tmp_path / "m.yaml"
     path.write_text(
         "version: 1\nbases:\n  b: {image: 'debian:bookworm'}\nenvironments:\n"
@@ -537,7 +540,7 @@ def test_backend_and_batch_lists_expand_into_workloads_of_one_network(tmp_path):
 
 
 def test_a_backend_list_needs_a_zoo_model(tmp_path):
-    from envmatrix import config
+    from envmatrix.config import load as config
     from envmatrix.errors import ConfigError
     (tmp_path / "m.onnx").write_bytes(b"x")
     path = tmp_path / "m.yaml"

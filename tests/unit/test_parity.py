@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envmatrix.parity import cell_parity, compare_output, compare_outputs, parity_of
+from envmatrix.analysis.parity import cell_parity, compare_output, compare_outputs, parity_of
 
 
 def _logits(dtype: type = np.float32) -> np.ndarray:

@@ -14,9 +14,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
-from envmatrix import decision, plots
-from envmatrix.report import RunData, fmt_pct, load_run, plot_figures, write_plots
-from envmatrix.stats import INVALID, VerdictRules, unit_values
+from envmatrix.analysis import decision
+from envmatrix.analysis.stats import INVALID, VerdictRules, unit_values
+from envmatrix.report import plots
+from envmatrix.report.document import RunData, fmt_pct, load_run, plot_figures, write_plots
 
 BASE = f"{BASELINE}--cnn--cpu"
 CAND = f"{CANDIDATE}--cnn--cpu"

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from envmatrix import bases, cli, config, registry
+from envmatrix import cli
+from envmatrix.config import load as config
 from envmatrix.errors import BaseImageError, ConfigError, EngineError
-from envmatrix.plan import Base, Bootstrap
-from envmatrix.rundir import RunDir, create_run_dir
+from envmatrix.images import bases
+from envmatrix.reproduce import registry
+from envmatrix.rundir.layout import RunDir, create_run_dir
+from envmatrix.rundir.plan import Base, Bootstrap
 
 TWO_ENVS = Path(__file__).resolve().parents[1] / "integration" / "matrices" / "two_envs.yaml"
 

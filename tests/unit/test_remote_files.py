@@ -18,10 +18,10 @@ from typing import Any
 import docker.errors
 import pytest
 
-from envmatrix import containers
-from envmatrix.engine import Engine
 from envmatrix.errors import EngineError
-from envmatrix.rundir import RunDir
+from envmatrix.rundir.layout import RunDir
+from envmatrix.running import containers
+from envmatrix.running.engine import Engine
 
 VOLUME = "envmatrix-inputs-r1-box-42"
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from envmatrix.errors import ConfigError
-from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan
-from envmatrix.render import (
+from envmatrix.images.render import (
     CA_FILE,
     lint_dockerfile,
     render_dockerfile,
     render_environment,
 )
+from envmatrix.rundir.plan import Base, Bootstrap, Environment, Measure, Plan
 
 BULLSEYE = Base("bullseye", "debian:bullseye", "debian", Bootstrap("bullseye"))
 UBUNTU_DEADSNAKES = Base("focal-py", "ubuntu:20.04", "ubuntu", python_source="deadsnakes")

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envmatrix.errors import ConfigError
-from envmatrix.plan import Base, Bootstrap, Environment, Measure, Plan
-from envmatrix.render import lint_dockerfile, render_dockerfile
+from envmatrix.images.render import lint_dockerfile, render_dockerfile
+from envmatrix.rundir.plan import Base, Bootstrap, Environment, Measure, Plan
 
 PLAN = Plan(source=Path("matrix.yaml"), bases=(), environments=(), workloads=(),
             measure=Measure(), baseline="x", cells=())

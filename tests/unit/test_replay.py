@@ -13,13 +13,15 @@ import pytest
 from test_report_fakes import BASELINE, CANDIDATE, fake_result, make_run
 from test_runner import arg, outcome
 
-from envmatrix import cli, config, replay
-from envmatrix.archive import MissingImages, sha256_file
-from envmatrix.containers import ContainerSpec
-from envmatrix.engine import ContainerOutcome
+from envmatrix import cli
+from envmatrix.analysis.stats import FASTER, SLOWER, UNCHANGED, VerdictRules
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, RunDirError
-from envmatrix.plan import ImageRecord
-from envmatrix.stats import FASTER, SLOWER, UNCHANGED, VerdictRules
+from envmatrix.reproduce import replay
+from envmatrix.reproduce.archive import MissingImages, sha256_file
+from envmatrix.rundir.plan import ImageRecord
+from envmatrix.running.containers import ContainerSpec
+from envmatrix.running.engine import ContainerOutcome
 
 CELLS = [f"{BASELINE}--cnn--cpu", f"{CANDIDATE}--cnn--cpu"]
 IDS = {BASELINE: "sha256:" + "a" * 64, CANDIDATE: "sha256:" + "c" * 64}
@@ -125,7 +127,7 @@ def test_headline_words(verdict: str, ratio: float, low: float, high: float,
 
 
 def test_headline_numbers_are_the_comparison_table_numbers(tmp_path: Path) -> None:
-    from envmatrix.compare import compare
+    from envmatrix.report.compare import compare
     cell = CELLS[0]
     a = make_run(tmp_path, [fake_result(cell, p50=0.005, cv=0.01, seed=1)], run_id="a")
     b = make_run(tmp_path, [fake_result(cell, p50=0.0056, cv=0.01, seed=2)], run_id="b")

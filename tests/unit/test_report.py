@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
-from envmatrix.report import build_report, fence, md
-from envmatrix.stats import VerdictRules
+from envmatrix.analysis.stats import VerdictRules
+from envmatrix.report.document import build_report, fence, md
 
 BASE = f"{BASELINE}--cnn--cpu"
 CAND = f"{CANDIDATE}--cnn--cpu"
@@ -181,9 +181,9 @@ def test_nodes_that_fell_back_are_shown_with_their_names(tmp_path: Path) -> None
 
 
 def test_the_node_share_threshold_is_a_verdict_setting(tmp_path: Path) -> None:
-    from envmatrix import config
-    from envmatrix.plan import VerdictSettings
-    from envmatrix.stats import check_validity, rules_for
+    from envmatrix.analysis.stats import check_validity, rules_for
+    from envmatrix.config import load as config
+    from envmatrix.rundir.plan import VerdictSettings
 
     cell = fake_result(f"{CANDIDATE}--cnn--openvino", provider="OpenVINOExecutionProvider")
     cell["provider"].update(node_placement="profiled", fallback_node_count=1,
@@ -199,8 +199,8 @@ def test_the_node_share_threshold_is_a_verdict_setting(tmp_path: Path) -> None:
 
 def test_a_change_without_an_interval_says_so() -> None:
     """Too few rounds for a bootstrap: the change is shown with "no interval", never nan."""
-    from envmatrix.report import fmt_change
-    from envmatrix.stats import RatioCI, Verdict
+    from envmatrix.analysis.stats import RatioCI, Verdict
+    from envmatrix.report.document import fmt_change
     few = RatioCI("p50", 1.25, float("nan"), float("nan"))
     verdict = Verdict("c", "b", "e", "w", "cpu", "no significant change", ratios={"p50": few})
     assert fmt_change(verdict) == "+25.0% [no interval]"

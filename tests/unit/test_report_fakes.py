@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from envmatrix.plan import Cell, Plan, plan_from_dict
-from envmatrix.rundir import create_run_dir
-from envmatrix.stats import check_validity
+from envmatrix.analysis.stats import check_validity
+from envmatrix.rundir.layout import create_run_dir
+from envmatrix.rundir.plan import Cell, Plan, plan_from_dict
 
 BASELINE = "bullseye-ort1.8.0"
 CANDIDATE = "bookworm-ort1.20.1"

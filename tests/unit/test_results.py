@@ -9,10 +9,19 @@ from typing import Any
 
 import pytest
 
-from envmatrix import results
 from envmatrix.errors import RunDirError
-from envmatrix.plan import Base, Cell, Environment, Measure, Plan, ResolvedPlan, RunRecord, Workload
-from envmatrix.rundir import RunDir, atomic_write_json, create_run_dir
+from envmatrix.rundir import results
+from envmatrix.rundir.layout import RunDir, atomic_write_json, create_run_dir
+from envmatrix.rundir.plan import (
+    Base,
+    Cell,
+    Environment,
+    Measure,
+    Plan,
+    ResolvedPlan,
+    RunRecord,
+    Workload,
+)
 
 MEASURE = Measure(repeats=2, min_time_s=0.5)
 

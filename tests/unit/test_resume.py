@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from envmatrix import config, resume
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
-from envmatrix.plan import Plan
 from envmatrix.progress import Progress
-from envmatrix.rundir import RunDir, atomic_write_json, create_run_dir
+from envmatrix.reproduce import resume
+from envmatrix.rundir.layout import RunDir, atomic_write_json, create_run_dir
+from envmatrix.rundir.plan import Plan
 
 TWO_ENVS = Path(__file__).resolve().parents[1] / "integration" / "matrices" / "two_envs.yaml"
 BULLSEYE, TRIXIE = "bullseye-ort1.8.0", "trixie-ort1.32.0"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from envmatrix import rundir
 from envmatrix.errors import RunDirError
-from envmatrix.rundir import (
+from envmatrix.rundir import layout as rundir
+from envmatrix.rundir.layout import (
     atomic_write_bytes,
     atomic_write_json,
     claim_run_dir,

@@ -17,13 +17,15 @@ from typing import Any
 
 import pytest
 
-from envmatrix import config, containers, results, runner
-from envmatrix.containers import ContainerSpec
-from envmatrix.engine import ContainerOutcome
+from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, GpuUnavailableError
-from envmatrix.plan import Base, Cell, Environment, Measure, Plan, Workload
-from envmatrix.rundir import RunDir, create_run_dir
-from harness import measure as harness_measure
+from envmatrix.rundir import results
+from envmatrix.rundir.layout import RunDir, create_run_dir
+from envmatrix.rundir.plan import Base, Cell, Environment, Measure, Plan, Workload
+from envmatrix.running import containers, runner
+from envmatrix.running.containers import ContainerSpec
+from envmatrix.running.engine import ContainerOutcome
+from envmatrix_harness import measure as harness_measure
 
 
 @dataclass(frozen=True)
@@ -580,7 +582,8 @@ def _with_packages(packages: dict[str, str]) -> Behaviour:
 def test_a_cell_whose_installed_set_is_not_its_pins_or_lock_is_env_mismatch(
     tmp_path: Path, run_dir: RunDir
 ) -> None:
-    from envmatrix import locks, stats
+    from envmatrix.analysis import stats
+    from envmatrix.images import locks
 
     plan = make_plan(tmp_path)
     lock = {"env1.8.0": locks.EnvLock("env1.8.0", locks.InstalledSet(

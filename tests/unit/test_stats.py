@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from test_report_fakes import BASELINE, CANDIDATE, fake_result, plan_cell, typed_plan
 
-from envmatrix import stats
-from envmatrix.plan import Cell
-from envmatrix.stats import VerdictRules, check_validity, compare_cells, run_verdicts
+from envmatrix.analysis import stats
+from envmatrix.analysis.stats import VerdictRules, check_validity, compare_cells, run_verdicts
+from envmatrix.rundir.plan import Cell
 
 BASE = f"{BASELINE}--cnn--cpu"
 CAND = f"{CANDIDATE}--cnn--cpu"

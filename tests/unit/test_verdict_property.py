@@ -15,8 +15,8 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from envmatrix import stats
-from envmatrix.stats import FASTER, SLOWER, UNCHANGED, VerdictRules
+from envmatrix.analysis import stats
+from envmatrix.analysis.stats import FASTER, SLOWER, UNCHANGED, VerdictRules
 
 RULES = VerdictRules(n_boot=400)
 SWAP = {FASTER: SLOWER, SLOWER: FASTER, UNCHANGED: UNCHANGED}

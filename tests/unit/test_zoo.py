@@ -13,8 +13,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from envmatrix import zoo
-from harness.inputs import INT_HIGH
+from envmatrix.inputs import zoo
+from envmatrix_harness.inputs import INT_HIGH
 
 # torch 2.9+ deprecates torch.jit; TorchScript is still what the images' torch versions load.
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit:DeprecationWarning")
@@ -186,7 +186,7 @@ def test_torchscript_without_torch_is_skipped_with_a_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    monkeypatch.setitem(sys.modules, "envmatrix.zoo_torch", None)
+    monkeypatch.setitem(sys.modules, "envmatrix.inputs.zoo_torch", None)
     with pytest.warns(zoo.ZooWarning, match="torch is not importable"):
         made = zoo.write_model("mlp", tmp_path, torchscript=True)
     assert made.torchscript_path is None

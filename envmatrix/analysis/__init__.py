@@ -1,0 +1,1 @@
+"""Analysis: validity and the one verdict procedure, costs, output parity. Reads results only."""

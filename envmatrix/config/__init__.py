@@ -1,0 +1,1 @@
+"""Configuration: matrix.yaml read, checked and expanded into a `Plan`; no side effects."""

@@ -1,0 +1,1 @@
+"""Images: bases, Dockerfiles rendered from templates, builds by content hash, installed sets."""

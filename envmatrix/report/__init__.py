@@ -1,0 +1,1 @@
+"""Reports: the markdown report, CSV/JSON exports, plots and run-to-run comparisons."""
