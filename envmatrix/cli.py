@@ -23,6 +23,7 @@ from envmatrix.config import expand
 from envmatrix.config import load as config
 from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError, GateFailed
 from envmatrix.progress import Progress
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import create_run_dir, open_run_dir
 
 if TYPE_CHECKING:  # the report module imports the plotting stack: only when a report is made
@@ -274,7 +275,7 @@ def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
     if len(mapping) < len(args.mapping):
         raise ConfigError("--map names an environment of run A twice: give each ENV_A once.")
     # Run B is the candidate: its matrix's verdict settings, under the command line's.
-    settings = config.read_resolved(open_run_dir(args.run_b).resolved_path).plan.verdict
+    settings = planfile.read_resolved(open_run_dir(args.run_b).resolved_path).plan.verdict
     settings = gate.verdict_settings(settings, _overrides(args))
     result = compare(args.run_a, args.run_b, args.out, mapping=mapping or None,
                      allow_different_hardware=args.allow_different_hardware,

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from envmatrix.analysis.stats import INVALID, SLOWER, RatioCI
-from envmatrix.config.problems import did_you_mean
 from envmatrix.config.spec import ALPHA_RANGE, MIN_EFFECT_RANGE
 from envmatrix.errors import GateFailed
+from envmatrix.problems import did_you_mean
 from envmatrix.rundir.plan import FAIL_ON_WORDS, Measure, Plan, VerdictSettings
 
 if TYPE_CHECKING:  # report imports plots (matplotlib): not needed to parse arguments

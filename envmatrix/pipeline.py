@@ -24,6 +24,7 @@ from envmatrix.inputs import prepare as inputs
 from envmatrix.progress import Progress
 from envmatrix.report import document as report
 from envmatrix.reproduce import resume
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, atomic_write_text, create_run_dir, open_run_dir
 from envmatrix.rundir.plan import Plan
 from envmatrix.rundir.results import utc_now
@@ -193,7 +194,7 @@ def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = N
         extra["images"] = image_entries(built)
     if hosts:
         extra["hosts"] = hosts  # per host: address, labels, fingerprint, its own images
-    config.dump_resolved(plan, run_dir.resolved_path, extra)
+    planfile.dump_resolved(plan, run_dir.resolved_path, extra)
 
 
 def image_entries(built: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -295,7 +296,7 @@ def write_report(run_dir: RunDir, progress: Progress,
                  overrides: gate.Overrides | None = None) -> report.RunData:
     """Write the report with the plan's verdict settings (or the overrides'); what it says."""
     progress("report", str(run_dir.path))
-    settings = config.read_resolved(run_dir.resolved_path).plan.verdict
+    settings = planfile.read_resolved(run_dir.resolved_path).plan.verdict
     rules = stats.rules_for(gate.verdict_settings(settings, overrides or gate.Overrides()))
     data = report.load_run(run_dir.path, rules)
     report.write_report_files(data)

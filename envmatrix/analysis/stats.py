@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from envmatrix.config.grammar import normalize_package
+from envmatrix.grammar import normalize_package
 from envmatrix.rundir.plan import Cell, Plan, VerdictSettings
 
 FASTER = "faster"

@@ -1,7 +1,7 @@
 """Expanding a matrix into environments and cells: axes, include/exclude, ids, selection.
 
 Nothing here reads files or YAML: `envmatrix.config.load` validates matrix.yaml and calls these
-functions. Problems are reported as `envmatrix.config.problems.Problem`s carrying a key path; config
+functions. Problems are reported as `envmatrix.problems.Problem`s carrying a key path; config
 turns the path into a file and line. The typed result, `Plan`, lives in `envmatrix.rundir.plan`.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from envmatrix.config.grammar import normalize_package
-from envmatrix.config.problems import KeyPath, PlanError, Problem, did_you_mean, kind_of, show
 from envmatrix.errors import ConfigError
+from envmatrix.grammar import normalize_package
+from envmatrix.problems import KeyPath, PlanError, Problem, did_you_mean, kind_of, show
 from envmatrix.rundir.plan import (
     GPU_PROVIDERS,
     NO_KNOBS,

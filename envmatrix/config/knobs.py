@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from envmatrix.config.expand import ORT_DISTRIBUTIONS, Variant
-from envmatrix.config.problems import KeyPath, Problem
+from envmatrix.problems import KeyPath, Problem
 from envmatrix.rundir.plan import Environment, Knobs, Measure
 from envmatrix_harness import optiontable
 

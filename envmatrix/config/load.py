@@ -1,6 +1,6 @@
 """matrix.yaml (schema version 1): load, cross-check and expand into a `Plan`.
 
-The stages, one module each: `envmatrix.config.yamlsrc` reads the YAML into plain data with the line
+The stages, one module each: `envmatrix.yamlsrc` reads the YAML into plain data with the line
 of every key path (the only module that imports `yaml`); `envmatrix.config.spec` validates shape and
 grammar with pydantic models (strict allow-lists, `re.fullmatch`); the builder here cross-checks
 what needs several parts of the file at once (bases, python sources, ids, runtimes, files) and
@@ -11,27 +11,17 @@ re-exported here, so `envmatrix.config.load` stays the one import for matrix fil
 """
 
 import argparse
-import functools
 import json
-import os
-import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from envmatrix.config import expand, gpucompat, grammar, knobs, yamlsrc
-from envmatrix.config.problems import (
-    KeyPath,
-    PlanError,
-    Problem,
-    did_you_mean,
-    format_path,
-    kind_of,
-    unique,
-)
+from envmatrix import grammar, yamlsrc
+from envmatrix.config import expand, gpucompat, knobs
+from envmatrix.config.cabundle import resolve_ca_bundle
 from envmatrix.config.spec import (
     DEFAULT_TEMPLATE,
     GRAMMARS,
@@ -50,23 +40,31 @@ from envmatrix.config.spec import (
     WorkloadSpec,
     validate,
 )
-from envmatrix.config.yamlsrc import MAX_FILE_BYTES, MAX_NODES, Doc
-from envmatrix.errors import ConfigError, RunDirError
+from envmatrix.errors import ConfigError
 from envmatrix.images import hostwheels
+from envmatrix.problems import (
+    KeyPath,
+    PlanError,
+    Problem,
+    did_you_mean,
+    format_path,
+    kind_of,
+    unique,
+)
 from envmatrix.rundir import plan as planmod
 from envmatrix.rundir.plan import Base, Bootstrap, Environment, Measure, Plan, Workload
 from envmatrix.running import hosts
+from envmatrix.yamlsrc import MAX_FILE_BYTES, MAX_NODES, Doc
 
 __all__ = [
-    "CA_BUNDLE_VARIABLES", "DEFAULT_TEMPLATE", "GRAMMARS", "MAX_FILE_BYTES", "MAX_NODES",
+    "DEFAULT_TEMPLATE", "GRAMMARS", "MAX_FILE_BYTES", "MAX_NODES",
     "REFERENCE", "RESERVED_ENV", "SCHEMA_FILE", "SCHEMA_VERSION", "BaseSpec", "BootstrapSpec",
     "BuildSpec", "ConfigWarning", "EnvironmentSpec", "MatrixEntrySpec", "MatrixFile", "Measure",
-    "MeasureSpec", "ModelExportSpec", "VerdictSpec", "WorkloadSpec", "dump_resolved", "load_plan",
-    "main", "matrix_json_schema", "read_resolved", "resolve_ca_bundle", "update_run_record",
+    "MeasureSpec", "ModelExportSpec", "VerdictSpec", "WorkloadSpec", "load_plan",
+    "main", "matrix_json_schema",
 ]
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "matrix.schema.json"
-CA_BUNDLE_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 CELL_ID_MAX = 200  # results/<cell>.json and logs/run-<cell>.round.log stay under 255 bytes
 
 
@@ -437,35 +435,6 @@ class _Builder:
                                  "environment uses them. Fix: remove them or use them.")
 
 
-# -- the CA bundle builds hand to pip -------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _pip_config_cert() -> Optional[str]:
-    """The `cert` that the host's pip is configured with, if any (asked of pip itself)."""
-    try:
-        done = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.cert"],
-                              capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
-def resolve_ca_bundle(environ: Optional[Mapping[str, str]] = None) -> Optional[Path]:
-    """What `ca_bundle: auto` means: the bundle the host's pip trusts, or None.
-
-    The first of PIP_CERT, SSL_CERT_FILE and REQUESTS_CA_BUNDLE that names a file wins, then
-    pip's own `global.cert` setting.
-    """
-    environ = os.environ if environ is None else environ
-    for name in CA_BUNDLE_VARIABLES:
-        value = environ.get(name)
-        if value and Path(value).is_file():
-            return Path(value).resolve()
-    configured = _pip_config_cert()
-    return Path(configured).resolve() if configured and Path(configured).is_file() else None
-
-
 # -- public API -----------------------------------------------------------------------------
 
 
@@ -558,53 +527,6 @@ def _format(source: Path, doc: Doc, problems: Sequence[Problem]) -> str:
     if len(blocks) == 1:
         return blocks[0]
     return f"{source}: {len(blocks)} problems:\n" + "\n".join(blocks)
-
-
-def dump_resolved(plan: Plan, path: Union[Path, str], extra: Mapping[str, Any]) -> None:
-    """Write plan_to_dict(plan) plus `run: extra` as YAML, atomically (temp, fsync, rename)."""
-    doc = {**planmod.plan_to_dict(plan), "run": json.loads(json.dumps(dict(extra), default=str))}
-    yamlsrc.write_plain(path, doc)
-
-
-def update_run_record(path: Union[Path, str],
-                      update: Callable[[dict[str, Any]], Mapping[str, Any]]) -> None:
-    """Replace the `run:` part of a matrix.resolved.yaml by `update(run)`; the plan stays.
-
-    --resume records what it adds (images, when and how it resumed) without writing the plan
-    again: the keys before `run:` are written back as they were read, so they keep their bytes
-    (a test checks).
-    """
-    target = Path(path)
-    data = yamlsrc.read_plain(target)
-    if not isinstance(data, dict):
-        raise RunDirError(f"{target}: not a resolved plan. Fix: re-run the matrix.")
-    run = json.loads(json.dumps(dict(update(dict(data.get("run") or {}))), default=str))
-    yamlsrc.write_plain(target, {**{k: v for k, v in data.items() if k != "run"}, "run": run})
-
-
-def read_resolved(path: Union[Path, str]) -> planmod.ResolvedPlan:
-    """Read a matrix.resolved.yaml back into the typed plan the run used (and its run record).
-
-    The only way other modules read a run's plan: YAML through yamlsrc, then
-    `plan.plan_from_dict`, so report, compare and resume see the objects the run saw.
-    """
-    target = Path(path)
-    try:
-        data = yamlsrc.read_plain(target)
-    except FileNotFoundError:
-        raise RunDirError(f"{target}: missing. Fix: give a run directory that a run "
-                          "created (it writes matrix.resolved.yaml first).") from None
-    except (OSError, UnicodeDecodeError, yamlsrc.YamlError) as err:
-        raise RunDirError(f"{target}: unreadable ({err}). Fix: re-run the matrix.") from None
-    if not isinstance(data, dict) or data.get("schema") != planmod.PLAN_SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else kind_of(data)
-        raise RunDirError(f"{target}: expected schema {planmod.PLAN_SCHEMA}, found {found!r}. "
-                          "Fix: use a run directory written by this envmatrix version.")
-    try:
-        return planmod.plan_from_dict(data)
-    except (KeyError, TypeError, ValueError) as err:
-        raise RunDirError(f"{target}: the plan is damaged ({type(err).__name__}: {err}). Fix: "
-                          "re-run the matrix, or restore the file from the run's copy.") from None
 
 
 def matrix_json_schema() -> dict[str, Any]:

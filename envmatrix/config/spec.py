@@ -5,7 +5,7 @@ The models check shape and grammar only: every free-form string field is matched
 and unknown keys are errors with a "did you mean" hint. Cross-checks that need several parts of
 the file at once (bases, python sources, ids, runtimes, files) live in `envmatrix.config.load`.
 `validate` turns pydantic's errors into `Problem`s in our words, so raw pydantic text never
-reaches users. Nothing here reads files: `envmatrix.config.yamlsrc` reads the YAML.
+reaches users. Nothing here reads files: `envmatrix.yamlsrc` reads the YAML.
 """
 
 import re
@@ -29,9 +29,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, core_schema
 
-from envmatrix.config import grammar, problems
-from envmatrix.config.grammar import GRAMMARS, RESERVED_ENV
-from envmatrix.config.problems import KeyPath, Problem, kind_of, show
+from envmatrix import grammar, problems
+from envmatrix.grammar import GRAMMARS, RESERVED_ENV
+from envmatrix.problems import KeyPath, Problem, kind_of, show
 from envmatrix.rundir.plan import PROVIDER_NAMES, Measure, VerdictSettings
 
 SCHEMA_VERSION = 1

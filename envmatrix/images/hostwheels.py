@@ -20,9 +20,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from envmatrix.config.grammar import normalize_package
-from envmatrix.config.problems import Problem
 from envmatrix.errors import BuildStepError
+from envmatrix.grammar import normalize_package
+from envmatrix.problems import Problem
 from envmatrix.rundir.plan import Environment
 from envmatrix.toolwords import build_cause, clean
 

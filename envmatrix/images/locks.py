@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envmatrix import __version__
+from envmatrix import __version__, grammar, yamlsrc
 from envmatrix.analysis.stats import version_mismatches
-from envmatrix.config import grammar, yamlsrc
 from envmatrix.errors import BuildError, ConfigError
 from envmatrix.rundir.layout import atomic_write_json
 from envmatrix.rundir.plan import BaseIdentity, Environment

@@ -26,8 +26,7 @@ from typing import Any
 
 import jinja2
 
-from envmatrix import __version__
-from envmatrix.config import grammar
+from envmatrix import __version__, grammar
 from envmatrix.errors import ConfigError, EnvmatrixError
 from envmatrix.images import hostwheels
 from envmatrix.images.locks import EnvLock, requirements_text
@@ -42,7 +41,7 @@ LOCKED_FILE = f"{BUILD_DIR}/locked-requirements.txt"
 PIP_HASHES_SCRIPT = PACKAGED_TEMPLATE_DIR / "scripts" / "pip_hashes.py"
 WHEEL_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
-# The same grammars as the config check (envmatrix.config.grammar), checked again here as defence in
+# The same grammars as the config check (envmatrix.grammar), checked again here as defence in
 # depth: a value that reached the plan some other way still cannot add a Dockerfile line.
 FAMILIES = ("debian", "ubuntu")
 PYTHON_SOURCES = ("system", "image", "deadsnakes")

@@ -61,8 +61,8 @@ from envmatrix.analysis.stats import (
     too_few_note,
 )
 from envmatrix.config import expand
-from envmatrix.config import load as config
 from envmatrix.report import plots
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, atomic_write_bytes, atomic_write_text, open_run_dir
 from envmatrix.rundir.plan import Cell, Environment, Plan, RunRecord
 from envmatrix.rundir.results import load_results
@@ -102,7 +102,7 @@ class RunData:
     """Everything the report says, computed once from a run directory."""
 
     run_dir: RunDir
-    plan: Plan  # the plan the run used, read back typed (config.read_resolved)
+    plan: Plan  # the plan the run used, read back typed (planfile.read_resolved)
     run: RunRecord  # what the run recorded beside it: id, images
     results: dict[str, dict[str, Any]]  # cell id -> result, plan order
     rules: VerdictRules
@@ -133,7 +133,7 @@ def load_run(path: Path, rules: VerdictRules | None = None) -> RunData:
     Without `rules`, the verdict settings the run's plan recorded (matrix.yaml `verdict:`).
     """
     run_dir = open_run_dir(path)
-    resolved = config.read_resolved(run_dir.resolved_path)
+    resolved = planfile.read_resolved(run_dir.resolved_path)
     results = {str(r["cell"]): r for r in load_results(run_dir, resolved)}
     rules = rules or rules_for(resolved.plan.verdict)
     data = RunData(run_dir, resolved.plan, resolved.run, results, rules)

@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from envmatrix import __version__
-from envmatrix.config import load as config
-from envmatrix.config import yamlsrc
+from envmatrix import __version__, yamlsrc
 from envmatrix.errors import EngineError, RunDirError
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import atomic_write_json, open_run_dir
 from envmatrix.rundir.plan import Environment
 from envmatrix.running.engine import Engine, ImageFacts
@@ -228,7 +227,7 @@ def archive_run(engine: Engine, run_path: Path, out: Path | None = None,
     say = progress or (lambda stage, message: None)
     started = time.monotonic()
     run_dir = open_run_dir(run_path)
-    resolved = config.read_resolved(run_dir.resolved_path)
+    resolved = planfile.read_resolved(run_dir.resolved_path)
     raw = raw_run_images(run_dir.resolved_path)
     found, skipped, missing = [], {}, []
     for env in resolved.plan.environments:

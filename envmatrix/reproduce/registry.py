@@ -19,10 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from envmatrix import __version__
-from envmatrix.config import grammar
-from envmatrix.config import load as config
+from envmatrix import __version__, grammar
 from envmatrix.errors import ConfigError, EngineError, RunDirError
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, atomic_write_json
 from envmatrix.rundir.results import utc_now
 from envmatrix.running.engine import Engine
@@ -53,7 +52,7 @@ def default_registry() -> str | None:
 def push_run(engine: Engine, run_dir: RunDir, registry: str, say: Say) -> Path:
     """Push every image the run recorded; write registry.json; its path. Raises EngineError
     naming the environment when one push fails (the ones before it are recorded)."""
-    images = config.read_resolved(run_dir.resolved_path).run.images
+    images = planfile.read_resolved(run_dir.resolved_path).run.images
     if not any(record.tag for record in images.values()):
         raise RunDirError(f"{run_dir.path} records no built image. Fix: finish the run "
                           f"(`{run_dir.resume_hint()}`) or build it, then push.")

@@ -36,12 +36,12 @@ from envmatrix.analysis.stats import (
     measured_comparison,
 )
 from envmatrix.config import expand
-from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.report import document as report
 from envmatrix.report.compare import Comparison, compare
 from envmatrix.report.document import RunData, load_run
 from envmatrix.reproduce.archive import MissingImages, sha256_file
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import (
     RunDir,
     atomic_write_json,
@@ -307,14 +307,14 @@ def _write_resolved(plan: Plan, new: RunDir, images: Mapping[str, ChosenImage],
                               "size_bytes": engine.image_size(i.image_id)}
                         for env, i in sorted(images.items())},
              "replay": record}
-    config.dump_resolved(plan, new.resolved_path, extra)
+    planfile.dump_resolved(plan, new.resolved_path, extra)
 
 
 def replay(request: Request, progress: Progress | None = None,
            adjust: runner.Adjust | None = None) -> Outcome:
     say = progress or (lambda stage, message: None)
     old = open_run_dir(request.old_run)
-    resolved = config.read_resolved(old.resolved_path)
+    resolved = planfile.read_resolved(old.resolved_path)
     plan = select_plan(resolved.plan, request.only, request.skip)
     plan = drop_unbuilt(plan, resolved.run.images, request.images, say)
     old_results = {str(r["cell"]): r for r in load_results(old, resolved)}

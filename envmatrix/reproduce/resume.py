@@ -1,7 +1,7 @@
 """--resume: finish a run as it was planned, whatever the matrix file says today.
 
 The rules (docs/reproduce.md, "Run directory integrity"):
-- The plan is the run's own (`matrix.resolved.yaml`, read by `config.read_resolved`), never the
+- The plan is the run's own (`matrix.resolved.yaml`, read by `planfile.read_resolved`), never the
   matrix file read again. That file keeps its plan part byte for byte; only its `run:` record
   grows (the images used now, and one entry per resume saying when and with which filters).
 - The matrix file cannot change a run behind the user's back. Given with `--matrix`, it must
@@ -28,6 +28,7 @@ from envmatrix.config import expand
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
 from envmatrix.progress import Progress
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir
 from envmatrix.rundir.plan import Plan, ResolvedPlan, plan_to_dict
 from envmatrix.rundir.results import load_results, utc_now
@@ -48,7 +49,7 @@ class Resumed:
 def resume_plan(run_dir: RunDir, *, matrix: Path | None, only: Sequence[str],
                 skip: Sequence[str], progress: Progress) -> Resumed:
     """The run's own plan, checked against the matrix file, and the cells selected now."""
-    resolved = config.read_resolved(run_dir.resolved_path)
+    resolved = planfile.read_resolved(run_dir.resolved_path)
     check_matrix(resolved.plan, matrix, progress)
     if resolved.plan.hosts:
         resolved = replace(resolved, plan=with_credentials(resolved.plan, matrix, progress))
@@ -199,7 +200,7 @@ def record(run_dir: RunDir, images: Mapping[str, Mapping[str, Any]], *, only: Se
                     "skip": list(skip), "cells": list(cells)}]
         return {**run, "images": dict(sorted(recorded.items())), "resumes": resumes}
 
-    config.update_run_record(run_dir.resolved_path, update)
+    planfile.update_run_record(run_dir.resolved_path, update)
 
 
 def left_unfinished(run_dir: RunDir, resumed: Resumed) -> list[str]:

@@ -3,7 +3,7 @@
 Layout of `reports/<run-id>/` (see shared/DESIGN.md):
 
     .envmatrix-run         marker: {"schema": "envmatrix.rundir/1", "run_id", "created_at"}
-    matrix.resolved.yaml   the expanded plan plus image ids (config.dump_resolved)
+    matrix.resolved.yaml   the expanded plan plus image ids (planfile.dump_resolved)
     dockerfiles/           rendered Dockerfiles, for people to read
     logs/                  base-<name>.log, build-<env>.log, run-<cell>.log
     locks/<env>.json       the installed set read from inside each image (envmatrix.images.locks)

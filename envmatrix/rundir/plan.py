@@ -480,7 +480,7 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
     """The inverse of `plan_to_dict` (plus the `run:` part): the typed plan a run used.
 
     Raises KeyError or TypeError on a document that is not a resolved plan; the caller that
-    read the file words that for users (`config.read_resolved`).
+    read the file words that for users (`planfile.read_resolved`).
     """
     bases = {b.name: b for b in (_base(d) for d in doc.get("bases") or [])}
     for env_doc in doc.get("environments") or []:  # plans of old runs may not list bases

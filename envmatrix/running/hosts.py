@@ -23,8 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envmatrix.config.problems import KeyPath, Problem, did_you_mean
 from envmatrix.errors import HostUnreachableError
+from envmatrix.problems import KeyPath, Problem, did_you_mean
 from envmatrix.rundir.plan import Cell, Host
 
 if TYPE_CHECKING:  # config reads hosts: without the Docker SDK (report and config never need it)

@@ -30,8 +30,8 @@ import pytest
 import yaml
 from test_pipeline import CliRun, envmatrix_cli
 
-from envmatrix.config import load as config
 from envmatrix.reproduce import archive
+from envmatrix.rundir import planfile
 from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -70,7 +70,7 @@ def first_run(engine: Engine, workdir: Path) -> Iterator[tuple[CliRun, str, str]
     matrix = throwaway_matrix(workdir, token)
     out = workdir / "run1"
     run = envmatrix_cli(["matrix", "--matrix", str(matrix), "--out", str(out)], workdir, out)
-    image = config.read_resolved(out / "matrix.resolved.yaml").run.images.get(ENV)
+    image = planfile.read_resolved(out / "matrix.resolved.yaml").run.images.get(ENV)
     tag, image_id = (image.tag, image.image_id) if image else (None, None)
     try:
         assert run.code == 0, run.stderr
@@ -140,7 +140,7 @@ def test_archive_remove_restore_replay(engine: Engine, workdir: Path,
     assert again.code == 0, again.stderr
     assert not re.search(r"\b(build|base)\s+\S+: ", again.stderr), "replay must build nothing"
     assert not list((out / "logs").glob("build-*.log"))
-    resolved = config.read_resolved(out / "matrix.resolved.yaml")
+    resolved = planfile.read_resolved(out / "matrix.resolved.yaml")
     assert resolved.run.images[ENV].image_id == image_id
     assert (out / "report.md").is_file() and (out / f"compare-{run.out.name}.md").is_file()
     new = json.loads((out / "results" / f"{CELL}.json").read_text())

@@ -15,6 +15,7 @@ import pytest
 from test_pipeline import envmatrix_process as cli
 
 from envmatrix.config import load as config
+from envmatrix.rundir import planfile
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,7 +44,7 @@ def test_resume_with_only_keeps_the_plan_and_reports_every_cell(
     first = cli("matrix", "--matrix", str(matrix), "--out", str(run), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     plan_bytes = plan_part(run / "matrix.resolved.yaml")
-    recorded = config.read_resolved(run / "matrix.resolved.yaml").config_hashes
+    recorded = planfile.read_resolved(run / "matrix.resolved.yaml").config_hashes
 
     # A partial run: trixie's result is gone, and bullseye's claims another model.
     (run / "results" / f"{trixie}.json").unlink()

@@ -16,6 +16,7 @@ from test_report_fakes import plan_dict
 from envmatrix import cli
 from envmatrix.reproduce import archive
 from envmatrix.reproduce.archive import ArchiveError, MissingImages, archive_run, restore_archive
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import create_run_dir
 from envmatrix.running.engine import ImageFacts
 
@@ -150,7 +151,7 @@ def test_the_base_id_the_run_recorded_wins_then_labels_then_layers(tmp_path: Pat
     env = engine.images[env_id(ENV_A)]
     by_label = dataclasses.replace(env, parent="", labels={"envmatrix.base-id": BASE_ID})
     by_layers = dataclasses.replace(env, parent="")
-    plan_env = archive.config.read_resolved(
+    plan_env = planfile.read_resolved(
         make_run(tmp_path, recorded()) / "matrix.resolved.yaml").plan.environments[0]
     recorded_base = {"base": {"image_id": "sha256:rec", "digest": "debian@sha256:e"}}
     found = archive.find_base(engine, plan_env, env, recorded_base)  # type: ignore[arg-type]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from envmatrix.config import cabundle
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, RunDirError
+from envmatrix.rundir import planfile
 from envmatrix.rundir.plan import plan_to_dict
 
 # HEAD declares more bases than most tests use; the warning about that has its own test.
@@ -275,8 +277,8 @@ def test_ca_bundle_auto_prefers_pip_cert(tmp_path, monkeypatch):
     bundle = tmp_path / "ca.pem"
     bundle.write_text("pem")
     monkeypatch.setenv("PIP_CERT", str(bundle))
-    assert config.resolve_ca_bundle() == bundle.resolve()
-    assert config.resolve_ca_bundle({"SSL_CERT_FILE": str(bundle)}) == bundle.resolve()
+    assert cabundle.resolve_ca_bundle() == bundle.resolve()
+    assert cabundle.resolve_ca_bundle({"SSL_CERT_FILE": str(bundle)}) == bundle.resolve()
     path = write(tmp_path, """\
         environments:
           - {base: bookworm, packages: {onnxruntime: "1.20.1"}}
@@ -417,8 +419,8 @@ def test_generated_id_collision_in_a_matrix(tmp_path):
 def test_dump_and_read_resolved_round_trip(tmp_path):
     plan = config.load_plan(REPO / "matrix.yaml")
     target = tmp_path / "run" / "matrix.resolved.yaml"
-    config.dump_resolved(plan, target, {"run_id": "r1", "out": tmp_path})
-    back = config.read_resolved(target)
+    planfile.dump_resolved(plan, target, {"run_id": "r1", "out": tmp_path})
+    back = planfile.read_resolved(target)
     assert back.run.run_id == "r1"
     assert back.plan == plan
     assert plan_to_dict(back.plan) == json.loads(json.dumps(plan_to_dict(plan)))
@@ -427,8 +429,8 @@ def test_dump_and_read_resolved_round_trip(tmp_path):
 
 def test_read_resolved_refuses_other_files(tmp_path):
     with pytest.raises(RunDirError, match="missing"):
-        config.read_resolved(tmp_path / "none.yaml")
+        planfile.read_resolved(tmp_path / "none.yaml")
     other = tmp_path / "x.yaml"
     other.write_text("schema: something/9\n")
     with pytest.raises(RunDirError, match="expected schema envmatrix.plan/1"):
-        config.read_resolved(other)
+        planfile.read_resolved(other)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from envmatrix.config import grammar
+from envmatrix import grammar
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
 from envmatrix.images import render

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from envmatrix.config import expand, grammar, problems
+from envmatrix import grammar, problems
+from envmatrix.config import expand
 from envmatrix.errors import ConfigError
 from envmatrix.rundir import plan as planmod
 from envmatrix.rundir.plan import Base, Cell, Environment, Measure, Plan, Workload

@@ -18,6 +18,7 @@ from envmatrix.analysis.stats import SLOWER, UNCHANGED, VerdictRules, rules_for
 from envmatrix.config import load as config
 from envmatrix.errors import CellsFailed, ConfigError, GateFailed
 from envmatrix.report import document as report
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import open_run_dir
 from envmatrix.rundir.plan import Measure, VerdictSettings, plan_from_dict, plan_to_dict
 
@@ -168,8 +169,8 @@ def test_repeats_enter_the_plan_its_hashes_and_the_resolved_file(tmp_path: Path)
     assert quick.verdict.min_effect == 0.1 and quick.verdict.alpha == plan.verdict.alpha
     cell = plan.cells[0]
     assert cell.config_hash(quick.measure) != cell.config_hash(plan.measure)
-    config.dump_resolved(quick, tmp_path / "matrix.resolved.yaml", {"run_id": "r"})
-    back = config.read_resolved(tmp_path / "matrix.resolved.yaml")
+    planfile.dump_resolved(quick, tmp_path / "matrix.resolved.yaml", {"run_id": "r"})
+    back = planfile.read_resolved(tmp_path / "matrix.resolved.yaml")
     assert back.plan.measure.repeats == 8 and back.plan.verdict.min_effect == 0.1
     assert back.config_hash(cell) == cell.config_hash(quick.measure)
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
-from envmatrix.config import grammar
+from envmatrix import grammar
 from envmatrix.config import load as config
 from envmatrix.errors import BaseImageError, BuildError, ConfigError
 from envmatrix.images import bases, locks

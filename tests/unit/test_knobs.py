@@ -18,6 +18,7 @@ from envmatrix.config import expand, spec
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
 from envmatrix.report import document as report
+from envmatrix.rundir import planfile
 from envmatrix.rundir.plan import (
     NO_KNOBS,
     Base,
@@ -460,7 +461,7 @@ def test_report_of_a_threads_axis_has_the_column_and_a_verdict_t2_against_t1(tmp
           matrix: {threads: [1, 2]}
         """)
     run = create_run_dir(tmp_path / "reports", run_id="run-1")
-    config.dump_resolved(plan, run.resolved_path, {"run_id": "run-1"})
+    planfile.dump_resolved(plan, run.resolved_path, {"run_id": "run-1"})
     for seed, (cell, p50) in enumerate(zip(plan.cells, (0.005, 0.004))):
         res = fake_result("trixie-ort1.32.0--mlp--cpu", p50=p50, repeats=8, seed=seed)
         res["cell"] = cell.id

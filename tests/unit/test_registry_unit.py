@@ -17,6 +17,7 @@ from envmatrix.config import load as config
 from envmatrix.errors import BaseImageError, ConfigError, EngineError
 from envmatrix.images import bases
 from envmatrix.reproduce import registry
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, create_run_dir
 from envmatrix.rundir.plan import Base, Bootstrap
 
@@ -63,7 +64,7 @@ def run(tmp_path: Path) -> RunDir:
     run = create_run_dir(tmp_path / "reports", "r1")
     images = {env.id: {"tag": f"envmatrix/{env.id}:aa", "image_id": "sha256:aa"}
               for env in plan.environments}
-    config.dump_resolved(plan, run.resolved_path, {"run_id": "r1", "images": images})
+    planfile.dump_resolved(plan, run.resolved_path, {"run_id": "r1", "images": images})
     return run
 
 

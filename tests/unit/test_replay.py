@@ -19,6 +19,7 @@ from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.reproduce import replay
 from envmatrix.reproduce.archive import MissingImages, sha256_file
+from envmatrix.rundir import planfile
 from envmatrix.rundir.plan import ImageRecord
 from envmatrix.running.containers import ContainerSpec
 from envmatrix.running.engine import ContainerOutcome
@@ -82,7 +83,7 @@ def request(tmp_path: Path, old: Path, **kw: Any) -> replay.Request:
 
 
 def test_only_selects_cells_and_keeps_their_environments(tmp_path: Path) -> None:
-    plan = config.read_resolved(old_run(tmp_path) / "matrix.resolved.yaml").plan
+    plan = planfile.read_resolved(old_run(tmp_path) / "matrix.resolved.yaml").plan
     kept = replay.select_plan(plan, [f"{CANDIDATE}--cnn--cpu"], [])
     assert [c.id for c in kept.cells] == [f"{CANDIDATE}--cnn--cpu"]
     assert [e.id for e in kept.environments] == [CANDIDATE] and kept.baseline == CANDIDATE
@@ -92,7 +93,7 @@ def test_only_selects_cells_and_keeps_their_environments(tmp_path: Path) -> None
 
 
 def test_a_missing_image_is_named_with_both_fixes(tmp_path: Path) -> None:
-    plan = config.read_resolved(old_run(tmp_path) / "matrix.resolved.yaml").plan
+    plan = planfile.read_resolved(old_run(tmp_path) / "matrix.resolved.yaml").plan
     engine = FakeEngine({IDS[BASELINE]: IDS[BASELINE]}, {})
     records = {env: ImageRecord(f"envmatrix/{env}:h", i) for env, i in IDS.items()}
     with pytest.raises(MissingImages) as err:
@@ -159,9 +160,9 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
     new = done.run_dir.path
     for name in ("cnn.onnx", "inputs.npz"):
         assert sha256_file(new / "inputs" / "cnn" / name) == sha256_file(old / "inputs/cnn" / name)
-    resolved = config.read_resolved(new / "matrix.resolved.yaml")
+    resolved = planfile.read_resolved(new / "matrix.resolved.yaml")
     assert [c.id for c in resolved.plan.cells] == [f"{CANDIDATE}--cnn--cpu"]
-    assert resolved.plan.measure == config.read_resolved(old / "matrix.resolved.yaml").plan.measure
+    assert resolved.plan.measure == planfile.read_resolved(old / "matrix.resolved.yaml").plan.measure
     assert resolved.run.images[CANDIDATE].image_id == IDS[CANDIDATE]
     assert (new / "report.md").is_file() and (new / "compare-old.md").is_file()
     summary = json.loads((new / "replay.json").read_text())
@@ -200,7 +201,7 @@ def test_inputs_changed_after_the_run_are_refused(tmp_path: Path,
 
 
 def test_environments_whose_build_failed_are_left_out_with_a_note(tmp_path: Path) -> None:
-    plan = config.read_resolved(old_run(tmp_path) / "matrix.resolved.yaml").plan
+    plan = planfile.read_resolved(old_run(tmp_path) / "matrix.resolved.yaml").plan
     records = {BASELINE: ImageRecord("t", IDS[BASELINE]), CANDIDATE: ImageRecord(None, None)}
     said: list[str] = []
     kept = replay.drop_unbuilt(plan, records, {}, lambda stage, text: said.append(text))

@@ -15,6 +15,7 @@ from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
 from envmatrix.progress import Progress
 from envmatrix.reproduce import resume
+from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, atomic_write_json, create_run_dir
 from envmatrix.rundir.plan import Plan
 
@@ -52,7 +53,7 @@ def started_run(tmp_path: Path, matrix: Path, **load: Any) -> tuple[RunDir, Plan
     run = create_run_dir(tmp_path / "reports", "r1")
     images = {env.id: {"tag": f"envmatrix/{env.id}:aa", "image_id": "sha256:aa",
                        "size_bytes": 1} for env in plan.environments}  # fmt: skip
-    config.dump_resolved(plan, run.resolved_path, {"run_id": "r1", "images": images,
+    planfile.dump_resolved(plan, run.resolved_path, {"run_id": "r1", "images": images,
                                                    "started_at": "2026-11-30T01:00:00Z"})
     return run, plan
 
@@ -143,7 +144,7 @@ def test_record_grows_the_run_record_and_keeps_the_plan_bytes(
     resume.record(run, {TRIXIE: new_image, BULLSEYE: failed}, only=[TRIXIE], skip=[],
                   cells=[f"{TRIXIE}--mlp--cpu"])
     assert plan_part(run.resolved_path) == before
-    resolved = config.read_resolved(run.resolved_path)
+    resolved = planfile.read_resolved(run.resolved_path)
     assert resolved.run.images[TRIXIE].tag == f"envmatrix/{TRIXIE}:bb"
     assert resolved.run.images[BULLSEYE].tag == f"envmatrix/{BULLSEYE}:aa"  # kept, not erased
     assert resolved.run.started_at == "2026-11-30T01:00:00Z"
@@ -172,8 +173,8 @@ def test_the_run_record_update_keeps_every_plan_byte(tmp_path: Path, matrix_file
     """Long descriptions (folded lines), floats, unicode: written back exactly as they were."""
     plan = config.load_plan(Path(__file__).resolve().parents[2] / matrix_file)
     path = tmp_path / "matrix.resolved.yaml"
-    config.dump_resolved(plan, path, {"run_id": "r", "started_at": "2026-11-30T01:00:00Z"})
+    planfile.dump_resolved(plan, path, {"run_id": "r", "started_at": "2026-11-30T01:00:00Z"})
     before = plan_part(path)
-    config.update_run_record(path, lambda run: {**run, "resumes": [{"at": "now"}]})
+    planfile.update_run_record(path, lambda run: {**run, "resumes": [{"at": "now"}]})
     assert plan_part(path) == before
-    assert config.read_resolved(path).run.started_at == "2026-11-30T01:00:00Z"
+    assert planfile.read_resolved(path).run.started_at == "2026-11-30T01:00:00Z"

@@ -1,4 +1,4 @@
-"""envmatrix.config.yamlsrc: the one module that reads and writes YAML (matrix files, resolved plans)."""
+"""envmatrix.yamlsrc: the one module that reads and writes YAML (matrix files, resolved plans)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from envmatrix.config import yamlsrc
+from envmatrix import yamlsrc
 from envmatrix.errors import ConfigError
 
 PACKAGE = Path(yamlsrc.__file__).parent

@@ -14,9 +14,9 @@ from typing import Any, Union
 
 import yaml
 
-from envmatrix.config import problems
-from envmatrix.config.problems import KeyPath
+from envmatrix import problems
 from envmatrix.errors import ConfigError
+from envmatrix.problems import KeyPath
 from envmatrix.rundir.layout import atomic_write_text
 
 MAX_FILE_BYTES = 1 << 20
