@@ -3,11 +3,12 @@
 Nothing here reads files or YAML: `envmatrix.config.load` validates matrix.yaml and calls these
 functions. Problems are reported as `envmatrix.problems.Problem`s carrying a key path; config
 turns the path into a file and line. The typed result, `Plan`, lives in `envmatrix.rundir.plan`.
+The words ids are made of (`t2`, `opt-all`) live in `envmatrix.idwords`, which the report
+reads too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +18,16 @@ from typing import Any
 
 from envmatrix.errors import ConfigError
 from envmatrix.grammar import normalize_package
+from envmatrix.idwords import (
+    KNOB_FIELDS,
+    RUNTIME_TAGS,
+    knob_order,
+    knob_part,
+    knob_values,
+    provider_slug,
+    slug,
+    varied_knobs,
+)
 from envmatrix.problems import KeyPath, PlanError, Problem, did_you_mean, kind_of, show
 from envmatrix.rundir.plan import (
     GPU_PROVIDERS,
@@ -38,21 +49,11 @@ ORT_DISTRIBUTIONS = (
     "onnxruntime-directml",
     "onnxruntime-rocm",
 )
-# Runtime package -> short tag used in generated ids (order: the tags' order inside an id).
-RUNTIME_TAGS: tuple[tuple[str, str], ...] = (
-    ("onnxruntime", "ort"),
-    ("onnxruntime-gpu", "ortgpu"),
-    ("onnxruntime-openvino", "ortov"),
-    ("onnxruntime-directml", "ortdml"),
-    ("onnxruntime-rocm", "ortrocm"),
-    ("torch", "torch"),
-)
 # Package names a matrix axis may use bare (`onnxruntime: [...]`); others need `packages.<name>`.
 KNOWN_PACKAGES = frozenset(name for name, _ in RUNTIME_TAGS) | {"numpy", "openvino", "onnx"}
 # Environment fields a matrix axis may vary, and the extra ones an include entry may set.
 # Knobs shape a cell's numbers but not its image: they are cell settings, so combinations
 # that differ only in knobs are one environment (one image) with several cells.
-KNOB_FIELDS = ("threads", "cpuset", "memory_limit", "concurrency")
 AXIS_FIELDS = ("base", "python", "providers", *KNOB_FIELDS)
 INCLUDE_FIELDS = (*AXIS_FIELDS, "id", "env", "description", "provider_options", "template",
                   "gpus", "hosts", "session")
@@ -323,13 +324,6 @@ def origin_path(origin: Mapping[tuple[str, ...], KeyPath], loc: KeyPath,
 # -- ids ------------------------------------------------------------------------------------
 
 
-def slug(text: str) -> str:
-    """Lower-case, every run of other characters one '-', no separator at either end."""
-    text = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
-    text = re.sub(r"[._-]{2,}", lambda m: m.group()[0], text)
-    return text.strip("._-")
-
-
 def environment_id(base: str, python: str, packages: Mapping[str, str],
                    varied: Sequence[str] = (), providers: Sequence[str] = ()) -> str:
     """A stable slug: base, python (unless system), runtime pins, varied packages, providers.
@@ -349,83 +343,9 @@ def environment_id(base: str, python: str, packages: Mapping[str, str],
     return slug("-".join(parts))
 
 
-def provider_slug(provider: str) -> str:
-    """`openvino` stays; a full name like `MIGraphXExecutionProvider` becomes `migraphx`."""
-    if provider in PROVIDER_NAMES:
-        return provider
-    return slug(provider.removesuffix("ExecutionProvider"))
-
-
 def cell_id(env_id: str, workload: str, provider: str, knobs: Sequence[str] = ()) -> str:
     """`<env>--<workload>--<provider>`, then one `--<part>` per knob its variants vary."""
     return "--".join((env_id, workload, provider_slug(provider), *knobs))
-
-
-# Id part of each knob: a prefix, then the value's word (below). Session settings keep their
-# matrix order; config entries and provider options follow, by name.
-KNOB_PREFIX = {
-    "threads": "t", "cpuset": "cpu", "memory_limit": "mem", "concurrency": "c",
-    "session.graph_optimization": "opt-", "session.intra_op_threads": "intra",
-    "session.inter_op_threads": "inter", "session.execution_mode": "",
-    "session.enable_mem_pattern": "mempat-", "session.enable_cpu_mem_arena": "arena-",
-}
-_WORDS = {"sequential": "seq", "parallel": "par"}
-_WORD = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
-WORD_MAX = 24
-
-
-def knob_values(knobs: Knobs, options: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
-    """A cell's settings by dotted name (threads, session.<setting>, session.config.<key>,
-    provider_options.<option> of the cell's provider): ids, report columns, results.csv."""
-    out: dict[str, Any] = {k: getattr(knobs, k) for k in KNOB_FIELDS
-                           if getattr(knobs, k) is not None}
-    for name, value in knobs.session:
-        if name == "config":
-            out.update({f"session.config.{k}": v for k, v in sorted(value.items())})
-        else:
-            out[f"session.{name}"] = value
-    out.update({f"provider_options.{k}": v for k, v in sorted(options)})
-    return out
-
-
-def knob_word(value: Any, exact: bool = False) -> str:
-    """A value as an id word: on/off, a number, a short lower-case word; a mapping (OpenVINO's
-    load_config) by its leaf values (`throughput_2`) unless `exact`; else h + 7 hex."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, dict):
-        text = "" if exact else "_".join(_leaves(value)).lower()
-    else:
-        text = str(value).lower().replace(",", "_")
-    text = _WORDS.get(text, text)
-    if text and len(text) <= WORD_MAX and _WORD.fullmatch(text):
-        return text
-    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-    return "h" + digest[:7]
-
-
-def _leaves(value: Any) -> list[str]:
-    if isinstance(value, dict):
-        return [leaf for key in sorted(value) for leaf in _leaves(value[key])]
-    return ["on" if value is True else "off" if value is False else str(value)]
-
-
-def knob_part(name: str, value: Any, exact: bool = False) -> str:
-    """`t1`, `opt-all`, `seq`, `arena-off`, `intra_op.allow_spinning-0`, `num_streams-2`,
-    `load_config-throughput` (`exact`: a mapping by its hash, when leaf words collide)."""
-    if name in KNOB_PREFIX:
-        return KNOB_PREFIX[name] + knob_word(value, exact)
-    short = name.split(".", 1)[1]
-    if short.startswith("config."):
-        short = short[len("config."):].removeprefix("session.")
-    return f"{short}-{knob_word(value, exact)}"
-
-
-def varied_knobs(values: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Names whose value (or presence) differs between an environment's variants, in id order."""
-    names = list(dict.fromkeys(n for v in values for n in v))
-    varied = [n for n in names if len({json.dumps(v.get(n), sort_keys=True) for v in values}) > 1]
-    return knob_order(varied)
 
 
 def knob_summary(cell: Cell) -> str:
@@ -439,12 +359,6 @@ def knob_summary(cell: Cell) -> str:
     own = [f"backend={wl.backend}"] if wl.network else []
     own += [f"batch={wl.batch}"] if wl.batch is not None else []
     return " ".join([*own, *(f"{name}={shown[name]}" for name in knob_order(values))])
-
-
-def knob_order(names: Iterable[str]) -> list[str]:
-    """Setting names once each, in id order: KNOB_PREFIX's, then the others by name."""
-    order = list(KNOB_PREFIX)
-    return sorted(set(names), key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
 # -- environment checks ---------------------------------------------------------------------
