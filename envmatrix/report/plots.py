@@ -1,6 +1,6 @@
 """The report's figures, drawn on the host with matplotlib's Agg renderer.
 
-One set per network (envmatrix.report.document.write_plots: the cells of a network's workloads, e.g.
+One set per network (envmatrix.report.build.write_plots: the cells of a network's workloads, e.g.
 cnn-ort and cnn-torch; a network that is one workload keeps that workload's file names), each
 titled "<network>: <what>, baseline <environment>" (`title`):
 - ratio: p50 and p99 as % change vs the baseline, the very numbers the text prints
@@ -11,7 +11,7 @@ titled "<network>: <what>, baseline <environment>" (`title`):
 - latency: every cell's latencies as a box plot (whiskers at p1 and p99, no fliers);
 - rounds: per cell the p50 of each round as a line, each process's p50 as a faint dot, so
   drift over the run and two modes show;
-- throughput: samples per second of every cell, the tables' number (report.shown_point).
+- throughput: samples per second of every cell, the tables' number (rundata.shown_point).
 Legends sit outside the axes and never cover data; the verdict words sit in the right margin.
 
 Byte-for-byte reproducible: the figures are built from matplotlib's default style whatever
@@ -283,23 +283,3 @@ def throughput_figure(fig_title: str, series: Sequence[Series]) -> Figure:
         ax.grid(axis="x", alpha=0.3)
         return fig
 
-
-def latency_png(fig_title: str, series: Sequence[Series]) -> bytes:
-    return png(latency_figure(fig_title, series))
-
-
-def ratio_png(fig_title: str, series: Sequence[Series], min_effect: float,
-              confidence: float = 0.95) -> bytes:
-    return png(ratio_figure(fig_title, series, min_effect, confidence))
-
-
-def cost_png(fig_title: str, series: Sequence[Series]) -> bytes:
-    return png(cost_figure(fig_title, series))
-
-
-def rounds_png(fig_title: str, series: Sequence[Series]) -> bytes:
-    return png(rounds_figure(fig_title, series))
-
-
-def throughput_png(fig_title: str, series: Sequence[Series]) -> bytes:
-    return png(throughput_figure(fig_title, series))
