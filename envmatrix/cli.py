@@ -27,7 +27,7 @@ from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import create_run_dir, open_run_dir
 
 if TYPE_CHECKING:  # the report module imports the plotting stack: only when a report is made
-    from envmatrix.report.document import RunData
+    from envmatrix.analysis.rundata import RunData
 
 REPORTS_ROOT = Path("reports")
 DEFAULT_MATRIX = Path("matrix.yaml")
@@ -217,7 +217,7 @@ def _gate_code(findings: list[str], fail_on: Sequence[str], progress: Progress) 
 
 
 def _step_summary(data: RunData, progress: Progress) -> None:
-    from envmatrix.report import document as report
+    from envmatrix.report import summary as report
 
     try:
         gate.write_step_summary(report.section_summary(data))

@@ -31,8 +31,8 @@ from envmatrix.problems import did_you_mean
 from envmatrix.rundir.plan import FAIL_ON_WORDS, Measure, Plan, VerdictSettings
 
 if TYPE_CHECKING:  # report imports plots (matplotlib): not needed to parse arguments
+    from envmatrix.analysis.rundata import RunData
     from envmatrix.report.compare import Comparison
-    from envmatrix.report.document import RunData
 
 STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 NONE = "none"  # --fail-on none: no gate, whatever the matrix's verdict.fail_on says

@@ -22,7 +22,7 @@ from envmatrix.images import bases, locks, render
 from envmatrix.images import build as images
 from envmatrix.inputs import prepare as inputs
 from envmatrix.progress import Progress
-from envmatrix.report import document as report
+from envmatrix.report import build as report
 from envmatrix.reproduce import resume
 from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, atomic_write_text, create_run_dir, open_run_dir

@@ -7,11 +7,11 @@ same stack built under another name a year later); environments it does not name
 their own name.
 
 Output parity: the first-inference outputs of every matched pair of cells (A as baseline) are
-compared with the tolerances of envmatrix.analysis.parity. Both runs made their inputs on the host from
-the workload's seed, so the same workload sees the same bytes; when the recorded input digests
-differ the outputs are not compared (a different input explains any difference). A parity
-failure is the first thing the comparison says, as in the main report: a faster stack that
-computes something else is not an upgrade.
+compared with the tolerances of envmatrix.analysis.parity. Both runs made their inputs on the
+host from the workload's seed, so the same workload sees the same bytes; when the recorded
+input digests differ the outputs are not compared (a different input explains any difference).
+A parity failure is the first thing the comparison says, as in the main report: a faster stack
+that computes something else is not an upgrade.
 
 Numbers from different hardware are not comparable: when the CPU model, its flags or the
 core count seen by the cells differ between the runs, the comparison is refused unless
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from envmatrix.analysis.parity import CellParity, OutputParity, files_parity
+from envmatrix.analysis.rundata import RunData, load_run
 from envmatrix.analysis.stats import (
     INVALID,
     UNPAIRED,
@@ -33,21 +34,11 @@ from envmatrix.analysis.stats import (
     check_validity,
     measured_comparison,
     method_phrase,
+    point_value,
 )
 from envmatrix.errors import ConfigError, DifferentHardwareError
-from envmatrix.report.document import (
-    DASH,
-    RunData,
-    cpu_flags_diff,
-    fmt_ms,
-    fmt_pct,
-    load_run,
-    md,
-    parity_tables,
-    point_value,
-    provider_name,
-    table,
-)
+from envmatrix.report.markdown import DASH, fmt_ms, fmt_pct, md, parity_tables, provider_name, table
+from envmatrix.report.sections import cpu_flags_diff
 from envmatrix.rundir.layout import atomic_write_text
 
 __all__ = ["Comparison", "DifferentHardwareError", "compare", "match_cells",

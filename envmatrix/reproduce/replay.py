@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from envmatrix import __version__
+from envmatrix.analysis.rundata import RunData, load_run
 from envmatrix.analysis.stats import (
     FASTER,
     SLOWER,
@@ -37,9 +38,8 @@ from envmatrix.analysis.stats import (
 )
 from envmatrix.config import expand
 from envmatrix.errors import ConfigError, RunDirError
-from envmatrix.report import document as report
+from envmatrix.report import build as report
 from envmatrix.report.compare import Comparison, compare
-from envmatrix.report.document import RunData, load_run
 from envmatrix.reproduce.archive import MissingImages, sha256_file
 from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import (

@@ -244,7 +244,7 @@ def test_reproduce_falls_back_to_the_plans_measure_and_the_tag() -> None:
     assert "--memory" not in printed and "--pids-limit" not in printed
 
 
-@pytest.mark.parametrize("module", ["envmatrix.report.document", "envmatrix.running.containers"])
+@pytest.mark.parametrize("module", ["envmatrix.report.build", "envmatrix.running.containers"])
 def test_imports_without_the_docker_sdk(module: str) -> None:
     """The report (and the contract it prints from) must not need the SDK: a fresh
     interpreter, since this one may have imported docker already."""

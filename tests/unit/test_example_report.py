@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from envmatrix.report.document import build_report
+from envmatrix.report.build import build_report
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
 # the default matrix's, and those of examples/openvino-tuning.yaml and examples/torch-vs-onnx.yaml

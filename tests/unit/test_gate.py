@@ -14,10 +14,11 @@ import yaml
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
 from envmatrix import cli, gate, pipeline
+from envmatrix.analysis.rundata import load_run
 from envmatrix.analysis.stats import SLOWER, UNCHANGED, VerdictRules, rules_for
 from envmatrix.config import load as config
 from envmatrix.errors import CellsFailed, ConfigError, GateFailed
-from envmatrix.report import document as report
+from envmatrix.report.summary import budget_note, section_summary
 from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import open_run_dir
 from envmatrix.rundir.plan import Measure, VerdictSettings, plan_from_dict, plan_to_dict
@@ -193,27 +194,27 @@ def test_cli_hands_its_overrides_to_the_pipeline(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_slowdown_is_found_and_an_unchanged_run_is_not(tmp_path: Path) -> None:
-    slow = report.load_run(fake_run(tmp_path / "slow", 0.008))
+    slow = load_run(fake_run(tmp_path / "slow", 0.008))
     assert slow.verdicts[0].verdict == SLOWER
     found = gate.run_findings(slow, ["slower"])
     assert len(found) == 1 and found[0].startswith(f"slower: {CAND} (p50 +")
-    same = report.load_run(fake_run(tmp_path / "same", 0.005))
+    same = load_run(fake_run(tmp_path / "same", 0.005))
     assert same.verdicts[0].verdict == UNCHANGED
     assert gate.run_findings(same, ["slower", "parity", "invalid"]) == []
     assert gate.run_findings(slow, ["parity", "invalid"]) == []  # only what was asked
 
 
 def test_parity_and_invalid_are_found(tmp_path: Path) -> None:
-    broken = report.load_run(fake_run(tmp_path / "parity", 0.005, broken_outputs=True))
+    broken = load_run(fake_run(tmp_path / "parity", 0.005, broken_outputs=True))
     assert [f.split(":")[0] for f in gate.run_findings(broken, ["parity"])] == ["parity"]
-    failed = report.load_run(fake_run(tmp_path / "failed", 0.005, cand=failed_result(CAND)))
+    failed = load_run(fake_run(tmp_path / "failed", 0.005, cand=failed_result(CAND)))
     found = gate.run_findings(failed, ["slower", "invalid"])
     assert found == [f"invalid: {CAND}: status build_failed: pip failed"]
 
 
 def test_an_invalid_baseline_counts_as_invalid(tmp_path: Path) -> None:
     path = make_run(tmp_path, [failed_result(BASE, status="crashed"), fake_result(CAND)])
-    found = gate.run_findings(report.load_run(path), ["invalid"])
+    found = gate.run_findings(load_run(path), ["invalid"])
     assert [f.split(": ")[1] for f in found] == [BASE, CAND]
 
 
@@ -312,7 +313,7 @@ def test_the_summary_is_appended_to_github_step_summary(
     text = summary.read_text()
     assert text.startswith("earlier step\n## Summary\n")
     assert f"Changes against the baseline **{BASELINE}**" in text and f"| {CANDIDATE}" in text
-    assert text == "earlier step\n" + report.section_summary(report.load_run(run)) + "\n\n"
+    assert text == "earlier step\n" + section_summary(load_run(run)) + "\n\n"
 
 
 def test_an_unwritable_step_summary_is_a_warning(tmp_path: Path,
@@ -324,9 +325,9 @@ def test_an_unwritable_step_summary_is_a_warning(tmp_path: Path,
 
 
 def test_too_few_rounds_are_said_once_in_the_summary(tmp_path: Path) -> None:
-    few = report.load_run(fake_run(tmp_path / "few", 0.008, repeats=3))
-    note = report.budget_note(few)
+    few = load_run(fake_run(tmp_path / "few", 0.008, repeats=3))
+    note = budget_note(few)
     assert note is not None and "Too few rounds for a verdict" in note
     assert "at least 5 per side" in note and "--repeats N" in note
-    assert report.section_summary(few).count("Too few rounds for a verdict") == 1
-    assert report.budget_note(report.load_run(fake_run(tmp_path / "enough", 0.008))) is None
+    assert section_summary(few).count("Too few rounds for a verdict") == 1
+    assert budget_note(load_run(fake_run(tmp_path / "enough", 0.008))) is None

@@ -19,7 +19,7 @@ from envmatrix import schedule
 from envmatrix.analysis import stats
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, EngineError, HostUnreachableError
-from envmatrix.report import document as report
+from envmatrix.report.sections import TABLE_HEADERS, with_host_column
 from envmatrix.rundir.layout import RunDir
 from envmatrix.rundir.plan import Cell, Host, Plan
 from envmatrix.running import containers, hosts
@@ -318,12 +318,12 @@ def test_the_table_gains_a_host_column_only_with_several_hosts(tmp_path: Path) -
     cand = next(c for c in plan.cells if c.environment.id == "trixie-ort1.20.0")
     verdict = SimpleNamespace(notes=(stats.CROSS_HOST_NOTE,))
     data = SimpleNamespace(plan=plan, verdict_of=lambda cid: verdict)
-    headers, rows = report.with_host_column(data, [cand], [["env", "CPU", "faster"]])  # type: ignore[arg-type]
+    headers, rows = with_host_column(data, [cand], [["env", "CPU", "faster"]])  # type: ignore[arg-type]
     assert headers[:2] == ("environment", "host")
     assert rows == [["env", "tls-box", "CPU", "faster (cross-host)"]]
     single = SimpleNamespace(plan=replace(plan, hosts=plan.hosts[:1]), verdict_of=lambda c: None)
-    headers, rows = report.with_host_column(single, [cand], [["env"]])  # type: ignore[arg-type]
-    assert headers == report.TABLE_HEADERS and rows == [["env"]]
+    headers, rows = with_host_column(single, [cand], [["env"]])  # type: ignore[arg-type]
+    assert headers == TABLE_HEADERS and rows == [["env"]]
 
 
 def test_cells_keep_their_host_in_the_resolved_plan(tmp_path: Path) -> None:

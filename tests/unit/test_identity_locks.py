@@ -24,7 +24,7 @@ from envmatrix.errors import BaseImageError, BuildError, ConfigError
 from envmatrix.images import bases, locks
 from envmatrix.images import build as images
 from envmatrix.images.render import render_environment
-from envmatrix.report.document import build_report
+from envmatrix.report.build import build_report
 from envmatrix.rundir.plan import Base, BaseIdentity, ImageRecord, plan_from_dict, plan_to_dict
 from envmatrix.running.engine import BuildStepError, ContainerOutcome
 from envmatrix_harness import installed as harness_installed

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from envmatrix.analysis.rundata import knob_fields, load_run
 from envmatrix.config import expand, spec
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
-from envmatrix.report import document as report
+from envmatrix.idwords import knob_names, knob_part
+from envmatrix.report.build import build_report
+from envmatrix.report.sections import with_knob_columns
 from envmatrix.rundir import planfile
 from envmatrix.rundir.plan import (
     NO_KNOBS,
@@ -119,7 +122,7 @@ def test_session_axes_and_include_slug_every_varied_setting(tmp_path):
 
 
 def test_knob_parts_are_short_and_stable():
-    part = expand.knob_part
+    part = knob_part
     assert part("threads", 1) == "t1"
     assert part("cpuset", "0-1") == "cpu0-1" and part("cpuset", "0,1") == "cpu0_1"
     assert part("memory_limit", "2g") == "mem2g"
@@ -313,17 +316,17 @@ def test_report_adds_a_column_only_for_varied_settings(tmp_path):
           session: {execution_mode: sequential}
           matrix: {threads: [1, 2]}
         """)
-    assert report.knob_names(plan.cells) == ["threads"]
-    headers, rows = report.with_knob_columns(plan.cells, ["environment", "provider", "p50"],
+    assert knob_names(plan.cells) == ["threads"]
+    headers, rows = with_knob_columns(plan.cells, ["environment", "provider", "p50"],
                                              [["e", "cpu", 1.0], ["e", "cpu", 2.0]])
     assert headers == ["environment", "provider", "threads", "p50"]
     assert [r[2] for r in rows] == ["1", "2"]
-    assert report.knob_fields(plan.cells, plan.cells[1]) == {"threads": 2}
+    assert knob_fields(plan.cells, plan.cells[1]) == {"threads": 2}
     still = load(tmp_path, """\
         - {base: trixie, packages: {onnxruntime: "1.32.0"}}
         """)
-    assert report.knob_names(still.cells) == []
-    assert report.with_knob_columns(still.cells, ["a", "b"], [[1, 2]]) == (["a", "b"], [[1, 2]])
+    assert knob_names(still.cells) == []
+    assert with_knob_columns(still.cells, ["a", "b"], [[1, 2]]) == (["a", "b"], [[1, 2]])
 
 
 def test_knobs_to_dict_and_measure_override():
@@ -467,12 +470,12 @@ def test_report_of_a_threads_axis_has_the_column_and_a_verdict_t2_against_t1(tmp
         res["cell"] = cell.id
         res["host"]["config_hash"] = cell.config_hash(plan.measure)
         (run.results_dir / f"{cell.id}.json").write_text(json.dumps(res))
-    path = report.build_report(run.path)
+    path = build_report(run.path)
     text = path.read_text()
     header = next(line for line in text.splitlines() if line.startswith("| environment"))
     assert [h.strip() for h in header.strip("|").split("|")][:3] == [
         "environment", "provider", "threads"]
-    data = report.load_run(run.path)
+    data = load_run(run.path)
     verdict = data.verdict_of("trixie-ort1.32.0--mlp--cpu--t2")
     assert verdict is not None and verdict.baseline == "trixie-ort1.32.0--mlp--cpu--t1"
     assert re.search(r"\| trixie-ort1\.32\.0 \(t2\) +\| mlp", text)  # summary

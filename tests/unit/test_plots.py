@@ -15,9 +15,11 @@ from matplotlib.figure import Figure
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
 from envmatrix.analysis import decision
+from envmatrix.analysis.rundata import RunData, load_run
 from envmatrix.analysis.stats import INVALID, VerdictRules, unit_values
 from envmatrix.report import plots
-from envmatrix.report.document import RunData, fmt_pct, load_run, plot_figures, write_plots
+from envmatrix.report.build import plot_figures, write_plots
+from envmatrix.report.markdown import fmt_pct
 
 BASE = f"{BASELINE}--cnn--cpu"
 CAND = f"{CANDIDATE}--cnn--cpu"

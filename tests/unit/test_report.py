@@ -12,7 +12,8 @@ import pytest
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
 from envmatrix.analysis.stats import VerdictRules
-from envmatrix.report.document import build_report, fence, md
+from envmatrix.report.build import build_report
+from envmatrix.report.markdown import fence, md
 
 BASE = f"{BASELINE}--cnn--cpu"
 CAND = f"{CANDIDATE}--cnn--cpu"
@@ -200,7 +201,7 @@ def test_the_node_share_threshold_is_a_verdict_setting(tmp_path: Path) -> None:
 def test_a_change_without_an_interval_says_so() -> None:
     """Too few rounds for a bootstrap: the change is shown with "no interval", never nan."""
     from envmatrix.analysis.stats import RatioCI, Verdict
-    from envmatrix.report.document import fmt_change
+    from envmatrix.report.markdown import fmt_change
     few = RatioCI("p50", 1.25, float("nan"), float("nan"))
     verdict = Verdict("c", "b", "e", "w", "cpu", "no significant change", ratios={"p50": few})
     assert fmt_change(verdict) == "+25.0% [no interval]"

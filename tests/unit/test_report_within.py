@@ -21,8 +21,9 @@ import yaml
 from test_report_fakes import BASELINE, CANDIDATE, fake_result, make_run
 
 from envmatrix import gate
+from envmatrix.analysis.rundata import load_run
 from envmatrix.analysis.stats import VerdictRules, point_value, process_stat, unit_values
-from envmatrix.report.document import build_report, load_run
+from envmatrix.report.build import build_report
 from envmatrix.rundir.layout import create_run_dir
 
 RULES = VerdictRules(n_boot=400)  # fewer resamples: same code paths, faster tests
