@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from envmatrix import grammar, problems
+from envmatrix import grammar, idwords, problems
 from envmatrix.config import expand
 from envmatrix.errors import ConfigError
 from envmatrix.rundir import plan as planmod
@@ -146,7 +147,17 @@ def test_bad_ids_are_refused(bad):
 
 
 def test_slug_collapses_separators():
-    assert expand.slug("A+B__c..d") == "a-b_c.d"
+    assert idwords.slug("A+B__c..d") == "a-b_c.d"
+
+
+def test_a_file_slug_keeps_every_id_and_never_joins_two_names():
+    for name in ("cnn", "cnn-b8", "a.b_c", "x" * 60):
+        assert idwords.file_slug(name) == name
+    # what config refuses (a run directory edited by hand) gets its hash: no shared file
+    names = ["CNN", "cnn ", "c/n/n", "../cnn", "x" * 61, "\u00e9"]
+    slugs = [idwords.file_slug(n) for n in names]
+    assert len(set(slugs) | {"cnn"}) == len(names) + 1
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9._-]*", s) for s in slugs)
 
 
 def test_cell_ids_use_short_provider_names():
