@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from envmatrix.errors import ConfigError
-from envmatrix.grammar import normalize_package
+from envmatrix.grammar import normalize_package, release
 from envmatrix.problems import KeyPath, PlanError, Problem, did_you_mean, kind_of, show
 from envmatrix.rundir.plan import (
     GPU_PROVIDERS,
@@ -448,12 +448,6 @@ def knob_order(names: Iterable[str]) -> list[str]:
 
 
 # -- environment checks ---------------------------------------------------------------------
-
-
-def release(version: str) -> tuple[int, ...]:
-    """The numeric release part of a validated version: `1.8.0rc1` -> (1, 8, 0)."""
-    head = re.match(r"[0-9]+(?:\.[0-9]+)*", version)
-    return tuple(int(p) for p in head.group().split(".")) if head else ()
 
 
 def check_environment(env: Environment) -> list[tuple[tuple[str, ...], str, str]]:
