@@ -8,6 +8,7 @@ never disagree about what is allowed; the JSON schema for editors carries the sa
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from envmatrix.rundir.plan import PROVIDER_NAMES
 
@@ -101,3 +102,48 @@ def check_id(env_id: str) -> str | None:
         return (f"id {env_id[:80]!r} is not a slug: lower-case letters and digits, joined by "
                 "single '.', '_' or '-'.")
     return None
+
+
+_RELEASE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def release(version: str) -> tuple[int, ...]:
+    """The numeric release part of a version: `1.8.0rc1` -> (1, 8, 0), `2.3.0+cpu` -> (2, 3, 0);
+    () when it starts with no number."""
+    head = _RELEASE.match(version)
+    return tuple(int(p) for p in head.group().split(".")) if head else ()
+
+
+def _pin_key(version: str) -> tuple[tuple[int, ...], str]:
+    """What a pin must match: the release without trailing zeros (1.8 == 1.8.0) and whatever
+    follows it (pre-, post-, dev-release), the local label (`+cpu`) left out."""
+    public = version.strip().split("+", 1)[0]
+    head = _RELEASE.match(public)
+    parts = release(public)
+    while len(parts) > 1 and parts[-1] == 0:
+        parts = parts[:-1]
+    return parts, public[head.end():] if head else public
+
+
+def version_mismatches(requested: Mapping[str, object], installed: Mapping[str, object]
+                       ) -> list[str]:
+    """One line per requested pin that is not what the image has installed.
+
+    `installed` may list every distribution of the image, under any spelling: names compare
+    in PEP 503 form, and when several distributions share a normal form (e.g. `Foo` and
+    `foo` both installed) the pin is met if any of them has the version. A distribution
+    recorded without a version does not meet a pin.
+    """
+    have: dict[str, list[str]] = {}
+    for name, version in installed.items():
+        have.setdefault(normalize_package(str(name)), []).append(
+            "" if version is None else str(version))
+    problems = []
+    for name, want in sorted((str(k), str(v)) for k, v in requested.items()):
+        got = have.get(normalize_package(name))
+        if got is None:
+            problems.append(f"{name}=={want} requested but not installed")
+        elif not any(v and _pin_key(v) == _pin_key(want) for v in got):
+            shown = ", ".join(sorted(v or "no version" for v in got))
+            problems.append(f"{name}=={want} requested but {shown} installed")
+    return problems

@@ -1,8 +1,8 @@
 """What a decision needs from a run, beyond the verdict: the cost of each speed-up and trust.
 
-The verdict (envmatrix.analysis.stats) says whether a candidate is faster per request. An expert also
-asks what it costs: how many cores it keeps busy, CPU time per inference, the cold start of a
-fresh process, memory and image size; and whether the numbers can be trusted: a noisy cell
+The verdict (envmatrix.analysis.stats) says whether a candidate is faster per request. An expert
+also asks what it costs: how many cores it keeps busy, CPU time per inference, the cold start of
+a fresh process, memory and image size; and whether the numbers can be trusted: a noisy cell
 with a visible cause (two modes, more busy threads than free cores, drift over the run) says
 which of its figures still stand. Everything here reads result dicts and the typed plan and is
 deterministic, so the report built from it rebuilds byte for byte.
@@ -17,9 +17,8 @@ summary table, the cost plot and results.csv show one number (docs/report.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -31,6 +30,14 @@ from envmatrix.analysis.stats import (
     pairing,
     repeat_p50s,
     unit_values,
+)
+from envmatrix.rundir.resultfile import (
+    Repeat,
+    ResultLike,
+    Threads,
+    fingerprint_of,
+    summary_of,
+    timed_repeats,
 )
 
 # A cell whose processes use this many more cores than the baseline's counts as "different
@@ -52,18 +59,13 @@ COST_KEYS = {name: key for name, key, _label in COST_METRICS}
 
 
 
-def timed_repeats(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The repeats (processes) that timed anything."""
-    return [r for r in (result.get("repeats") or []) if r.get("latencies_s")]
-
-
-def has_rounds(reps: Sequence[Mapping[str, Any]]) -> bool:
+def has_rounds(reps: Sequence[Repeat]) -> bool:
     """Were these repeats measured in two or more interleaved rounds?"""
     rounds = [r.get("round") for r in reps]
     return bool(rounds) and None not in rounds and len(set(rounds)) > 1
 
 
-def unit_keys(reps: Sequence[Mapping[str, Any]]) -> list[int]:
+def unit_keys(reps: Sequence[Repeat]) -> list[int]:
     """Each timed repeat's unit as envmatrix.analysis.stats.unit_values counts them: its round when
     every repeat has one and there are at least two, else its position."""
     if has_rounds(reps):
@@ -71,22 +73,22 @@ def unit_keys(reps: Sequence[Mapping[str, Any]]) -> list[int]:
     return list(range(len(reps)))
 
 
-def repeat_cost(rep: Mapping[str, Any], key: str) -> float | None:
+def repeat_cost(rep: Repeat, key: str) -> float | None:
     """One process's cost figure, computed as the schema says where an older harness did not
     record it; None when absent or not positive."""
-    value = rep.get(key)
+    value = rep.get(key)  # a key of COST_METRICS, or cores_used, session_create_s...
     if value is None and key == "cpu_per_inference_s":  # older harness: the schema's formula
         cpu, n = rep.get("cpu_time_s"), len(rep.get("latencies_s") or [])
         value = float(cpu) / n if cpu is not None and n else None
     if value is None and key == "cores_used":  # likewise: CPU time over the loop's wall time
         cpu, wall = rep.get("cpu_time_s"), rep.get("measure_wall_s")
         value = float(cpu) / float(wall) if cpu is not None and wall else None
-    if value is None or not math.isfinite(float(value)) or float(value) <= 0:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         return None
     return float(value)
 
 
-def cost_units(result: Mapping[str, Any], key: str) -> dict[int, float]:
+def cost_units(result: ResultLike, key: str) -> dict[int, float]:
     """Per unit (round, else process) the median over its processes of a per-repeat cost
     (`COST_METRICS` keys); units where no process recorded it are left out."""
     reps = timed_repeats(result)
@@ -98,8 +100,8 @@ def cost_units(result: Mapping[str, Any], key: str) -> dict[int, float]:
     return {u: float(np.median(v)) for u, v in sorted(groups.items())}
 
 
-def cost_ratios(base_id: str, base_res: Mapping[str, Any], cand_id: str,
-                cand_res: Mapping[str, Any], rules: VerdictRules) -> dict[str, RatioCI]:
+def cost_ratios(base_id: str, base_res: ResultLike, cand_id: str,
+                cand_res: ResultLike, rules: VerdictRules) -> dict[str, RatioCI]:
     """candidate / baseline of each cost metric both cells recorded, by the verdict's own
     procedure (envmatrix.analysis.stats.compare_units: median over units, the same paired or
     unpaired bootstrap and seed); the two cells must both be valid."""
@@ -128,18 +130,18 @@ class Costs:
     cpus_available: float | None
 
 
-def _unit_median(result: Mapping[str, Any], key: str) -> float | None:
+def _unit_median(result: ResultLike, key: str) -> float | None:
     """A cell's figure: the median over its units of their median process (`cost_units`),
     the statistic the cost ratios take (`cost_ratios`)."""
     units = cost_units(result, key)
     return float(np.median(list(units.values()))) if units else None
 
 
-def cell_costs(result: Mapping[str, Any]) -> Costs | None:
+def cell_costs(result: ResultLike) -> Costs | None:
     """The costs of an ok cell; None for a cell without numbers."""
     if result.get("status") != "ok":
         return None
-    threads = (result.get("summary") or {}).get("threads") or {}
+    threads = summary_of(result).get("threads") or {}
     alive = threads.get("alive_in_loop")
     return Costs(
         cores_used=_unit_median(result, "cores_used"),
@@ -154,10 +156,11 @@ def cell_costs(result: Mapping[str, Any]) -> Costs | None:
     )
 
 
-def _cpus(result: Mapping[str, Any], threads: Mapping[str, Any]) -> float | None:
-    if isinstance(threads.get("cpus_available"), (int, float)):
-        return float(threads["cpus_available"])
-    cores = ((result.get("fingerprint") or {}).get("cpu") or {}).get("cores_visible")
+def _cpus(result: ResultLike, threads: Threads) -> float | None:
+    cpus = threads.get("cpus_available")
+    if isinstance(cpus, (int, float)):
+        return float(cpus)
+    cores = (fingerprint_of(result).get("cpu") or {}).get("cores_visible")
     return float(cores) if isinstance(cores, (int, float)) else None
 
 
@@ -178,15 +181,6 @@ def cores_phrase(base: Costs | None, cand: Costs | None) -> str | None:
     if abs(cand.cores_used - base.cores_used) < CORES_DIFFERENCE:
         return None
     return f"using {cand.cores_used:.1f} cores instead of {base.cores_used:.1f}"
-
-
-def parallelism_phrase(base: Costs | None, cand: Costs | None) -> str | None:
-    """"using 2.0 cores instead of 1.0: +24% CPU per inference", when parallelism differs."""
-    cores = cores_phrase(base, cand)
-    if cores is None or base is None or cand is None:
-        return None
-    cpu = change(base.cpu_per_inference_s, cand.cpu_per_inference_s)
-    return f"{cores}: {(cpu - 1) * 100:+.0f}% CPU per inference" if cpu is not None else cores
 
 
 # ---------------------------------------------------------------- trust: noise and its cause
@@ -221,7 +215,7 @@ def two_modes(p50s: Sequence[float]) -> tuple[int, float, int, float] | None:
     return low.size, float(np.exp(np.median(low))), high.size, float(np.exp(np.median(high)))
 
 
-def drift(result: Mapping[str, Any]) -> float | None:
+def drift(result: ResultLike) -> float | None:
     """The change from the first to the last third of the rounds when p50 trends with time."""
     rounds = unit_values(result, "p50")
     if len(rounds) < DRIFT_MIN_ROUNDS:
@@ -235,7 +229,7 @@ def drift(result: Mapping[str, Any]) -> float | None:
     return float(np.median(values[-third:]) / np.median(values[:third]))
 
 
-def noise(result: Mapping[str, Any], costs: Costs | None, cv_warn: float) -> Noise | None:
+def noise(result: ResultLike, costs: Costs | None, cv_warn: float) -> Noise | None:
     """The cell's noise and its likely causes, when its process p50s spread beyond cv_warn."""
     p50s = repeat_p50s(result)
     if p50s.size < 2 or float(np.mean(p50s)) <= 0:

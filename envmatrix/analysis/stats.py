@@ -38,8 +38,21 @@ from typing import Any
 
 import numpy as np
 
-from envmatrix.grammar import normalize_package
+from envmatrix.grammar import version_mismatches
 from envmatrix.rundir.plan import Cell, Plan, VerdictSettings
+from envmatrix.rundir.resultfile import (
+    Provider,
+    Repeat,
+    Result,
+    ResultLike,
+    fingerprint_of,
+    host_of,
+    provider_of,
+    repeats_of,
+    settings_of,
+    summary_of,
+    timed_repeats,
+)
 
 FASTER = "faster"
 SLOWER = "slower"
@@ -154,23 +167,21 @@ class Verdict:
 # ---------------------------------------------------------------- reading result dicts
 
 
-def repeat_latencies(result: Mapping[str, Any]) -> list[np.ndarray]:
+def repeat_latencies(result: ResultLike) -> list[np.ndarray]:
     """Raw latencies of each repeat (seconds), skipping repeats that timed nothing."""
-    reps = result.get("repeats") or []
-    arrays = [np.asarray(r.get("latencies_s") or [], dtype=float) for r in reps]
+    arrays = [np.asarray(r.get("latencies_s") or [], dtype=float) for r in repeats_of(result)]
     return [a for a in arrays if a.size]
 
 
-def repeat_p50s(result: Mapping[str, Any]) -> np.ndarray:
+def repeat_p50s(result: ResultLike) -> np.ndarray:
     """Per-repeat p50s: the summary's when present, else computed from the raw values."""
-    summary = result.get("summary") or {}
-    values = summary.get("repeat_p50_s")
+    values = summary_of(result).get("repeat_p50_s")
     if values:
         return np.asarray(values, dtype=float)
     return np.asarray([np.percentile(a, 50) for a in repeat_latencies(result)], dtype=float)
 
 
-def repeat_cv(result: Mapping[str, Any]) -> float | None:
+def repeat_cv(result: ResultLike) -> float | None:
     """Coefficient of variation of the per-repeat p50s (sample std / mean)."""
     p50s = repeat_p50s(result)
     if p50s.size < 2 or float(np.mean(p50s)) <= 0:
@@ -190,7 +201,7 @@ def process_stat(latencies: np.ndarray, metric: str) -> float:
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def repeat_stat(rep: Mapping[str, Any], metric: str) -> float:
+def repeat_stat(rep: Repeat, metric: str) -> float:
     """One process's statistic. Throughput is samples per second: the repeat's own
     `samples_per_s` (completed requests x batch / wall time of the timed loop: right with
     batches and with several requests in flight, where summed latencies overlap); a repeat
@@ -204,23 +215,22 @@ def repeat_stat(rep: Mapping[str, Any], metric: str) -> float:
     return process_stat(np.asarray(rep["latencies_s"], dtype=float), metric)
 
 
-def _by_round(result: Mapping[str, Any]) -> bool:
+def _by_round(result: ResultLike) -> bool:
     """Do the repeats carry their rounds, from at least two rounds?"""
-    rounds = [r.get("round") for r in (result.get("repeats") or []) if r.get("latencies_s")]
+    rounds = [r.get("round") for r in timed_repeats(result)]
     return bool(rounds) and None not in rounds and len(set(rounds)) > 1
 
 
-def _grouped(result: Mapping[str, Any], metric: str, by_round: bool) -> dict[int, float]:
-    reps = [r for r in (result.get("repeats") or []) if r.get("latencies_s")]
+def _grouped(result: ResultLike, metric: str, by_round: bool) -> dict[int, float]:
     groups: dict[int, list[float]] = {}
-    for i, rep in enumerate(reps):
+    for i, rep in enumerate(timed_repeats(result)):
         key = int(rep["round"]) if by_round else i
         value = repeat_stat(rep, metric)
         groups.setdefault(key, []).append(value)
     return {k: float(np.median(v)) for k, v in sorted(groups.items())}
 
 
-def unit_values(result: Mapping[str, Any], metric: str = "p50") -> dict[int, float]:
+def unit_values(result: ResultLike, metric: str = "p50") -> dict[int, float]:
     """Per unit, the median over its processes of their `metric`: {unit: value}.
 
     The units are the interleaved rounds when every repeat has its `round` and there are at
@@ -230,20 +240,20 @@ def unit_values(result: Mapping[str, Any], metric: str = "p50") -> dict[int, flo
     return _grouped(result, metric, _by_round(result))
 
 
-def round_p50s(result: Mapping[str, Any]) -> dict[int, float] | None:
+def round_p50s(result: ResultLike) -> dict[int, float] | None:
     """Per round: the median of its repeats' p50s; None unless every repeat has its `round`."""
-    reps = result.get("repeats") or []
+    reps = repeats_of(result)
     if not reps or any(r.get("round") is None for r in reps):
         return None
     return _grouped(result, "p50", True)
 
 
-def _window(result: Mapping[str, Any]) -> tuple[str, str, Any]:
-    host = result.get("host") or {}
+def _window(result: ResultLike) -> tuple[str, str, str | None]:
+    host = host_of(result)
     return str(host.get("started_at") or ""), str(host.get("finished_at") or ""), host.get("run_id")
 
 
-def interleaved(base_res: Mapping[str, Any], cand_res: Mapping[str, Any]) -> bool:
+def interleaved(base_res: ResultLike, cand_res: ResultLike) -> bool:
     """Were the two cells measured in the same rounds: one run, overlapping in time?
 
     A resumed run re-measures some cells later, interleaved only among themselves: their
@@ -256,14 +266,7 @@ def interleaved(base_res: Mapping[str, Any], cand_res: Mapping[str, Any]) -> boo
     return b_start <= c_end and c_start <= b_end
 
 
-def paired_log_ratios(base_res: Mapping[str, Any], cand_res: Mapping[str, Any]) -> np.ndarray:
-    """log(candidate round p50 / baseline round p50) for every round both cells measured."""
-    base, cand = round_p50s(base_res) or {}, round_p50s(cand_res) or {}
-    shared = sorted(set(base) & set(cand))
-    return np.log(np.array([cand[r] / base[r] for r in shared], dtype=float))
-
-
-def point_value(result: Mapping[str, Any], metric: str) -> float | None:
+def point_value(result: ResultLike, metric: str) -> float | None:
     """A cell's number for `metric` as the table shows it: the median over its units (rounds,
     else processes) of the unit's median per-process statistic (`unit_values`).
 
@@ -277,39 +280,8 @@ def point_value(result: Mapping[str, Any], metric: str) -> float | None:
 # ---------------------------------------------------------------- validity
 
 
-def _release(version: str) -> tuple[str, ...]:
-    """'2.3.0+cpu' -> ('2', '3'); trailing zeros dropped so 1.8 == 1.8.0."""
-    parts = version.strip().split("+", 1)[0].split(".")
-    while len(parts) > 1 and parts[-1] == "0":
-        parts.pop()
-    return tuple(parts)
-
-
-def version_mismatches(requested: Mapping[str, Any], installed: Mapping[str, Any]) -> list[str]:
-    """One line per requested pin that is not what the image has installed.
-
-    `installed` may list every distribution of the image, under any spelling: names compare
-    in PEP 503 form, and when several distributions share a normal form (e.g. `Foo` and
-    `foo` both installed) the pin is met if any of them has the version. A distribution
-    recorded without a version does not meet a pin.
-    """
-    have: dict[str, list[str]] = {}
-    for name, version in installed.items():
-        have.setdefault(normalize_package(str(name)), []).append(
-            "" if version is None else str(version))
-    problems = []
-    for name, want in sorted((str(k), str(v)) for k, v in requested.items()):
-        got = have.get(normalize_package(name))
-        if got is None:
-            problems.append(f"{name}=={want} requested but not installed")
-        elif not any(v and _release(v) == _release(want) for v in got):
-            shown = ", ".join(sorted(v or "no version" for v in got))
-            problems.append(f"{name}=={want} requested but {shown} installed")
-    return problems
-
-
-def _provider_problems(result: Mapping[str, Any]) -> list[str]:
-    prov = result.get("provider") or {}
+def _provider_problems(result: ResultLike) -> list[str]:
+    prov = provider_of(result)
     requested = prov.get("requested")
     active = prov.get("active") or []
     if prov.get("fallback") or (requested and active and requested not in active):
@@ -320,10 +292,10 @@ def _provider_problems(result: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _budget_problems(result: Mapping[str, Any]) -> list[str]:
+def _budget_problems(result: ResultLike) -> list[str]:
     """Each repeat must reach the iterations and time asked for, and all repeats must exist."""
-    settings = result.get("settings") or {}
-    reps = result.get("repeats") or []
+    settings = settings_of(result)
+    reps = repeats_of(result)
     min_iter = int(settings.get("min_iterations") or 0)
     min_time = float(settings.get("min_time_s") or 0.0)
     problems = []
@@ -342,7 +314,7 @@ def _budget_problems(result: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def check_validity(result: Mapping[str, Any], rules: VerdictRules | None = None) -> Validity:
+def check_validity(result: ResultLike, rules: VerdictRules | None = None) -> Validity:
     """MLPerf-style VALID/INVALID for one cell, with the reasons and noise warnings."""
     rules = rules or VerdictRules()
     status = result.get("status")
@@ -352,8 +324,8 @@ def check_validity(result: Mapping[str, Any], rules: VerdictRules | None = None)
     if not repeat_latencies(result):
         return Validity(False, ("no latencies recorded",))
     reasons = _provider_problems(result) + _budget_problems(result)
-    requested = (result.get("host") or {}).get("requested_packages") or {}
-    installed = (result.get("fingerprint") or {}).get("packages") or {}
+    requested = host_of(result).get("requested_packages") or {}
+    installed = fingerprint_of(result).get("packages") or {}
     reasons += version_mismatches(requested, installed)
     warnings: list[str] = []
     cv = repeat_cv(result)
@@ -367,17 +339,23 @@ def check_validity(result: Mapping[str, Any], rules: VerdictRules | None = None)
     return Validity(not reasons, tuple(reasons), tuple(warnings))
 
 
-def node_share(result: Mapping[str, Any]) -> float | None:
-    """The share of the profiled compute nodes that ran on the requested provider, or None."""
-    provider = result.get("provider") or {}
+def _placement(provider: Provider) -> tuple[int, int] | None:
+    """(compute nodes on the requested provider, all compute nodes) when they were profiled."""
     nodes = provider.get("nodes") or {}
     total = sum(nodes.values())
     if provider.get("node_placement") != "profiled" or not total:
         return None
-    return float(nodes.get(provider.get("requested"), 0)) / total
+    requested = provider.get("requested")
+    return (nodes.get(requested, 0) if requested else 0), total
 
 
-def placement_warning(result: Mapping[str, Any], min_share: float = 1.0,
+def node_share(result: ResultLike) -> float | None:
+    """The share of the profiled compute nodes that ran on the requested provider, or None."""
+    counts = _placement(provider_of(result))
+    return None if counts is None else float(counts[0]) / counts[1]
+
+
+def placement_warning(result: ResultLike, min_share: float = 1.0,
                       names_shown: int = 10) -> str | None:
     """A warning when the requested provider ran less than `min_share` of the compute nodes.
 
@@ -386,13 +364,12 @@ def placement_warning(result: Mapping[str, Any], min_share: float = 1.0,
     that ran elsewhere; None when the share is reached or nothing was profiled (torch cells,
     older results, a trace that could not be had).
     """
-    provider = result.get("provider") or {}
-    nodes = provider.get("nodes") or {}
-    total = sum(nodes.values())
-    if provider.get("node_placement") != "profiled" or not total:
+    provider = provider_of(result)
+    counts = _placement(provider)
+    if counts is None:
         return None
     requested = provider.get("requested")
-    took = nodes.get(requested, 0)
+    took, total = counts
     share = took / total
     if share >= min_share - 1e-9:
         return None
@@ -568,7 +545,7 @@ def compare_units(base_id: str, base_units: Mapping[int, float], cand_id: str,
     return ratio_ci(metric, base, cand, picks, method, rules)
 
 
-def pairing(base_res: Mapping[str, Any], cand_res: Mapping[str, Any],
+def pairing(base_res: ResultLike, cand_res: ResultLike,
             rules: VerdictRules) -> tuple[bool, int, str | None]:
     """(pair?, shared rounds, note): pair when measured in the same interleaved rounds, both
     cells hold the same rounds, and there are at least `min_rounds_for` of them."""
@@ -594,7 +571,7 @@ def _verdict(cand_cell: Cell, **kw: Any) -> Verdict:
                    workload=cand_cell.workload.name, provider=cand_cell.provider, **kw)
 
 
-def _missing(cell_id: str) -> dict[str, Any]:
+def _missing(cell_id: str) -> Result:
     return {"status": "no_result", "reason": f"no result file for {cell_id}"}
 
 
@@ -603,7 +580,7 @@ def _missing(cell_id: str) -> dict[str, Any]:
 def compare_cells(
     base_cell: Cell | None,
     cand_cell: Cell,
-    results: Mapping[str, Mapping[str, Any]],
+    results: Mapping[str, ResultLike],
     rules: VerdictRules,
     notes: Sequence[str] = (),
 ) -> Verdict:
@@ -640,9 +617,9 @@ def load_of(cell: Cell) -> int:
 
 def measured_comparison(
     base_id: str,
-    base_res: Mapping[str, Any],
+    base_res: ResultLike,
     cand_id: str,
-    cand_res: Mapping[str, Any],
+    cand_res: ResultLike,
     rules: VerdictRules,
     notes: Sequence[str] = (),
     metrics: Sequence[str] = METRICS,
@@ -725,7 +702,7 @@ def is_baseline_cell(plan: Plan, cell: Cell) -> bool:
 
 def run_verdicts(
     plan: Plan,
-    results: Mapping[str, Mapping[str, Any]],
+    results: Mapping[str, ResultLike],
     rules: VerdictRules | None = None,
 ) -> list[Verdict]:
     """A verdict for every non-baseline cell of a plan, in plan order."""

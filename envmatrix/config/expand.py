@@ -17,7 +17,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from envmatrix.errors import ConfigError
-from envmatrix.grammar import normalize_package
+from envmatrix.grammar import normalize_package, release
 from envmatrix.idwords import (
     KNOB_FIELDS,
     RUNTIME_TAGS,
@@ -362,12 +362,6 @@ def knob_summary(cell: Cell) -> str:
 
 
 # -- environment checks ---------------------------------------------------------------------
-
-
-def release(version: str) -> tuple[int, ...]:
-    """The numeric release part of a validated version: `1.8.0rc1` -> (1, 8, 0)."""
-    head = re.match(r"[0-9]+(?:\.[0-9]+)*", version)
-    return tuple(int(p) for p in head.group().split(".")) if head else ()
 
 
 def check_environment(env: Environment) -> list[tuple[tuple[str, ...], str, str]]:

@@ -18,9 +18,9 @@ nvidia-* wheels). Add a row when onnxruntime publishes a new CUDA line.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from envmatrix.grammar import release
 from envmatrix.rundir.plan import Environment
 
 PACKAGE = "onnxruntime-gpu"
@@ -60,11 +60,6 @@ TABLE: tuple[Row, ...] = (
     # From 1.22 on: CUDA 12 only.
     Row((1, 22), None, Build("12", "9")),
 )
-
-
-def release(version: str) -> tuple[int, ...]:
-    head = re.match(r"[0-9]+(?:\.[0-9]+)*", version)
-    return tuple(int(p) for p in head.group().split(".")) if head else ()
 
 
 def row_of(version: str) -> Row | None:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envmatrix import __version__, grammar, yamlsrc
-from envmatrix.analysis.stats import version_mismatches
 from envmatrix.errors import BuildError, ConfigError
 from envmatrix.rundir.layout import atomic_write_json
 from envmatrix.rundir.plan import BaseIdentity, Environment
@@ -192,7 +191,7 @@ def cell_problems(packages: Mapping[str, Any], env: Environment, lock: EnvLock |
                   ) -> list[str]:
     """Why a cell's fingerprint (`fingerprint.packages`) is not its environment: a pin not met,
     or (when the matrix has a lock) any distribution that differs from the lock."""
-    problems = version_mismatches(env.package_dict, packages)
+    problems = grammar.version_mismatches(env.package_dict, packages)
     if lock is not None:
         got = {grammar.normalize_package(str(k)): str(v) for k, v in packages.items()}
         problems += differences(versions(lock.installed), got)

@@ -22,14 +22,14 @@ import json
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from envmatrix.errors import RunDirError
 from envmatrix.rundir.layout import RunDir, atomic_write_json
 from envmatrix.rundir.plan import PROVIDER_NAMES, Cell, Measure, ResolvedPlan
+from envmatrix.rundir.resultfile import SCHEMA, Result, ResultLike, host_of
 from envmatrix.toolwords import clean
 
-SCHEMA = "envmatrix.result/1"
 KNOWN_SCHEMAS = frozenset({SCHEMA})
 STATUSES = (
     "ok",
@@ -299,7 +299,7 @@ def failure_result(
     )  # fmt: skip
 
 
-def write_result(run_dir: RunDir, result: dict[str, Any]) -> Path:
+def write_result(run_dir: RunDir, result: ResultLike) -> Path:
     """Write results/<cell>.json atomically; returns its path."""
     path = run_dir.result_path(str(result["cell"]))
     atomic_write_json(path, result)
@@ -307,27 +307,56 @@ def write_result(run_dir: RunDir, result: dict[str, Any]) -> Path:
 
 
 def read_result(path: Path) -> dict[str, Any]:
-    """One result file, refused (RunDirError) when it is not a result we can interpret."""
+    """One result file, refused (RunDirError) when it is not a result we can interpret.
+
+    A plain dict still, for the running stage and the front door that hold results as such;
+    `from_json` makes the same check and types the result.
+    """
+    doc = _parsed(path)
+    if not _is_result(doc):
+        raise _refusal(doc, path)
+    return dict(doc)
+
+
+def from_json(doc: object, source: Path | str) -> Result:
+    """A result loaded elsewhere (a result file's JSON, a list in results.json), as a typed
+    Result: refused like `read_result` refuses a file, `source` naming where it came from."""
+    if not _is_result(doc):
+        raise _refusal(doc, source)
+    return doc
+
+
+def _parsed(path: Path) -> object:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc: object = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise RunDirError(
             f"{path} is not a readable result ({one_line(str(err), 120)}): delete it and "
             f"{RESUME_HINT}"
         ) from err
+    return doc
+
+
+def _is_result(doc: object) -> TypeGuard[Result]:
+    """A result this envmatrix can interpret: a known schema (numbers from another format must
+    never be read as ours), a known status and a cell (else the file is damaged)."""
+    return (isinstance(doc, dict) and doc.get("schema") in KNOWN_SCHEMAS
+            and doc.get("status") in STATUSES and bool(doc.get("cell")))
+
+
+def _refusal(doc: object, source: Path | str) -> RunDirError:
+    """What `_is_result` refused in `doc`, and what to do about it."""
     if not isinstance(doc, dict) or doc.get("schema") not in KNOWN_SCHEMAS:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise RunDirError(
-            f"{path} has result schema {found!r}; this envmatrix reads "
+        return RunDirError(
+            f"{source} has result schema {found!r}; this envmatrix reads "
             f"{', '.join(sorted(KNOWN_SCHEMAS))}: report it with the envmatrix that made it, "
             f"or delete it and {RESUME_HINT}"
         )
-    if doc.get("status") not in STATUSES or not doc.get("cell"):
-        raise RunDirError(
-            f"{path} has no valid status/cell (status {doc.get('status')!r}): the file is "
-            f"damaged; delete it and {RESUME_HINT}"
-        )
-    return doc
+    return RunDirError(
+        f"{source} has no valid status/cell (status {doc.get('status')!r}): the file is "
+        f"damaged; delete it and {RESUME_HINT}"
+    )
 
 
 @dataclass(frozen=True)
@@ -368,8 +397,8 @@ def reuse_check(
     return (None, why) if why else (doc, None)
 
 
-def _not_reusable(doc: dict[str, Any], expected: Identity, image_tag: str | None) -> str | None:
-    host = doc.get("host") or {}
+def _not_reusable(doc: ResultLike, expected: Identity, image_tag: str | None) -> str | None:
+    host = host_of(doc)
     if doc.get("status") != "ok":
         return f"its earlier result is {doc.get('status')}"
     if host.get("config_hash") != expected.config_hash:
@@ -398,18 +427,18 @@ def _hash_change(what: str, recorded: str | None, now: str) -> str:
             f"{what} file changed since it was measured)")
 
 
-def recorded_model_sha256(doc: dict[str, Any]) -> str | None:
+def recorded_model_sha256(doc: ResultLike) -> str | None:
     """The model file's sha256 as the harness read it inside the container, else the host's."""
     harness = (doc.get("model") or {}).get("sha256")
-    return str(harness or (doc.get("host") or {}).get("model_sha256") or "") or None
+    return str(harness or host_of(doc).get("model_sha256") or "") or None
 
 
-def recorded_inputs_sha256(doc: dict[str, Any]) -> str | None:
+def recorded_inputs_sha256(doc: ResultLike) -> str | None:
     """The inputs file's sha256 as the host recorded it when it mounted the file."""
-    return (doc.get("host") or {}).get("inputs_sha256") or None
+    return host_of(doc).get("inputs_sha256") or None
 
 
-def _tensor_shas(doc: dict[str, Any]) -> tuple[str, ...]:
+def _tensor_shas(doc: ResultLike) -> tuple[str, ...]:
     """The harness's own digests of the tensors it fed, sorted (empty when it recorded none)."""
     fed = doc.get("inputs")
     if not isinstance(fed, list):
@@ -432,7 +461,7 @@ def load_results(run_dir: RunDir, resolved: ResolvedPlan | None) -> list[dict[st
         recorded = resolved.config_hash(cell)
         if doc is None:
             loaded.append(_placeholder(cell, recorded, NOT_RUN))
-        elif (doc.get("host") or {}).get("config_hash") != recorded:
+        elif host_of(doc).get("config_hash") != recorded:
             loaded.append(_stale(doc, cell, recorded))
         else:
             loaded.append(doc)
@@ -452,8 +481,8 @@ def _placeholder(cell: Cell, config_hash: str, reason: str) -> dict[str, Any]:
     return doc
 
 
-def _stale(doc: dict[str, Any], cell: Cell, config_hash: str) -> dict[str, Any]:
-    old_hash = (doc.get("host") or {}).get("config_hash")
+def _stale(doc: ResultLike, cell: Cell, config_hash: str) -> dict[str, Any]:
+    old_hash = host_of(doc).get("config_hash")
     reason = (
         f"stale: measured with config hash {old_hash}, but the plan now says "
         f"{config_hash} (the cell's settings changed)"

@@ -47,6 +47,7 @@ from envmatrix.images import locks
 from envmatrix.rundir import results
 from envmatrix.rundir.layout import RunDir, atomic_write_json
 from envmatrix.rundir.plan import Cell, Measure, Plan
+from envmatrix.rundir.rounds import ROUNDS_FILE, ROUNDS_SCHEMA
 from envmatrix.running.containers import (
     CELL_LABEL,
     MANAGED,
@@ -63,8 +64,6 @@ from envmatrix.running.engine import ContainerOutcome, Engine
 from envmatrix_harness import measure as harness_measure
 from envmatrix_harness import modelinfo as harness_modelinfo
 
-ROUNDS_FILE = "rounds.json"
-ROUNDS_SCHEMA = "envmatrix.rounds/1"
 _ROUNDS_LOCK = threading.Lock()
 T = TypeVar("T")
 

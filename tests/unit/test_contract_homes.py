@@ -49,3 +49,21 @@ def test_one_normalize_package() -> None:
     for module in (expand, spec, stats):
         assert getattr(module, "normalize_package", grammar.normalize_package) is \
             grammar.normalize_package
+
+
+def test_one_release_parser_and_one_pin_check() -> None:
+    from envmatrix.analysis import stats
+    from envmatrix.config import expand, gpucompat
+    from envmatrix.images import locks
+
+    assert expand.release is grammar.release and gpucompat.release is grammar.release
+    for module in (stats, locks):
+        assert getattr(module, "version_mismatches", grammar.version_mismatches) is \
+            grammar.version_mismatches
+
+
+def test_the_result_schema_is_the_harness_s() -> None:
+    import envmatrix_harness
+    from envmatrix.rundir import results
+
+    assert results.SCHEMA is envmatrix_harness.RESULT_SCHEMA

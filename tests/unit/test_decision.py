@@ -26,11 +26,11 @@ def test_costs_fall_back_to_cpu_time_over_wall_time_for_older_results() -> None:
     assert abs(costs.cpu_per_inference_s / (1.5 * 0.004) - 1) < 0.05
 
 
-def test_parallelism_phrase_only_when_cores_differ() -> None:
+def test_cores_phrase_only_when_cores_differ() -> None:
     one, two = _costs(1.0, 0.004), _costs(2.0, 0.005)
-    assert decision.parallelism_phrase(one, two) == (
-        "using 2.0 cores instead of 1.0: +25% CPU per inference")
-    assert decision.parallelism_phrase(one, _costs(1.1, 0.004)) is None
+    assert decision.cores_phrase(one, two) == "using 2.0 cores instead of 1.0"
+    assert decision.cores_phrase(one, _costs(1.1, 0.004)) is None
+    assert decision.cores_phrase(one, _costs(None, 0.004)) is None
 
 
 def test_two_modes_are_found_and_one_mode_is_not() -> None:

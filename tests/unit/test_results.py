@@ -310,3 +310,37 @@ def test_written_result_round_trips(tmp_path: Path) -> None:
     run = create_run_dir(tmp_path, "r")
     doc = _write_ok(run, make_cell(), MEASURE)
     assert json.loads(run.result_path(doc["cell"]).read_text()) == doc
+
+
+def test_from_json_types_a_result_loaded_elsewhere(tmp_path: Path) -> None:
+    run = create_run_dir(tmp_path, "r")
+    doc = _write_ok(run, make_cell(), MEASURE)
+    assert results.from_json(json.loads(json.dumps(doc)), "results.json") == doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        ([1, 2], "result schema 'list'"),
+        ({"status": "ok", "cell": "c"}, "result schema None"),
+        ({"schema": "envmatrix.result/1", "status": "ok", "cell": ""}, "no valid status/cell"),
+        ({"schema": "envmatrix.result/1", "status": None, "cell": "c"}, "status None"),
+    ],
+)
+def test_from_json_refuses_what_read_result_refuses(tmp_path: Path, doc: object,
+                                                    words: str) -> None:
+    with pytest.raises(RunDirError, match=words) as info:
+        results.from_json(doc, "archive member c.json")
+    assert str(info.value).startswith("archive member c.json ")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RunDirError, match=words):
+        results.read_result(path)
+
+
+def test_a_truncated_result_file_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text('{"schema": "envmatrix.result/1", "status": "ok", "cell": "c", "rep')
+    with pytest.raises(RunDirError, match="is not a readable result") as info:
+        results.read_result(path)
+    assert str(path) in str(info.value) and "--resume" in str(info.value)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from test_report_fakes import BASELINE, CANDIDATE, fake_result, plan_cell, typed_plan
 
+from envmatrix import grammar
 from envmatrix.analysis import stats
 from envmatrix.analysis.stats import VerdictRules, check_validity, compare_cells, run_verdicts
 from envmatrix.rundir.plan import Cell
@@ -113,9 +114,11 @@ def test_a_version_mismatch_is_invalid_and_names_normalise() -> None:
 
 
 @pytest.mark.parametrize(("want", "got", "same"), [
-    ("1.8", "1.8.0", True), ("2.3.0", "2.3.0+cpu", True), ("1.20.1", "1.20.0", False)])
+    ("1.8", "1.8.0", True), ("2.3.0", "2.3.0+cpu", True), ("1.20.1", "1.20.0", False),
+    ("1.8.0", "1.8.0rc1", False), ("1.8.0rc1", "1.8rc1", True), ("2.0", "2.0.post1", False),
+    ("10", "1.0", False), ("0", "0.0.0", True)])
 def test_versions_compare_by_release(want: str, got: str, same: bool) -> None:
-    assert (stats.version_mismatches({"x": want}, {"x": got}) == []) is same
+    assert (grammar.version_mismatches({"x": want}, {"x": got}) == []) is same
 
 
 def test_too_few_iterations_or_too_little_time_is_invalid() -> None:
@@ -320,8 +323,8 @@ def test_too_few_units_have_no_interval_and_a_note() -> None:
 def test_version_mismatches_take_every_installed_distribution() -> None:
     installed = {"Foo.Bar": "1.2", "foo_bar": "1.3", "zope.interface": "6.0", "odd": None,
                  "backports.tarfile": "1.0.0"}
-    assert stats.version_mismatches({"foo-bar": "1.3.0", "zope-interface": "6"}, installed) == []
-    assert stats.version_mismatches({"odd": "1"}, installed) == [
+    assert grammar.version_mismatches({"foo-bar": "1.3.0", "zope-interface": "6"}, installed) == []
+    assert grammar.version_mismatches({"odd": "1"}, installed) == [
         "odd==1 requested but no version installed"]
-    assert stats.version_mismatches({"foo-bar": "2"}, installed) == [
+    assert grammar.version_mismatches({"foo-bar": "2"}, installed) == [
         "foo-bar==2 requested but 1.2, 1.3 installed"]
