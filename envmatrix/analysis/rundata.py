@@ -33,10 +33,11 @@ from envmatrix.analysis.stats import (
     run_verdicts,
 )
 from envmatrix.idwords import knob_names, knob_values
-from envmatrix.rundir import planfile
-from envmatrix.rundir.layout import RunDir, open_run_dir
+from envmatrix.rundir import run as rundir_run
+from envmatrix.rundir.layout import RunDir
 from envmatrix.rundir.plan import Cell, Plan, RunRecord
-from envmatrix.rundir.results import load_results
+from envmatrix.rundir.resultfile import Result
+from envmatrix.rundir.run import Run
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,9 @@ class WithinGroup:
 
 @dataclass
 class RunData:
-    """Everything the report says, computed once from a run directory."""
+    """Everything the report says, computed once from a run read back (`rundir.run.Run`)."""
 
-    run_dir: RunDir
-    plan: Plan  # the plan the run used, read back typed (planfile.read_resolved)
-    run: RunRecord  # what the run recorded beside it: id, images
-    results: dict[str, dict[str, Any]]  # cell id -> result, plan order
+    source: Run  # the run directory, its plan and record, its results: read once
     rules: VerdictRules
     validity: dict[str, Validity] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -73,6 +71,24 @@ class RunData:
     cost_ratios: dict[str, dict[str, RatioCI]] = field(default_factory=dict)
     noise: dict[str, Noise | None] = field(default_factory=dict)  # cell id -> (noisy cells)
     within: list[WithinGroup] = field(default_factory=list)  # settings side by side
+
+    @property
+    def run_dir(self) -> RunDir:
+        return self.source.run_dir
+
+    @property
+    def plan(self) -> Plan:
+        return self.source.plan
+
+    @property
+    def run(self) -> RunRecord:
+        """What the run recorded beside its plan: id, images, hosts."""
+        return self.source.record
+
+    @property
+    def results(self) -> dict[str, Result]:
+        """Cell id -> result, every plan cell in plan order."""
+        return self.source.results
 
     @property
     def baseline(self) -> str:
@@ -87,15 +103,17 @@ class RunData:
 
 
 def load_run(path: Path, rules: VerdictRules | None = None) -> RunData:
-    """Read a run directory and compute validity, verdicts and parity for every cell.
+    """Read a run directory and analyse it (`analyze`)."""
+    return analyze(rundir_run.load_run(path), rules)
+
+
+def analyze(run: Run, rules: VerdictRules | None = None) -> RunData:
+    """Validity, verdicts, costs, noise and parity of every cell of a run read back.
 
     Without `rules`, the verdict settings the run's plan recorded (matrix.yaml `verdict:`).
     """
-    run_dir = open_run_dir(path)
-    resolved = planfile.read_resolved(run_dir.resolved_path)
-    results = {str(r["cell"]): r for r in load_results(run_dir, resolved)}
-    rules = rules or rules_for(resolved.plan.verdict)
-    data = RunData(run_dir, resolved.plan, resolved.run, results, rules)
+    results = run.results
+    data = RunData(run, rules or rules_for(run.plan.verdict))
     data.validity = {cid: check_validity(r, data.rules) for cid, r in results.items()}
     data.verdicts = run_verdicts(data.plan, results, data.rules)
     data.costs = {cid: cell_costs(r) for cid, r in results.items()}
@@ -105,8 +123,8 @@ def load_run(path: Path, rules: VerdictRules | None = None) -> RunData:
     data.noise = {cid: noise(r, data.costs[cid], data.rules.cv_warn) if data.validity[cid].valid
                   else None for cid, r in results.items()}
     for v in data.verdicts:
-        if v.baseline and _both_ok(results, v.baseline, v.candidate):
-            data.parity[v.candidate] = cell_parity(run_dir.path, v.baseline, v.candidate)
+        if v.baseline and run.all_ok(v.baseline, v.candidate):
+            data.parity[v.candidate] = cell_parity(run.path, v.baseline, v.candidate)
     data.within = within_groups(data)
     return data
 
@@ -129,7 +147,7 @@ def _within_group(data: RunData, key: tuple[str, str, str | None],
     ref, others = cells[0], cells[1:]
     verdicts = {c.id: compare_cells(ref, c, data.results, data.rules) for c in others}
     parity = {c.id: _within_parity(data, ref, c) for c in others
-              if _both_ok(data.results, ref.id, c.id)}
+              if data.source.all_ok(ref.id, c.id)}
     return WithinGroup(*key, tuple(cells), verdicts, parity)
 
 
@@ -138,10 +156,6 @@ def _within_parity(data: RunData, ref: Cell, cell: Cell) -> CellParity:
     if ref.workload.batch != cell.workload.batch:
         return CellParity(ref.id, cell.id, "missing", BATCH_DIFFERS)
     return cell_parity(data.run_dir.path, ref.id, cell.id)
-
-
-def _both_ok(results: Mapping[str, Mapping[str, Any]], a: str, b: str) -> bool:
-    return all((results.get(c) or {}).get("status") == "ok" for c in (a, b))
 
 
 def networks(data: RunData) -> list[str]:
@@ -162,9 +176,9 @@ def image_size(data: RunData, env_id: str) -> int | None:
 def env_fingerprint(data: RunData, env_id: str) -> dict[str, Any]:
     """The fingerprint of an environment's first cell that produced one."""
     for c in data.plan.cells_of(env_id):
-        res = data.results.get(c.id) or {}
-        if res.get("fingerprint"):
-            return dict(res["fingerprint"])
+        fingerprint = (data.results.get(c.id) or {}).get("fingerprint")
+        if fingerprint:
+            return dict(fingerprint)
     return {}
 
 

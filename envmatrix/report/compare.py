@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from envmatrix.analysis.parity import CellParity, OutputParity, files_parity
-from envmatrix.analysis.rundata import RunData, load_run
+from envmatrix.analysis.rundata import RunData, analyze
 from envmatrix.analysis.stats import (
     INVALID,
     UNPAIRED,
@@ -40,6 +40,7 @@ from envmatrix.errors import ConfigError, DifferentHardwareError
 from envmatrix.report.markdown import DASH, fmt_ms, fmt_pct, md, parity_tables, provider_name, table
 from envmatrix.report.sections import cpu_flags_diff
 from envmatrix.rundir.layout import atomic_write_text
+from envmatrix.rundir.run import Run, load_run
 
 __all__ = ["Comparison", "DifferentHardwareError", "compare", "match_cells",
            "pair_parity"]
@@ -293,9 +294,14 @@ def render_comparison(a: RunData, b: RunData, comparison: Comparison,
 # ---------------------------------------------------------------- entry points
 
 
+def _named(run: Path | Run) -> Path:
+    """A run as the user named it (a path they gave), or where it was read from."""
+    return run.path if isinstance(run, Run) else run
+
+
 def compare(
-    run_a: Path,
-    run_b: Path,
+    run_a: Path | Run,
+    run_b: Path | Run,
     out: Path | None = None,
     *,
     mapping: Mapping[str, str] | None = None,
@@ -304,16 +310,17 @@ def compare(
 ) -> Comparison:
     """Write a comparison of run B against run A (markdown) and say what it found.
 
+    A run already read back (`rundir.run.Run`) is analysed as it is, not read again.
     Default path: <run_b>/compare-<run A id>.md. Raises DifferentHardwareError when the
     runs' CPUs differ and allow_different_hardware is not set, ConfigError when `mapping`
     names an environment a run does not have.
     """
     rules = rules or VerdictRules()
-    a, b = load_run(run_a, rules), load_run(run_b, rules)
+    a, b = (analyze(r if isinstance(r, Run) else load_run(r), rules) for r in (run_a, run_b))
     hw_diff = hardware_differences(a, b)
     if hw_diff and not allow_different_hardware:
         raise DifferentHardwareError(
-            f"{run_a} and {run_b} were measured on different hardware ("
+            f"{_named(run_a)} and {_named(run_b)} were measured on different hardware ("
             + "; ".join(hw_diff) + "): their timings do not compare. Measure both on one "
             "machine, or pass --allow-different-hardware to compare anyway (the comparison "
             "then says so at the top).")

@@ -128,7 +128,8 @@ def host_rows(data: RunData) -> list[list[Any]]:
     for host in data.plan.hosts:
         record = data.run.hosts.get(host.name) or {}
         fp = record.get("fingerprint") or {}
-        cpu = next(((r.get("fingerprint") or {}).get("cpu") or {} for c in data.cells
+        cpu: Mapping[str, Any] = next(
+            ((r.get("fingerprint") or {}).get("cpu") or {} for c in data.cells
                     if c.host == host.name and (r := data.results.get(c.id) or {})
                     .get("fingerprint")), {})  # fmt: skip
         memory = fp.get("memory_bytes")
