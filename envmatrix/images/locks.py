@@ -17,7 +17,6 @@ fingerprint (`cell_problems`), which makes them `env_mismatch`.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from envmatrix import __version__, grammar, yamlsrc
 from envmatrix.analysis.stats import version_mismatches
 from envmatrix.errors import BuildError, ConfigError
-from envmatrix.rundir.layout import atomic_write_json
+from envmatrix.rundir.layout import atomic_write_json, utc_now
 from envmatrix.rundir.plan import BaseIdentity, Environment
 from envmatrix.running.containers import installed_spec
 
@@ -218,7 +217,7 @@ def lock_to_dict(matrix: Path, entries: Mapping[str, EnvLock]) -> dict[str, Any]
         "schema": LOCK_SCHEMA,
         "matrix": matrix.name,
         "envmatrix_version": __version__,
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": utc_now(),
         "environments": {env_id: {"base": base_to_dict(e.base), **installed_to_dict(e.installed)}
                          for env_id, e in entries.items()},
     }

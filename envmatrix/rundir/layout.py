@@ -132,6 +132,11 @@ class RunDir:
             folder.mkdir(parents=True, exist_ok=True)
 
 
+def utc_now() -> str:
+    """Now in UTC to the second, as every timestamp in a run's files is written."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def new_run_id(now: dt.datetime | None = None) -> str:
     """UTC timestamp plus a short random suffix: sortable, and unique across parallel starts."""
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
@@ -150,7 +155,7 @@ def _write_marker(run_dir: RunDir) -> None:
     doc = {
         "schema": MARKER_SCHEMA,
         "run_id": run_dir.run_id,
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": utc_now(),
     }
     atomic_write_json(run_dir.marker_path, doc)
 

@@ -17,7 +17,6 @@ explicit about what no longer applies:
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import signal
 from dataclasses import dataclass
@@ -67,10 +66,6 @@ class OutcomeLike(Protocol):
     def oom_killed(self) -> bool: ...
     @property
     def timed_out(self) -> bool: ...
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def one_line(text: str, limit: int = REASON_CHARS) -> str:
