@@ -263,17 +263,6 @@ def update_latest(reports_root: Path, run_dir: RunDir) -> None:
         atomic_write_text(reports_root / LATEST_FILE, target + "\n")
 
 
-def latest_run_dir(reports_root: Path) -> RunDir:
-    """The newest run under reports_root, via the `latest` link or the LATEST file."""
-    link = reports_root / LATEST_LINK
-    if link.is_dir():
-        return open_run_dir(link)
-    note = reports_root / LATEST_FILE
-    if note.is_file():
-        return open_run_dir(reports_root / note.read_text().strip())
-    raise RunDirError(f"{reports_root} holds no run yet: run `nox -s matrix` first")
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write data so that readers see the old file or the whole new one, never a part.
 

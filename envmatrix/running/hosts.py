@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -207,8 +206,3 @@ def fingerprint(engine: Engine) -> dict[str, Any]:
         "default_runtime": info.get("DefaultRuntime"),
         "gpu_runtime": any("nvidia" in r for r in (info.get("Runtimes") or {})),
     }
-
-
-def client_machine() -> str:
-    """This machine's name, to say where envmatrix itself ran."""
-    return platform.node()
