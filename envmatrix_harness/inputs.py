@@ -5,7 +5,7 @@ from a counter-based hash (splitmix64) computed with plain uint64 array arithmet
 identically in every numpy since 1.13. Each input gets its own 64-bit key derived with sha256
 from the seed and the input's name, so adding an input never changes another input's bytes.
 
-Value ranges (documented contract, see harness/README.md):
+Value ranges (documented contract, see envmatrix_harness/README.md):
 - floating point: k / 2**23 - 1 for k in [0, 2**24): uniform in [-1, 1), exact in float32;
 - integers: [0, 1000) (token-id like), narrowed to the type's range for 8/16-bit types;
 - bool: the top bit of the hash.

@@ -1,6 +1,6 @@
 """Which session and provider options each runtime release knows: one table, two readers.
 
-The host (`envmatrix.knobs`) checks a matrix against it before anything is built; the harness
+The host (`envmatrix.config.knobs`) checks a matrix against it before anything is built; the harness
 (`harness.compat`) checks again inside the image, where the installed release is known for
 sure, and maps each value onto that release's API. Standard library only, Python 3.6+.
 

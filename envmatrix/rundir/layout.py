@@ -1,6 +1,6 @@
 """Run directories: where one run's plan, logs, results and report live, and atomic writes.
 
-Layout of `reports/<run-id>/` (see shared/DESIGN.md):
+Layout of `reports/<run-id>/` (docs/architecture.md says which stage writes what):
 
     .envmatrix-run         marker: {"schema": "envmatrix.rundir/1", "run_id", "created_at"}
     matrix.resolved.yaml   the expanded plan plus image ids (planfile.dump_resolved)
