@@ -538,7 +538,8 @@ def matrix_json_schema() -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m envmatrix.config.load --schema [--write]`, or `--check FILE` to validate."""
-    parser = argparse.ArgumentParser(prog="python -m envmatrix.config.load", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m envmatrix.config.load",
+                                     description=main.__doc__)
     parser.add_argument("--schema", action="store_true", help="print the JSON schema")
     parser.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_FILE}")
     parser.add_argument("--check", metavar="FILE", help="validate a matrix file and list cells")

@@ -49,7 +49,7 @@ class Base:
     # "system": the distribution's python3; "image": the base already provides python (official
     # python images); "deadsnakes": pythonX.Y from the deadsnakes PPA (Ubuntu only).
     python_source: str = "system"
-    cuda: str | None = None  # CUDA version the base provides (checked by envmatrix.config.gpucompat)
+    cuda: str | None = None  # CUDA version the base provides (checked by config.gpucompat)
     cudnn: str | None = None  # cuDNN version the base provides, likewise
 
 

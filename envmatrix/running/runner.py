@@ -4,8 +4,8 @@ Benchmarks never overlap (they would measure each other), so containers run stri
 A cell is measured in `measure.round_count` rounds: round 1 of every cell, then round 2 of
 every cell, and so on, each round one container running `repeats_per_round` fresh processes.
 A machine whose speed drifts over minutes then shifts every cell of a round alike, and the
-verdict (envmatrix.analysis.stats) can compare cells round by round. Each round's harness result lands
-in `scratch/<cell>/round-<r>.json`; after a cell's last round they are merged into one result
+verdict (envmatrix.analysis.stats) can compare cells round by round. Each round's harness result
+lands in `scratch/<cell>/round-<r>.json`; after a cell's last round they are merged into one result
 (repeats concatenated, each with its `round`, the summary recomputed by the harness's code).
 
 Each container is a least-privilege cell container as envmatrix.running.containers defines it (user
