@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from envmatrix import grammar, yamlsrc
-from envmatrix.config import expand, gpucompat, knobs
+from envmatrix.config import expand, gpucompat, hosts, knobs
 from envmatrix.config.cabundle import resolve_ca_bundle
 from envmatrix.config.spec import (
     DEFAULT_TEMPLATE,
@@ -53,7 +53,6 @@ from envmatrix.problems import (
 )
 from envmatrix.rundir import plan as planmod
 from envmatrix.rundir.plan import Base, Bootstrap, Environment, Measure, Plan, Workload
-from envmatrix.running import hosts
 from envmatrix.yamlsrc import MAX_FILE_BYTES, MAX_NODES, Doc
 
 __all__ = [
