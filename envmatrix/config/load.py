@@ -314,13 +314,12 @@ class _Builder:
         return dirs
 
     def _check_zoo(self, model: str, where: KeyPath) -> None:
-        from envmatrix.inputs import zoo  # imports onnx: only when a zoo model is asked for
-
         name = model.split(":", 1)[1]
-        if name not in zoo.NAMES:
+        if name not in planmod.ZOO_MODELS:
             self.problems.append(Problem(
-                where, f"{model!r} is not in the zoo{did_you_mean(name, zoo.NAMES)}.",
-                f"use one of {', '.join('zoo:' + n for n in zoo.NAMES)}, or a model file path."))
+                where, f"{model!r} is not in the zoo{did_you_mean(name, planmod.ZOO_MODELS)}.",
+                f"use one of {', '.join('zoo:' + n for n in planmod.ZOO_MODELS)}, or a model "
+                "file path."))
 
     def _user_file(self, text: str, where: KeyPath, allowed: Sequence[Path],
                    suffixes: tuple[str, ...]) -> str:

@@ -27,6 +27,8 @@ PROVIDER_NAMES: dict[str, str] = {
     "rocm": "ROCMExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
 }
+# The models envmatrix.inputs.zoo makes on the host: a workload's `model: zoo:<name>`.
+ZOO_MODELS: tuple[str, ...] = ("cnn", "transformer", "mlp")
 # Providers whose cells get GPUs from the engine (a device request); every other cell gets none.
 GPU_PROVIDERS = ("cuda", "tensorrt")
 
