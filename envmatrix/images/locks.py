@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from envmatrix import __version__, grammar, yamlsrc
 from envmatrix.analysis.stats import version_mismatches
 from envmatrix.errors import BuildError, ConfigError
-from envmatrix.rundir.layout import atomic_write_json, utc_now
+from envmatrix.rundir.layout import atomic_write_json, atomic_write_text, utc_now
 from envmatrix.rundir.plan import BaseIdentity, Environment
 from envmatrix.running.containers import installed_spec
 
@@ -225,9 +225,9 @@ def lock_to_dict(matrix: Path, entries: Mapping[str, EnvLock]) -> dict[str, Any]
 
 def write_lock(matrix: Path, entries: Mapping[str, EnvLock]) -> Path:
     path = lock_path(matrix)
-    yamlsrc.write_plain(path, lock_to_dict(matrix, entries), header=(
+    atomic_write_text(path, yamlsrc.dump_plain(lock_to_dict(matrix, entries), header=(
         "# envmatrix lock file: the exact installed set of every environment, read from its\n"
-        "# image. Builds of the matrix install this set; rewrite it with `nox -s lock`.\n"))
+        "# image. Builds of the matrix install this set; rewrite it with `nox -s lock`.\n")))
     return path
 
 

@@ -67,7 +67,7 @@ def old_run(root: Path, p50: float = 0.005) -> Path:
     doc = config.yamlsrc.read_plain(resolved)
     doc["run"]["images"] = {env: {"tag": f"envmatrix/{env}:h", "image_id": IDS[env]}
                             for env in IDS}
-    config.yamlsrc.write_plain(resolved, doc)
+    resolved.write_text(config.yamlsrc.dump_plain(doc), encoding="utf-8")
     return path
 
 
