@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from envmatrix import grammar, yamlsrc
-from envmatrix.config import expand, gpucompat, hosts, knobs
+from envmatrix.config import expand, gpucompat, hosts, hostwheels, knobs
 from envmatrix.config.cabundle import resolve_ca_bundle
 from envmatrix.config.spec import (
     DEFAULT_TEMPLATE,
@@ -41,7 +41,6 @@ from envmatrix.config.spec import (
     validate,
 )
 from envmatrix.errors import ConfigError
-from envmatrix.images import hostwheels
 from envmatrix.problems import (
     KeyPath,
     PlanError,
