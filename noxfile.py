@@ -159,8 +159,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff and mypy on the host package, vermin (Python 3.6+) on the harness."""
+    """ruff on both packages (the harness's own ruff.toml targets the oldest Python ruff knows),
+    mypy on the host package, vermin (Python 3.6+, exactly) on the harness."""
     _install(session, "lint")
-    session.run("ruff", "check", "envmatrix", "tests", "noxfile.py", "benchmarks")
+    session.run("ruff", "check", "envmatrix", "envmatrix_harness", "tests", "noxfile.py",
+                "benchmarks")
     session.run("mypy")
     session.run("vermin", "-q", "--no-tips", "-t=3.6-", "--violations", "envmatrix_harness")

@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     model, shape_args, what = _model(torch, folder, args.batch)
     print(f"model: {what}: {model}")
     out = folder / "result.json"
-    command = [sys.executable, "-m", "envmatrix_harness", "--model", str(model), "--provider", "cuda",
-               *shape_args, "--warmup", "20", "--min-iterations", "100",
+    command = [sys.executable, "-m", "envmatrix_harness", "--model", str(model),
+               "--provider", "cuda", *shape_args, "--warmup", "20", "--min-iterations", "100",
                "--min-time", str(args.min_time), "--repeats", str(args.repeats),
                "--out", str(out)]
     started = time.time()

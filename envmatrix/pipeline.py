@@ -8,7 +8,6 @@ what it did in the run directory (docs/architecture.md follows one cell through 
 
 from __future__ import annotations
 
-import datetime as dt
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,14 @@ from envmatrix.progress import Progress
 from envmatrix.report import build as report
 from envmatrix.reproduce import resume
 from envmatrix.rundir import planfile
-from envmatrix.rundir.layout import RunDir, atomic_write_text, create_run_dir, open_run_dir
+from envmatrix.rundir.layout import (
+    RunDir,
+    atomic_write_text,
+    create_run_dir,
+    open_run_dir,
+    utc_now,
+)
 from envmatrix.rundir.plan import Plan
-from envmatrix.rundir.results import utc_now
 from envmatrix.running import runner
 from envmatrix.running.engine import Engine
 
@@ -188,7 +192,7 @@ def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = N
     extra: dict[str, Any] = {
         "run_id": run_dir.run_id,
         "envmatrix_version": __version__,
-        "started_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "started_at": utc_now(),
     }
     if built:
         extra["images"] = image_entries(built)

@@ -38,7 +38,7 @@ from typing import Any
 from envmatrix.errors import EngineError, EnvmatrixError, HostUnreachableError
 from envmatrix.images import build as images
 from envmatrix.rundir import results
-from envmatrix.rundir.layout import RunDir
+from envmatrix.rundir.layout import RunDir, utc_now
 from envmatrix.rundir.plan import Cell, Host, Plan
 from envmatrix.running import hosts, runner
 from envmatrix.running.containers import INPUTS_MOUNT, MANAGED, OWNER_LABEL, RUN_LABEL
@@ -230,7 +230,7 @@ def _host_main(run: HostRun, run_dir: RunDir, prepared: Mapping[str, Any], progr
     def say(stage: str, message: str) -> None:
         progress(stage, f"{run.name}: {message}")
 
-    started = results.utc_now()
+    started = utc_now()
     try:
         _connect(run, stages, say)
         run.phase = "build"
@@ -385,7 +385,7 @@ def _mark_unreachable(run: HostRun, run_dir: RunDir, started: str) -> None:
         if cell.id in run.results and not lost:
             continue  # its own outcome of this run (crashed, build_failed, ...) stands
         host = {"run_id": run_dir.run_id, "config_hash": cell.config_hash(run.plan.measure),
-                "started_at": started, "finished_at": results.utc_now(),
+                "started_at": started, "finished_at": utc_now(),
                 "machine": machine(run)}
         result = results.failure_result(cell, "host_unreachable", run.unreachable or "",
                                         None, host, measure=run.plan.measure)

@@ -8,6 +8,8 @@ back to when the tool said nothing recognisable.
 
 `clean` turns terminal output into plain lines: tools that think they have a terminal print
 colour codes and redraw progress bars with carriage returns, which are noise in a report.
+
+`gpu_unavailable` reads the engine's own words when it refuses a container its GPUs.
 """
 
 from __future__ import annotations
@@ -168,3 +170,25 @@ _FINDERS: tuple[Finder, ...] = (
     _pip_line(_PIP_ASIDES),
     _shell_line,
 )
+
+
+# What engines say when a container asks for GPUs they cannot give, lower-cased: docker without
+# the NVIDIA toolkit ('could not select device driver "" with capabilities: [[gpu]]'), CDI
+# ('unresolvable CDI devices nvidia.com/gpu=all'), the NVIDIA hook ('nvidia-container-cli:
+# initialization error: nvml error: driver not loaded', '... requirement error: unsatisfied
+# condition: cuda>=12.4'), and a missing device node.
+GPU_ERROR_MARKERS = (
+    "could not select device driver",
+    "cdi device",
+    "unresolvable cdi",
+    "nvidia-container-cli",
+    "nvidia-container-runtime",
+    "nvml error",
+    'error gathering device information while adding custom device "/dev/nvidia',
+)
+
+
+def gpu_unavailable(engine_message: str) -> bool:
+    """Whether the engine's refusal of a container is about its GPUs (status `no_gpu`)."""
+    text = engine_message.lower()
+    return any(marker in text for marker in GPU_ERROR_MARKERS)

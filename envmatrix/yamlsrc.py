@@ -17,7 +17,6 @@ import yaml
 from envmatrix import problems
 from envmatrix.errors import ConfigError
 from envmatrix.problems import KeyPath
-from envmatrix.rundir.layout import atomic_write_text
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000  # alias expansion ("billion laughs") stops here
@@ -157,11 +156,11 @@ def _yaml_problem(path: Path, node: yaml.Node, message: str, fix: str,
 # -- resolved plans -------------------------------------------------------------------------
 
 
-def write_plain(path: Union[Path, str], data: Any, header: str = "") -> None:
-    """Write plain data (dicts, lists, str, numbers) as block YAML, atomically; `header` (comment
-    lines, each starting with '#') goes first."""
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
-    atomic_write_text(Path(path), header + text)
+def dump_plain(data: Any, header: str = "") -> str:
+    """Plain data (dicts, lists, str, numbers) as block YAML text, keys in the order given;
+    `header` (comment lines, each starting with '#') goes first. Writing the file is the
+    caller's (rundir.layout's atomic writes)."""
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
 def read_plain(path: Union[Path, str]) -> Any:

@@ -1,4 +1,4 @@
-"""`python -m harness`: see harness/cli.py and harness/README.md."""
+"""`python -m harness`: see envmatrix_harness/cli.py and envmatrix_harness/README.md."""
 
 import time
 

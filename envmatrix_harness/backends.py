@@ -40,8 +40,8 @@ class OrtBackend:
         try:
             import onnxruntime
         except ImportError as err:
-            raise ProviderError(f"onnxruntime cannot be imported here ({one_line(err)}); install onnxruntime, "
-                                "onnxruntime-gpu or onnxruntime-openvino")
+            raise ProviderError(f"onnxruntime cannot be imported here ({one_line(err)}); install "
+                                "onnxruntime, onnxruntime-gpu or onnxruntime-openvino") from err
         self.import_s = time.perf_counter() - t0  # numpy is already imported (harness.inputs)
         self.ort = onnxruntime
         self.settings = settings
@@ -83,7 +83,7 @@ class OrtBackend:
         try:
             compat.apply_session(self.ort, options, self.session_settings)
         except AttributeError as err:
-            raise UsageError(f"{self.package} {self.version}: {err}")
+            raise UsageError(f"{self.package} {self.version}: {err}") from err
         return options
 
     def create(self):
@@ -96,9 +96,9 @@ class OrtBackend:
             reason = compat.explain_load_error(err, self.model, runtime,
                                                compat.parse_version(self.version))
             if reason:
-                raise ModelError(reason)
+                raise ModelError(reason) from err
             raise HarnessError("{} could not create a session for {}: {}".format(
-                runtime, self.model["path"], one_line(err)))
+                runtime, self.model["path"], one_line(err))) from err
 
     def input_specs(self):
         return [(arg.name, arg.type, arg.shape) for arg in self.session.get_inputs()]
@@ -189,8 +189,8 @@ class TorchBackend:
         try:
             import torch
         except ImportError as err:
-            raise ProviderError(f"torch cannot be imported here ({one_line(err)}); install torch for "
-                                "--backend torch")
+            raise ProviderError(f"torch cannot be imported here ({one_line(err)}); install torch "
+                                "for --backend torch") from err
         self.import_s = time.perf_counter() - t0
         self.torch = torch
         self.settings = settings
@@ -219,7 +219,7 @@ class TorchBackend:
             self.module = torch.jit.load(self.model["path"], map_location=self.requested)
         except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/ValueError/...
             raise ModelError("torch {} cannot load {} as TorchScript: {}".format(
-                self.version, self.model["path"], one_line(err)))
+                self.version, self.model["path"], one_line(err))) from err
         self.module.eval()
         # inference_mode (torch >= 1.9) is cheaper than no_grad; both are thread-local and
         # stay entered for the life of this process, which is one measurement.

@@ -33,7 +33,7 @@ def build_parser():
     model.add_argument("--model", required=True, metavar="PATH",
                        help=".onnx for onnxruntime; .pt/.ts TorchScript for --backend torch")
     model.add_argument("--backend", choices=("onnxruntime", "torch"),
-                       help="default: torch for %s, else onnxruntime" % "/".join(TORCH_SUFFIXES))
+                       help=f"default: torch for {'/'.join(TORCH_SUFFIXES)}, else onnxruntime")
     model.add_argument("--provider", metavar="NAME",
                        help="CPU, OpenVINO, CUDA, TensorRT (any case) or a full onnxruntime name "
                             "like DnnlExecutionProvider; torch: cpu or cuda. Default: CPU")
@@ -135,7 +135,7 @@ def _json_object(flag, text):
     try:
         value = json.loads(text)
     except ValueError as err:
-        raise UsageError(f"{flag} is not valid JSON ({err})")
+        raise UsageError(f"{flag} is not valid JSON ({err})") from err
     if not isinstance(value, dict):
         raise UsageError(f"{flag} must be a JSON object, got {type(value).__name__}")
     return value

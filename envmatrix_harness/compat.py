@@ -129,8 +129,8 @@ def translate_options(provider, options, runtime_version, package):
         match = _OV_COMBINED.match(str(device or ""))
         if match and "precision" not in options:
             options["device_type"], options["precision"] = match.group(1), match.group(2)
-            notes.append(f"device_type={device} split into device_type={match.group(1)} precision={match.group(2)} (onnxruntime-"
-                         "openvino >= 1.17)")
+            notes.append(f"device_type={device} split into device_type={match.group(1)} "
+                         f"precision={match.group(2)} (onnxruntime-openvino >= 1.17)")
     elif device and "precision" in options and not _OV_COMBINED.match(str(device)):
         precision = options.pop("precision")
         options["device_type"] = f"{device}_{precision}"
@@ -139,8 +139,8 @@ def translate_options(provider, options, runtime_version, package):
     elif device and not _OV_COMBINED.match(str(device)) and "_" not in str(device) \
             and ":" not in str(device):
         options["device_type"] = f"{device}_FP32"
-        notes.append(f"device_type={device} became {device}_FP32 (onnxruntime-openvino < 1.17 wants the "
-                     "precision in device_type)")
+        notes.append(f"device_type={device} became {device}_FP32 (onnxruntime-openvino < 1.17 "
+                     "wants the precision in device_type)")
     return options, notes
 
 
@@ -193,9 +193,9 @@ def explain_load_error(message, model, runtime, runtime_version=()):
     if too_new_opset:
         limits.append(f"opset <= {too_new_opset.group(2)}")
     advice = " and ".join(limits) if limits else "a lower IR version and opset"
-    return (f"model IR version {ir_version} / opset {opset} is newer than {runtime} accepts; re-export it with {advice} "
-            "(e.g. the exporter's opset_version, onnx.version_converter, and model.ir_version)"
-            )
+    return (f"model IR version {ir_version} / opset {opset} is newer than {runtime} accepts; "
+            f"re-export it with {advice} (e.g. the exporter's opset_version, "
+            "onnx.version_converter, and model.ir_version)")
 
 
 # -- session settings and typed provider options (tables: harness.optiontable) ---------------

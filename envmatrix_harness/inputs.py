@@ -5,7 +5,7 @@ from a counter-based hash (splitmix64) computed with plain uint64 array arithmet
 identically in every numpy since 1.13. Each input gets its own 64-bit key derived with sha256
 from the seed and the input's name, so adding an input never changes another input's bytes.
 
-Value ranges (documented contract, see harness/README.md):
+Value ranges (documented contract, see envmatrix_harness/README.md):
 - floating point: k / 2**23 - 1 for k in [0, 2**24): uniform in [-1, 1), exact in float32;
 - integers: [0, 1000) (token-id like), narrowed to the type's range for 8/16-bit types;
 - bool: the top bit of the hash.
@@ -113,7 +113,8 @@ def parse_value(name, dtype, text):
         return float(word)
     except ValueError:
         raise HarnessInputError(
-            f"--value {name}={text}: '{text}' is not a valid {dtype} value (the model's type for this input)")
+            f"--value {name}={text}: '{text}' is not a valid {dtype} value (the model's type for "
+            "this input)") from None
 
 
 def _dim_label(dim):
@@ -137,7 +138,8 @@ def resolve_shape(name, model_shape, given):
     for index, dim in enumerate(model_shape):
         if not _is_fixed(dim):
             raise HarnessInputError(
-                f"input '{name}' dimension {index} ({_dim_label(dim)}) is dynamic and unset; pass --shape {name}=D1,...,D{len(model_shape)} "
+                f"input '{name}' dimension {index} ({_dim_label(dim)}) is dynamic and unset; "
+                f"pass --shape {name}=D1,...,D{len(model_shape)} "
                 f"(model shape {format_shape(model_shape)})")
     return tuple(model_shape)
 
@@ -146,11 +148,13 @@ def check_against_model(name, model_shape, shape, what):
     """A given shape must have the model's rank and agree with every fixed dimension."""
     if len(shape) != len(model_shape):
         raise HarnessInputError(
-            f"{what} has rank {len(shape)} but the model's input '{name}' has rank {len(model_shape)} (shape {format_shape(model_shape)})")
+            f"{what} has rank {len(shape)} but the model's input '{name}' has rank "
+            f"{len(model_shape)} (shape {format_shape(model_shape)})")
     for index, (want, got) in enumerate(zip(model_shape, shape)):
         if _is_fixed(want) and want != got:
             raise HarnessInputError(
-                f"{what} gives dimension {index} = {got} but the model fixes it at {want} (shape {format_shape(model_shape)})")
+                f"{what} gives dimension {index} = {got} but the model fixes it at {want} "
+                f"(shape {format_shape(model_shape)})")
 
 
 def format_shape(shape):
@@ -181,8 +185,8 @@ def make_inputs(specs, seed, shapes=None, values=None, fixed=None):
     """Input tensors for a model, in the model's input order.
 
     specs: list of (name, dtype_str, shape); dtype_str a numpy name or onnxruntime's
-        'tensor(float)' form (None: unknown, float32 when generated); shape a list of int, or None/str for dynamic dims (or None for an
-        unknown rank).
+        'tensor(float)' form (None: unknown, float32 when generated); shape a list of int, or
+        None/str for dynamic dims (or None for an unknown rank).
     seed: int; shapes: {name: tuple of ints} fixing dynamic dims; values: {name: text} filling
         an input with one number; fixed: {name: ndarray} taken as they are (an .npz file).
     Raises HarnessInputError (a ValueError) with a one-line message naming the input and the fix.
@@ -290,4 +294,4 @@ def load_npz(path):
         with np.load(path, allow_pickle=False) as archive:
             return collections.OrderedDict((name, archive[name]) for name in archive.files)
     except (OSError, ValueError) as err:
-        raise HarnessInputError(f"--inputs {path}: cannot read it as .npz ({err})")
+        raise HarnessInputError(f"--inputs {path}: cannot read it as .npz ({err})") from err

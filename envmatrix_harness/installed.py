@@ -1,11 +1,12 @@
 """`python -m harness.installed`: the image's installed set, as one JSON line on stdout.
 
-Run by the host after each build (envmatrix.locks reads it into `locks/<env>.json` and the lock
-file). Every distribution comes from `fingerprint.distributions`, the same reader as each cell's
-fingerprint, so a lock and a cell can never disagree about names or about what counts as
-installed. Hashes are what pip recorded when it installed the venv in the builder stage (pip's
-`--report`, reduced to name, version and sha256 by build/pip_hashes.py); Debian packages come
-from dpkg's database. Standard library only, Python 3.6+.
+Run by the host after each build (envmatrix.images.locks reads it into `locks/<env>.json` and
+the lock file). Every distribution comes from `fingerprint.distributions`, the same reader as
+each cell's fingerprint, so a lock and a cell can never disagree about names or about what counts
+as installed. Hashes are what pip recorded when it installed the venv in the builder stage (pip's
+`--report`, reduced to name, version and sha256 by build/pip_hashes.py, copied from
+dockerfiles/scripts/); Debian packages come from dpkg's database. Standard library only, Python
+3.6+.
 """
 
 import json

@@ -105,12 +105,12 @@ def describe(path, backend):
     try:
         info = {"path": path, "sha256": sha256_file(path), "ir_version": None, "opsets": {}}
     except OSError as err:
-        raise ModelError(f"model file {path} cannot be read: {err}")
+        raise ModelError(f"model file {path} cannot be read: {err}") from err
     if backend == "onnxruntime":
         try:
             info.update(read_onnx_header(path))
         except (ValueError, EOFError, UnicodeDecodeError) as err:
             raise ModelError(
                 f"model file {path} is not a valid ONNX file ({err}); pass an .onnx model, or "
-                "--backend torch for TorchScript")
+                "--backend torch for TorchScript") from err
     return info

@@ -14,6 +14,7 @@ where the GPU has no energy counter (NVML_ERROR_NOT_SUPPORTED), samples the powe
 memory). The timed loop itself is not touched.
 """
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -111,17 +112,15 @@ class Nvml:
 
     def close(self):
         if self.lib is not None:
-            try:
+            with contextlib.suppress(NvmlError):
                 self._call("nvmlShutdown")
-            except NvmlError:
-                pass
             self.lib = None
 
     def _call(self, function, *args):
         try:
             func = getattr(self.lib, function)
         except AttributeError:
-            raise NvmlError(function, None, f"not in {self.path} (driver too old)")
+            raise NvmlError(function, None, f"not in {self.path} (driver too old)") from None
         func.restype = ctypes.c_int
         code = func(*args)
         if code != SUCCESS:

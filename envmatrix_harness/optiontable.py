@@ -1,6 +1,6 @@
 """Which session and provider options each runtime release knows: one table, two readers.
 
-The host (`envmatrix.knobs`) checks a matrix against it before anything is built; the harness
+The host (`envmatrix.config.knobs`) checks a matrix against it before anything is built; the harness
 (`harness.compat`) checks again inside the image, where the installed release is known for
 sure, and maps each value onto that release's API. Standard library only, Python 3.6+.
 
@@ -137,8 +137,8 @@ def session_problems(session, package, version):
         if span is not None and not _known_since(version, span[0]):
             when = "in onnxruntime " + span[0] if span[0] == span[1] else \
                 f"between onnxruntime {span[0]} and {span[1]}"
-            found.append(("config." + key, f"was introduced {when}, and {package} {version} does not know it"
-                          ))
+            found.append(("config." + key,
+                          f"was introduced {when}, and {package} {version} does not know it"))
     return found
 
 
@@ -167,7 +167,8 @@ def openvino_problems(options, version, package=OPENVINO_PACKAGE):
             continue
         kind, since, gone = entry
         if not _known_since(version, since):
-            found.append((name, f"was introduced in {package} {since} (pinned: {version})", "release"))
+            found.append((name, f"was introduced in {package} {since} (pinned: {version})",
+                          "release"))
         elif gone is not None and _known_since(version, gone):
             found.append((name, f"was removed in {package} {gone} (pinned: {version})", "release"))
         else:

@@ -22,7 +22,7 @@ from envmatrix_harness import optiontable
 
 OPENVINO = "openvino"
 _OPENVINO_FIXES = {
-    "unknown": "use an option the pinned release has (harness/optiontable.py lists them "
+    "unknown": "use an option the pinned release has (envmatrix_harness/optiontable.py lists them "
                "with their releases).",
     "release": f"pin an {optiontable.OPENVINO_PACKAGE} release that has it, or remove the "
                "option.",
@@ -124,9 +124,9 @@ class Variants:
                           f"pin a newer {package}, or remove the setting.")
         for key in optiontable.unknown_config_keys(session):
             self.warnings.append(f"environment {env.id}: session config key {key!r} is not in "
-                                 "envmatrix's table (harness/optiontable.py); onnxruntime "
-                                 "ignores keys it does not know. The result records what the "
-                                 "session read back.")
+                                 "envmatrix's table (envmatrix_harness/optiontable.py); "
+                                 "onnxruntime ignores keys it does not know. The result records "
+                                 "what the session read back.")
         threads = draft.spec.threads or self.measure.threads
         intra = session.get("intra_op_threads")
         if threads and intra and threads != intra:

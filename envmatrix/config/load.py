@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from envmatrix import grammar, yamlsrc
-from envmatrix.config import expand, gpucompat, knobs
+from envmatrix.config import expand, gpucompat, hosts, hostwheels, knobs
 from envmatrix.config.cabundle import resolve_ca_bundle
 from envmatrix.config.spec import (
     DEFAULT_TEMPLATE,
@@ -41,7 +41,6 @@ from envmatrix.config.spec import (
     validate,
 )
 from envmatrix.errors import ConfigError
-from envmatrix.images import hostwheels
 from envmatrix.problems import (
     KeyPath,
     PlanError,
@@ -53,7 +52,6 @@ from envmatrix.problems import (
 )
 from envmatrix.rundir import plan as planmod
 from envmatrix.rundir.plan import Base, Bootstrap, Environment, Measure, Plan, Workload
-from envmatrix.running import hosts
 from envmatrix.yamlsrc import MAX_FILE_BYTES, MAX_NODES, Doc
 
 __all__ = [
@@ -315,13 +313,12 @@ class _Builder:
         return dirs
 
     def _check_zoo(self, model: str, where: KeyPath) -> None:
-        from envmatrix.inputs import zoo  # imports onnx: only when a zoo model is asked for
-
         name = model.split(":", 1)[1]
-        if name not in zoo.NAMES:
+        if name not in planmod.ZOO_MODELS:
             self.problems.append(Problem(
-                where, f"{model!r} is not in the zoo{did_you_mean(name, zoo.NAMES)}.",
-                f"use one of {', '.join('zoo:' + n for n in zoo.NAMES)}, or a model file path."))
+                where, f"{model!r} is not in the zoo{did_you_mean(name, planmod.ZOO_MODELS)}.",
+                f"use one of {', '.join('zoo:' + n for n in planmod.ZOO_MODELS)}, or a model "
+                "file path."))
 
     def _user_file(self, text: str, where: KeyPath, allowed: Sequence[Path],
                    suffixes: tuple[str, ...]) -> str:
@@ -538,7 +535,8 @@ def matrix_json_schema() -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m envmatrix.config.load --schema [--write]`, or `--check FILE` to validate."""
-    parser = argparse.ArgumentParser(prog="python -m envmatrix.config.load", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m envmatrix.config.load",
+                                     description=main.__doc__)
     parser.add_argument("--schema", action="store_true", help="print the JSON schema")
     parser.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_FILE}")
     parser.add_argument("--check", metavar="FILE", help="validate a matrix file and list cells")

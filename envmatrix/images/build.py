@@ -75,16 +75,6 @@ def tag_for(env: Environment, ctx: RenderedContext) -> str:
     return f"envmatrix/{env.id}:{ctx.content_hash[:16]}"
 
 
-def planned_tag(env: Environment, plan: Plan, base: BaseIdentity, *,
-                harness_dir: Path | None = None, use_lock: bool = True) -> str:
-    """The tag `ensure_image` would use for this base identity (renders into a scratch folder)."""
-    lock = env_lock(plan, env) if use_lock else None
-    with tempfile.TemporaryDirectory(prefix=f"envmatrix-{env.id}-") as scratch:
-        ctx = render_environment(env, plan, harness_dir=harness_dir or packaged_harness_dir(),
-                                 out_dir=Path(scratch) / "context", base=base, lock=lock)
-        return tag_for(env, ctx)
-
-
 def context_id(env: Environment, plan: Plan, *, harness_dir: Path | None = None) -> str:
     """The hash of the build context alone (no base identity), 16 hex digits: what `list` and
     `render` show without an engine. Equal context ids on the same base give equal tags."""

@@ -17,7 +17,6 @@ fingerprint (`cell_problems`), which makes them `env_mismatch`.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from envmatrix import __version__, grammar, yamlsrc
 from envmatrix.errors import BuildError, ConfigError
-from envmatrix.rundir.layout import atomic_write_json
+from envmatrix.rundir.layout import atomic_write_json, atomic_write_text, utc_now
 from envmatrix.rundir.plan import BaseIdentity, Environment
 from envmatrix.running.containers import installed_spec
 
@@ -217,7 +216,7 @@ def lock_to_dict(matrix: Path, entries: Mapping[str, EnvLock]) -> dict[str, Any]
         "schema": LOCK_SCHEMA,
         "matrix": matrix.name,
         "envmatrix_version": __version__,
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": utc_now(),
         "environments": {env_id: {"base": base_to_dict(e.base), **installed_to_dict(e.installed)}
                          for env_id, e in entries.items()},
     }
@@ -225,9 +224,9 @@ def lock_to_dict(matrix: Path, entries: Mapping[str, EnvLock]) -> dict[str, Any]
 
 def write_lock(matrix: Path, entries: Mapping[str, EnvLock]) -> Path:
     path = lock_path(matrix)
-    yamlsrc.write_plain(path, lock_to_dict(matrix, entries), header=(
+    atomic_write_text(path, yamlsrc.dump_plain(lock_to_dict(matrix, entries), header=(
         "# envmatrix lock file: the exact installed set of every environment, read from its\n"
-        "# image. Builds of the matrix install this set; rewrite it with `nox -s lock`.\n"))
+        "# image. Builds of the matrix install this set; rewrite it with `nox -s lock`.\n")))
     return path
 
 

@@ -157,10 +157,12 @@ def template_variables(env: Environment, plan: Plan) -> dict[str, Any]:
 
 
 def render_dockerfile(env: Environment, plan: Plan) -> str:
+    """The environment's Dockerfile; ConfigError when the template fails or its text would not
+    build cleanly with the classic builder (`lint_dockerfile`), before any build starts."""
     validate_environment(env, plan)
     try:
         template = _jinja(plan).get_template(env.template)
-        return template.render(template_variables(env, plan))
+        text = template.render(template_variables(env, plan))
     except jinja2.TemplateNotFound as err:
         folders = ", ".join(str(d) for d in template_dirs(plan))
         raise ConfigError(
@@ -168,11 +170,19 @@ def render_dockerfile(env: Environment, plan: Plan) -> str:
             "Fix: check `template:` and `template_dir:`."
         ) from err
     except jinja2.TemplateError as err:
-        where = getattr(err, "filename", None) or env.template
-        raise ConfigError(
-            f"{plan.source}: environment {env.id!r}: template {where} failed: {err}. "
-            "Fix the template (every variable is listed in dockerfiles/README.md)."
-        ) from err
+        raise _template_failed(env, plan, getattr(err, "filename", None) or env.template,
+                               str(err)) from err
+    problems = lint_dockerfile(text)
+    if problems:
+        raise _template_failed(env, plan, env.template, "; ".join(problems))
+    return text
+
+
+def _template_failed(env: Environment, plan: Plan, where: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"{plan.source}: environment {env.id!r}: template {where} failed: {why}. "
+        "Fix the template (every variable is listed in dockerfiles/README.md)."
+    )
 
 
 # -- the context folder ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from envmatrix.errors import ConfigError
 from envmatrix.inputs import zoo
 from envmatrix.inputs.zoo import InputSpec
 from envmatrix.rundir.layout import atomic_write_bytes
-from envmatrix.rundir.plan import Workload
+from envmatrix.rundir.plan import ZOO_MODELS, Workload
 from envmatrix_harness.errors import HarnessInputError
 from envmatrix_harness.inputs import make_inputs
 
@@ -123,11 +123,11 @@ def _zoo_model(
     workload: Workload, out_dir: Path, ir_version: int, opset: int
 ) -> tuple[Path, Path | None, tuple[InputSpec, ...]]:
     name = workload.model.split(":", 1)[1]
-    if name not in zoo.NAMES:
-        choices = ", ".join(f"zoo:{n}" for n in zoo.NAMES)
+    if name not in ZOO_MODELS:
+        choices = ", ".join(f"zoo:{n}" for n in ZOO_MODELS)
         raise ConfigError(
             f"{_where(workload, 'model')}: {workload.model!r} is not in the zoo"
-            f"{_hint(name, zoo.NAMES)}; use one of {choices}, or a path to an .onnx file"
+            f"{_hint(name, ZOO_MODELS)}; use one of {choices}, or a path to an .onnx file"
         )
     want_torch = workload.backend == "torch"
     with warnings.catch_warnings():

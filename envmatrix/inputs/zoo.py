@@ -28,9 +28,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from envmatrix.rundir.layout import atomic_write_bytes
+from envmatrix.rundir.plan import ZOO_MODELS
 from envmatrix_harness.inputs import make_inputs
-
-NAMES: tuple[str, ...] = ("cnn", "transformer", "mlp")
 
 MIN_OPSET = 11  # Clip takes min/max as inputs from opset 11 on; older opsets are not built
 VOCAB_SIZE = 1024  # >= INT_HIGH: every token id the harness generates must be a valid row
@@ -85,7 +84,7 @@ def write_model(
     writes the very bytes written before this option existed).
     """
     if name not in _BUILDERS:
-        raise ValueError(f"unknown zoo model {name!r}: choose one of {', '.join(NAMES)}")
+        raise ValueError(f"unknown zoo model {name!r}: choose one of {', '.join(ZOO_MODELS)}")
     if opset < MIN_OPSET:
         raise ValueError(f"zoo models need opset >= {MIN_OPSET}, got {opset}")
     graph = _GraphBuilder(opset, seed, perturb, BATCH_DIM if dynamic_batch else 1)

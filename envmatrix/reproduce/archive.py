@@ -27,7 +27,6 @@ tags are not in the tarball: restore adds the recorded one (see `ROUND_TRIP`).
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -41,7 +40,7 @@ from typing import Any
 from envmatrix import __version__, yamlsrc
 from envmatrix.errors import EngineError, RunDirError
 from envmatrix.rundir import planfile
-from envmatrix.rundir.layout import atomic_write_json, open_run_dir
+from envmatrix.rundir.layout import atomic_write_json, open_run_dir, utc_now
 from envmatrix.rundir.plan import Environment
 from envmatrix.running.engine import Engine, ImageFacts
 
@@ -67,10 +66,6 @@ class ArchiveError(RunDirError):
 
 class MissingImages(EngineError):
     """Images a run recorded are not in the engine; the message says how to get them back."""
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def mb(size: int | None) -> str:

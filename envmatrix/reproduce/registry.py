@@ -22,8 +22,7 @@ from typing import Any
 from envmatrix import __version__, grammar
 from envmatrix.errors import ConfigError, EngineError, RunDirError
 from envmatrix.rundir import planfile
-from envmatrix.rundir.layout import RunDir, atomic_write_json
-from envmatrix.rundir.results import utc_now
+from envmatrix.rundir.layout import RunDir, atomic_write_json, utc_now
 from envmatrix.running.engine import Engine
 
 REGISTRY_FILE = "registry.json"

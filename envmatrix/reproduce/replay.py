@@ -48,9 +48,10 @@ from envmatrix.rundir.layout import (
     atomic_write_text,
     create_run_dir,
     open_run_dir,
+    utc_now,
 )
 from envmatrix.rundir.plan import ImageRecord, Plan, ResolvedPlan
-from envmatrix.rundir.results import load_results, utc_now
+from envmatrix.rundir.results import load_results
 from envmatrix.running import runner
 from envmatrix.running.engine import Engine
 

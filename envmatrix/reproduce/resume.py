@@ -29,9 +29,9 @@ from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
 from envmatrix.progress import Progress
 from envmatrix.rundir import planfile
-from envmatrix.rundir.layout import RunDir
+from envmatrix.rundir.layout import RunDir, utc_now
 from envmatrix.rundir.plan import Plan, ResolvedPlan, plan_to_dict
-from envmatrix.rundir.results import load_results, utc_now
+from envmatrix.rundir.results import load_results
 
 # Plan-level settings that shape images or models but no cell's config hash.
 _SETTINGS = ("build", "model_export")

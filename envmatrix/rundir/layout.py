@@ -1,6 +1,6 @@
 """Run directories: where one run's plan, logs, results and report live, and atomic writes.
 
-Layout of `reports/<run-id>/` (see shared/DESIGN.md):
+Layout of `reports/<run-id>/` (docs/architecture.md says which stage writes what):
 
     .envmatrix-run         marker: {"schema": "envmatrix.rundir/1", "run_id", "created_at"}
     matrix.resolved.yaml   the expanded plan plus image ids (planfile.dump_resolved)
@@ -132,6 +132,11 @@ class RunDir:
             folder.mkdir(parents=True, exist_ok=True)
 
 
+def utc_now() -> str:
+    """Now in UTC to the second, as every timestamp in a run's files is written."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def new_run_id(now: dt.datetime | None = None) -> str:
     """UTC timestamp plus a short random suffix: sortable, and unique across parallel starts."""
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
@@ -150,7 +155,7 @@ def _write_marker(run_dir: RunDir) -> None:
     doc = {
         "schema": MARKER_SCHEMA,
         "run_id": run_dir.run_id,
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": utc_now(),
     }
     atomic_write_json(run_dir.marker_path, doc)
 
@@ -256,17 +261,6 @@ def update_latest(reports_root: Path, run_dir: RunDir) -> None:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         atomic_write_text(reports_root / LATEST_FILE, target + "\n")
-
-
-def latest_run_dir(reports_root: Path) -> RunDir:
-    """The newest run under reports_root, via the `latest` link or the LATEST file."""
-    link = reports_root / LATEST_LINK
-    if link.is_dir():
-        return open_run_dir(link)
-    note = reports_root / LATEST_FILE
-    if note.is_file():
-        return open_run_dir(reports_root / note.read_text().strip())
-    raise RunDirError(f"{reports_root} holds no run yet: run `nox -s matrix` first")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -27,6 +27,8 @@ PROVIDER_NAMES: dict[str, str] = {
     "rocm": "ROCMExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
 }
+# The models envmatrix.inputs.zoo makes on the host: a workload's `model: zoo:<name>`.
+ZOO_MODELS: tuple[str, ...] = ("cnn", "transformer", "mlp")
 # Providers whose cells get GPUs from the engine (a device request); every other cell gets none.
 GPU_PROVIDERS = ("cuda", "tensorrt")
 
@@ -49,7 +51,7 @@ class Base:
     # "system": the distribution's python3; "image": the base already provides python (official
     # python images); "deadsnakes": pythonX.Y from the deadsnakes PPA (Ubuntu only).
     python_source: str = "system"
-    cuda: str | None = None  # CUDA version the base provides (checked by envmatrix.config.gpucompat)
+    cuda: str | None = None  # CUDA version the base provides (checked by config.gpucompat)
     cudnn: str | None = None  # cuDNN version the base provides, likewise
 
 

@@ -15,13 +15,14 @@ from envmatrix import yamlsrc
 from envmatrix.errors import RunDirError
 from envmatrix.problems import kind_of
 from envmatrix.rundir import plan as planmod
+from envmatrix.rundir.layout import atomic_write_text
 from envmatrix.rundir.plan import Plan
 
 
 def dump_resolved(plan: Plan, path: Path | str, extra: Mapping[str, Any]) -> None:
     """Write plan_to_dict(plan) plus `run: extra` as YAML, atomically (temp, fsync, rename)."""
     doc = {**planmod.plan_to_dict(plan), "run": json.loads(json.dumps(dict(extra), default=str))}
-    yamlsrc.write_plain(path, doc)
+    atomic_write_text(Path(path), yamlsrc.dump_plain(doc))
 
 
 def update_run_record(path: Path | str,
@@ -37,7 +38,8 @@ def update_run_record(path: Path | str,
     if not isinstance(data, dict):
         raise RunDirError(f"{target}: not a resolved plan. Fix: re-run the matrix.")
     run = json.loads(json.dumps(dict(update(dict(data.get("run") or {}))), default=str))
-    yamlsrc.write_plain(target, {**{k: v for k, v in data.items() if k != "run"}, "run": run})
+    kept = {k: v for k, v in data.items() if k != "run"}
+    atomic_write_text(target, yamlsrc.dump_plain({**kept, "run": run}))
 
 
 def read_resolved(path: Path | str) -> planmod.ResolvedPlan:

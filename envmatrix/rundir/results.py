@@ -17,7 +17,6 @@ explicit about what no longer applies:
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import signal
 from dataclasses import dataclass
@@ -58,28 +57,6 @@ NOT_RUN = "not run: the run stopped before this cell"
 RESUME_HINT = "re-measure it with `nox -s matrix -- --resume <run_dir>`"
 
 
-# What engines say when a container asks for GPUs they cannot give, lower-cased: docker without
-# the NVIDIA toolkit ('could not select device driver "" with capabilities: [[gpu]]'), CDI
-# ('unresolvable CDI devices nvidia.com/gpu=all'), the NVIDIA hook ('nvidia-container-cli:
-# initialization error: nvml error: driver not loaded', '... requirement error: unsatisfied
-# condition: cuda>=12.4'), and a missing device node.
-GPU_ERROR_MARKERS = (
-    "could not select device driver",
-    "cdi device",
-    "unresolvable cdi",
-    "nvidia-container-cli",
-    "nvidia-container-runtime",
-    "nvml error",
-    'error gathering device information while adding custom device "/dev/nvidia',
-)
-
-
-def gpu_unavailable(engine_message: str) -> bool:
-    """Whether the engine's refusal of a container is about its GPUs (status `no_gpu`)."""
-    text = engine_message.lower()
-    return any(marker in text for marker in GPU_ERROR_MARKERS)
-
-
 class OutcomeLike(Protocol):
     """What classification needs from engine.ContainerOutcome (kept free of docker imports)."""
 
@@ -89,10 +66,6 @@ class OutcomeLike(Protocol):
     def oom_killed(self) -> bool: ...
     @property
     def timed_out(self) -> bool: ...
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def one_line(text: str, limit: int = REASON_CHARS) -> str:

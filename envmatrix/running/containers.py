@@ -4,17 +4,18 @@ A cell runs as user nobody (65534) with least privilege: no network, all capabil
 no-new-privileges, a read-only root with a tmpfs /tmp (HOME=/tmp), memory (without swap) and
 pids limits and an optional cpuset, the run's inputs mounted read-only and one writable scratch
 folder; never privileged, never the docker socket. On an engine that shares this machine's
-paths both are bind mounts of the run directory; on a remote engine (envmatrix.running.hosts decides)
-they are volumes of that engine: a named one holding a copy of the inputs, mounted read-only,
-and a fresh one for the scratch folder, writable for the run user and copied back before the
-container is removed (envmatrix.running.engine makes the volumes and does both copies). A cell on a GPU
-provider (cuda, tensorrt) also asks the engine for GPUs (a device request, what
-`docker run --gpus` sends); others never. The harness inside is started with `harness_command`.
+paths both are bind mounts of the run directory; on a remote engine (envmatrix.running.hosts
+decides) they are volumes of that engine: a named one holding a copy of the inputs, mounted
+read-only, and a fresh one for the scratch folder, writable for the run user and copied back
+before the container is removed (envmatrix.running.engine makes the volumes and does both
+copies). A cell on a GPU provider (cuda, tensorrt) also asks the engine for GPUs (a device
+request, what `docker run --gpus` sends); others never. The harness inside is started with
+`harness_command`.
 
 One `ContainerSpec` says all of that, and both of its renderings come from here: `create_kwargs`
-(the keyword arguments of the SDK's `containers.create`, as plain data; envmatrix.running.engine only
-turns mounts into SDK objects) and `run_argv` (the `docker run` a person types, which the report
-prints). Keeping both beside each other is what keeps them saying the same thing.
+(the keyword arguments of the SDK's `containers.create`, as plain data; envmatrix.running.engine
+only turns mounts into SDK objects) and `run_argv` (the `docker run` a person types, which the
+report prints). Keeping both beside each other is what keeps them saying the same thing.
 
 This module must not import docker, directly or through another module: the report imports it
 and has to stay importable (and byte-for-byte reproducible) without the SDK.

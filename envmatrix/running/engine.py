@@ -36,7 +36,6 @@ from envmatrix.errors import (  # BuildStepError: importers of the engine find i
     GpuUnavailableError,
     HostUnreachableError,
 )
-from envmatrix.rundir.results import gpu_unavailable
 from envmatrix.running.containers import (
     BOOTSTRAP_LABEL,
     ContainerSpec,
@@ -44,7 +43,7 @@ from envmatrix.running.containers import (
     create_kwargs,
     fresh_volumes,
 )
-from envmatrix.toolwords import build_cause, clean
+from envmatrix.toolwords import build_cause, clean, gpu_unavailable
 
 # Seconds a timed-out container gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 2

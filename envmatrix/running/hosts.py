@@ -1,106 +1,30 @@
-"""Hosts: the Docker engines of a matrix, which cells each measures, how to reach them.
+"""Hosts: how to reach the Docker engines of a matrix's `hosts:`, and what each one is.
 
-A matrix without `hosts:` runs on the local default engine, with the cell ids it always had.
-With a `hosts:` section every environment runs on the hosts its `hosts:` selects (all of them
-when omitted; a list of names; or labels such as `{gpu: true}`), and with more than one host
-every cell id ends in `--host-<name>`, so `--only '*--host-gpu-box'` picks one machine.
-
-Connecting: a `url:` goes to the SDK as it is (tcp:// with the `tls:` client certificates,
-ssh:// through the `ssh` binary so the user's ssh config, agent and keys apply); a `context:`
-is read from the docker CLI's own store (`$DOCKER_CONFIG` or ~/.docker: contexts/meta for the
-address, contexts/tls for the certificates) with the standard library only. Credentials are
-read where the user keeps them; only names, addresses and labels are ever recorded.
+Which hosts an environment selects and the cells each measures are the plan's
+(envmatrix.config.hosts); this module reaches them. Connecting: a `url:` goes to the SDK as it
+is (tcp:// with the `tls:` client certificates, ssh:// through the `ssh` binary so the user's
+ssh config, agent and keys apply); a `context:` is read from the docker CLI's own store
+(`$DOCKER_CONFIG` or ~/.docker: contexts/meta for the address, contexts/tls for the
+certificates) with the standard library only. Credentials are read where the user keeps them;
+only names, addresses and labels are ever recorded.
 """
-
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import platform
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envmatrix.config.hosts import DEFAULT
 from envmatrix.errors import HostUnreachableError
-from envmatrix.problems import KeyPath, Problem, did_you_mean
 from envmatrix.rundir.plan import Cell, Host
 
-if TYPE_CHECKING:  # config reads hosts: without the Docker SDK (report and config never need it)
+if TYPE_CHECKING:  # the engine, and with it the Docker SDK, loads only when a host is reached
     from envmatrix.running.engine import Engine, Target
 
-DEFAULT = "default"  # the address of a host without url: or context:
-HOST_SEPARATOR = "--host-"
-
-
-# -- the plan: hosts, selections, cells ---------------------------------------------------------
-
-
-def plan_hosts(specs: Mapping[str, Any], root: Path) -> tuple[Host, ...]:
-    """`Host`s from the validated `hosts:` section (spec.HostSpec or None per name).
-
-    TLS paths are taken relative to the matrix file's folder (and `~` expanded), as every other
-    path of the file is.
-    """
-    hosts = []
-    for name, spec in specs.items():
-        if spec is None:
-            hosts.append(Host(name))
-            continue
-        address = spec.url or (f"context:{spec.context}" if spec.context else DEFAULT)
-        tls = spec.tls
-        hosts.append(Host(
-            name, address, tuple(sorted(spec.labels.items())),
-            tls_ca=_path(tls.ca, root) if tls and tls.ca else None,
-            tls_cert=_path(tls.cert, root) if tls else None,
-            tls_key=_path(tls.key, root) if tls else None,
-            tls_verify=tls.verify if tls else True, shared_paths=spec.shared_paths))
-    return tuple(hosts)
-
-
-def _path(text: str, root: Path) -> str:
-    path = Path(text).expanduser()
-    return str(path if path.is_absolute() else root / path)
-
-
-def select(selector: Any, hosts: Sequence[Host], where: KeyPath) -> tuple[list[str], list[Problem]]:
-    """The host names an environment's `hosts:` selects (plan order) and any problems."""
-    names = [h.name for h in hosts]
-    if selector is None:
-        return names, []
-    if not hosts:
-        return [], [Problem(where, "hosts: selects hosts, but the matrix has no hosts: section.",
-                            "add a top-level hosts: section, or remove this key.")]
-    if isinstance(selector, dict):
-        chosen = [h.name for h in hosts
-                  if all(h.label_dict.get(k) == v for k, v in selector.items())]
-        if not chosen:
-            return [], [Problem(where, f"no host has the labels {selector}.",
-                                "give a host these labels:, or select hosts by name.")]
-        return chosen, []
-    unknown = [n for n in selector if n not in names]
-    problems = [Problem(where, f"unknown host {n!r}{did_you_mean(n, names)}.",
-                        f"use one of {', '.join(names)}.") for n in unknown]
-    return [n for n in names if n in selector], problems
-
-
-def cell_id_on(cell_id: str, host: str) -> str:
-    return f"{cell_id}{HOST_SEPARATOR}{host}"
-
-
-def spread(cells: Sequence[Cell], env_hosts: Mapping[str, Sequence[str]],
-           hosts: Sequence[Host]) -> list[Cell]:
-    """Every cell once per host of its environment, host by host within a cell.
-
-    Ids gain `--host-<name>` only with more than one host, so a one-host matrix keeps the ids
-    (and run directories) it had before hosts existed.
-    """
-    if not hosts:
-        return list(cells)
-    multi = len(hosts) > 1
-    return [replace(cell, host=name, id=cell_id_on(cell.id, name) if multi else cell.id)
-            for cell in cells for name in env_hosts.get(cell.environment.id, ())]
+# -- the plan: which host measures which cells ----------------------------------------------------
 
 
 def cells_by_host(cells: Sequence[Cell], hosts: Sequence[Host]) -> dict[str, list[Cell]]:
@@ -207,8 +131,3 @@ def fingerprint(engine: Engine) -> dict[str, Any]:
         "default_runtime": info.get("DefaultRuntime"),
         "gpu_runtime": any("nvidia" in r for r in (info.get("Runtimes") or {})),
     }
-
-
-def client_machine() -> str:
-    """This machine's name, to say where envmatrix itself ran."""
-    return platform.node()

@@ -4,8 +4,8 @@ Benchmarks never overlap (they would measure each other), so containers run stri
 A cell is measured in `measure.round_count` rounds: round 1 of every cell, then round 2 of
 every cell, and so on, each round one container running `repeats_per_round` fresh processes.
 A machine whose speed drifts over minutes then shifts every cell of a round alike, and the
-verdict (envmatrix.analysis.stats) can compare cells round by round. Each round's harness result lands
-in `scratch/<cell>/round-<r>.json`; after a cell's last round they are merged into one result
+verdict (envmatrix.analysis.stats) can compare cells round by round. Each round's harness result
+lands in `scratch/<cell>/round-<r>.json`; after a cell's last round they are merged into one result
 (repeats concatenated, each with its `round`, the summary recomputed by the harness's code).
 
 Each container is a least-privilege cell container as envmatrix.running.containers defines it (user
@@ -45,7 +45,7 @@ import numpy as np
 from envmatrix.errors import EngineError, GpuUnavailableError
 from envmatrix.images import locks
 from envmatrix.rundir import results
-from envmatrix.rundir.layout import RunDir, atomic_write_json
+from envmatrix.rundir.layout import RunDir, atomic_write_json, utc_now
 from envmatrix.rundir.plan import Cell, Measure, Plan
 from envmatrix.rundir.rounds import ROUNDS_FILE, ROUNDS_SCHEMA
 from envmatrix.running.containers import (
@@ -269,7 +269,7 @@ class RoundOrders:
     def __init__(self, run_dir: RunDir, host: str | None = None) -> None:
         self.path = run_dir.path / ROUNDS_FILE
         self.doc = self._read()
-        self.entry: dict[str, Any] = {"started_at": results.utc_now(),
+        self.entry: dict[str, Any] = {"started_at": utc_now(),
                                       "rule": "rotate by one place per round", "rounds": []}
         if host is not None:  # one entry per host of a multi-host run (envmatrix.schedule)
             self.entry["host"] = host
@@ -482,7 +482,7 @@ def _run_round(
         _record_interrupted(run_dir, item, plan, host, time.monotonic() - started, round_index)
         raise
     except EngineError as err:
-        host.update(duration_s=round(time.monotonic() - started, 3), finished_at=results.utc_now())
+        host.update(duration_s=round(time.monotonic() - started, 3), finished_at=utc_now())
         if isinstance(err, GpuUnavailableError):  # this cell's outcome; the others run on
             reason = f"the engine could not give the container a GPU: {err}"
             return _finish_failed(run_dir, item, plan, None, "no_gpu", reason, None, host)
@@ -523,7 +523,7 @@ def _host_base(run_dir: RunDir, item: _Measuring, launch: Launch) -> dict[str, A
         "gpus": ",".join(launch.spec.gpus) if launch.spec.gpus else None,
         "command": list(launch.spec.command),
         "run_log": _relative(run_dir, run_dir.run_log(cell.id)),
-        "started_at": results.utc_now(),
+        "started_at": utc_now(),
     }
 
 
@@ -561,7 +561,7 @@ def _record_interrupted(
     log = log_path.read_text(errors="replace") if log_path.is_file() else None
     host.update(
         exit_code=None, oom_killed=False, timed_out=False, interrupted=True,
-        duration_s=round(elapsed, 3), finished_at=results.utc_now(),
+        duration_s=round(elapsed, 3), finished_at=utc_now(),
     )  # fmt: skip
     rounds = plan.measure.round_count
     reason = _in_round(
@@ -612,7 +612,7 @@ def _collect(
         signal=results.signal_of(outcome.exit_code),
         duration_s=round(outcome.duration_s, 3),
         container_id=outcome.container_id,
-        finished_at=results.utc_now(),
+        finished_at=utc_now(),
     )
     if round_index == 0:
         host["outputs"] = _keep_outputs(run_dir, cell, scratch)

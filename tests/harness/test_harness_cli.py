@@ -134,8 +134,8 @@ def test_unexpected_runtime_failure_keeps_type_message_and_traceback(
 
 
 def test_help_lists_every_option() -> None:
-    text = subprocess.run([sys.executable, "-m", "envmatrix_harness", "--help"], capture_output=True,
-                          text=True, cwd=str(REPO), check=True).stdout
+    text = subprocess.run([sys.executable, "-m", "envmatrix_harness", "--help"],
+                          capture_output=True, text=True, cwd=str(REPO), check=True).stdout
     for option in ("--model", "--backend", "--provider", "--provider-option", "--threads",
                    "--inputs", "--seed", "--shape", "--value", "--warmup", "--min-iterations",
                    "--min-time", "--repeats", "--out", "--save-outputs", "--cell",

@@ -1,7 +1,7 @@
-"""harness/nvml.py and the GPU readings of a repeat, against a FAKE NVML built from C here
-(tests/harness/data/fake_nvml.c): the same ctypes path as with the driver's libnvidia-ml.so.1,
-with canned values, in three builds: a working one (energy counter), one whose energy counter
-is NOT_SUPPORTED (power sampling), and one whose nvmlInit fails."""
+"""envmatrix_harness/nvml.py and the GPU readings of a repeat, against a FAKE NVML built from C
+here (tests/harness/data/fake_nvml.c): the same ctypes path as with the driver's
+libnvidia-ml.so.1, with canned values, in three builds: a working one (energy counter), one whose
+energy counter is NOT_SUPPORTED (power sampling), and one whose nvmlInit fails."""
 
 from __future__ import annotations
 

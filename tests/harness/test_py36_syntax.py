@@ -1,4 +1,5 @@
-"""harness/ must stay importable on Python 3.6: vermin's static check of the whole package."""
+"""envmatrix_harness/ must stay importable on Python 3.6: vermin's static check of the whole
+package."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from harness_testlib import REPO
 def test_vermin_finds_nothing_newer_than_python_36() -> None:
     vermin = shutil.which("vermin")
     command = [vermin] if vermin else [sys.executable, "-m", "vermin"]
-    done = subprocess.run([*command, "-t=3.6-", "--violations", "--no-tips", "harness/"],
-                          capture_output=True, text=True, cwd=str(REPO))
+    done = subprocess.run([*command, "-t=3.6-", "--violations", "--no-tips",
+                           "envmatrix_harness/"], capture_output=True, text=True, cwd=str(REPO))
     if done.returncode != 0 and "No module named vermin" in done.stderr:
         pytest.fail("vermin is not installed: pip install -e .[test]")
     assert done.returncode == 0, done.stdout + done.stderr

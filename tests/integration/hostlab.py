@@ -4,7 +4,7 @@ machine's own engine. Everything is made by the test (certificates, keys, bridge
 by it; the machine's own engine and its docker0 bridge are never touched.
 
 The second engine gets its own bridge and subnet: started with `--bridge=none` it would delete
-docker0 (docs: shared/ENVIRONMENT.md). It runs with `--iptables=false`, so it cannot
+docker0. It runs with `--iptables=false`, so it cannot
 touch the first engine's chains; builds reach the package index through a MASQUERADE rule for
 its own subnet, tagged with a comment and removed at the end.
 """

@@ -1,4 +1,5 @@
-"""envmatrix.running.engine against the real Docker engine: runs, deadlines, OOM, cleanup, errors."""
+"""envmatrix.running.engine against the real Docker engine: runs, deadlines, OOM, cleanup and
+errors."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import envmatrix
+from envmatrix import toolwords
 from envmatrix.errors import GpuUnavailableError
-from envmatrix.rundir import results
 from envmatrix.running.containers import ContainerSpec
 from envmatrix.running.engine import Engine
 
@@ -72,7 +72,7 @@ def test_the_engine_refuses_a_gpu_in_its_own_words(
     with pytest.raises(GpuUnavailableError) as err:
         engine.run(_spec(bookworm, run_label, ("all",)), timeout_s=60)
     print(f"engine said: {err.value}")
-    assert results.gpu_unavailable(str(err.value))
+    assert toolwords.gpu_unavailable(str(err.value))
     # The same container without GPUs runs: the refusal was about the GPU only.
     assert engine.run(_spec(bookworm, run_label, None), timeout_s=60).exit_code == 0
 
@@ -89,7 +89,7 @@ def test_a_run_with_a_cuda_cell_and_a_cpu_cell(engine: Engine, gpuless: dict[str
     cuda = got[CUDA_CELL]
     assert cuda["status"] == "no_gpu", cuda["reason"]
     assert "could not give the container a GPU" in cuda["reason"]
-    assert results.gpu_unavailable(cuda["reason"])
+    assert toolwords.gpu_unavailable(cuda["reason"])
     assert cuda["host"]["gpus"] == "all" and cuda["host"]["engine_gpu"] == gpuless
     report = (out / "report.md").read_text().replace("\\", "")  # markdown escapes _ and [
     line = next(ln for ln in report.splitlines() if CUDA_CELL in ln and "| no_gpu" in ln)

@@ -7,7 +7,7 @@ never an image. The Docker engine allows plain HTTP to registries in 127.0.0.0/8
 (`docker info`: Insecure Registries), so nothing has to be configured.
 
 Without `docker-registry` these tests skip with the fix; in CI (env CI set) a skip is a
-failure (tests/conftest.py), and `scripts/install-engine.sh --with-registry` installs it.
+failure (conftest.py), and `scripts/install-engine.sh --with-registry` installs it.
 """
 
 from __future__ import annotations

@@ -187,7 +187,8 @@ def _compare(a: Path, b: Path, workdir: Path) -> tuple[Cli[str], str]:
 
 
 def _max_abs_diff(a: Path, b: Path) -> float:
-    """Computed here from the two runs' saved outputs, independently of envmatrix.analysis.parity."""
+    """Computed here from the two runs' saved outputs, independently of
+    envmatrix.analysis.parity."""
     with np.load(a / "outputs" / f"{M_CELL}.npz") as xa, \
             np.load(b / "outputs" / f"{M_CELL}.npz") as xb:
         assert xa.files == xb.files == ["logits"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from envmatrix import toolwords
 from envmatrix.config import gpucompat
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
@@ -257,12 +258,12 @@ OTHER_TEXTS = [
 
 @pytest.mark.parametrize("text", NO_GPU_TEXTS)
 def test_the_engines_gpu_refusals_are_recognised(text: str) -> None:
-    assert results.gpu_unavailable(text)
+    assert toolwords.gpu_unavailable(text)
 
 
 @pytest.mark.parametrize("text", OTHER_TEXTS)
 def test_other_engine_errors_are_not_no_gpu(text: str) -> None:
-    assert not results.gpu_unavailable(text)
+    assert not toolwords.gpu_unavailable(text)
 
 
 def test_no_gpu_is_a_status() -> None:

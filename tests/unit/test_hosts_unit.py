@@ -18,6 +18,7 @@ import test_runner as tr  # tests/unit is on sys.path: the runner tests' fakes
 from envmatrix import schedule
 from envmatrix.analysis import stats
 from envmatrix.config import load as config
+from envmatrix.config.hosts import spread
 from envmatrix.errors import ConfigError, EngineError, HostUnreachableError
 from envmatrix.report.sections import TABLE_HEADERS, with_host_column
 from envmatrix.rundir.layout import RunDir
@@ -196,7 +197,7 @@ class FakeHostEngine(tr.FakeEngine):
 def two_host_plan(tmp_path: Path) -> Plan:
     plan = tr.make_plan(tmp_path)
     machines = (Host("a"), Host("b", "tcp://127.0.0.1:1"))
-    cells = hosts.spread(plan.cells, {e.id: ["a", "b"] for e in plan.environments}, machines)
+    cells = spread(plan.cells, {e.id: ["a", "b"] for e in plan.environments}, machines)
     return replace(plan, cells=tuple(cells), hosts=machines)
 
 

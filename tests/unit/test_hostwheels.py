@@ -12,6 +12,7 @@ import pytest
 from test_config import write
 from test_render import harness, make_env, make_plan  # noqa: F401 - `harness` is a fixture
 
+from envmatrix.config import hostwheels as wanted
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
 from envmatrix.images import hostwheels
@@ -40,13 +41,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*are declared but no environmen
     (Base("b", "debian:sid", "debian"), "system", None),
 ])
 def test_python_of_an_environment(base: Base, python: str, want: str | None) -> None:
-    assert hostwheels.python_of(make_env(base, python)) == want
+    assert wanted.python_of(make_env(base, python)) == want
 
 
 def test_requirements_are_the_environments_own_pins() -> None:
     env = make_env(packages=(("onnxruntime", "1.20.1"), ("torch", "2.13.0+cpu")))
-    assert hostwheels.requirements(env, ["Torch"]) == ["torch==2.13.0+cpu"]
-    assert hostwheels.requirements(env, ["torchvision"]) == []
+    assert wanted.requirements(env, ["Torch"]) == ["torch==2.13.0+cpu"]
+    assert wanted.requirements(env, ["torchvision"]) == []
     assert hostwheels.requirements_text(env, ["torch"]) == "# python 3.9\ntorch==2.13.0+cpu\n"
     assert hostwheels.requirements_text(env, []) is None
 

@@ -113,11 +113,14 @@ def test_tags_need_the_base_identity_and_labels_record_it(matrix: Path, tmp_path
     with pytest.raises(ValueError, match="base image's id"):
         images.tag_for(env, ctx)
     base = BaseIdentity("debian:trixie", "sha256:x", ("debian@sha256:" + "c" * 64,))
-    tag = images.planned_tag(env, plan, base)
-    assert tag == images.planned_tag(env, plan, base)
-    assert tag != images.planned_tag(env, plan, BaseIdentity("debian:trixie", "sha256:y"))
     labelled = render_environment(env, plan, harness_dir=images.packaged_harness_dir(),
                                   out_dir=tmp_path / "d", base=base)
+    tag = images.tag_for(env, labelled)
+    for folder, other_base, same in (("e", base, True),
+                                     ("f", BaseIdentity("debian:trixie", "sha256:y"), False)):
+        other = render_environment(env, plan, harness_dir=images.packaged_harness_dir(),
+                                   out_dir=tmp_path / folder, base=other_base)
+        assert (images.tag_for(env, other) == tag) is same
     labels = images.image_labels(env, plan, labelled)
     assert labels["envmatrix.base-id"] == "sha256:x"
     assert labels["envmatrix.base-digest"] == "debian@sha256:" + "c" * 64

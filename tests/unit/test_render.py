@@ -99,6 +99,13 @@ def test_strict_undefined_turns_a_template_typo_into_a_config_error(tmp_path: Pa
         render_dockerfile(env, make_plan(template_dir=str(tmp_path)))
 
 
+def test_a_template_that_renders_a_root_final_stage_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "root.Dockerfile.j2").write_text("FROM {{ base_image }}\nUSER root\n")
+    env = make_env(template="root.Dockerfile.j2")
+    with pytest.raises(ConfigError, match="template root.Dockerfile.j2 failed: .*non-root user"):
+        render_dockerfile(env, make_plan(template_dir=str(tmp_path)))
+
+
 def test_user_template_can_extend_the_packaged_one(tmp_path: Path) -> None:
     (tmp_path / "mine.j2").write_text(
         '{% extends "default.Dockerfile.j2" %}\n'

@@ -67,7 +67,7 @@ def old_run(root: Path, p50: float = 0.005) -> Path:
     doc = config.yamlsrc.read_plain(resolved)
     doc["run"]["images"] = {env: {"tag": f"envmatrix/{env}:h", "image_id": IDS[env]}
                             for env in IDS}
-    config.yamlsrc.write_plain(resolved, doc)
+    resolved.write_text(config.yamlsrc.dump_plain(doc), encoding="utf-8")
     return path
 
 
@@ -162,7 +162,8 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
         assert sha256_file(new / "inputs" / "cnn" / name) == sha256_file(old / "inputs/cnn" / name)
     resolved = planfile.read_resolved(new / "matrix.resolved.yaml")
     assert [c.id for c in resolved.plan.cells] == [f"{CANDIDATE}--cnn--cpu"]
-    assert resolved.plan.measure == planfile.read_resolved(old / "matrix.resolved.yaml").plan.measure
+    recorded = planfile.read_resolved(old / "matrix.resolved.yaml")
+    assert resolved.plan.measure == recorded.plan.measure
     assert resolved.run.images[CANDIDATE].image_id == IDS[CANDIDATE]
     assert (new / "report.md").is_file() and (new / "compare-old.md").is_file()
     summary = json.loads((new / "replay.json").read_text())

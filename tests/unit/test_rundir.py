@@ -15,7 +15,6 @@ from envmatrix.rundir.layout import (
     atomic_write_json,
     claim_run_dir,
     create_run_dir,
-    latest_run_dir,
     open_run_dir,
 )
 
@@ -32,7 +31,7 @@ def test_create_makes_layout_marker_and_latest(tmp_path: Path) -> None:
 def test_generated_ids_are_unique_and_latest_moves(tmp_path: Path) -> None:
     runs = [create_run_dir(tmp_path, None) for _ in range(5)]
     assert len({r.path for r in runs}) == 5
-    assert latest_run_dir(tmp_path).path.resolve() == runs[-1].path.resolve()
+    assert open_run_dir(tmp_path / "latest").path.resolve() == runs[-1].path.resolve()
 
 
 def test_explicit_existing_run_id_is_refused_and_left_alone(tmp_path: Path) -> None:
@@ -88,8 +87,7 @@ def test_latest_falls_back_to_a_text_file_without_symlinks(
     monkeypatch.setattr(os, "symlink", no_symlinks)
     run = create_run_dir(tmp_path, "r1")
     assert (tmp_path / "LATEST").read_text().strip() == "r1"
-    assert latest_run_dir(tmp_path).path == run.path
-    assert open_run_dir(tmp_path / "latest").run_id == "r1"
+    assert open_run_dir(tmp_path / "latest").path == run.path
 
 
 class _Boom(Exception):

@@ -1,30 +1,15 @@
-"""envmatrix.yamlsrc: the one module that reads and writes YAML (matrix files, resolved plans)."""
+"""envmatrix.yamlsrc: the one module that reads and writes YAML (matrix files, resolved plans;
+test_layout checks that it is the only one)."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
 from envmatrix import yamlsrc
 from envmatrix.errors import ConfigError
-
-PACKAGE = Path(yamlsrc.__file__).parent
-
-
-def _imports(source: Path) -> set[str]:
-    tree = ast.parse(source.read_text(encoding="utf-8"))
-    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for alias in node.names}
-    return names | {node.module or "" for node in ast.walk(tree)
-                    if isinstance(node, ast.ImportFrom)}
-
-
-def test_yamlsrc_is_the_only_module_that_imports_yaml() -> None:
-    users = sorted(p.name for p in PACKAGE.glob("*.py")
-                   if any(name.split(".")[0] == "yaml" for name in _imports(p)))
-    assert users == ["yamlsrc.py"]
+from envmatrix.rundir.layout import atomic_write_text
 
 
 def test_lines_of_keys_and_values(tmp_path: Path) -> None:
@@ -54,7 +39,7 @@ def test_control_character_is_a_config_error_with_its_line(tmp_path: Path) -> No
 def test_plain_round_trip_keeps_order_and_text(tmp_path: Path) -> None:
     data = {"schema": "x/1", "b": [1, 2.5, None, True], "a": {"ü": "1.20"}}
     target = tmp_path / "sub" / "plan.yaml"
-    yamlsrc.write_plain(target, data)
+    atomic_write_text(target, yamlsrc.dump_plain(data))
     back = yamlsrc.read_plain(target)
     assert back == data and list(back) == ["schema", "b", "a"]
     assert not [p for p in target.parent.iterdir() if p.name != "plan.yaml"]  # no temp files

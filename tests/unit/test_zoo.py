@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from envmatrix.inputs import zoo
+from envmatrix.rundir.plan import ZOO_MODELS
 from envmatrix_harness.inputs import INT_HIGH
 
 # torch 2.9+ deprecates torch.jit; TorchScript is still what the images' torch versions load.
@@ -28,10 +29,10 @@ def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zoo.ZooModel]:
     out = tmp_path_factory.mktemp("zoo")
-    return {name: zoo.write_model(name, out) for name in zoo.NAMES}
+    return {name: zoo.write_model(name, out) for name in ZOO_MODELS}
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_same_arguments_give_the_same_bytes(name: str, tmp_path: Path) -> None:
     first = zoo.write_model(name, tmp_path / "a", seed=3).onnx_path.read_bytes()
     second = zoo.write_model(name, tmp_path / "b", seed=3).onnx_path.read_bytes()
@@ -49,7 +50,7 @@ PINNED_SHA256 = {
 }
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_default_bytes_are_pinned(name: str, tmp_path: Path) -> None:
     for made in (zoo.write_model(name, tmp_path / "a"),
                  zoo.write_model(name, tmp_path / "b", dynamic_batch=False)):
@@ -65,7 +66,7 @@ def test_rewriting_an_unchanged_model_keeps_the_file(tmp_path: Path) -> None:
     assert path.stat().st_mtime_ns != before
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 @pytest.mark.parametrize(("ir_version", "opset"), [(7, 11), (7, 13), (9, 18)])
 def test_checker_passes_at_the_asked_versions(
     name: str, ir_version: int, opset: int, tmp_path: Path
@@ -78,7 +79,7 @@ def test_checker_passes_at_the_asked_versions(
     assert (made.ir_version, made.opset) == (ir_version, opset)
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_every_op_exists_at_opset_11(name: str, models: dict[str, zoo.ZooModel]) -> None:
     """Old runtimes (onnxruntime 1.7/1.8) implement opset 11: no op may be newer."""
     model = onnx.load(str(models[name].onnx_path))
@@ -107,7 +108,7 @@ def test_vocabulary_covers_every_generated_token_id() -> None:
     assert zoo.VOCAB_SIZE >= INT_HIGH
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_onnxruntime_gives_finite_input_dependent_outputs(
     name: str, models: dict[str, zoo.ZooModel]
 ) -> None:
@@ -145,7 +146,7 @@ def test_generated_mask_values_count_as_zero_or_one(models: dict[str, zoo.ZooMod
     np.testing.assert_allclose(_run(path, feeds)[0], _run(path, binary)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_perturbed_weights_change_outputs_measurably(name: str, tmp_path: Path) -> None:
     base = zoo.write_model(name, tmp_path / "base")
     variant = zoo.write_model(name, tmp_path / "variant", perturb=0.01)
@@ -156,7 +157,7 @@ def test_perturbed_weights_change_outputs_measurably(name: str, tmp_path: Path) 
         assert 1e-3 < relative < 0.5
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_torchscript_agrees_with_onnxruntime(name: str, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     made = zoo.write_model(name, tmp_path, torchscript=True)
@@ -212,7 +213,7 @@ def batched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zoo.ZooModel]
     out = tmp_path_factory.mktemp("zoo_batch")
     torch_here = importlib.util.find_spec("torch") is not None
     return {name: zoo.write_model(name, out, dynamic_batch=True, torchscript=torch_here)
-            for name in zoo.NAMES}
+            for name in ZOO_MODELS}
 
 
 def _runner(made: zoo.ZooModel, runtime: str) -> Runner:
@@ -238,7 +239,7 @@ def _batch_feeds(made: zoo.ZooModel, batch: int, seed: int = 5) -> dict[str, np.
     return feeds
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 @pytest.mark.parametrize(("ir_version", "opset"), [(7, 11), (9, 18)])
 def test_dynamic_batch_names_the_first_dim_of_every_input_and_output(
     name: str, ir_version: int, opset: int, tmp_path: Path, models: dict[str, zoo.ZooModel]
@@ -253,7 +254,7 @@ def test_dynamic_batch_names_the_first_dim_of_every_input_and_output(
             (s.name, s.dtype, s.shape[1:]) for s in fixed_specs]
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_dynamic_batch_changes_only_the_declared_dims(
     name: str, batched: dict[str, zoo.ZooModel], models: dict[str, zoo.ZooModel]
 ) -> None:
@@ -266,7 +267,7 @@ def test_dynamic_batch_changes_only_the_declared_dims(
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "torchscript"])
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_each_sample_of_a_batch_is_computed_on_its_own(
     name: str, runtime: str, batched: dict[str, zoo.ZooModel]
 ) -> None:
@@ -284,7 +285,7 @@ def test_each_sample_of_a_batch_is_computed_on_its_own(
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_dynamic_batch_torchscript_agrees_with_onnxruntime(
     name: str, batch: int, batched: dict[str, zoo.ZooModel]
 ) -> None:

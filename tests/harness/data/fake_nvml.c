@@ -1,5 +1,6 @@
-/* A fake NVML (libnvidia-ml.so.1) for the harness tests: the functions harness/nvml.py calls,
- * with canned values, so the ctypes path runs without a GPU. Variants (cc -D...):
+/* A fake NVML (libnvidia-ml.so.1) for the harness tests: the functions
+ * envmatrix_harness/nvml.py calls, with canned values, so the ctypes path runs without a GPU.
+ * Variants (cc -D...):
  *   FAKE_INIT_FAILS   nvmlInit_v2 returns NVML_ERROR_DRIVER_NOT_LOADED (9)
  *   FAKE_NO_ENERGY    nvmlDeviceGetTotalEnergyConsumption returns NVML_ERROR_NOT_SUPPORTED (3),
  *                     so the harness samples nvmlDeviceGetPowerUsage instead
