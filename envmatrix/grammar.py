@@ -10,7 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from envmatrix.rundir.plan import PROVIDER_NAMES
+# Provider short names users write in matrix.yaml -> onnxruntime's provider names.
+PROVIDER_NAMES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+}
 
 _ALNUM = r"[a-z0-9]+"
 _COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"

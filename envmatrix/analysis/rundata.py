@@ -32,8 +32,8 @@ from envmatrix.analysis.stats import (
     rules_for,
     run_verdicts,
 )
-from envmatrix.idwords import knob_names, knob_values
 from envmatrix.rundir import run as rundir_run
+from envmatrix.rundir.idwords import knob_names, knob_values
 from envmatrix.rundir.layout import RunDir
 from envmatrix.rundir.plan import Cell, Plan, RunRecord
 from envmatrix.rundir.resultfile import Result

@@ -3,7 +3,7 @@
 Nothing here reads files or YAML: `envmatrix.config.load` validates matrix.yaml and calls these
 functions. Problems are reported as `envmatrix.problems.Problem`s carrying a key path; config
 turns the path into a file and line. The typed result, `Plan`, lives in `envmatrix.rundir.plan`.
-The words ids are made of (`t2`, `opt-all`) live in `envmatrix.idwords`, which the report
+The words ids are made of (`t2`, `opt-all`) live in `envmatrix.rundir.idwords`, which the report
 reads too.
 """
 
@@ -16,8 +16,9 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from envmatrix.errors import ConfigError
-from envmatrix.grammar import normalize_package, release
-from envmatrix.idwords import (
+from envmatrix.grammar import PROVIDER_NAMES, normalize_package, release
+from envmatrix.problems import KeyPath, PlanError, Problem, did_you_mean, kind_of, show
+from envmatrix.rundir.idwords import (
     KNOB_FIELDS,
     RUNTIME_TAGS,
     knob_order,
@@ -27,16 +28,7 @@ from envmatrix.idwords import (
     slug,
     varied_knobs,
 )
-from envmatrix.problems import KeyPath, PlanError, Problem, did_you_mean, kind_of, show
-from envmatrix.rundir.plan import (
-    GPU_PROVIDERS,
-    NO_KNOBS,
-    PROVIDER_NAMES,
-    Cell,
-    Environment,
-    Knobs,
-    Workload,
-)
+from envmatrix.rundir.plan import GPU_PROVIDERS, NO_KNOBS, Cell, Environment, Knobs, Workload
 from envmatrix_harness.optiontable import SESSION_SETTINGS
 
 # Distributions that provide the `onnxruntime` module: at most one per environment, because each

@@ -30,9 +30,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, core_schema
 
 from envmatrix import grammar, problems
-from envmatrix.grammar import GRAMMARS, RESERVED_ENV
+from envmatrix.grammar import GRAMMARS, PROVIDER_NAMES, RESERVED_ENV
 from envmatrix.problems import KeyPath, Problem, kind_of, show
-from envmatrix.rundir.plan import PROVIDER_NAMES, Measure, VerdictSettings
+from envmatrix.rundir.plan import Measure, VerdictSettings
 
 SCHEMA_VERSION = 1
 REFERENCE = "docs/matrix-reference.md"

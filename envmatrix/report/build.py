@@ -20,7 +20,6 @@ from envmatrix.analysis.rundata import (
     shown_point,
 )
 from envmatrix.analysis.stats import VerdictRules, is_baseline_cell, repeat_latencies
-from envmatrix.idwords import WORKLOAD_FIELDS, file_slug, setting_parts
 from envmatrix.report import plots
 from envmatrix.report.exports import json_text, results_csv, results_document
 from envmatrix.report.markdown import md, provider_name
@@ -37,6 +36,7 @@ from envmatrix.report.sections import (
 )
 from envmatrix.report.summary import section_summary
 from envmatrix.report.within import section_within
+from envmatrix.rundir.idwords import WORKLOAD_FIELDS, file_slug, setting_parts
 from envmatrix.rundir.layout import atomic_write_bytes, atomic_write_text
 from envmatrix.rundir.plan import Cell
 

@@ -19,7 +19,6 @@ from envmatrix.analysis.rundata import (
     shown_point,
 )
 from envmatrix.analysis.stats import CROSS_HOST_NOTE, repeat_cv
-from envmatrix.idwords import WORKLOAD_FIELDS, knob_names
 from envmatrix.report.markdown import (
     DASH,
     details,
@@ -34,6 +33,7 @@ from envmatrix.report.markdown import (
     table,
     verdict_words,
 )
+from envmatrix.rundir.idwords import WORKLOAD_FIELDS, knob_names
 from envmatrix.rundir.plan import Cell, Environment
 from envmatrix.running.containers import reproduce_argv
 

@@ -23,7 +23,6 @@ from envmatrix.analysis.stats import (
     load_of,
     too_few_note,
 )
-from envmatrix.idwords import knob_names, knob_part, knob_values
 from envmatrix.report.markdown import (
     fmt_bytes,
     fmt_change,
@@ -36,6 +35,7 @@ from envmatrix.report.markdown import (
     verdict_words,
 )
 from envmatrix.report.within import within_summary_lines
+from envmatrix.rundir.idwords import knob_names, knob_part, knob_values
 
 TOO_FEW_PREFIX = "too few rounds"  # how stats.too_few_note words its note
 SUMMARY_HEADERS = ("candidate", "workload", "provider", "p50 change [95% CI]",

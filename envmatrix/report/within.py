@@ -22,7 +22,6 @@ from envmatrix.analysis.rundata import (
     within_point,
 )
 from envmatrix.analysis.stats import FASTER, INVALID, SLOWER, RatioCI, Verdict
-from envmatrix.idwords import setting_diff, setting_parts
 from envmatrix.report.markdown import (
     code,
     fmt_change,
@@ -34,6 +33,7 @@ from envmatrix.report.markdown import (
     table,
     verdict_methods,
 )
+from envmatrix.rundir.idwords import setting_diff, setting_parts
 from envmatrix.rundir.plan import Cell
 
 

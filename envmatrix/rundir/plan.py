@@ -17,16 +17,6 @@ from typing import Any
 
 PLAN_SCHEMA = "envmatrix.plan/1"
 
-# Provider short names users write in matrix.yaml -> onnxruntime's provider names.
-PROVIDER_NAMES: dict[str, str] = {
-    "cpu": "CPUExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "dnnl": "DnnlExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-}
 # The models envmatrix.inputs.zoo makes on the host: a workload's `model: zoo:<name>`.
 ZOO_MODELS: tuple[str, ...] = ("cnn", "transformer", "mlp")
 # Providers whose cells get GPUs from the engine (a device request); every other cell gets none.

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeGuard
 
 from envmatrix.errors import RunDirError
+from envmatrix.grammar import PROVIDER_NAMES
 from envmatrix.rundir.layout import RunDir, atomic_write_json
-from envmatrix.rundir.plan import PROVIDER_NAMES, Cell, Measure, ResolvedPlan
+from envmatrix.rundir.plan import Cell, Measure, ResolvedPlan
 from envmatrix.rundir.resultfile import SCHEMA, Result, ResultLike, host_of
 from envmatrix.toolwords import clean
 

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from envmatrix.grammar import PROVIDER_NAMES
 from envmatrix.rundir.layout import RunDir
-from envmatrix.rundir.plan import PROVIDER_NAMES, Cell, Measure
+from envmatrix.rundir.plan import Cell, Measure
 
 NOBODY = 65534
 RUN_USER = f"{NOBODY}:{NOBODY}"

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
-from envmatrix.rundir.plan import PROVIDER_NAMES, Plan
+from envmatrix.grammar import PROVIDER_NAMES
+from envmatrix.rundir.plan import Plan
 
 VALID: dict[str, Any] = {
     "version": 1,

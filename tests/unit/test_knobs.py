@@ -18,10 +18,10 @@ from envmatrix.analysis.rundata import knob_fields, load_run
 from envmatrix.config import expand, spec
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError
-from envmatrix.idwords import knob_names, knob_part
 from envmatrix.report.build import build_report
 from envmatrix.report.sections import with_knob_columns
 from envmatrix.rundir import planfile
+from envmatrix.rundir.idwords import knob_names, knob_part
 from envmatrix.rundir.plan import (
     NO_KNOBS,
     Base,

@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from envmatrix.rundir.plan import PROVIDER_NAMES, Cell, Knobs
+from envmatrix.grammar import PROVIDER_NAMES
+from envmatrix.rundir.plan import Cell, Knobs
 
 # Runtime package -> short tag used in generated ids (order: the tags' order inside an id).
 RUNTIME_TAGS: tuple[tuple[str, str], ...] = (
