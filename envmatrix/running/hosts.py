@@ -28,7 +28,7 @@ from envmatrix.problems import KeyPath, Problem, did_you_mean
 from envmatrix.rundir.plan import Cell, Host
 
 if TYPE_CHECKING:  # config reads hosts: without the Docker SDK (report and config never need it)
-    from envmatrix.running.engine import Engine, Target
+    from envmatrix.running.engine import Engine, EngineLike, Target
 
 DEFAULT = "default"  # the address of a host without url: or context:
 HOST_SEPARATOR = "--host-"
@@ -186,7 +186,7 @@ def shares_paths(host: Host) -> bool:
 # -- what a host is -------------------------------------------------------------------------------
 
 
-def fingerprint(engine: Engine) -> dict[str, Any]:
+def fingerprint(engine: EngineLike) -> dict[str, Any]:
     """The machine behind an engine, as `docker info` and `docker version` tell it.
 
     The CPU model comes from the cells' own fingerprints (the harness reads /proc/cpuinfo
