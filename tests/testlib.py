@@ -22,17 +22,17 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def checkout_env(*, only_checkout: bool = False, **extra: str) -> dict[str, str]:
-    """This process's environment and `extra`, with this checkout first on PYTHONPATH, so a
-    subprocess imports its envmatrix; `only_checkout`: the checkout alone on PYTHONPATH (an
-    interpreter of another Python version must not import this one's packages)."""
+def checkout_env(*, only_checkout: bool = False) -> dict[str, str]:
+    """This process's environment with this checkout first on PYTHONPATH, so a subprocess
+    imports its envmatrix; `only_checkout`: the checkout alone on PYTHONPATH (an interpreter
+    of another Python version must not import this one's packages)."""
     kept = None if only_checkout else os.environ.get("PYTHONPATH")
     path = os.pathsep.join(p for p in (str(REPO), kept) if p)
-    return {**os.environ, **extra, "PYTHONPATH": path}
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def _cli_env(extra: dict[str, str]) -> dict[str, str]:
-    return checkout_env(COLUMNS="200", **extra)  # rich then never wraps a progress line
+    return {**checkout_env(), "COLUMNS": "200", **extra}  # rich never wraps a progress line
 
 
 def envmatrix_process(*args: str, cwd: Path, timeout: float = CLI_TIMEOUT_S,
