@@ -4,19 +4,23 @@ On a developer's machine a missing interpreter, torch wheel, root, debootstrap o
 skips the tests that need it, with the reason. In CI those skips would let a green run hide
 that the cross-version harness tests, the TorchScript tests or the engine tests never ran, so
 there every skip is turned into a failure that carries the skip's own reason.
+
+It also puts tests/ on sys.path, for the helpers every test folder shares (tests/testlib.py,
+tests/fakes.py).
 """
 
 from __future__ import annotations
 
-import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+from testlib import in_ci  # noqa: E402  (found through the line above)
 
 
 @pytest.hookimpl(hookwrapper=True)

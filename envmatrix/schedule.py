@@ -42,7 +42,7 @@ from envmatrix.rundir.layout import RunDir, utc_now
 from envmatrix.rundir.plan import Cell, Host, Plan
 from envmatrix.running import hosts, runner
 from envmatrix.running.containers import INPUTS_MOUNT, MANAGED, OWNER_LABEL, RUN_LABEL
-from envmatrix.running.engine import Engine
+from envmatrix.running.engine import EngineLike
 
 Progress = Callable[[str, str], None]
 JOIN_AFTER_INTERRUPT_S = 120.0  # a host thread may be finishing a base bootstrap (debootstrap)
@@ -58,9 +58,9 @@ class HostLost(EnvmatrixError):
 class Stages:
     """What a host's thread calls; tests hand in fakes (engines without Docker)."""
 
-    connect: Callable[[Host], Engine] = hosts.connect
-    fingerprint: Callable[[Engine], dict[str, Any]] = hosts.fingerprint
-    sweep: Callable[[Engine], int] = runner.sweep_leftovers
+    connect: Callable[[Host], EngineLike] = hosts.connect
+    fingerprint: Callable[[EngineLike], dict[str, Any]] = hosts.fingerprint
+    sweep: Callable[[EngineLike], int] = runner.sweep_leftovers
     ensure_images: Callable[..., dict[str, Any]] = images.ensure_images
     run_cells: Callable[..., list[dict[str, Any]]] = runner.run_cells
 
@@ -71,7 +71,7 @@ class HostRun:
 
     host: Host
     plan: Plan  # the sub-plan: this host's cells, their environments and bases
-    engine: Engine | None = None
+    engine: EngineLike | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
     built: dict[str, Any] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -321,7 +321,7 @@ def remote_inputs(run: HostRun, run_dir: RunDir, say: Progress) -> Iterator[str 
         _drop_volume(engine, name, say)
 
 
-def _drop_volume(engine: Engine, name: str, say: Progress) -> None:
+def _drop_volume(engine: EngineLike, name: str, say: Progress) -> None:
     try:
         engine.remove_volume(name)
     except EnvmatrixError as err:
@@ -354,7 +354,7 @@ def _after(run: HostRun, run_dir: RunDir, started: str, say: Progress) -> None:
         _stamp(run, run_dir, result)
 
 
-def _gone(engine: Engine, patience_s: float = SHUTDOWN_PATIENCE_S) -> str | None:
+def _gone(engine: EngineLike, patience_s: float = SHUTDOWN_PATIENCE_S) -> str | None:
     """The engine's words once it stops answering within `patience_s`, else None: an engine
     that is shutting down still answers pings for a while after it began refusing work."""
     deadline = time.monotonic() + patience_s

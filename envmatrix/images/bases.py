@@ -24,7 +24,7 @@ from pathlib import Path
 from envmatrix.errors import BaseImageError
 from envmatrix.rundir.plan import Base, BaseIdentity, Bootstrap
 from envmatrix.running.containers import BOOTSTRAP_LABEL, MANAGED_LABEL
-from envmatrix.running.engine import Engine
+from envmatrix.running.engine import EngineLike
 
 Say = Callable[[str], None]
 StageSay = Callable[[str, str], None]  # progress(stage, message)
@@ -47,7 +47,7 @@ def lookup_ref(ref: str) -> str:
     return f"{repo}@{digest}"
 
 
-def base_identity(engine: Engine, base: Base) -> BaseIdentity:
+def base_identity(engine: EngineLike, base: Base) -> BaseIdentity:
     """The base's id and digests in the engine; BaseImageError when it is not there yet."""
     found = engine.image_identity(lookup_ref(base.image))
     if found is None:
@@ -65,7 +65,7 @@ def is_pinned(ref: str) -> bool:
     return "@" in ref
 
 
-def ensure_pinned(engine: Engine, bases: Iterable[Base], logs_dir: Path, say: StageSay) -> None:
+def ensure_pinned(engine: EngineLike, bases: Iterable[Base], logs_dir: Path, say: StageSay) -> None:
     """Bases pinned by digest, before anything is built: one the registry cannot give stops
     the run (BaseImageError, exit 4) instead of failing its environments one by one."""
     for base in bases:
@@ -74,7 +74,8 @@ def ensure_pinned(engine: Engine, bases: Iterable[Base], logs_dir: Path, say: St
             say("base", f"{base.name}: {base.image} ({image_id})")
 
 
-def ensure_base(engine: Engine, base: Base, *, log_path: Path, progress: Say | None = None) -> str:
+def ensure_base(engine: EngineLike, base: Base, *, log_path: Path,
+                progress: Say | None = None) -> str:
     """The id of `base.image` in the engine, pulling or bootstrapping it when absent.
 
     A base pinned by digest is pulled or refused, never bootstrapped: a local root filesystem
@@ -115,7 +116,7 @@ def ensure_base(engine: Engine, base: Base, *, log_path: Path, progress: Say | N
     return image_id
 
 
-def bootstrap_base(engine: Engine, ref: str, recipe: Bootstrap, *, log_path: Path,
+def bootstrap_base(engine: EngineLike, ref: str, recipe: Bootstrap, *, log_path: Path,
                    progress: Say | None = None) -> str:
     """debootstrap a root filesystem, tar it and import it as `ref`; the temp files go."""
     say = progress or (lambda message: None)

@@ -31,7 +31,7 @@ from envmatrix.images.bases import base_identity, ensure_base
 from envmatrix.images.render import WHEELHOUSE_DIR, RenderedContext, render_environment
 from envmatrix.rundir.plan import Base, BaseIdentity, Environment, Plan
 from envmatrix.running.containers import MANAGED_LABEL
-from envmatrix.running.engine import BuildStepError, Engine
+from envmatrix.running.engine import BuildStepError, EngineLike
 
 Progress = Callable[[str, str], None]
 
@@ -125,7 +125,7 @@ def build_args(plan: Plan) -> dict[str, str]:
 
 
 def ensure_image(
-    engine: Engine,
+    engine: EngineLike,
     env: Environment,
     plan: Plan,
     *,
@@ -166,7 +166,7 @@ def ensure_image(
                       engine.image_size(image_id), base, installed, lock is not None, notes)
 
 
-def _build(engine: Engine, env: Environment, plan: Plan, ctx: RenderedContext, tag: str,
+def _build(engine: EngineLike, env: Environment, plan: Plan, ctx: RenderedContext, tag: str,
            log_path: Path, cancel: threading.Event | None, nocache: bool,
            lock: locks.EnvLock | None) -> str:
     try:
@@ -211,7 +211,7 @@ def build_log_path(run_dir: Path, env: Environment) -> Path:
 
 
 def ensure_images(
-    engine: Engine,
+    engine: EngineLike,
     plan: Plan,
     *,
     run_dir: Path,
@@ -246,7 +246,7 @@ def _collect(futures: dict[str, Future[BuildOutcome]]) -> dict[str, BuildOutcome
     return {env_id: future.result() for env_id, future in futures.items()}
 
 
-def _ensure_bases(engine: Engine, envs: Sequence[Environment], run_dir: Path,
+def _ensure_bases(engine: EngineLike, envs: Sequence[Environment], run_dir: Path,
                   say: Progress) -> dict[str, BuildOutcome]:
     """Make every base used, serially; environments whose base failed get a BuildFailure."""
     failures: dict[str, BuildOutcome] = {}
@@ -271,7 +271,7 @@ def _base_progress(say: Progress, name: str) -> Callable[[str], None]:
     return _say
 
 
-def _ensure_one(engine: Engine, env: Environment, plan: Plan, run_dir: Path, rebuild: bool,
+def _ensure_one(engine: EngineLike, env: Environment, plan: Plan, run_dir: Path, rebuild: bool,
                 cancel: threading.Event, say: Progress, use_lock: bool = True) -> BuildOutcome:
     if cancel.is_set():
         return BuildFailure(env.id, "cancelled", "", build_log_path(run_dir, env), 0.0)

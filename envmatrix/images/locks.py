@@ -31,7 +31,7 @@ from envmatrix.rundir.plan import BaseIdentity, Environment
 from envmatrix.running.containers import installed_spec
 
 if TYPE_CHECKING:  # the report imports this module without the docker SDK
-    from envmatrix.running.engine import Engine
+    from envmatrix.running.engine import EngineLike
 
 LOCK_SCHEMA = "envmatrix.lock/1"
 INSTALLED_SCHEMA = "envmatrix.installed/1"
@@ -92,7 +92,7 @@ def parse_installed(log: str) -> InstalledSet:
     raise ValueError("no installed set was printed")
 
 
-def read_installed(engine: Engine, image: str, *, labels: Mapping[str, str] | None = None
+def read_installed(engine: EngineLike, image: str, *, labels: Mapping[str, str] | None = None
                    ) -> InstalledSet:
     """Run the image's reader (no network, user nobody, read-only root) and parse what it says."""
     outcome = engine.run(installed_spec(image, labels=labels), timeout_s=READ_TIMEOUT_S)

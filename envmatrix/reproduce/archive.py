@@ -42,7 +42,7 @@ from envmatrix.errors import EngineError, RunDirError
 from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import atomic_write_json, open_run_dir, utc_now
 from envmatrix.rundir.plan import Environment
-from envmatrix.running.engine import Engine, ImageFacts
+from envmatrix.running.engine import EngineLike, ImageFacts
 
 ARCHIVE_SCHEMA = "envmatrix.archive/1"
 RESTORE_SCHEMA = "envmatrix.restore/1"
@@ -116,7 +116,7 @@ def _recorded_base(raw: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return (str(base_id) if base_id else None), (str(digest) if digest else None)
 
 
-def _chain_root(engine: Engine, facts: ImageFacts) -> str | None:
+def _chain_root(engine: EngineLike, facts: ImageFacts) -> str | None:
     """The first image of a local build's parent chain: the base it was built FROM."""
     seen, current = 0, facts
     while current.parent and seen < 500:  # a chain is as long as the Dockerfile's steps
@@ -127,7 +127,7 @@ def _chain_root(engine: Engine, facts: ImageFacts) -> str | None:
     return current.image_id if seen else None
 
 
-def find_base(engine: Engine, env: Environment, facts: ImageFacts,
+def find_base(engine: EngineLike, env: Environment, facts: ImageFacts,
               raw: Mapping[str, Any]) -> BaseRef:
     """The base image of an environment image: recorded, labelled, or found in the engine."""
     name, ref = env.base.name, env.base.image
@@ -162,7 +162,7 @@ class ArchiveOutcome:
         return int(self.manifest["totals"]["bytes"])
 
 
-def save_tar(engine: Engine, image_id: str, path: Path) -> tuple[int, str]:
+def save_tar(engine: EngineLike, image_id: str, path: Path) -> tuple[int, str]:
     """Stream one image into `path` (via a partial file renamed at the end): (bytes, sha256)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
@@ -216,7 +216,7 @@ def _missing_message(run: Path, missing: list[str]) -> str:
             "the run's lock (docs/reproduce.md).")
 
 
-def archive_run(engine: Engine, run_path: Path, out: Path | None = None,
+def archive_run(engine: EngineLike, run_path: Path, out: Path | None = None,
                 progress: Progress | None = None) -> ArchiveOutcome:
     """Save a run's environment images and their bases; write archive.json last."""
     say = progress or (lambda stage, message: None)
@@ -262,14 +262,14 @@ def archive_run(engine: Engine, run_path: Path, out: Path | None = None,
     return ArchiveOutcome(target, manifest, time.monotonic() - started)
 
 
-def _estimate(engine: Engine, found: list[tuple[Environment, str | None, ImageFacts]]) -> int:
+def _estimate(engine: EngineLike, found: list[tuple[Environment, str | None, ImageFacts]]) -> int:
     """Bytes the tarballs will take: every image, plus each distinct base under its name."""
     bases = {env.base.image for env, _tag, _facts in found}
     base_sizes = [engine.image_size(ref) or 0 for ref in sorted(bases)]
     return sum(f.size_bytes or 0 for _env, _tag, f in found) + sum(base_sizes)
 
 
-def _save_environment(engine: Engine, target: Path, env: Environment, tag: str | None,
+def _save_environment(engine: EngineLike, target: Path, env: Environment, tag: str | None,
                       facts: ImageFacts, base: BaseRef, say: Progress) -> dict[str, Any]:
     name = f"images/{env.id}.tar"
     began = time.monotonic()
@@ -281,7 +281,7 @@ def _save_environment(engine: Engine, target: Path, env: Environment, tag: str |
                      "digest": base.digest, "source": base.source}}
 
 
-def _save_base(engine: Engine, target: Path, base: BaseRef, say: Progress) -> dict[str, Any]:
+def _save_base(engine: EngineLike, target: Path, base: BaseRef, say: Progress) -> dict[str, Any]:
     assert base.image_id is not None
     facts = engine.image_facts(base.image_id)
     doc: dict[str, Any] = {"name": base.name, "ref": base.ref, "image_id": base.image_id,
@@ -407,7 +407,7 @@ def _changes(entry: Mapping[str, Any], after: ImageFacts) -> dict[str, str]:
     return out
 
 
-def _retag(engine: Engine, image_id: str, tag: str | None) -> str:
+def _retag(engine: EngineLike, image_id: str, tag: str | None) -> str:
     """Put the recorded tag back, unless it now names another image (then leave that alone)."""
     if not tag:
         return "no tag recorded"
@@ -421,7 +421,7 @@ def _retag(engine: Engine, image_id: str, tag: str | None) -> str:
     return "restored"
 
 
-def restore_one(engine: Engine, archive_dir: Path, kind: str, name: str,
+def restore_one(engine: EngineLike, archive_dir: Path, kind: str, name: str,
                 entry: Mapping[str, Any]) -> Restored:
     began = time.monotonic()
     image_id, path = str(entry["image_id"]), tar_path(archive_dir, str(entry["file"]))
@@ -443,7 +443,7 @@ def restore_one(engine: Engine, archive_dir: Path, kind: str, name: str,
                     _changes(entry, after), time.monotonic() - began)
 
 
-def restore_archive(engine: Engine, archive_dir: Path,
+def restore_archive(engine: EngineLike, archive_dir: Path,
                     progress: Progress | None = None) -> RestoreOutcome:
     """Verify every tarball, load what the engine lacks, check ids, re-tag; record it all."""
     say = progress or (lambda stage, message: None)

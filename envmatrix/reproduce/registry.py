@@ -23,7 +23,7 @@ from envmatrix import __version__, grammar
 from envmatrix.errors import ConfigError, EngineError, RunDirError
 from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, atomic_write_json, utc_now
-from envmatrix.running.engine import Engine
+from envmatrix.running.engine import EngineLike
 
 REGISTRY_FILE = "registry.json"
 REGISTRY_SCHEMA = "envmatrix.registry/1"
@@ -48,7 +48,7 @@ def default_registry() -> str | None:
     return os.environ.get(REGISTRY_VARIABLE) or None
 
 
-def push_run(engine: Engine, run_dir: RunDir, registry: str, say: Say) -> Path:
+def push_run(engine: EngineLike, run_dir: RunDir, registry: str, say: Say) -> Path:
     """Push every image the run recorded; write registry.json; its path. Raises EngineError
     naming the environment when one push fails (the ones before it are recorded)."""
     images = planfile.read_resolved(run_dir.resolved_path).run.images
@@ -69,7 +69,7 @@ def push_run(engine: Engine, run_dir: RunDir, registry: str, say: Say) -> Path:
     return run_dir.path / REGISTRY_FILE
 
 
-def _push_one(engine: Engine, env_id: str, tag: str, image_id: str | None,
+def _push_one(engine: EngineLike, env_id: str, tag: str, image_id: str | None,
               registry: str) -> dict[str, Any]:
     name = target_name(registry, env_id, tag)
     found = engine.image_id(tag)

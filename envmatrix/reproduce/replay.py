@@ -53,7 +53,7 @@ from envmatrix.rundir.layout import (
 from envmatrix.rundir.plan import ImageRecord, Plan, ResolvedPlan
 from envmatrix.rundir.results import load_results
 from envmatrix.running import runner
-from envmatrix.running.engine import Engine
+from envmatrix.running.engine import Engine, EngineLike
 
 Progress = Callable[[str, str], None]
 REPLAY_SCHEMA = "envmatrix.replay/1"
@@ -144,7 +144,7 @@ def drop_unbuilt(plan: Plan, recorded: Mapping[str, ImageRecord],
     return select_plan(plan, [], unbuilt)
 
 
-def choose_images(engine: Engine, plan: Plan, recorded: Mapping[str, ImageRecord],
+def choose_images(engine: EngineLike, plan: Plan, recorded: Mapping[str, ImageRecord],
                   overrides: Mapping[str, str], run_path: Path) -> dict[str, ChosenImage]:
     """The exact image of every selected environment; MissingImages names all that lack one."""
     unknown = sorted(set(overrides) - {e.id for e in plan.environments})

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import docker
 import docker.errors
@@ -79,6 +79,63 @@ class ImageFacts:
     size_bytes: int | None
     layers: tuple[str, ...]  # RootFS diff ids, base layers first
     labels: dict[str, str]
+
+
+class EngineLike(Protocol):
+    """What the stages call on an engine. `Engine` is the one that talks to Docker; the stages
+    take any EngineLike, so tests drive them with a fake (tests/fakes.py). Connecting and
+    `clean` need the real one and name `Engine` itself. The methods mean what `Engine`'s say."""
+
+    # -- the machine --
+    def unreachable(self) -> str | None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def gpu_support(self) -> dict[str, Any]: ...
+
+    # -- images --
+    def image_id(self, ref: str) -> str | None: ...
+
+    def image_identity(self, ref: str) -> tuple[str, tuple[str, ...]] | None: ...
+
+    def image_size(self, ref: str) -> int | None: ...
+
+    def image_facts(self, ref: str) -> ImageFacts | None: ...
+
+    def pull_words(self, ref: str) -> str | None: ...
+
+    def import_rootfs(self, tar_path: Path, ref: str, labels: dict[str, str]) -> str: ...
+
+    def build(self, context_dir: Path, tag: str, *, dockerfile: str = "Dockerfile",
+              labels: dict[str, str], buildargs: dict[str, str], log_path: Path,
+              timeout_s: float, cancel: threading.Event | None = None,
+              nocache: bool = False) -> str: ...
+
+    def push(self, image: str, target: str) -> str: ...
+
+    def save_image(self, image_id: str, write: Callable[[bytes], object]) -> None: ...
+
+    def load_image(self, tar_path: Path) -> list[str]: ...
+
+    def tag_image(self, image_id: str, ref: str) -> None: ...
+
+    # -- containers and volumes --
+    def run(self, spec: ContainerSpec, *, timeout_s: float, log_path: Path | None = None,
+            on_start: Callable[[str], None] | None = None,
+            copy_out: Path | None = None) -> ContainerOutcome: ...
+
+    def remove_labelled_containers(
+        self, label_filter: dict[str, str], *, keep: Callable[[dict[str, str]], bool] | None = None
+    ) -> int: ...
+
+    def fill_volume(self, name: str, source: Path, *, image: str, target: str,
+                    labels: dict[str, str]) -> None: ...
+
+    def remove_volume(self, name: str) -> None: ...
+
+    def remove_labelled_volumes(
+        self, label_filter: dict[str, str], *, keep: Callable[[dict[str, str]], bool] | None = None
+    ) -> int: ...
 
 
 def _label_filters(label_filter: dict[str, str]) -> dict[str, list[str]]:
@@ -905,3 +962,7 @@ class Engine:
             return [str(row.get("CreatedBy", "")) for row in self._client.images.get(ref).history()]
         except docker.errors.DockerException as err:
             raise _engine_error(err, f"reading the history of {ref}") from err
+
+
+if TYPE_CHECKING:  # mypy proves here that the real engine is what the stages take
+    _ENGINE_IS_ENGINE_LIKE: type[EngineLike] = Engine

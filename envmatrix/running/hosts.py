@@ -22,7 +22,7 @@ from envmatrix.errors import HostUnreachableError
 from envmatrix.rundir.plan import Cell, Host
 
 if TYPE_CHECKING:  # the engine, and with it the Docker SDK, loads only when a host is reached
-    from envmatrix.running.engine import Engine, Target
+    from envmatrix.running.engine import Engine, EngineLike, Target
 
 # -- the plan: which host measures which cells ----------------------------------------------------
 
@@ -110,7 +110,7 @@ def shares_paths(host: Host) -> bool:
 # -- what a host is -------------------------------------------------------------------------------
 
 
-def fingerprint(engine: Engine) -> dict[str, Any]:
+def fingerprint(engine: EngineLike) -> dict[str, Any]:
     """The machine behind an engine, as `docker info` and `docker version` tell it.
 
     The CPU model comes from the cells' own fingerprints (the harness reads /proc/cpuinfo

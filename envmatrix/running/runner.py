@@ -60,7 +60,7 @@ from envmatrix.running.containers import (
     harness_command,
     round_result_name,
 )
-from envmatrix.running.engine import ContainerOutcome, Engine
+from envmatrix.running.engine import ContainerOutcome, EngineLike
 from envmatrix_harness import measure as harness_measure
 from envmatrix_harness import modelinfo as harness_modelinfo
 
@@ -143,12 +143,12 @@ def _owner_alive(labels: dict[str, str]) -> bool:
     return True
 
 
-def sweep_leftovers(engine: Engine) -> int:
+def sweep_leftovers(engine: EngineLike) -> int:
     """Remove containers a dead run left behind (start-up); never those of a live run."""
     return engine.remove_labelled_containers(dict(MANAGED), keep=_owner_alive)
 
 
-def sweep_volumes(engine: Engine) -> int:
+def sweep_volumes(engine: EngineLike) -> int:
     """Remove the volumes a dead run left on an engine that does not share our paths."""
     return engine.remove_labelled_volumes(dict(MANAGED), keep=_owner_alive)
 
@@ -177,7 +177,7 @@ class _Measuring:
 
 
 def run_cells(
-    engine: Engine,
+    engine: EngineLike,
     plan: Plan,
     run_dir: RunDir,
     images: Mapping[str, ImageEntry],
@@ -449,7 +449,7 @@ def _launch(
 
 
 def _run_round(
-    engine: Engine,
+    engine: EngineLike,
     plan: Plan,
     run_dir: RunDir,
     item: _Measuring,

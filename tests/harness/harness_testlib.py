@@ -4,7 +4,7 @@ Virtual environments are made once per (interpreter, pinned packages) under
 `<repo>/.cache/venvs/<key>` (git-ignored; ENVMATRIX_CACHE_DIR overrides `<repo>/.cache`) and
 reused; a half-made one (no `.complete` marker) is made again. Interpreters are found through
 `pyenv root` first, then `pythonX.Y` on PATH; a missing one skips its tests with the reason,
-or fails them in CI (env CI=1/true/yes); a wheel pip cannot install always fails them.
+or fails them in CI (testlib.in_ci); a wheel pip cannot install always fails them.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from testlib import REPO, checkout_env, in_ci
 
-REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("ENVMATRIX_CACHE_DIR", REPO / ".cache"))
 SILERO_VERSION = "6.2.3"  # silero-vad wheel that ships silero_vad/data/silero_vad.onnx
 
@@ -67,10 +67,6 @@ def find_interpreter(version: str) -> Path | None:
                                                                            version.split(".")))):
             return candidate
     return None
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 def make_venv(version: str, pins: Sequence[str]) -> Path:
@@ -117,7 +113,7 @@ def run_harness(python: Path | str, args: Sequence[str], workdir: Path,
                 name: str = "result.json", timeout: float = 600) -> HarnessRun:
     """Run `python -m harness ARGS --out workdir/name` from this checkout; read the result."""
     out = workdir / name
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = checkout_env(only_checkout=True)
     done = subprocess.run([str(python), "-m", "envmatrix_harness", *args, "--out", str(out)],
                           capture_output=True, text=True, env=env, cwd=str(workdir),
                           timeout=timeout)

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from testlib import in_ci
 
 from envmatrix.errors import EngineError
 from envmatrix.images.bases import ensure_base
@@ -17,16 +18,12 @@ from envmatrix.rundir.plan import Base, Bootstrap
 from envmatrix.running.engine import Engine
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(scope="session")
 def engine() -> Engine:
     try:
         return Engine.connect()
     except EngineError as err:
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"CI is set but no Docker engine answers: {err}", pytrace=False)
         pytest.skip(f"no Docker engine answers (start one with scripts/install-engine.sh): {err}")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import CliRun, envmatrix_cli
+from pipelinelib import CliRun, envmatrix_cli
 
 from envmatrix.reproduce import archive
 from envmatrix.rundir import planfile

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_pipeline import envmatrix_cli, load_result
+from pipelinelib import envmatrix_cli, load_result
 
 from envmatrix.config import load as config
 from envmatrix.running.engine import Engine

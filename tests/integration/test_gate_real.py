@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_pipeline import MATRICES, CliRun, envmatrix_cli
+from pipelinelib import MATRICES, CliRun, envmatrix_cli
 
 from envmatrix.errors import GateFailed
 from envmatrix.running.engine import Engine

@@ -8,15 +8,13 @@ saying why (the HostConfig test still runs).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testlib import envmatrix_process
 
-import envmatrix
 from envmatrix import toolwords
 from envmatrix.errors import GpuUnavailableError
 from envmatrix.running.containers import ContainerSpec
@@ -29,16 +27,9 @@ CPU_CELL = "bullseye-ort1.8.0--mlp--cpu"
 
 
 def _matrix_run(workdir: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m envmatrix matrix` on GPU_MATRIX, importing this checkout's package."""
-    source_root = str(Path(envmatrix.__file__).resolve().parents[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-m", "envmatrix", "matrix", "--matrix", str(GPU_MATRIX),
-         "--out", str(workdir / "gpu")],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=1200, check=False)
-    print(proc.stderr)
-    return proc
+    """`python -m envmatrix matrix` on GPU_MATRIX."""
+    return envmatrix_process("matrix", "--matrix", str(GPU_MATRIX), "--out", str(workdir / "gpu"),
+                             cwd=workdir)
 
 
 def _spec(image: str, labels: dict[str, str], gpus: tuple[str, ...] | None) -> ContainerSpec:

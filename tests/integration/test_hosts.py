@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,8 @@ from typing import Any
 
 import hostlab  # tests/integration is on sys.path (rootdir-relative test modules)
 import pytest
+from testlib import envmatrix_started, in_ci
 
-import envmatrix
 from envmatrix.rundir.layout import RunDir
 from envmatrix.rundir.plan import Host
 from envmatrix.running import containers, hosts
@@ -48,7 +47,7 @@ def lab(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     missing = _missing_tools()
     if missing or os.geteuid() != 0:
         why = f"needs root and {', '.join(missing) or 'nothing else'}"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(f"CI is set but the hosts lab cannot start: {why}", pytrace=False)
         pytest.skip(why)
     folder = tmp_path_factory.mktemp("hostlab")
@@ -94,11 +93,7 @@ def write_matrix(path: Path, lab: dict[str, Any], hosts: tuple[str, ...], repeat
 
 
 def cli(args: list[str], lab: dict[str, Any], cwd: Path) -> subprocess.Popen[str]:
-    env = dict(os.environ, PATH=lab["path"], COLUMNS="200")
-    source_root = str(Path(envmatrix.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
-    return subprocess.Popen([sys.executable, "-m", "envmatrix", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return envmatrix_started(*args, cwd=cwd, PATH=lab["path"])
 
 
 def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from test_pipeline import MATRICES, envmatrix_cli
+from pipelinelib import MATRICES, envmatrix_cli
 
 from envmatrix.config import load as config
 from envmatrix.images import locks

@@ -8,18 +8,15 @@ and end with a complete report.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import docker
 import pytest
+from testlib import envmatrix_process, envmatrix_started
 
-import envmatrix
 from envmatrix.config import load as config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,14 +26,6 @@ TWO_ENVS = Path(__file__).resolve().parent / "matrices" / "two_envs.yaml"
 SLOW_MEASURE = ("measure: {warmup: 3, min_iterations: 20, min_time_s: 1.0, repeats: 3, "
                 "timeout_s: 300}")
 START_TIMEOUT_S = 1200  # a fresh engine builds the two images first
-
-
-def _cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(envmatrix.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    env["COLUMNS"] = "200"
-    return env
 
 
 def _statuses(run_dir: Path) -> dict[str, str]:
@@ -59,11 +48,7 @@ def test_interrupted_run_leaves_no_container_and_resumes_to_a_complete_report(
     matrix.write_text(text.replace(measure_line, SLOW_MEASURE))
     cells = [cell.id for cell in config.load_plan(matrix).cells]
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "envmatrix", "matrix", "--matrix", str(matrix), "--out",
-         str(out)],
-        cwd=tmp_path, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = envmatrix_started("matrix", "--matrix", str(matrix), "--out", str(out), cwd=tmp_path)
     # Interrupt once the first cell has finished and the second one's container is running.
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None:
@@ -89,12 +74,8 @@ def test_interrupted_run_leaves_no_container_and_resumes_to_a_complete_report(
     finished = {cell for cell, status in statuses.items() if status == "ok"}
     finished_bytes = {cell: (out / "results" / f"{cell}.json").read_bytes() for cell in finished}
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "envmatrix", "matrix", "--resume", str(out)],
-        cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=START_TIMEOUT_S,
-        check=False,
-    )
-    print(resumed.stderr)
+    resumed = envmatrix_process("matrix", "--resume", str(out), cwd=tmp_path,
+                                timeout=START_TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stderr
     # Only the re-measured cell counts as time inside containers: overhead is never negative.
     overhead = re.search(r"overhead (-?[\d.]+)s", resumed.stderr)

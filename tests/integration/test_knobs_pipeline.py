@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_pipeline import MATRICES, load_result, matrix_run
+from pipelinelib import MATRICES, load_result, matrix_run
 
 from envmatrix.config import load as config
 from envmatrix.running.engine import Engine

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from test_pipeline import MATRICES, load_result, matrix_run
+from pipelinelib import MATRICES, load_result, matrix_run
 
 from envmatrix.running.engine import Engine
 

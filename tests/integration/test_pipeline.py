@@ -11,91 +11,29 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pipelinelib import (
+    MATRICES,
+    CliRun,
+    build_lines,
+    cell_ids,
+    envmatrix_cli,
+    load_result,
+    matrix_run,
+)
 
-import envmatrix
 from envmatrix.config import load as config
 from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-MATRICES = Path(__file__).resolve().parent / "matrices"
 GOOD = MATRICES / "two_envs.yaml"
 BAD_PIN = MATRICES / "bad_pin.yaml"
 BAD_ENV = "bullseye-ort1.8.99"
-# Generous: a first run on a fresh engine builds two images (about 2 minutes each on 2 cores).
-RUN_TIMEOUT_S = 1200
 VERDICT = re.compile(r"\b(faster|slower|no significant change)\b")
-DONE = re.compile(r"done\s+(\d+)/(\d+) cells ok; wall ([\d.]+)s, inside containers ([\d.]+)s, "
-                  r"overhead (-?[\d.]+)s")
-
-
-@dataclass
-class CliRun:
-    code: int
-    stdout: str
-    stderr: str
-    seconds: float  # measured around the subprocess
-    out: Path  # the run directory given with --out (or the report command's argument)
-
-    def done(self) -> tuple[int, int, float, float, float]:
-        """(ok, total, wall, inside containers, overhead) from the `done` progress line."""
-        match = DONE.search(self.stderr)
-        assert match, f"no done line in:\n{self.stderr}"
-        ok, total, wall, inside, overhead = match.groups()
-        return int(ok), int(total), float(wall), float(inside), float(overhead)
-
-
-def envmatrix_process(*args: str, cwd: Path, timeout: float = RUN_TIMEOUT_S
-                      ) -> subprocess.CompletedProcess[str]:
-    """`python -m envmatrix ARGS` from `cwd`, importing this checkout's package; what it
-    printed is shown with the test's output."""
-    source_root = str(Path(envmatrix.__file__).resolve().parents[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
-    env["COLUMNS"] = "200"  # progress lines are not wrapped, but keep rich from guessing
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "envmatrix", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-    seconds = time.monotonic() - started
-    print(f"$ envmatrix {' '.join(args)}  -> exit {proc.returncode} in {seconds:.1f}s")
-    print(proc.stdout)
-    print(proc.stderr)
-    return proc
-
-
-def envmatrix_cli(args: list[str], cwd: Path, out: Path) -> CliRun:
-    """`envmatrix_process`, timed, with the run directory it was given."""
-    started = time.monotonic()
-    proc = envmatrix_process(*args, cwd=cwd)
-    return CliRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started, out)
-
-
-def matrix_run(matrix: Path, workdir: Path, name: str) -> CliRun:
-    out = workdir / name
-    return envmatrix_cli(["matrix", "--matrix", str(matrix), "--out", str(out)], workdir, out)
-
-
-def cell_ids(matrix: Path) -> list[str]:
-    return [cell.id for cell in config.load_plan(matrix).cells]
-
-
-def load_result(run_dir: Path, cell: str) -> dict:
-    return json.loads((run_dir / "results" / f"{cell}.json").read_text())
-
-
-def build_lines(run: CliRun) -> dict[str, str]:
-    """environment id -> what its build progress line says after the id (reused/built/FAILED)."""
-    found = re.findall(r"build\s+(\S+): (reused|built|FAILED)\b(.*)$", run.stderr, re.MULTILINE)
-    return {env_id: f"{verb}{rest}" for env_id, verb, rest in found}
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from test_pipeline import envmatrix_process as cli
+from testlib import envmatrix_process as cli
 
 from envmatrix.images.bases import ensure_base
 from envmatrix.rundir.plan import Base

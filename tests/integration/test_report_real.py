@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_pipeline import envmatrix_process
+from testlib import envmatrix_process
 
 import envmatrix
 from envmatrix.analysis.parity import TOLERANCES

@@ -11,21 +11,18 @@ nobody, no network, limits, mounts relative to the run directory) are a containe
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from testlib import REPO, envmatrix_process, in_ci
 
-import envmatrix
 from envmatrix.running.engine import Engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SOURCE_ROOT = Path(envmatrix.__file__).resolve().parents[1]
 TWO_ENVS = Path(__file__).resolve().parent / "matrices" / "two_envs.yaml"
 ENV = "bullseye-ort1.8.0"  # two_envs.yaml's baseline
 CELL = f"{ENV}--mlp--cpu"
@@ -35,16 +32,12 @@ TINY_MEASURE = ("measure: {warmup: 1, min_iterations: 5, min_time_s: 0.05, repea
 RUN_TIMEOUT_S = 900
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(scope="module")
 def docker_cli() -> str:
     """The docker client the report's reader would use."""
     found = shutil.which("docker")
     if found is None:
-        if _in_ci():
+        if in_ci():
             pytest.fail("CI is set but there is no `docker` client on PATH", pytrace=False)
         pytest.skip("no `docker` client on PATH to run the printed command with")
     return found
@@ -58,12 +51,8 @@ def run_dir(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Path:
     matrix = work / "matrix.yaml"
     matrix.write_text(text)
     out = work / "run"
-    env = dict(os.environ)  # the subprocess imports this checkout's package
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SOURCE_ROOT), env.get("PYTHONPATH")) if p)
-    args = ["matrix", "--matrix", str(matrix), "--only", ENV, "--out", str(out)]
-    proc = subprocess.run([sys.executable, "-m", "envmatrix", *args], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-    print(f"$ envmatrix {' '.join(args)} -> exit {proc.returncode}\n{proc.stderr}")
+    proc = envmatrix_process("matrix", "--matrix", str(matrix), "--only", ENV, "--out", str(out),
+                             cwd=work, timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -91,7 +80,7 @@ def test_printed_reproduce_command_runs_the_cell(run_dir: Path, docker_cli: str)
     section = reproduce_section((run_dir / "report.md").read_text())
     assert f"Cell {CELL}:" in section
     command = printed_docker_run(section)
-    assert str(run_dir) not in command and str(SOURCE_ROOT) not in command  # no local path
+    assert str(run_dir) not in command and str(REPO) not in command  # no local path
     assert "--memory-swap" in command
     script = f"{printed_preparation(section, CELL)}\n{command}\n"
     done = subprocess.run(["bash", "-c", script], cwd=run_dir, capture_output=True, text=True,

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_pipeline import envmatrix_process as cli
+from testlib import envmatrix_process as cli
 
 from envmatrix.config import load as config
 from envmatrix.rundir import planfile

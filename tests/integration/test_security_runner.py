@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -70,19 +71,21 @@ with open("/envmatrix/out/probe.json", "w") as handle:
 """
 
 
-class InspectingEngine:
+class InspectingEngine(Engine):
     """The real engine; records `docker inspect` of each container right after it starts."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.client = docker.from_env()
+    def __init__(self, client: docker.DockerClient) -> None:
+        super().__init__(client)
         self.inspected: list[dict[str, Any]] = []
 
-    def run(self, spec: ContainerSpec, **kwargs: Any) -> ContainerOutcome:
+    def run(self, spec: ContainerSpec, *, timeout_s: float, log_path: Path | None = None,
+            on_start: Callable[[str], None] | None = None,
+            copy_out: Path | None = None) -> ContainerOutcome:
         def inspect(container_id: str) -> None:
-            self.inspected.append(self.client.api.inspect_container(container_id))
+            self.inspected.append(self.container_attrs(container_id))
 
-        return self.engine.run(spec, on_start=inspect, **kwargs)
+        return super().run(spec, timeout_s=timeout_s, log_path=log_path, on_start=inspect,
+                           copy_out=copy_out)
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +110,9 @@ def probed(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         command = [containers.VENV_PYTHON, "-c", PROBE]
         return replace(launch, spec=replace(launch.spec, command=command))
 
-    wrapped = InspectingEngine(engine)
-    (result,) = runner.run_cells(
-        wrapped,  # type: ignore[arg-type]
-        plan, run, {built.env_id: built}, prepared, adjust=probe,
-    )  # fmt: skip
+    wrapped = InspectingEngine(docker.from_env())
+    (result,) = runner.run_cells(wrapped, plan, run, {built.env_id: built}, prepared,
+                                 adjust=probe)
     assert result["status"] == "no_result", result  # the probe writes no result file
     (attrs,) = wrapped.inspected
     inside = json.loads((run.scratch(result["cell"]) / "probe.json").read_text())

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fakes import FakeEngine
 from test_report_fakes import plan_dict
 
 from envmatrix import cli
@@ -30,59 +30,6 @@ def facts(image_id: str, *, tags: tuple[str, ...] = (), parent: str = "",
     return ImageFacts(image_id=image_id, tags=tags, repo_digests=digests, parent=parent,
                       created="2026-11-23T12:00:00Z", size_bytes=1000 + len(layers),
                       layers=layers, labels=labels or {})
-
-
-@dataclasses.dataclass
-class FakeEngine:
-    """An image store: ids with facts and tarball bytes; save/load/tag as the engine does."""
-
-    images: dict[str, ImageFacts]
-    loaded: list[str] = dataclasses.field(default_factory=list)
-    load_as: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> id a load gives
-    tags: dict[str, str] = dataclasses.field(default_factory=dict)  # tag -> id
-    archived: dict[str, ImageFacts] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for image_id, f in self.images.items():
-            self.tags.update({t: image_id for t in f.tags})
-
-    def _find(self, ref: str) -> str | None:
-        return ref if ref in self.images else self.tags.get(ref)
-
-    def image_id(self, ref: str) -> str | None:
-        return self._find(ref)
-
-    def image_size(self, ref: str) -> int | None:
-        found = self._find(ref)
-        return self.images[found].size_bytes if found else None
-
-    def image_facts(self, ref: str) -> ImageFacts | None:
-        found = self._find(ref)
-        if found is None:
-            return None
-        tags = tuple(t for t, i in self.tags.items() if i == found)
-        return dataclasses.replace(self.images[found], tags=tags)
-
-    def save_image(self, image_id: str, write: Callable[[bytes], object]) -> None:
-        self.archived[image_id] = self.images[image_id]
-        for _ in range(3):  # streamed in chunks
-            write(f"tar of {image_id}\n".encode())
-
-    def load_image(self, tar_path: Path) -> list[str]:
-        image_id = tar_path.read_text().splitlines()[0].removeprefix("tar of ")
-        given = self.load_as.get(image_id, image_id)
-        # What a load brings back: id, layers, size; no tag, no registry digest, no parent.
-        self.images[given] = dataclasses.replace(self.archived[image_id], image_id=given,
-                                                 tags=(), repo_digests=(), parent="")
-        self.loaded.append(given)
-        return [given]
-
-    def tag_image(self, image_id: str, ref: str) -> None:
-        self.tags[ref] = image_id
-
-    def remove(self, image_id: str) -> None:
-        del self.images[image_id]
-        self.tags = {t: i for t, i in self.tags.items() if i != image_id}
 
 
 def env_id(name: str) -> str:
@@ -105,7 +52,7 @@ def store() -> FakeEngine:
     for name in (ENV_A, ENV_B):
         images[env_id(name)] = facts(env_id(name), tags=(f"envmatrix/{name}:h",),
                                      parent=step.image_id, layers=("l-base", f"l-{name}"))
-    return FakeEngine(images)
+    return FakeEngine(images=images)
 
 
 def recorded() -> dict[str, Any]:
@@ -116,7 +63,7 @@ def recorded() -> dict[str, Any]:
 def archived(tmp_path: Path, engine: FakeEngine | None = None) -> tuple[FakeEngine, Path]:
     engine = engine or store()
     run = make_run(tmp_path / "reports", recorded())
-    return engine, archive_run(engine, run).path  # type: ignore[arg-type]
+    return engine, archive_run(engine, run).path
 
 
 # -- archive ---------------------------------------------------------------------------------
@@ -154,20 +101,20 @@ def test_the_base_id_the_run_recorded_wins_then_labels_then_layers(tmp_path: Pat
     plan_env = planfile.read_resolved(
         make_run(tmp_path, recorded()) / "matrix.resolved.yaml").plan.environments[0]
     recorded_base = {"base": {"image_id": "sha256:rec", "digest": "debian@sha256:e"}}
-    found = archive.find_base(engine, plan_env, env, recorded_base)  # type: ignore[arg-type]
+    found = archive.find_base(engine, plan_env, env, recorded_base)
     assert (found.image_id, found.digest, found.source) == ("sha256:rec", "debian@sha256:e",
                                                             "run record")
-    assert archive.find_base(engine, plan_env, by_label, {}).source == "image label"  # type: ignore[arg-type]
-    assert archive.find_base(engine, plan_env, by_layers, {}).image_id == BASE_ID  # type: ignore[arg-type]
+    assert archive.find_base(engine, plan_env, by_label, {}).source == "image label"
+    assert archive.find_base(engine, plan_env, by_layers, {}).image_id == BASE_ID
     foreign = dataclasses.replace(by_layers, layers=("other", "l-x"))
-    missing = archive.find_base(engine, plan_env, foreign, {})  # type: ignore[arg-type]
+    missing = archive.find_base(engine, plan_env, foreign, {})
     assert missing.image_id is None and missing.source.startswith("not found")
 
 
 def test_an_existing_archive_is_never_overwritten(tmp_path: Path) -> None:
     engine, path = archived(tmp_path)
     with pytest.raises(ArchiveError, match="never overwritten"):
-        archive_run(engine, tmp_path / "reports" / "run-1")  # type: ignore[arg-type]
+        archive_run(engine, tmp_path / "reports" / "run-1")
 
 
 def test_archiving_a_run_whose_image_is_gone_says_how_to_get_it_back(tmp_path: Path) -> None:
@@ -175,7 +122,7 @@ def test_archiving_a_run_whose_image_is_gone_says_how_to_get_it_back(tmp_path: P
     engine.remove(env_id(ENV_B))
     run = make_run(tmp_path / "reports", recorded())
     with pytest.raises(MissingImages) as err:
-        archive_run(engine, run)  # type: ignore[arg-type]
+        archive_run(engine, run)
     assert ENV_B in str(err.value) and "nox -s restore -- ARCHIVE" in str(err.value)
     assert err.value.exit_code == 3
     assert not (tmp_path / "reports" / "run-1.archive").exists()
@@ -191,7 +138,7 @@ def test_a_corrupted_tarball_is_refused_before_anything_loads(tmp_path: Path) ->
     expected = archive.sha256_file(tar)
     tar.write_bytes(tar.read_bytes()[:-1] + b"X")
     with pytest.raises(ArchiveError) as err:
-        restore_archive(engine, path)  # type: ignore[arg-type]
+        restore_archive(engine, path)
     message = str(err.value)
     assert f"images/{ENV_A}.tar" in message and expected in message
     assert archive.sha256_file(tar) in message and "Nothing was loaded" in message
@@ -203,7 +150,7 @@ def test_restore_loads_what_is_missing_checks_ids_and_records_the_round_trip(
         tmp_path: Path) -> None:
     engine, path = archived(tmp_path)
     engine.remove(env_id(ENV_A))
-    done = restore_archive(engine, path)  # type: ignore[arg-type]
+    done = restore_archive(engine, path)
     assert engine.loaded == [env_id(ENV_A)]  # the base and ENV_B were there: not loaded
     assert engine.image_id(f"envmatrix/{ENV_A}:h") == env_id(ENV_A)  # tag put back
     record = json.loads((path / "restore.json").read_text())
@@ -218,7 +165,7 @@ def test_restore_loads_what_is_missing_checks_ids_and_records_the_round_trip(
     assert images[ENV_B]["action"] == "present" and images[ENV_B]["tag_status"] == "in place"
     assert done.path == path / "restore.json"
     # A second restore is appended; nothing is loaded twice.
-    restore_archive(engine, path)  # type: ignore[arg-type]
+    restore_archive(engine, path)
     assert len(json.loads((path / "restore.json").read_text())["restores"]) == 2
     assert engine.loaded == [env_id(ENV_A)]
 
@@ -229,7 +176,7 @@ def test_a_loaded_base_loses_its_registry_digest_and_that_is_recorded(tmp_path: 
         engine.remove(env_id(name))
     engine.remove("sha256:" + "5" * 64)
     engine.remove(BASE_ID)
-    restore_archive(engine, path)  # type: ignore[arg-type]
+    restore_archive(engine, path)
     base = json.loads((path / "restore.json").read_text())["restores"][0]["images"][0]
     assert base["action"] == "loaded" and base["tag"] == "debian:bullseye"
     assert base["changes"]["repo_digests"].startswith("lost: debian@sha256:ddd")
@@ -242,14 +189,14 @@ def test_a_load_that_gives_another_id_is_refused(tmp_path: Path) -> None:
     engine.remove(env_id(ENV_A))
     engine.load_as[env_id(ENV_A)] = "sha256:" + "9" * 64
     with pytest.raises(ArchiveError, match=f"records {env_id(ENV_A)}"):
-        restore_archive(engine, path)  # type: ignore[arg-type]
+        restore_archive(engine, path)
 
 
 def test_a_tag_that_now_names_another_image_is_left_alone(tmp_path: Path) -> None:
     engine, path = archived(tmp_path)
     engine.remove(env_id(ENV_A))
     engine.tags[f"envmatrix/{ENV_A}:h"] = env_id(ENV_B)
-    done = restore_archive(engine, path)  # type: ignore[arg-type]
+    done = restore_archive(engine, path)
     item = next(i for i in done.images if i.name == ENV_A)
     assert item.tag_status.startswith("left alone") and env_id(ENV_B) in item.tag_status
     assert engine.tags[f"envmatrix/{ENV_A}:h"] == env_id(ENV_B)
@@ -262,12 +209,12 @@ def test_manifest_paths_must_stay_inside_the_archive(tmp_path: Path, name: str) 
     manifest["environments"][ENV_A]["file"] = name
     (path / "archive.json").write_text(json.dumps(manifest))
     with pytest.raises(ArchiveError, match="relative paths inside"):
-        restore_archive(engine, path)  # type: ignore[arg-type]
+        restore_archive(engine, path)
 
 
 def test_a_folder_without_a_manifest_is_not_an_archive(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="holds no archive.json"):
-        restore_archive(store(), tmp_path)  # type: ignore[arg-type]
+        restore_archive(store(), tmp_path)
 
 
 def test_cli_commands_parse() -> None:
@@ -286,5 +233,5 @@ def test_an_archive_that_cannot_fit_is_refused_before_writing(
     monkeypatch.setattr(archive.shutil, "disk_usage",
                         lambda path: type("U", (), {"free": 10})())
     with pytest.raises(ArchiveError, match="needs about 0.0 MB but .* has 0.0 MB free"):
-        archive_run(engine, run)  # type: ignore[arg-type]
+        archive_run(engine, run)
     assert not (tmp_path / "reports" / "run-1.archive").exists()

@@ -29,6 +29,8 @@ def test_fine():
 
 def _run(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
     shutil.copy(REPO / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "tests").mkdir()
+    shutil.copy(REPO / "tests" / "testlib.py", tmp_path / "tests" / "testlib.py")  # its in_ci
     (tmp_path / "test_sample.py").write_text(SKIPPING)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:

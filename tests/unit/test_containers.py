@@ -8,7 +8,6 @@ every single field of the spec: a field mapped on one side only fails these test
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import fields, replace
@@ -16,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testlib import REPO, checkout_env
 
-import envmatrix
 from envmatrix.rundir.layout import RunDir
 from envmatrix.rundir.plan import Measure
 from envmatrix.running import containers
 from envmatrix.running.containers import ContainerSpec
-
-SOURCE_ROOT = Path(envmatrix.__file__).resolve().parents[1]
 
 # `docker run` flags that take one value -> (SDK keyword, how the SDK spells the value).
 SCALAR_FLAGS: dict[str, tuple[str, Any]] = {
@@ -248,13 +245,11 @@ def test_reproduce_falls_back_to_the_plans_measure_and_the_tag() -> None:
 def test_imports_without_the_docker_sdk(module: str) -> None:
     """The report (and the contract it prints from) must not need the SDK: a fresh
     interpreter, since this one may have imported docker already."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
     code = (f"import {module}, sys; import envmatrix; "
-            f"assert envmatrix.__file__.startswith({str(SOURCE_ROOT)!r}), envmatrix.__file__; "
+            f"assert envmatrix.__file__.startswith({str(REPO)!r}), envmatrix.__file__; "
             "assert 'docker' not in sys.modules, 'docker was imported'")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], env=checkout_env(), capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
 
 

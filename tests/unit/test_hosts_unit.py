@@ -13,17 +13,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import test_runner as tr  # tests/unit is on sys.path: the runner tests' fakes
+import test_runner as tr  # tests/unit is on sys.path: the runner tests' plan and harness
+from fakes import FakeEngine
 
 from envmatrix import schedule
 from envmatrix.analysis import stats
 from envmatrix.config import load as config
 from envmatrix.config.hosts import spread
-from envmatrix.errors import ConfigError, EngineError, HostUnreachableError
+from envmatrix.errors import ConfigError, HostUnreachableError
 from envmatrix.report.sections import TABLE_HEADERS, with_host_column
 from envmatrix.rundir.layout import RunDir
 from envmatrix.rundir.plan import Cell, Host, Plan
-from envmatrix.running import containers, hosts
+from envmatrix.running import hosts
+from envmatrix.running.containers import ContainerSpec
 from envmatrix.running.engine import ContainerOutcome
 
 MATRIX = """\
@@ -134,26 +136,14 @@ def run_dir(tmp_path: Path) -> RunDir:
 
 
 @dataclass
-class FakeHostEngine(tr.FakeEngine):
-    """The runner's fake engine, counting containers that run at the same time."""
+class FakeHostEngine(FakeEngine):
+    """The shared fake engine, counting the containers that run at the same time."""
 
     name: str = ""
     gauge: dict[str, Any] = field(default_factory=dict)
     delay_s: float = 0.05
-    lost_after: int | None = None  # stops answering after this many containers
-    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> what filled it
-    volume_log: list[str] = field(default_factory=list)
-    fail_fill: bool = False
-    remote_specs: list[Any] = field(default_factory=list)  # as the runner gave them
 
-    def run(self, spec: Any, *, copy_out: Path | None = None, **kw: Any) -> ContainerOutcome:
-        if spec.mount_type == "volume":  # a remote engine: the copy back lands in copy_out
-            assert copy_out is not None, "a scratch volume that is not copied back"
-            assert all(not src.startswith("/") for src, _, _ in spec.mounts), spec.mounts
-            assert spec.mounts[0][0] in self.volumes, "cells mount a volume that was not filled"
-            self.remote_specs.append(spec)
-            spec = replace(spec, mount_type="bind",
-                           mounts=[(str(copy_out), str(containers.OUT_MOUNT), False)])
+    def run(self, spec: ContainerSpec, **kw: Any) -> ContainerOutcome:
         with self.gauge["lock"]:
             self.gauge["now"][self.name] += 1
             self.gauge["max"][self.name] = max(self.gauge["max"][self.name],
@@ -161,37 +151,10 @@ class FakeHostEngine(tr.FakeEngine):
             self.gauge["all"] = max(self.gauge["all"], sum(self.gauge["now"].values()))
         try:
             time.sleep(self.delay_s)
-            if self.lost_after is not None and len(self.calls) >= self.lost_after:
-                raise ConnectionError("Connection aborted: the engine went away")
             return super().run(spec, **kw)
         finally:
             with self.gauge["lock"]:
                 self.gauge["now"][self.name] -= 1
-
-    def unreachable(self) -> str | None:
-        lost = self.lost_after is not None and len(self.calls) >= self.lost_after
-        return "connection refused" if lost else None
-
-    def remove_labelled_containers(self, labels: dict[str, str]) -> int:
-        return 0
-
-    def fill_volume(self, name: str, source: Path, *, image: str, target: str,
-                    labels: dict[str, str]) -> None:
-        self.volume_log.append(f"fill {name}")
-        if self.fail_fill:
-            raise EngineError("Docker engine error while copying: no space left on device")
-        files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*"))
-        self.volumes[name] = {"image": image, "target": target, "labels": labels, "files": files}
-
-    def remove_volume(self, name: str) -> None:
-        if self.unreachable() is not None:
-            raise EngineError("No Docker engine answers while removing volume")
-        self.volume_log.append(f"remove {name}")
-        self.volumes.pop(name, None)
-
-    def remove_labelled_volumes(self, labels: dict[str, str], *, keep: Any = None) -> int:
-        self.volume_log.append("sweep")
-        return 0
 
 
 def two_host_plan(tmp_path: Path) -> Plan:
@@ -219,7 +182,7 @@ def stages(engines: dict[str, Any], unreachable: str | None = None) -> schedule.
 def engines_for(**lost: int) -> dict[str, FakeHostEngine]:
     gauge = {"lock": threading.Lock(), "now": {"a": 0, "b": 0}, "max": {"a": 0, "b": 0},
              "all": 0}
-    return {name: FakeHostEngine({}, name=name, gauge=gauge, lost_after=lost.get(name))
+    return {name: FakeHostEngine(name=name, gauge=gauge, lost_after=lost.get(name))
             for name in ("a", "b")}
 
 
@@ -384,12 +347,12 @@ def test_a_remote_host_gets_the_inputs_once_and_its_results_back(tmp_path: Path,
                                                                run_dir: RunDir) -> None:
     plan, engines, spread, said = run_two_hosts_ok(tmp_path, run_dir)
     a, b = engines["a"], engines["b"]
-    assert all(spec.mount_type == "bind" for spec in a.calls) and not a.volume_log
+    assert all(spec.mount_type == "bind" for spec in a.runs) and not a.volume_log
     name = schedule.inputs_volume_name(run_dir, "b")
     assert b.volume_log == ["sweep", f"fill {name}", f"remove {name}"]  # once per run and host
-    assert len(b.remote_specs) == len(b.calls) == 2 * plan.measure.round_count
+    assert len(b.runs) == 2 * plan.measure.round_count
     assert all(spec.mounts == [(name, "/envmatrix/inputs", True), ("", "/envmatrix/out", False)]
-               for spec in b.remote_specs)
+               for spec in b.runs)
     remote = [r for r in spread.results if r["cell"].endswith("--host-b")]
     assert all(r["host"]["outputs"] for r in remote)  # outputs.npz came back and was kept
     assert [r["host"]["machine"]["shared_paths"] for r in spread.results] == [True, False] * 2
@@ -402,7 +365,7 @@ def test_inputs_that_cannot_be_copied_make_the_host_unusable(tmp_path: Path,
     plan = two_host_plan(tmp_path)
     engines = engines_for()
     ok_everywhere(engines, plan)
-    engines["b"].fail_fill = True
+    engines["b"].fill_fails = True
     spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir), lambda s, m: None,
                                 stages=stages(engines))
     lost = [r for r in spread.results if r["cell"].endswith("--host-b")]
@@ -410,7 +373,7 @@ def test_inputs_that_cannot_be_copied_make_the_host_unusable(tmp_path: Path,
     assert "could not copy the run's inputs" in lost[0]["reason"]
     assert "no space left on device" in lost[0]["reason"]
     assert engines["b"].volume_log[-1].startswith("remove ")  # the half-made volume too
-    assert not engines["b"].calls and not engines["b"].remote_specs
+    assert not engines["b"].runs
 
 
 def test_a_lost_remote_host_leaves_its_volume_to_the_sweep(tmp_path: Path,

@@ -1,6 +1,6 @@
 """Image identity (the base's id in the tag) and locks (format, comparison, messages), no engine.
 
-`FakeEngine` stands in for the Docker engine with just what `ensure_image` calls, so the
+The shared `FakeEngine` (tests/fakes.py) stands in for the Docker engine, so the
 decisions are checked here: a re-made base gives a new tag, a lock enters the tag and is held
 against the image, pip's failure on a locked version names it. The real engine does the same in
 tests/integration/test_identity.py.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeEngine, outcome
 from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
 from envmatrix import grammar
@@ -26,6 +27,7 @@ from envmatrix.images import build as images
 from envmatrix.images.render import render_environment
 from envmatrix.report.build import build_report
 from envmatrix.rundir.plan import Base, BaseIdentity, ImageRecord, plan_from_dict, plan_to_dict
+from envmatrix.running.containers import ContainerSpec
 from envmatrix.running.engine import BuildStepError, ContainerOutcome
 from envmatrix_harness import installed as harness_installed
 
@@ -42,37 +44,15 @@ def installed(numpy: str = "2.3.4", sha: str | None = SHA) -> locks.InstalledSet
         apt={"python3": "3.13.5-1"}, python="3.13.5")
 
 
-class FakeEngine:
-    """The calls ensure_image makes; builds succeed unless `fail_with` holds pip's words."""
+def prints_installed(spec: ContainerSpec) -> ContainerOutcome:
+    """The installed-set reader of every image: least privilege, the same set each time."""
+    assert spec.user == "65534:65534" and spec.network_disabled and spec.read_only_root
+    return outcome(0, locks.MARKER + json.dumps(locks.installed_to_dict(installed())) + "\n")
 
-    def __init__(self, base_id: str = "sha256:base1", digests: tuple[str, ...] = ()) -> None:
-        self.base = (base_id, digests)
-        self.images: dict[str, str] = {}
-        self.builds: list[str] = []
-        self.contents = installed()
-        self.fail_with: str | None = None
 
-    def image_identity(self, ref: str) -> tuple[str, tuple[str, ...]] | None:
-        return self.base
-
-    def image_id(self, ref: str) -> str | None:
-        return self.base[0] if ref.startswith("debian:") else self.images.get(ref)
-
-    def image_size(self, ref: str) -> int:
-        return 1
-
-    def build(self, context_dir: Path, tag: str, **kwargs: Any) -> str:
-        self.builds.append((context_dir / "build" / "locked-requirements.txt").read_text()
-                           if (context_dir / "build" / "locked-requirements.txt").is_file() else "")
-        if self.fail_with:
-            raise BuildStepError(f"Build of {tag} failed: {self.fail_with}", "tail", self.fail_with)
-        self.images[tag] = f"sha256:{len(self.images)}"
-        return self.images[tag]
-
-    def run(self, spec: Any, **kwargs: Any) -> ContainerOutcome:
-        assert spec.user == "65534:65534" and spec.network_disabled and spec.read_only_root
-        doc = locks.installed_to_dict(self.contents)
-        return ContainerOutcome(0, False, False, 0.1, locks.MARKER + json.dumps(doc) + "\n", "c")
+def trixie_engine(base_id: str = "sha256:base1") -> FakeEngine:
+    """The calls ensure_image makes: debian:trixie is `base_id`, builds succeed."""
+    return FakeEngine.holding({"debian:trixie": base_id}, reader=prints_installed)
 
 
 @pytest.fixture()
@@ -84,8 +64,8 @@ def matrix(tmp_path: Path) -> Path:
 
 def ensure(engine: FakeEngine, matrix: Path, tmp_path: Path, **kw: Any) -> images.BuiltImage:
     plan = config.load_plan(matrix, only=[TRIXIE])
-    return images.ensure_image(engine, plan.environment(TRIXIE), plan,  # type: ignore[arg-type]
-                               run_dir=tmp_path / "run", **kw)
+    return images.ensure_image(engine, plan.environment(TRIXIE), plan, run_dir=tmp_path / "run",
+                               **kw)
 
 
 # -- identity ----------------------------------------------------------------------------------
@@ -93,15 +73,16 @@ def ensure(engine: FakeEngine, matrix: Path, tmp_path: Path, **kw: Any) -> image
 
 def test_a_re_made_base_under_the_same_reference_gives_a_new_tag(matrix: Path,
                                                                  tmp_path: Path) -> None:
-    engine = FakeEngine("sha256:base1")
+    engine = trixie_engine("sha256:base1")
     first = ensure(engine, matrix, tmp_path)
     again = ensure(engine, matrix, tmp_path)
     assert first.built and not again.built and again.tag == first.tag
-    engine.base = ("sha256:base2", ())  # same `debian:trixie`, other content
+    engine.add_image("debian:trixie", "sha256:base2")  # same `debian:trixie`, other content
     remade = ensure(engine, matrix, tmp_path)
     assert remade.built and remade.tag != first.tag
     assert remade.base == BaseIdentity("debian:trixie", "sha256:base2")
-    engine.base = ("sha256:base2", ("debian@sha256:" + "b" * 64,))  # the same id, now pulled
+    engine.add_image("debian:trixie", "sha256:base2",
+                     digests=("debian@sha256:" + "b" * 64,))  # the same id, now pulled
     assert ensure(engine, matrix, tmp_path).tag != remade.tag
 
 
@@ -157,44 +138,23 @@ def test_digest_pinned_bases_are_accepted_and_looked_up_by_digest(ref: str) -> N
     assert bases.lookup_ref("debian:trixie") == "debian:trixie"
 
 
-class PullingEngine:
-    def __init__(self) -> None:
-        self.pulled: list[str] = []
-        self.have: dict[str, tuple[str, tuple[str, ...]]] = {}
-
-    def image_id(self, ref: str) -> str | None:
-        return self.have[ref][0] if ref in self.have else None
-
-    def image_identity(self, ref: str) -> tuple[str, tuple[str, ...]] | None:
-        return self.have.get(ref)
-
-    def pull(self, ref: str) -> bool:
-        self.pulled.append(ref)
-        self.have[ref] = ("sha256:pulled", (ref,))
-        return True
-
-    def pull_words(self, ref: str) -> str | None:
-        """The engine's words when a pull fails; None when it worked."""
-        return None if self.pull(ref) else "pull failed"
-
-
 def test_a_digest_pinned_base_is_pulled_by_digest_and_its_digest_recorded(tmp_path: Path) -> None:
     ref = "nvidia/cuda:12.4.1-runtime-ubuntu22.04@sha256:" + "1" * 64
-    engine = PullingEngine()
+    engine = FakeEngine()
     base = Base("cuda", ref, "ubuntu")
     said: list[str] = []
-    assert bases.ensure_base(engine, base, log_path=tmp_path / "b.log",  # type: ignore[arg-type]
+    assert bases.ensure_base(engine, base, log_path=tmp_path / "b.log",
                              progress=said.append) == "sha256:pulled"
     assert engine.pulled == ["nvidia/cuda@sha256:" + "1" * 64]
     assert "nvidia/cuda@sha256:" + "1" * 64 in (tmp_path / "b.log").read_text()
     assert said and "pulled" in said[0]
-    identity = bases.base_identity(engine, base)  # type: ignore[arg-type]
+    identity = bases.base_identity(engine, base)
     assert identity.digest == "nvidia/cuda@sha256:" + "1" * 64
 
 
 def test_a_missing_base_is_named_when_the_tag_is_asked_for() -> None:
     with pytest.raises(BaseImageError, match="not in the engine"):
-        bases.base_identity(PullingEngine(), Base("b", "debian:trixie", "debian"))  # type: ignore[arg-type]
+        bases.base_identity(FakeEngine(), Base("b", "debian:trixie", "debian"))
 
 
 # -- debootstrap progress ------------------------------------------------------------------------
@@ -387,9 +347,9 @@ def write_lock_for(matrix: Path, contents: locks.InstalledSet) -> Path:
 
 def test_a_lock_enters_the_tag_and_is_what_the_builder_installs(matrix: Path,
                                                                 tmp_path: Path) -> None:
-    engine = FakeEngine()
+    engine = trixie_engine()
     unlocked = ensure(engine, matrix, tmp_path)
-    assert engine.builds == [""] and not unlocked.locked
+    assert [b.requirements for b in engine.builds] == [""] and not unlocked.locked
     saved = json.loads((tmp_path / "run" / "locks" / f"{TRIXIE}.json").read_text())
     assert saved["schema"] == "envmatrix.installed/1" and saved["tag"] == unlocked.tag
     assert saved["pip"]["numpy"] == {"version": "2.3.4", "sha256": SHA}
@@ -397,7 +357,8 @@ def test_a_lock_enters_the_tag_and_is_what_the_builder_installs(matrix: Path,
     write_lock_for(matrix, installed())
     locked = ensure(engine, matrix, tmp_path)
     assert locked.locked and locked.built and locked.tag != unlocked.tag
-    assert "--require-hashes" in engine.builds[-1] and "numpy==2.3.4 --hash" in engine.builds[-1]
+    last = engine.builds[-1].requirements
+    assert "--require-hashes" in last and "numpy==2.3.4 --hash" in last
     assert ensure(engine, matrix, tmp_path).tag == locked.tag  # reused: same lock, same base
     assert ensure(engine, matrix, tmp_path, use_lock=False).tag == unlocked.tag
 
@@ -407,15 +368,15 @@ def test_an_image_that_does_not_hold_the_lock_fails_with_the_difference(matrix: 
     write_lock_for(matrix, installed(numpy="1.23.5"))
     with pytest.raises(BuildError, match=r"does not reproduce two_envs\.lock\.yaml: "
                                          r"numpy: lock 1\.23\.5, image 2\.3\.4$"):
-        ensure(FakeEngine(), matrix, tmp_path)
+        ensure(trixie_engine(), matrix, tmp_path)
 
 
 def test_a_locked_version_pip_cannot_find_is_named(matrix: Path, tmp_path: Path) -> None:
     contents = installed()
     contents.pip["onnxruntime"] = locks.PipDist("1.99.0", SHA)
     write_lock_for(matrix, contents)
-    engine = FakeEngine()
-    engine.fail_with = ("pip: ERROR: No matching distribution found for onnxruntime==1.99.0")
+    engine = trixie_engine()
+    engine.build_fails = "pip: ERROR: No matching distribution found for onnxruntime==1.99.0"
     with pytest.raises(BuildStepError) as failed:
         ensure(engine, matrix, tmp_path)
     assert failed.value.cause == ("onnxruntime==1.99.0: not installable: pip: ERROR: No matching "
@@ -425,7 +386,7 @@ def test_a_locked_version_pip_cannot_find_is_named(matrix: Path, tmp_path: Path)
 def test_a_damaged_lock_file_is_a_matrix_error(matrix: Path, tmp_path: Path) -> None:
     locks.lock_path(matrix).write_text("schema: something/else\n")
     with pytest.raises(ConfigError, match="two_envs.lock.yaml: not a usable lock file"):
-        ensure(FakeEngine(), matrix, tmp_path)
+        ensure(trixie_engine(), matrix, tmp_path)
 
 
 def test_the_report_lists_an_env_mismatch_cell_with_its_difference(tmp_path: Path) -> None:
@@ -444,14 +405,14 @@ def test_what_a_lock_cannot_pin_is_a_warning(matrix: Path, tmp_path: Path) -> No
     recorded = BaseIdentity("debian:trixie", "sha256:old", ("debian@sha256:" + "7" * 64,))
     apt_moved = locks.InstalledSet(contents.pip, {"python3": "3.13.4-1"}, contents.python)
     locks.write_lock(matrix, {TRIXIE: locks.EnvLock(TRIXIE, apt_moved, recorded)})
-    notes = ensure(FakeEngine("sha256:new"), matrix, tmp_path).notes
+    notes = ensure(trixie_engine("sha256:new"), matrix, tmp_path).notes
     assert notes == (
         f"{TRIXIE}: 1 Debian package(s) differ from two_envs.lock.yaml (apt installs the "
         "mirror's current versions): python3: lock 3.13.4-1, image 3.13.5-1",
         f"{TRIXIE}: base debian:trixie is sha256:new, two_envs.lock.yaml recorded sha256:old "
         f"(debian@sha256:{'7' * 64}); pin the base by digest in the matrix to build on that one")
     locks.write_lock(matrix, {"other-env": locks.EnvLock("other-env", contents)})
-    assert ensure(FakeEngine(), matrix, tmp_path).notes == (
+    assert ensure(trixie_engine(), matrix, tmp_path).notes == (
         f"{TRIXIE} is not in two_envs.lock.yaml: built from its pins (`nox -s lock` adds it)",)
 
 
@@ -462,7 +423,7 @@ def test_lock_command_writes_the_lock_and_keeps_other_environments(
     from envmatrix import cli
     from envmatrix.running.engine import Engine
 
-    engine = FakeEngine()
+    engine = trixie_engine()
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: engine))
     monkeypatch.chdir(tmp_path)
     kept = locks.EnvLock("bullseye-ort1.8.0", installed(numpy="1.23.5"))
@@ -473,7 +434,7 @@ def test_lock_command_writes_the_lock_and_keeps_other_environments(
                      str(tmp_path / "lock-run")])
     assert code == 0
     assert capsys.readouterr().out.strip() == f"Lock: {locks.lock_path(matrix)}"
-    assert engine.builds == [""]  # from the pins, not from the old lock
+    assert [b.requirements for b in engine.builds] == [""]  # from the pins, not from the old lock
     lock = locks.load_lock(matrix)
     assert lock is not None
     assert lock.environments[TRIXIE].installed == installed()

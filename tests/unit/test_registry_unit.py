@@ -7,10 +7,10 @@ tests/integration/test_registry.py.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fakes import PUSHED_DIGEST, FakeEngine
 
 from envmatrix import cli
 from envmatrix.config import load as config
@@ -23,36 +23,8 @@ from envmatrix.rundir.plan import Base, Bootstrap
 
 TWO_ENVS = Path(__file__).resolve().parents[1] / "integration" / "matrices" / "two_envs.yaml"
 
-DIGEST = "sha256:" + "5" * 64
-
-
-@dataclass
-class FakeEngine:
-    images: dict[str, str] = field(default_factory=dict)  # name -> image id
-    pushed: list[tuple[str, str]] = field(default_factory=list)
-    pull_answer: str | None = "manifest unknown: manifest unknown"
-    fail_push: str | None = None
-
-    def image_id(self, ref: str) -> str | None:
-        return self.images.get(ref)
-
-    def push(self, image: str, target: str) -> str:
-        if self.fail_push:
-            raise EngineError(f"push of {target} failed: {self.fail_push}")
-        self.pushed.append((image, target))
-        return DIGEST
-
-    def pull_words(self, ref: str) -> str | None:
-        if self.pull_answer is None:
-            self.images[ref] = "sha256:pulled"
-        return self.pull_answer
-
-    def repo_digests(self, ref: str) -> list[str]:
-        return [ref] if "@" in ref else []
-
-    def image_identity(self, ref: str) -> tuple[str, tuple[str, ...]] | None:
-        image_id = self.images.get(ref)
-        return (image_id, tuple(self.repo_digests(ref))) if image_id else None
+DIGEST = PUSHED_DIGEST
+MISSING = "manifest unknown: manifest unknown"  # a registry's words for a digest it lacks
 
 
 @pytest.fixture
@@ -78,10 +50,10 @@ def test_target_names_keep_the_content_hash_and_refuse_what_is_no_image_name() -
 
 
 def test_push_run_pushes_every_recorded_image_and_records_the_digests(run: RunDir) -> None:
-    engine = FakeEngine(images={"envmatrix/bullseye-ort1.8.0:aa": "sha256:aa",
-                                "envmatrix/trixie-ort1.32.0:aa": "sha256:aa"})
+    engine = FakeEngine.holding({"envmatrix/bullseye-ort1.8.0:aa": "sha256:aa",
+                                 "envmatrix/trixie-ort1.32.0:aa": "sha256:aa"})
     lines: list[str] = []
-    path = registry.push_run(engine, run, "127.0.0.1:5000/team",  # type: ignore[arg-type]
+    path = registry.push_run(engine, run, "127.0.0.1:5000/team",
                              lambda stage, text: lines.append(text))
     assert engine.pushed == [("sha256:aa", "127.0.0.1:5000/team/bullseye-ort1.8.0:aa"),
                              ("sha256:aa", "127.0.0.1:5000/team/trixie-ort1.32.0:aa")]
@@ -94,18 +66,18 @@ def test_push_run_pushes_every_recorded_image_and_records_the_digests(run: RunDi
 
 
 def test_push_run_refuses_an_image_that_is_not_the_one_the_run_measured(run: RunDir) -> None:
-    engine = FakeEngine(images={"envmatrix/bullseye-ort1.8.0:aa": "sha256:other"})
+    engine = FakeEngine.holding({"envmatrix/bullseye-ort1.8.0:aa": "sha256:other"})
     with pytest.raises(EngineError, match=r"bullseye-ort1.8.0: image envmatrix/bullseye-ort1.8.0"
                                           r":aa is now sha256:other, not sha256:aa"):
-        registry.push_run(engine, run, "127.0.0.1:5000", lambda *a: None)  # type: ignore[arg-type]
+        registry.push_run(engine, run, "127.0.0.1:5000", lambda *a: None)
     assert not (run.path / "registry.json").exists()
 
 
 def test_a_failed_push_says_the_registry_words_and_the_fix(run: RunDir) -> None:
-    engine = FakeEngine(images={"envmatrix/bullseye-ort1.8.0:aa": "sha256:aa"},
-                        fail_push="connection refused")
+    engine = FakeEngine.holding({"envmatrix/bullseye-ort1.8.0:aa": "sha256:aa"},
+                                push_fails="connection refused")
     with pytest.raises(EngineError) as info:
-        registry.push_run(engine, run, "127.0.0.1:5000", lambda *a: None)  # type: ignore[arg-type]
+        registry.push_run(engine, run, "127.0.0.1:5000", lambda *a: None)
     assert "connection refused" in str(info.value) and "docker login" in str(info.value)
 
 
@@ -122,7 +94,7 @@ def test_a_pinned_base_that_cannot_be_pulled_is_refused_with_the_engine_words(
     base = Base("bookworm", ref, "debian", Bootstrap("bookworm"))
     log = tmp_path / "base.log"
     with pytest.raises(BaseImageError) as info:
-        bases.ensure_base(FakeEngine(), base, log_path=log)  # type: ignore[arg-type]
+        bases.ensure_base(FakeEngine(pull_fails=MISSING), base, log_path=log)
     message = str(info.value)
     assert f"Base image {ref} (base 'bookworm') could not be pulled: manifest unknown" in message
     assert "only ever pulled" in message and "Fix: check the digest" in message
@@ -131,10 +103,10 @@ def test_a_pinned_base_that_cannot_be_pulled_is_refused_with_the_engine_words(
 
 def test_pinned_bases_are_pulled_first_and_their_digest_logged(tmp_path: Path) -> None:
     ref = f"127.0.0.1:5000/debian@{DIGEST}"
-    engine = FakeEngine(pull_answer=None)
+    engine = FakeEngine()
     said: list[str] = []
     tagged = Base("trixie", "debian:trixie", "debian")  # not pinned: left to the builds
-    bases.ensure_pinned(engine, [Base("b", ref, "debian"), tagged], tmp_path,  # type: ignore[arg-type]
+    bases.ensure_pinned(engine, [Base("b", ref, "debian"), tagged], tmp_path,
                         lambda stage, text: said.append(text))
     assert said == [f"b: {ref} (sha256:pulled)"]
     log = (tmp_path / "base-b.log").read_text()

@@ -3,6 +3,7 @@ copied byte for byte, a new run directory, and the headline's wording from the v
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path, PurePosixPath
@@ -10,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fakes import Behaviour, FakeEngine, arg, outcome
 from test_report_fakes import BASELINE, CANDIDATE, fake_result, make_run
-from test_runner import arg, outcome
 
 from envmatrix import cli
 from envmatrix.analysis.stats import FASTER, SLOWER, UNCHANGED, VerdictRules
@@ -28,31 +29,24 @@ CELLS = [f"{BASELINE}--cnn--cpu", f"{CANDIDATE}--cnn--cpu"]
 IDS = {BASELINE: "sha256:" + "a" * 64, CANDIDATE: "sha256:" + "c" * 64}
 
 
-class FakeEngine:
-    """Images by id, and containers that measure like the fake results (p50 per cell)."""
+def measuring(p50: dict[str, float]) -> dict[str, Behaviour]:
+    """Containers that measure like the fake results: p50 per cell, a new seed each round."""
+    rounds = itertools.count(1)
 
-    def __init__(self, images: dict[str, str], p50: dict[str, float]) -> None:
-        self.images = images  # ref (id or tag) -> id
-        self.p50 = p50
-        self.runs: list[ContainerSpec] = []
-        self.builds = 0
-
-    def image_id(self, ref: str) -> str | None:
-        return self.images.get(ref)
-
-    def image_size(self, ref: str) -> int | None:
-        return 1000 if ref in self.images else None
-
-    def run(self, spec: ContainerSpec, *, timeout_s: float, log_path: Path | None = None,
-            on_start: Any = None) -> ContainerOutcome:
-        self.runs.append(spec)
-        cell, round_index = arg(spec, "--cell"), len(self.runs)
-        doc = fake_result(cell, p50=self.p50[cell], cv=0.01, repeats=1, seed=100 + round_index)
+    def measure(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+        cell = arg(spec, "--cell")
+        doc = fake_result(cell, p50=p50[cell], cv=0.01, repeats=1, seed=100 + next(rounds))
         for key in ("reason", "log_tail", "host"):
             doc.pop(key)
-        out = Path(next(src for src, dst, _ in spec.mounts if dst == "/envmatrix/out"))
         (out / PurePosixPath(arg(spec, "--out")).name).write_text(json.dumps(doc))
         return outcome(0, "measured\n")
+
+    return {cell: measure for cell in p50}
+
+
+def engine_with(images: dict[str, str], p50: dict[str, float]) -> FakeEngine:
+    """Images by id (ref -> id), and containers that measure like the fake results."""
+    return FakeEngine.holding(images, behaviours=measuring(p50))
 
 
 def old_run(root: Path, p50: float = 0.005) -> Path:
@@ -94,21 +88,21 @@ def test_only_selects_cells_and_keeps_their_environments(tmp_path: Path) -> None
 
 def test_a_missing_image_is_named_with_both_fixes(tmp_path: Path) -> None:
     plan = planfile.read_resolved(old_run(tmp_path) / "matrix.resolved.yaml").plan
-    engine = FakeEngine({IDS[BASELINE]: IDS[BASELINE]}, {})
+    engine = engine_with({IDS[BASELINE]: IDS[BASELINE]}, {})
     records = {env: ImageRecord(f"envmatrix/{env}:h", i) for env, i in IDS.items()}
     with pytest.raises(MissingImages) as err:
-        replay.choose_images(engine, plan, records, {}, tmp_path)  # type: ignore[arg-type]
+        replay.choose_images(engine, plan, records, {}, tmp_path)
     text = str(err.value)
     assert CANDIDATE in text and IDS[CANDIDATE] in text and BASELINE + ":" not in text
     assert "nox -s restore -- ARCHIVE" in text and "--image ENV=TAG" in text
     assert err.value.exit_code == 3
-    engine.images["rebuilt:1"] = "sha256:" + "e" * 64
-    chosen = replay.choose_images(engine, plan, records, {CANDIDATE: "rebuilt:1"},  # type: ignore[arg-type]
+    engine.add_image("rebuilt:1", "sha256:" + "e" * 64)
+    chosen = replay.choose_images(engine, plan, records, {CANDIDATE: "rebuilt:1"},
                                   tmp_path)
     assert chosen[CANDIDATE].image_id == "sha256:" + "e" * 64
     assert chosen[CANDIDATE].source == "--image" and chosen[BASELINE].source == "recorded"
     with pytest.raises(MissingImages, match="not an environment"):
-        replay.choose_images(engine, plan, records, {"other": "x"}, tmp_path)  # type: ignore[arg-type]
+        replay.choose_images(engine, plan, records, {"other": "x"}, tmp_path)
 
 
 # -- headline wording ------------------------------------------------------------------------
@@ -150,7 +144,7 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     old = old_run(tmp_path / "old")
     before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
-    engine = FakeEngine({i: i for i in IDS.values()}, {c: 0.005 for c in CELLS})
+    engine = engine_with({i: i for i in IDS.values()}, {c: 0.005 for c in CELLS})
     fake(monkeypatch, engine)
     done = replay.replay(request(tmp_path, old, only=[f"{CANDIDATE}*"], out=tmp_path / "new"))
     assert done.run_dir.path == tmp_path / "new" and not done.failed
@@ -177,7 +171,7 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
 def test_replay_cli_prints_headlines_and_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     old = old_run(tmp_path / "old")
-    engine = FakeEngine({IDS[BASELINE]: IDS[BASELINE]}, {c: 0.005 for c in CELLS})
+    engine = engine_with({IDS[BASELINE]: IDS[BASELINE]}, {c: 0.005 for c in CELLS})
     fake(monkeypatch, engine)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["replay", str(old)]) == 3  # the candidate's image is missing
@@ -196,7 +190,7 @@ def test_inputs_changed_after_the_run_are_refused(tmp_path: Path,
     result = json.loads(result_path.read_text())
     result["model"] = {"sha256": "0" * 64}
     result_path.write_text(json.dumps(result))
-    fake(monkeypatch, FakeEngine({i: i for i in IDS.values()}, {c: 0.005 for c in CELLS}))
+    fake(monkeypatch, engine_with({i: i for i in IDS.values()}, {c: 0.005 for c in CELLS}))
     with pytest.raises(RunDirError, match="were changed after it ran"):
         replay.replay(request(tmp_path, old, out=tmp_path / "new"))
 

@@ -10,12 +10,12 @@ import hashlib
 import json
 import re
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from fakes import Behaviour, FakeEngine, arg, outcome
 
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, GpuUnavailableError
@@ -45,42 +45,6 @@ class Prepared:
     model_path: Path
     inputs_path: Path
     torchscript_path: Path | None = None
-
-
-Behaviour = Callable[[ContainerSpec, Path], ContainerOutcome]
-
-
-@dataclass
-class FakeEngine:
-    """Plays one container per call: `behaviours[cell]` writes files and returns the outcome."""
-
-    behaviours: dict[str, Behaviour]
-    calls: list[ContainerSpec] = field(default_factory=list)
-
-    def run(self, spec: ContainerSpec, *, timeout_s: float, log_path: Path | None = None,
-            on_start: Any = None) -> ContainerOutcome:  # fmt: skip
-        self.calls.append(spec)
-        cell = spec.labels["envmatrix.cell"]
-        out = Path(next(src for src, dst, _ in spec.mounts if dst == "/envmatrix/out"))
-        outcome = self.behaviours[cell](spec, out)
-        if log_path is not None:
-            log_path.write_text(outcome.log)
-        return outcome
-
-    def gpu_support(self) -> dict[str, Any]:
-        return {"runtimes": ["runc"], "default_runtime": "runc", "nvidia_runtime": False,
-                "cdi_spec_dirs": []}
-
-
-def outcome(code: int | None, log: str = "", **kw: Any) -> ContainerOutcome:
-    return ContainerOutcome(
-        exit_code=code, oom_killed=kw.get("oom", False), timed_out=kw.get("timed_out", False),
-        duration_s=1.5, log=log, container_id="c0ffee",
-    )  # fmt: skip
-
-
-def arg(spec: ContainerSpec, flag: str) -> str:
-    return spec.command[spec.command.index(flag) + 1]
 
 
 def harness_doc(spec: ContainerSpec, p50: float = 0.004) -> dict[str, Any]:
@@ -174,8 +138,8 @@ def test_harness_command_carries_every_setting() -> None:
 def test_cell_spec_is_least_privilege(tmp_path: Path, run_dir: RunDir) -> None:
     plan = make_plan(tmp_path)
     engine = FakeEngine({c.id: harness_ok for c in plan.cells})
-    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
-    spec = engine.calls[0]  # what the runner asked the engine for
+    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
+    spec = engine.runs[0]  # what the runner asked the engine for
     assert (spec.user, spec.network_disabled, spec.read_only_root) == ("65534:65534", True, True)
     assert spec.cap_drop_all and spec.no_new_privileges
     assert (spec.mem_limit, spec.pids_limit, spec.cpuset_cpus) == ("512m", 64, "1")
@@ -195,9 +159,9 @@ def test_report_reproduces_the_runners_container(tmp_path: Path, run_dir: RunDir
     no managed label (the start-up sweep must not remove it)."""
     plan = make_plan(tmp_path)
     engine = FakeEngine({c.id: harness_ok for c in plan.cells})
-    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
     cell = plan.cells[0].id
-    made = engine.calls[0]  # round 1: the one that also saves outputs, as results record
+    made = engine.runs[0]  # round 1: the one that also saves outputs, as results record
     host = json.loads(run_dir.result_path(cell).read_text())["host"]
     printed = containers.reproduce_argv(run_dir.run_id, cell, host, plan.measure)
     by_hand = replace(
@@ -219,13 +183,13 @@ def test_failures_are_isolated_and_each_is_recorded(tmp_path: Path, run_dir: Run
     images: dict[str, Any] = {**IMAGES, "env1.8.0": Failed("pip failed", "ERROR: no wheel\n")}
     engine = FakeEngine({"env1.16.0--cnn--cpu": segfault, "env1.16.0--cnn--openvino": harness_ok})
     seen: list[str] = []
-    got = runner.run_cells(engine, plan, run_dir, images, prepared(run_dir),  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, images, prepared(run_dir),
                            progress=lambda stage, msg: seen.append(msg))  # fmt: skip
     assert [r["status"] for r in got] == ["build_failed", "build_failed", "crashed", "ok"]
     assert got[0]["log_tail"] == "ERROR: no wheel" and "pip failed" in got[0]["reason"]
     assert got[2]["host"]["signal"] == "SIGSEGV" and "Segmentation fault" in got[2]["log_tail"]
     # Build failures never start a container; the crashed cell sits out the second round.
-    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [
+    assert [s.labels["envmatrix.cell"] for s in engine.runs] == [
         plan.cells[2].id, plan.cells[3].id, plan.cells[3].id]
     for result in got:
         on_disk = json.loads(run_dir.result_path(result["cell"]).read_text())
@@ -251,7 +215,7 @@ def test_scratch_is_emptied_and_writable_for_nobody(tmp_path: Path, run_dir: Run
         return outcome(0)
 
     engine = FakeEngine({c.id: check for c in plan.cells})
-    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
     assert [r["status"] for r in got] == ["no_result", "no_result"]  # the old file was not read
 
 
@@ -272,12 +236,12 @@ def test_interrupt_keeps_finished_results_and_resume_completes(
     tmp_path: Path, run_dir: RunDir
 ) -> None:
     plan = make_plan(tmp_path, ("cpu", "openvino"))
-    first = {c.id: harness_ok for c in plan.cells}
+    first: dict[str, Behaviour] = {c.id: harness_ok for c in plan.cells}
     # Round 2 runs in the order 1, 2, 3, 0 (rotated): Ctrl-C in cell 2's second round.
     first[plan.cells[2].id] = interrupt_on_call(2)
     engine = FakeEngine(first)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+        runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
     assert json.loads(run_dir.result_path(plan.cells[1].id).read_text())["status"] == "ok"
     stopped = json.loads(run_dir.result_path(plan.cells[2].id).read_text())
     assert stopped["status"] == "interrupted" and "--resume" in stopped["reason"]
@@ -288,9 +252,9 @@ def test_interrupt_keeps_finished_results_and_resume_completes(
         assert "after 1 of 2 rounds" in unfinished["reason"] and "--resume" in unfinished["reason"]
 
     engine = FakeEngine({c.id: harness_ok for c in plan.cells})
-    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), resume=True)  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), resume=True)
     assert [r["status"] for r in got] == ["ok"] * 4
-    ran = [spec.labels["envmatrix.cell"] for spec in engine.calls]
+    ran = [spec.labels["envmatrix.cell"] for spec in engine.runs]
     # The ok cell was kept, not re-measured; the others were measured again in full rounds,
     # rotated among themselves.
     again = [plan.cells[i].id for i in (0, 2, 3)]
@@ -304,7 +268,7 @@ def test_interrupt_in_the_first_round_leaves_unstarted_cells_without_a_result(
     behaviours = {c.id: harness_ok for c in plan.cells}
     behaviours[plan.cells[1].id] = interrupt
     with pytest.raises(KeyboardInterrupt):
-        runner.run_cells(FakeEngine(behaviours), plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+        runner.run_cells(FakeEngine(behaviours), plan, run_dir, IMAGES, prepared(run_dir))
     statuses = [json.loads(run_dir.result_path(c.id).read_text())["status"]
                 for c in plan.cells[:2]]  # fmt: skip
     assert statuses == ["interrupted", "interrupted"]  # cell 0 had 1 of 2 rounds
@@ -318,16 +282,16 @@ def test_rounds_interleave_cells_and_merge_into_one_result(
     plan = replace(make_plan(tmp_path, ("cpu", "openvino")), measure=measure)
     engine = FakeEngine({c.id: harness_ok for c in plan.cells})
     seen: list[str] = []
-    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir),  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir),
                            progress=lambda stage, msg: seen.append(msg))  # fmt: skip
     ids = [c.id for c in plan.cells]
     # Round-major order, each round rotated by one place: no cell always goes first.
-    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [
+    assert [s.labels["envmatrix.cell"] for s in engine.runs] == [
         cid for r in range(3) for cid in runner.round_order(ids, r)]
     orders = json.loads((run_dir.path / runner.ROUNDS_FILE).read_text())["invocations"][0]
     assert [o["order"] for o in orders["rounds"]] == [runner.round_order(ids, r)
                                                       for r in range(3)]
-    assert [arg(s, "--out") for s in engine.calls[::4]] == [
+    assert [arg(s, "--out") for s in engine.runs[::4]] == [
         f"/envmatrix/out/round-{r}.json" for r in range(3)]
     for result in got:
         reps = result["repeats"]
@@ -356,12 +320,12 @@ def test_a_failed_round_ends_its_cell_and_the_others_go_on(
         return segfault(spec, out) if len(calls) == 2 else harness_ok(spec, out)
 
     engine = FakeEngine({crashing: crash_in_round_two, plan.cells[1].id: harness_ok})
-    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
     assert [r["status"] for r in got] == ["crashed", "ok"]
     assert got[0]["reason"].startswith("round 2/3: killed by SIGSEGV")
     assert [r["round"] for r in got[0]["host"]["rounds"]] == [0, 1]
     other = plan.cells[1].id  # round 2 is rotated: the other cell goes first
-    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [
+    assert [s.labels["envmatrix.cell"] for s in engine.runs] == [
         crashing, other, other, crashing, other]
     assert len(got[1]["repeats"]) == 3
     assert run_dir.scratch(crashing).is_dir()  # kept for a post-mortem
@@ -378,7 +342,7 @@ def test_later_rounds_get_what_is_left_of_the_cell_timeout(
             seen.append(timeout_s)
             return super().run(spec, timeout_s=timeout_s, **kw)
 
-    runner.run_cells(Recording({c.id: harness_ok for c in plan.cells}), plan, run_dir, IMAGES,  # type: ignore[arg-type]
+    runner.run_cells(Recording({c.id: harness_ok for c in plan.cells}), plan, run_dir, IMAGES,
                      prepared(run_dir))  # fmt: skip
     assert seen[::2] == [30.0, 28.5, 27.0]  # each fake container takes 1.5 s
 
@@ -417,11 +381,11 @@ def test_rounds_must_divide_the_repeats(rounds: int, tmp_path: Path) -> None:
 def test_resume_remeasures_when_the_image_changed(tmp_path: Path, run_dir: RunDir) -> None:
     plan = make_plan(tmp_path)
     engine = FakeEngine({c.id: harness_ok for c in plan.cells})
-    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
     rebuilt = {**IMAGES, "env1.8.0": replace(IMAGES["env1.8.0"], tag="envmatrix/env1.8.0:cc")}
-    engine.calls.clear()
-    runner.run_cells(engine, plan, run_dir, rebuilt, prepared(run_dir), resume=True)  # type: ignore[arg-type]
-    assert [s.labels["envmatrix.cell"] for s in engine.calls] == [plan.cells[0].id] * 2
+    engine.runs.clear()
+    runner.run_cells(engine, plan, run_dir, rebuilt, prepared(run_dir), resume=True)
+    assert [s.labels["envmatrix.cell"] for s in engine.runs] == [plan.cells[0].id] * 2
 
 
 def test_adjust_hook_changes_the_launch(tmp_path: Path, run_dir: RunDir) -> None:
@@ -437,45 +401,34 @@ def test_adjust_hook_changes_the_launch(tmp_path: Path, run_dir: RunDir) -> None
         return runner.Launch(replace(launch.spec, command=["sleep", "9"]), timeout_s=3)
 
     engine = Recording({c.id: lambda s, o: outcome(None, timed_out=True) for c in plan.cells})
-    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), adjust=adjust)  # type: ignore[arg-type]
-    assert seen == [3, 3] and engine.calls[0].command == ["sleep", "9"]
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), adjust=adjust)
+    assert seen == [3, 3] and engine.runs[0].command == ["sleep", "9"]
     assert got[0]["status"] == "timeout" and got[0]["host"]["timeout_s"] == 3
 
 
 def test_sweep_asks_only_for_containers_envmatrix_labelled() -> None:
-    asked: list[dict[str, str]] = []
-
-    class Sweeping:
-        def remove_labelled_containers(self, labels: dict[str, str], *, keep: Any) -> int:
-            asked.append(labels)
-            return 2
-
-    assert runner.sweep_leftovers(Sweeping()) == 2  # type: ignore[arg-type]
-    assert asked == [{"envmatrix.managed": "true"}]
+    dead = [{**containers.MANAGED, containers.CELL_LABEL: cell} for cell in ("a", "b")]
+    engine = FakeEngine(leftovers=[*dead, {containers.CELL_LABEL: "not ours"}])
+    assert runner.sweep_leftovers(engine) == 2
+    assert engine.swept == [{"envmatrix.managed": "true"}]
+    assert engine.leftovers == [{containers.CELL_LABEL: "not ours"}]
 
 
 def test_sweep_spares_containers_of_live_runs() -> None:
     """A second run must never remove the containers of a run still going on."""
-    kept: list[dict[str, str]] = []
-
-    class Sweeping:
-        def remove_labelled_containers(self, labels: dict[str, str], *, keep: Any) -> int:
-            cell = {containers.CELL_LABEL: "env--cnn--cpu"}
-            candidates = [
-                {**cell, containers.OWNER_LABEL: runner.owner_label()},  # this process: alive
-                {**cell, containers.OWNER_LABEL: f"{socket.gethostname()}:999999999"},  # no pid
-                cell,  # a cell container with no owner recorded
-                {**cell, containers.OWNER_LABEL: "another-host.invalid:1"},  # can't tell: keep
-                {},  # a build step's container (managed, no cell): a live build may need it
-            ]
-            kept.extend(c for c in candidates if keep(c))
-            return len(candidates) - len(kept)
-
-    assert runner.sweep_leftovers(Sweeping()) == 2  # type: ignore[arg-type]
-    assert kept == [{containers.CELL_LABEL: "env--cnn--cpu",
-                     containers.OWNER_LABEL: runner.owner_label()},
-                    {containers.CELL_LABEL: "env--cnn--cpu",
-                     containers.OWNER_LABEL: "another-host.invalid:1"}, {}]
+    cell = {**containers.MANAGED, containers.CELL_LABEL: "env--cnn--cpu"}
+    alive = {**cell, containers.OWNER_LABEL: runner.owner_label()}  # this process
+    elsewhere = {**cell, containers.OWNER_LABEL: "another-host.invalid:1"}  # can't tell: keep
+    build_step = dict(containers.MANAGED)  # managed, no cell: a live build may need it
+    engine = FakeEngine(leftovers=[
+        alive,
+        {**cell, containers.OWNER_LABEL: f"{socket.gethostname()}:999999999"},  # no such pid
+        cell,  # a cell container with no owner recorded
+        elsewhere,
+        build_step,
+    ])  # fmt: skip
+    assert runner.sweep_leftovers(engine) == 2
+    assert engine.leftovers == [alive, elsewhere, build_step]
 
 
 def test_torch_workloads_get_the_torchscript_file(tmp_path: Path, run_dir: RunDir) -> None:
@@ -486,8 +439,8 @@ def test_torch_workloads_get_the_torchscript_file(tmp_path: Path, run_dir: RunDi
     (folder / "model.pt").write_bytes(b"pt")
     ready = {"cnn": Prepared(folder / "model.onnx", folder / "inputs.npz", folder / "model.pt")}
     engine = FakeEngine({plan.cells[0].id: harness_ok})
-    runner.run_cells(engine, plan, run_dir, IMAGES, ready)  # type: ignore[arg-type]
-    command = engine.calls[0].command
+    runner.run_cells(engine, plan, run_dir, IMAGES, ready)
+    command = engine.runs[0].command
     assert command[command.index("--model") + 1] == "/envmatrix/inputs/cnn/model.pt"
     assert command[command.index("--backend") + 1] == "torch"
 
@@ -507,17 +460,17 @@ def test_a_cell_without_its_gpu_is_no_gpu_and_the_others_run(tmp_path: Path,
     cuda = replace(plan.cells[0], id="env1.8.0--cnn--cuda", provider="cuda", gpus="all")
     plan = replace(plan, cells=(cuda, *plan.cells))
     engine = FakeEngine({cuda.id: no_gpu, **{c.id: harness_ok for c in plan.cells[1:]}})
-    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
     assert [r["status"] for r in got] == ["no_gpu", "ok", "ok"]
     assert got[0]["reason"] == (
         f"round 1/2: the engine could not give the container a GPU: {NO_GPU_WORDS}")
     assert got[0]["host"]["gpus"] == "all"
     assert got[0]["host"]["engine_gpu"]["nvidia_runtime"] is False
     # CPU cells ask for no GPU and carry no GPU record.
-    assert all(s.gpus is None for s in engine.calls if s.labels["envmatrix.cell"] != cuda.id)
+    assert all(s.gpus is None for s in engine.runs if s.labels["envmatrix.cell"] != cuda.id)
     assert "engine_gpu" not in got[1]["host"] and got[1]["host"]["gpus"] is None
     # The cell sat out its second round; the CPU cells ran both.
-    assert [s.labels["envmatrix.cell"] for s in engine.calls].count(cuda.id) == 1
+    assert [s.labels["envmatrix.cell"] for s in engine.runs].count(cuda.id) == 1
 
 
 def _sha(data: bytes) -> str:
@@ -528,7 +481,7 @@ def test_results_record_what_resume_checks(tmp_path: Path, run_dir: RunDir) -> N
     plan = make_plan(tmp_path)
     recorded = {plan.cells[0].id: "0123456789abcdef"}  # the hash the run wrote in its plan
     engine = FakeEngine({c.id: harness_ok for c in plan.cells})
-    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir),  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir),
                            config_hashes=recorded)
     host = got[0]["host"]
     assert (host["model_sha256"], host["inputs_sha256"]) == (_sha(b"onnx"), _sha(b"npz"))
@@ -541,13 +494,13 @@ def test_resume_measures_again_when_the_model_changed_and_says_why(
 ) -> None:
     plan = make_plan(tmp_path)
     engine = FakeEngine({c.id: harness_ok for c in plan.cells})
-    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
     (run_dir.inputs_dir / "cnn" / "model.onnx").write_bytes(b"onnx, regenerated")
-    engine.calls.clear()
+    engine.runs.clear()
     lines: list[tuple[str, str]] = []
-    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), resume=True,  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir), resume=True,
                            progress=lambda stage, text: lines.append((stage, text)))
-    assert len(engine.calls) == 2 * len(plan.cells)  # every cell measured again, both rounds
+    assert len(engine.runs) == 2 * len(plan.cells)  # every cell measured again, both rounds
     assert got[0]["host"]["model_sha256"] == _sha(b"onnx, regenerated")
     why = [text for stage, text in lines if stage == "resume"]
     assert why[0] == (f"{plan.cells[0].id}: measuring again: model sha256 "
@@ -561,13 +514,13 @@ def test_resume_keeps_a_result_that_applies_even_when_its_image_cannot_be_built_
 ) -> None:
     plan = make_plan(tmp_path)
     engine = FakeEngine({c.id: harness_ok for c in plan.cells})
-    first = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
-    broken = {**IMAGES, "env1.8.0": Failed("no network today", "")}
-    engine.calls.clear()
+    first = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
+    broken: dict[str, Built | Failed] = {**IMAGES, "env1.8.0": Failed("no network today", "")}
+    engine.runs.clear()
     lines: list[str] = []
-    got = runner.run_cells(engine, plan, run_dir, broken, prepared(run_dir), resume=True,  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, broken, prepared(run_dir), resume=True,
                            progress=lambda stage, text: lines.append(text))
-    assert engine.calls == [] and got == first
+    assert engine.runs == [] and got == first
     assert any(text.endswith(f"{plan.cells[0].id}: kept: p50 4.00 ms (3.0 s)") for text in lines)
 
 
@@ -593,7 +546,7 @@ def test_a_cell_whose_installed_set_is_not_its_pins_or_lock_is_env_mismatch(
         "env1.8.0--cnn--cpu": _with_packages({"onnxruntime": "1.8.0", "numpy": "1.24.0"}),
         "env1.16.0--cnn--cpu": _with_packages({"onnxruntime": "1.16.1"}),
     })
-    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))  # type: ignore[arg-type]
+    got = runner.run_cells(engine, plan, run_dir, IMAGES, prepared(run_dir))
     assert [r["status"] for r in got] == ["env_mismatch", "env_mismatch"]
     assert got[0]["reason"] == "installed set differs: numpy: lock 1.23.5, image 1.24.0"
     assert got[1]["reason"] == ("installed set differs: onnxruntime==1.16.0 requested but "
