@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from envmatrix import grammar, idwords, problems
+from envmatrix import grammar, problems
 from envmatrix.config import expand
 from envmatrix.errors import ConfigError
+from envmatrix.rundir import idwords
 from envmatrix.rundir import plan as planmod
 from envmatrix.rundir.plan import Base, Cell, Environment, Measure, Plan, Workload
 
