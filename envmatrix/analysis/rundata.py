@@ -61,7 +61,11 @@ class WithinGroup:
 class RunData:
     """Everything the report says, computed once from a run read back (`rundir.run.Run`)."""
 
-    source: Run  # the run directory, its plan and record, its results: read once
+    source: Run  # the run as read back once (rundir.run.load_run); the four below are its parts
+    run_dir: RunDir
+    plan: Plan  # the plan the run used, read back typed
+    run: RunRecord  # what the run recorded beside it: id, images, hosts
+    results: dict[str, Result]  # cell id -> result, every plan cell in plan order
     rules: VerdictRules
     validity: dict[str, Validity] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -71,24 +75,6 @@ class RunData:
     cost_ratios: dict[str, dict[str, RatioCI]] = field(default_factory=dict)
     noise: dict[str, Noise | None] = field(default_factory=dict)  # cell id -> (noisy cells)
     within: list[WithinGroup] = field(default_factory=list)  # settings side by side
-
-    @property
-    def run_dir(self) -> RunDir:
-        return self.source.run_dir
-
-    @property
-    def plan(self) -> Plan:
-        return self.source.plan
-
-    @property
-    def run(self) -> RunRecord:
-        """What the run recorded beside its plan: id, images, hosts."""
-        return self.source.record
-
-    @property
-    def results(self) -> dict[str, Result]:
-        """Cell id -> result, every plan cell in plan order."""
-        return self.source.results
 
     @property
     def baseline(self) -> str:
@@ -113,7 +99,8 @@ def analyze(run: Run, rules: VerdictRules | None = None) -> RunData:
     Without `rules`, the verdict settings the run's plan recorded (matrix.yaml `verdict:`).
     """
     results = run.results
-    data = RunData(run, rules or rules_for(run.plan.verdict))
+    data = RunData(run, run.run_dir, run.plan, run.record, results,
+                   rules or rules_for(run.plan.verdict))
     data.validity = {cid: check_validity(r, data.rules) for cid, r in results.items()}
     data.verdicts = run_verdicts(data.plan, results, data.rules)
     data.costs = {cid: cell_costs(r) for cid, r in results.items()}

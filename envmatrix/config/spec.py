@@ -43,6 +43,14 @@ def _custom(message: str, fix: str) -> PydanticCustomError:
     return PydanticCustomError("envmatrix", "{message}", {"message": message, "fix": fix})
 
 
+def _listed_once(value: list[str], what: str = "") -> list[str]:
+    """A list whose entries must be distinct: the first repeated one is the problem."""
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+        raise _custom(f"{what}{repeated[0]!r} is listed twice.", "list it once.")
+    return value
+
+
 @dataclass(frozen=True)
 class _Grammar:
     """Annotation for str fields: checked against GRAMMARS[name]; the JSON schema says the same."""
@@ -323,10 +331,7 @@ class _EnvironmentFields(_Strict):
     @field_validator("providers")
     @classmethod
     def _unique_providers(cls, value: list[str]) -> list[str]:
-        repeated = sorted({p for p in value if value.count(p) > 1})
-        if repeated:
-            raise _custom(f"provider {repeated[0]!r} is listed twice.", "list it once.")
-        return value
+        return _listed_once(value, "provider ")
 
     @model_validator(mode="after")
     def _options_for_listed_providers(self) -> "_EnvironmentFields":
@@ -477,10 +482,7 @@ class VerdictSpec(_Strict):
     @field_validator("fail_on")
     @classmethod
     def _unique_words(cls, value: list[str]) -> list[str]:
-        repeated = sorted({w for w in value if value.count(w) > 1})
-        if repeated:
-            raise _custom(f"{repeated[0]!r} is listed twice.", "list it once.")
-        return value
+        return _listed_once(value)
 
 
 class BuildSpec(_Strict):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, open_run_dir
-from envmatrix.rundir.plan import Cell, Plan, ResolvedPlan, RunRecord
+from envmatrix.rundir.plan import Plan, ResolvedPlan, RunRecord
 from envmatrix.rundir.resultfile import Result
 from envmatrix.rundir.results import from_json, load_results
 from envmatrix.rundir.rounds import RoundsFile, read_rounds
@@ -34,10 +34,6 @@ class Run:
         return self.run_dir.path
 
     @property
-    def run_id(self) -> str:
-        return self.run_dir.run_id
-
-    @property
     def plan(self) -> Plan:
         return self.resolved.plan
 
@@ -45,14 +41,6 @@ class Run:
     def record(self) -> RunRecord:
         """What the run recorded beside its plan: id, images, resumes."""
         return self.resolved.run
-
-    @property
-    def cells(self) -> tuple[Cell, ...]:
-        return self.plan.cells
-
-    def result_list(self) -> list[Result]:
-        """The results in plan order, one per cell."""
-        return list(self.results.values())
 
     def all_ok(self, *cell_ids: str) -> bool:
         """Did each of these cells measure (status ok)? False for a cell the plan lacks."""

@@ -53,11 +53,11 @@ def made(tmp_path: Path) -> tuple[RunDir, Plan]:
 def test_a_run_has_one_result_per_plan_cell_in_plan_order(made: tuple[RunDir, Plan]) -> None:
     run_dir, plan = made
     run = load_run(run_dir.path)
-    assert isinstance(run, Run) and run.path == run_dir.path and run.run_id == "r1"
-    assert run.plan == plan and run.cells == plan.cells and run.record.run_id == "r1"
+    assert isinstance(run, Run) and run.path == run_dir.path and run.run_dir.run_id == "r1"
+    assert run.plan == plan and run.record.run_id == "r1"
     assert list(run.results) == [c.id for c in plan.cells]
-    assert [r["cell"] for r in run.result_list()] == [c.id for c in plan.cells]
-    first, stale, missing = run.result_list()[:3]
+    assert [r["cell"] for r in run.results.values()] == [c.id for c in plan.cells]
+    first, stale, missing = list(run.results.values())[:3]
     assert first["status"] == "ok" and (first.get("summary") or {}).get("iterations") == 2
     assert stale["status"] == "skipped" and (stale.get("reason") or "").startswith("stale:")
     assert stale.get("summary") is None and (stale.get("host") or {}).get("stale", {}).get(
@@ -88,7 +88,7 @@ def test_round_orders_that_are_not_ours_read_as_none(made: tuple[RunDir, Plan],
 
 def test_latest_names_the_run(made: tuple[RunDir, Plan]) -> None:
     run_dir, _plan = made
-    assert load_run(run_dir.path.parent / "latest").run_id == "r1"
+    assert load_run(run_dir.path.parent / "latest").run_dir.run_id == "r1"
 
 
 @pytest.mark.parametrize(("content", "words"), [
