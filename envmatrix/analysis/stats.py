@@ -26,6 +26,10 @@ the verdict (docs/report.md, "How a verdict is made"):
   `min_repeats_for`) there is no interval (NaN) and no verdict (`too_few_note` says why).
 A cell is *valid* only when it measured what was asked (provider, package versions,
 iteration count and time); an invalid cell gets the verdict "invalid" with its reasons.
+
+Why it is long (over 600 lines): this is the one verdict procedure, and validity, the units,
+the paired and unpaired estimates, the bootstrap and the decision must read as one piece so
+that the number, the interval and the verdict visibly come from the same estimate.
 """
 
 from __future__ import annotations

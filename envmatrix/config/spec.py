@@ -6,6 +6,10 @@ and unknown keys are errors with a "did you mean" hint. Cross-checks that need s
 the file at once (bases, python sources, ids, runtimes, files) live in `envmatrix.config.load`.
 `validate` turns pydantic's errors into `Problem`s in our words, so raw pydantic text never
 reaches users. Nothing here reads files: `envmatrix.yamlsrc` reads the YAML.
+
+Why it is long (over 600 lines): one pydantic model per section of the file, each with its
+field descriptions (they are the editors' JSON schema and the reference's words); splitting
+the models would split the one answer to "what is a valid matrix.yaml".
 """
 
 import re

@@ -4,6 +4,10 @@ Everything else in envmatrix calls `Engine`; only this module imports `docker`, 
 SDK's exceptions into `EngineError`, `BuildError` and `BaseImageError` whose messages say what to
 do. Deadlines are enforced here with a monotonic clock because the SDK's own timeouts either leave
 a container running (`wait`) or kill a build that is merely quiet (socket read timeouts).
+
+Why it is long (over 600 lines): it is the one door to Docker by design, so every engine call
+(images, containers, volumes, builds, pulls, pushes, save/load) and the translation of each SDK
+error into our words sit here; split, the `docker` import and its error handling would spread.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ stops the current container (engine.run removes it), writes an `interrupted` res
 cell that started but did not finish its rounds, keeps every finished one and re-raises, so the
 CLI can print `RunDir.resume_hint()`; `--resume` later keeps ok results that still apply and
 measures the rest completely, interleaved among themselves.
+
+Why it is long (over 600 lines): the round loop, its failure isolation, Ctrl-C and --resume
+interlock (which cell sits out which round, what an interrupted round leaves): kept together
+so that "every outcome kept" can be checked in one file.
 """
 
 from __future__ import annotations
