@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_pipeline_order import spy_execute
 from test_report_fakes import BASELINE, CANDIDATE, fake_result, make_run
 from test_runner import arg, outcome
 
@@ -42,6 +43,9 @@ class FakeEngine:
 
     def image_size(self, ref: str) -> int | None:
         return 1000 if ref in self.images else None
+
+    def remove_labelled_containers(self, labels: dict[str, str], **kw: Any) -> int:
+        return 0  # the start-up sweep: nothing left behind
 
     def run(self, spec: ContainerSpec, *, timeout_s: float, log_path: Path | None = None,
             on_start: Any = None) -> ContainerOutcome:
@@ -152,7 +156,9 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
     before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
     engine = FakeEngine({i: i for i in IDS.values()}, {c: 0.005 for c in CELLS})
     fake(monkeypatch, engine)
+    jobs = spy_execute(monkeypatch)
     done = replay.replay(request(tmp_path, old, only=[f"{CANDIDATE}*"], out=tmp_path / "new"))
+    assert [type(j) for j in jobs] == [replay.Replay]  # the pipeline's stages, in its order
     assert done.run_dir.path == tmp_path / "new" and not done.failed
     assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before  # untouched
     # Exactly the recorded image, the old measure settings (5 rounds), nothing built.
@@ -162,7 +168,8 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
         assert sha256_file(new / "inputs" / "cnn" / name) == sha256_file(old / "inputs/cnn" / name)
     resolved = planfile.read_resolved(new / "matrix.resolved.yaml")
     assert [c.id for c in resolved.plan.cells] == [f"{CANDIDATE}--cnn--cpu"]
-    assert resolved.plan.measure == planfile.read_resolved(old / "matrix.resolved.yaml").plan.measure
+    old_plan = planfile.read_resolved(old / "matrix.resolved.yaml").plan
+    assert resolved.plan.measure == old_plan.measure
     assert resolved.run.images[CANDIDATE].image_id == IDS[CANDIDATE]
     assert (new / "report.md").is_file() and (new / "compare-old.md").is_file()
     summary = json.loads((new / "replay.json").read_text())
