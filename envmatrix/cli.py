@@ -101,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     render_p = sub.add_parser("render", help="render the Dockerfiles, build nothing")
     _plan_args(render_p)
     render_p.add_argument("--out", type=Path, default=None, metavar="DIR")
-    _plan_args(sub.add_parser("list", help="dry run: every cell id and build context id"))
+    _plan_args(sub.add_parser("list", help="check the matrix (dry run): every cell id and "
+                                           "build context id"))
+    schema_p = sub.add_parser("schema", help="print the JSON schema of matrix.yaml for editors")
+    schema_p.add_argument("--write", action="store_true",
+                          help="write it to the committed schema file instead")
     _run_args(sub.add_parser("lock", help="build from the pins and write <matrix>.lock.yaml"),
               build_only=True)
     report_p = sub.add_parser("report", help="rebuild the report of a run directory")
@@ -266,6 +270,14 @@ def cmd_list(args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace, progress: Progress) -> int:
+    if args.write:
+        config.SCHEMA_FILE.write_text(config.schema_text(), encoding="utf-8")
+    else:
+        sys.stdout.write(config.schema_text())
+    return 0
+
+
 def cmd_lock(args: argparse.Namespace, progress: Progress) -> int:
     request = pipeline.Request(matrix=_matrix_path(args), reports_root=REPORTS_ROOT,
                                only=args.only, skip=args.skip, out=args.out,
@@ -370,7 +382,8 @@ def cmd_replay(args: argparse.Namespace, progress: Progress) -> int:
 
 COMMANDS: dict[str, Any] = {
     "matrix": cmd_pipeline, "run": cmd_pipeline, "build": cmd_pipeline,
-    "render": cmd_render, "list": cmd_list, "lock": cmd_lock, "report": cmd_report,
+    "render": cmd_render, "list": cmd_list, "schema": cmd_schema, "lock": cmd_lock,
+    "report": cmd_report,
     "compare": cmd_compare, "push": cmd_push, "clean": cmd_clean,
     "archive": cmd_archive, "restore": cmd_restore, "replay": cmd_replay,
 }
