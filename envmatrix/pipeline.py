@@ -86,8 +86,8 @@ class Opened:
 
 
 class Job(ABC):
-    """How one command does each stage; `execute` runs them in their one order. The stages
-    a job does not override are the main run's."""
+    """How one command does each stage; `execute` runs them in their one order. The inputs
+    and the record a job does not override are the main run's."""
 
     local = False  # True: every cell on this machine's engine, whatever hosts: the plan has
     adjust: runner.Adjust | None = None  # a hook before each round (runner.Adjust)
@@ -103,9 +103,10 @@ class Job(ABC):
     def inputs(self, plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
         return prepare_workloads(plan, run_dir, progress)
 
+    @abstractmethod
     def images(self, engine: Engine, plan: Plan, *, build_dir: Path,
                progress: schedule.Progress) -> dict[str, Any]:
-        return build_images(engine, plan, build_dir=build_dir, progress=progress)
+        """The images stage on one host's engine (schedule.ImagesStage)."""
 
     def record(self, opened: Opened, spread: schedule.Spread) -> None:
         """The run record: the images used (and the hosts that measured)."""
