@@ -4,7 +4,8 @@ Exit codes: 0 all cells ok; 10 the run finished but some cells failed; 11 the re
 verdict that --fail-on names (wins over 10); 2 bad matrix.yaml or arguments; 3 engine problem
 (replay/archive: an image of the run is not in the engine); 4 base image; 5 build; 6 run
 directory (or archive: missing, damaged); 7 compare: the runs were measured on different
-hardware; 130 interrupted.
+hardware; 130 interrupted. Each is the `exit_code` of an exception of envmatrix.errors, which
+the commands raise and `exit_code` below maps.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 from envmatrix import __version__, gate, pipeline
 from envmatrix.config import expand
 from envmatrix.config import load as config
-from envmatrix.errors import BuildError, CellsFailed, ConfigError, EnvmatrixError, GateFailed
+from envmatrix.errors import (
+    BuildError,
+    CellsFailed,
+    ConfigError,
+    EnvmatrixError,
+    GateFailed,
+    Interrupted,
+)
 from envmatrix.progress import Progress
 from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import create_run_dir, open_run_dir
@@ -94,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     render_p = sub.add_parser("render", help="render the Dockerfiles, build nothing")
     _plan_args(render_p)
     render_p.add_argument("--out", type=Path, default=None, metavar="DIR")
-    _plan_args(sub.add_parser("list", help="dry run: every cell id and build context id"))
+    _plan_args(sub.add_parser("list", help="check the matrix (dry run): every cell id and "
+                                           "build context id"))
+    schema_p = sub.add_parser("schema", help="print the JSON schema of matrix.yaml for editors")
+    schema_p.add_argument("--write", action="store_true",
+                          help="write it to the committed schema file instead")
     _run_args(sub.add_parser("lock", help="build from the pins and write <matrix>.lock.yaml"),
               build_only=True)
     report_p = sub.add_parser("report", help="rebuild the report of a run directory")
@@ -124,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _reproduce_args(sub: Any) -> None:
-    """archive / restore / replay (envmatrix.reproduce.archive, envmatrix.reproduce.replay; docs/reproduce.md)."""
+    """archive / restore / replay (envmatrix.reproduce.archive, envmatrix.reproduce.replay;
+    docs/reproduce.md)."""
     archive_p = sub.add_parser("archive", help="save a run's images and bases with checksums")
     archive_p.add_argument("run_dir", type=Path)
     archive_p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -176,44 +188,51 @@ def cmd_pipeline(args: argparse.Namespace, progress: Progress) -> int:
         only=args.only, skip=args.skip, out=args.out, rebuild=args.rebuild, resume=resume,
         stop_after=STOP_AFTER[args.command],
         overrides=_overrides(args) if args.command != "build" else gate.Overrides())
-    try:
-        outcome = pipeline.run(request, progress)
-    except pipeline.Interrupted as stop:
-        progress.fail("stop", str(stop))
-        print(stop.run_dir.resume_hint())
-        return stop.exit_code
+    outcome = pipeline.run(request, progress)
     if request.stop_after == "build":
         for failure in outcome.build_failures:
             progress.fail("build", f"{failure.env_id}: {failure.message}")
-        return BuildError.exit_code if outcome.build_failures else 0
+        if outcome.build_failures:
+            raise BuildError(f"{len(outcome.build_failures)} image build(s) failed")
+        return 0
     total, results, failed = progress.elapsed(), outcome.results, outcome.failed
     progress("done", f"{len(results) - len(failed)}/{len(results)} cells ok; wall {total:.1f}s, "
                      f"inside containers {outcome.harness_s:.1f}s, overhead "
                      f"{total - outcome.harness_s:.1f}s")
-    for r in failed:
-        progress.fail("failed", f"{r.get('cell')}: {r.get('status')}: {r.get('reason')}")
+    _say_failed(failed, progress)
     if outcome.report_data is None:
         print(f"Results: {outcome.run_dir.results_dir}")
-        return CellsFailed.exit_code if failed else 0
-    print(f"Report: {outcome.report_path}")
-    gated = _gate(outcome.report_data, request.overrides, progress)
-    return gated or (CellsFailed.exit_code if failed else 0)
+    else:
+        print(f"Report: {outcome.report_path}")
+        _gate(outcome.report_data, request.overrides, progress)  # wins over failed cells
+    _check_cells(results, failed)
+    return 0
 
 
-def _gate(data: RunData, overrides: gate.Overrides, progress: Progress) -> int:
-    """After a report: the job summary for GitHub, then the gate; its exit code or 0."""
+def _say_failed(failed: list[dict[str, Any]], progress: Progress) -> None:
+    for r in failed:
+        progress.fail("failed", f"{r.get('cell')}: {r.get('status')}: {r.get('reason')}")
+
+
+def _check_cells(results: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+    if failed:
+        raise CellsFailed(f"{len(failed)} of {len(results)} cell(s) gave no numbers")
+
+
+def _gate(data: RunData, overrides: gate.Overrides, progress: Progress) -> None:
+    """After a report: the job summary for GitHub, then the gate (GateFailed)."""
     _step_summary(data, progress)
     fail_on = gate.verdict_settings(data.plan.verdict, overrides).fail_on
-    return _gate_code(gate.run_findings(data, fail_on), fail_on, progress)
+    _check_gate(gate.run_findings(data, fail_on), fail_on, progress)
 
 
-def _gate_code(findings: list[str], fail_on: Sequence[str], progress: Progress) -> int:
+def _check_gate(findings: list[str], fail_on: Sequence[str], progress: Progress) -> None:
+    """Each finding, then GateFailed when there are any."""
     for line in findings:
         progress.fail("gate", line)
     if findings:
-        progress.fail("gate", f"--fail-on {','.join(fail_on)}: {len(findings)} finding(s); "
-                              f"exit {GateFailed.exit_code}")
-    return GateFailed.exit_code if findings else 0
+        raise GateFailed(f"--fail-on {','.join(fail_on)}: {len(findings)} finding(s); "
+                         f"exit {GateFailed.exit_code}")
 
 
 def _step_summary(data: RunData, progress: Progress) -> None:
@@ -251,6 +270,14 @@ def cmd_list(args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace, progress: Progress) -> int:
+    if args.write:
+        config.SCHEMA_FILE.write_text(config.schema_text(), encoding="utf-8")
+    else:
+        sys.stdout.write(config.schema_text())
+    return 0
+
+
 def cmd_lock(args: argparse.Namespace, progress: Progress) -> int:
     request = pipeline.Request(matrix=_matrix_path(args), reports_root=REPORTS_ROOT,
                                only=args.only, skip=args.skip, out=args.out,
@@ -264,7 +291,8 @@ def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
     overrides = _overrides(args)
     data = pipeline.write_report(run_dir, progress, overrides)
     print(f"Report: {run_dir.report_path}")
-    return _gate(data, overrides, progress)
+    _gate(data, overrides, progress)
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
@@ -284,7 +312,8 @@ def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
         progress.warn("parity", f"{pair.b} (B) computes different outputs from {pair.a} (A)")
     print(f"Comparison: {result.path}")
     fail_on = args.fail_on or ()  # compare gates only when asked on its command line
-    return _gate_code(gate.comparison_findings(result, fail_on), fail_on, progress)
+    _check_gate(gate.comparison_findings(result, fail_on), fail_on, progress)
+    return 0
 
 
 def cmd_push(args: argparse.Namespace, progress: Progress) -> int:
@@ -344,16 +373,17 @@ def cmd_replay(args: argparse.Namespace, progress: Progress) -> int:
     outcome = replay.replay(request, progress)
     for line in outcome.headlines:
         print(line.text)
-    for r in outcome.failed:
-        progress.fail("failed", f"{r.get('cell')}: {r.get('status')}: {r.get('reason')}")
+    _say_failed(outcome.failed, progress)
     if outcome.comparison is not None:
         print(f"Comparison: {outcome.comparison.path}")
-    return CellsFailed.exit_code if outcome.failed else 0
+    _check_cells(outcome.results, outcome.failed)
+    return 0
 
 
 COMMANDS: dict[str, Any] = {
     "matrix": cmd_pipeline, "run": cmd_pipeline, "build": cmd_pipeline,
-    "render": cmd_render, "list": cmd_list, "lock": cmd_lock, "report": cmd_report,
+    "render": cmd_render, "list": cmd_list, "schema": cmd_schema, "lock": cmd_lock,
+    "report": cmd_report,
     "compare": cmd_compare, "push": cmd_push, "clean": cmd_clean,
     "archive": cmd_archive, "restore": cmd_restore, "replay": cmd_replay,
 }
@@ -366,15 +396,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     progress = Progress()
-    started = time.monotonic()
     try:
         return int(COMMANDS[args.command](args, progress))
-    except EnvmatrixError as err:
-        progress.fail("error", str(err))
+    except (EnvmatrixError, KeyboardInterrupt) as err:
+        return exit_code(err, progress)
+
+
+def exit_code(err: EnvmatrixError | KeyboardInterrupt, progress: Progress) -> int:
+    """The one place an exception becomes the exit code its class carries (errors), its
+    message said once under its stage."""
+    if isinstance(err, Interrupted) and err.hint is not None:
+        progress.fail(err.stage, str(err))
+        print(err.hint)
         return err.exit_code
-    except KeyboardInterrupt:
-        progress.fail("stop", f"interrupted after {time.monotonic() - started:.1f}s")
-        return 130
+    if isinstance(err, (KeyboardInterrupt, Interrupted)):  # nothing to resume
+        progress.fail(Interrupted.stage, f"interrupted after {progress.elapsed():.1f}s")
+        return Interrupted.exit_code
+    progress.fail(err.stage, str(err))
+    return err.exit_code
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Our own exceptions: each carries an exit code and a message that says what to do."""
+"""Our own exceptions: each carries its exit code and a message that says what to do.
+
+The stages raise them; `cli` maps every one to its code in one place (`cli.exit_code`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ class EnvmatrixError(Exception):
     """Base class; `str(err)` is the whole user-facing message."""
 
     exit_code = 1
+    stage = "error"  # the progress label `cli` shows the message under
 
 
 class ConfigError(EnvmatrixError):
@@ -72,12 +76,27 @@ class DifferentHardwareError(EnvmatrixError):
 
 
 class CellsFailed(EnvmatrixError):
-    """The run finished but some cells did not produce numbers."""
+    """The run finished but some cells did not produce numbers (each is listed before)."""
 
     exit_code = 10
+    stage = "failed"
 
 
 class GateFailed(EnvmatrixError):
-    """A report holds a verdict that --fail-on (or matrix.yaml verdict.fail_on) names."""
+    """A report holds a verdict that --fail-on (or matrix.yaml verdict.fail_on) names (each
+    finding is listed before); wins over CellsFailed: the gate is what CI asked about."""
 
     exit_code = 11
+    stage = "gate"
+
+
+class Interrupted(EnvmatrixError):
+    """Ctrl-C or SIGTERM while a run's stages ran: finished results are kept; `hint` is the
+    command that finishes the run, where one can (None: it cannot be resumed)."""
+
+    exit_code = 130
+    stage = "stop"
+
+    def __init__(self, hint: str | None) -> None:
+        super().__init__("interrupted: finished cells are kept")
+        self.hint = hint

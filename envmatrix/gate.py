@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from envmatrix.analysis.stats import INVALID, SLOWER, RatioCI
 from envmatrix.config.spec import ALPHA_RANGE, MIN_EFFECT_RANGE
-from envmatrix.errors import GateFailed
 from envmatrix.problems import did_you_mean
 from envmatrix.rundir.plan import FAIL_ON_WORDS, Measure, Plan, VerdictSettings
 
@@ -166,13 +165,6 @@ def _change(ci: RatioCI | None) -> str:
     name = "samples/s" if ci.metric == "throughput" else ci.metric
     return (f"{name} {(ci.ratio - 1) * 100:+.1f}% [{(ci.low - 1) * 100:+.1f}%, "
             f"{(ci.high - 1) * 100:+.1f}%]")
-
-
-def check(findings: list[str], fail_on: Iterable[str]) -> None:
-    """Raise GateFailed listing the findings, if any."""
-    if findings:
-        raise GateFailed(f"--fail-on {','.join(fail_on)}: {len(findings)} finding(s):\n  "
-                         + "\n  ".join(findings))
 
 
 # ---------------------------------------------------------------- GitHub's job summary

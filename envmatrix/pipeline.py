@@ -1,22 +1,31 @@
-"""The stages in order, in one place: plan → inputs → bases and images → cells → report.
+"""The stages and their order, in one place.
 
-`run` is the whole pipeline; `cli` calls it for `matrix`, `run` and `build` (which stop after
-the cells or after the builds) and only parses arguments and maps errors to exit codes. Each
-helper below is one stage's glue: it calls the stage's module, reports progress and records
-what it did in the run directory (docs/architecture.md follows one cell through them).
+The stages: the plan with its templates checked, the run directory with the resolved plan,
+the inputs, then on every host (envmatrix.schedule: one thread per host, or the local engine
+of a matrix without hosts:) its bases and images with their installed sets, then its cells;
+then the run record's images, then the report. `execute` runs them in that order, the one
+place it is written. A `Job` says how a command does each stage: `Run` for `matrix`, `run`
+and `build` (which stop after the cells or after the builds), `Lock` for `lock` (the images
+from the pins, then the lock file) and `reproduce.replay.Replay` (a run's cells again in its
+recorded images, on a copy of its inputs). The stages raise our exceptions (`errors`); `cli`
+maps them to exit codes. docs/architecture.md follows one cell through the stages.
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from envmatrix import __version__, gate, schedule
 from envmatrix.analysis import stats
 from envmatrix.config import load as config
-from envmatrix.errors import BuildError, EnvmatrixError
+from envmatrix.config.spec import ModelExportSpec
+from envmatrix.errors import BuildError, Interrupted
 from envmatrix.images import bases, locks, render
 from envmatrix.images import build as images
 from envmatrix.inputs import prepare as inputs
@@ -33,7 +42,7 @@ from envmatrix.rundir.layout import (
 )
 from envmatrix.rundir.plan import Plan
 from envmatrix.running import runner
-from envmatrix.running.engine import Engine
+from envmatrix.running.engine import EngineLike
 
 Stop = Literal["build", "run", "report"]
 
@@ -58,7 +67,9 @@ class Outcome:
     """What a pipeline run left behind."""
 
     run_dir: RunDir
+    plan: Plan  # what ran now
     build_failures: list[images.BuildFailure] = field(default_factory=list)
+    images: dict[str, Any] = field(default_factory=dict)  # env id -> its image (first host's)
     results: list[dict[str, Any]] = field(default_factory=list)  # one per cell, plan order
     report_path: Path | None = None
     report_data: report.RunData | None = None  # what the report says, for the gate
@@ -69,83 +80,154 @@ class Outcome:
         return [r for r in self.results if r.get("status") != "ok"]
 
 
-class Interrupted(EnvmatrixError):
-    """Ctrl-C or SIGTERM while cells ran: finished results are kept, the run can resume."""
+@dataclass(frozen=True)
+class Opened:
+    """A run directory ready for the stages: the plan that runs now, its resolved plan written."""
 
-    exit_code = 130
-
-    def __init__(self, run_dir: RunDir) -> None:
-        super().__init__("interrupted: finished cells are kept")
-        self.run_dir = run_dir
+    plan: Plan
+    run_dir: RunDir
+    resumed: resume.Resumed | None = None
 
 
-def run(request: Request, progress: Progress) -> Outcome:
-    """Every stage in order, up to `request.stop_after`."""
+class Job(ABC):
+    """How one command does each stage; `execute` runs them in their one order. The inputs
+    and the record a job does not override are the main run's."""
+
+    local = False  # True: every cell on this machine's engine, whatever hosts: the plan has
+    adjust: runner.Adjust | None = None  # a hook before each round (runner.Adjust)
+
+    @property
+    def stop_after(self) -> Stop:
+        return "report"
+
+    @abstractmethod
+    def open(self, progress: Progress) -> Opened:
+        """The plan (templates checked), its run directory and resolved plan."""
+
+    def inputs(self, plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
+        return prepare_workloads(plan, run_dir, progress)
+
+    @abstractmethod
+    def images(self, engine: EngineLike, plan: Plan, *, build_dir: Path,
+               progress: schedule.Progress) -> dict[str, Any]:
+        """The images stage on one host's engine (schedule.ImagesStage)."""
+
+    def record(self, opened: Opened, spread: schedule.Spread) -> None:
+        """The run record: the images used (and the hosts that measured)."""
+        write_resolved(opened.plan, opened.run_dir, spread.images(), hosts=spread.record())
+
+    def resume_hint(self, run_dir: RunDir) -> str | None:
+        """The command that finishes an interrupted run; None: it cannot be resumed."""
+        return run_dir.resume_hint()
+
+
+def execute(job: Job, progress: Progress) -> Outcome:
+    """Every stage in its order, each the job's way, up to `job.stop_after`."""
     started = utc_now()
-    plan, run_dir, resumed = open_plan(request, progress)
-    progress("run", f"run directory {run_dir.path}")
-    prepared = prepare_workloads(plan, run_dir, progress)
-    if plan.hosts:  # a hosts: section: every host builds and measures its own cells
-        return run_on_hosts(request, plan, run_dir, prepared, progress, started, resumed)
-    engine = Engine.connect()
-    swept = runner.sweep_leftovers(engine)
-    if swept:
-        progress.warn("sweep", f"removed {swept} container(s) left by an earlier run")
-    bases.ensure_pinned(engine, plan.bases, run_dir.logs_dir, progress)
-    built = build_images(engine, plan, run_dir, progress, rebuild=request.rebuild)
-    if resumed is None:
-        write_resolved(plan, run_dir, built)
-    else:  # the run's plan stays as it was written; only its run record grows
-        resume.record(run_dir, image_entries(built), only=request.only, skip=request.skip,
-                      cells=[cell.id for cell in plan.cells])
-    outcome = Outcome(run_dir, [b for b in built.values() if isinstance(b, images.BuildFailure)])
-    if request.stop_after == "build":
-        return outcome
-    hashes = resumed.resolved.config_hashes if resumed else None
-    try:
-        outcome.results = runner.run_cells(engine, plan, run_dir, built, prepared,
-                                           resume=resumed is not None, progress=progress,
-                                           config_hashes=hashes)
-    except KeyboardInterrupt:
-        raise Interrupted(run_dir) from None
-    outcome.harness_s = seconds_in_containers(outcome.results, since=started)
-    if resumed is not None:
-        _say_unfinished(run_dir, resumed, progress)
-    if request.stop_after == "report":
-        outcome.report_data = write_report(run_dir, progress)
-        outcome.report_path = outcome.report_data.run_dir.report_path
-    return outcome
-
-
-def run_on_hosts(request: Request, plan: Plan, run_dir: RunDir, prepared: dict[str, Any],
-                 progress: Progress, started: str,
-                 resumed: resume.Resumed | None = None) -> Outcome:
-    """The builds and cells of a plan with hosts, one thread per host (envmatrix.schedule)."""
-    progress("hosts", ", ".join(f"{h.name} ({h.address})" for h in plan.hosts))
-    spread = schedule.run_hosts(plan, run_dir, prepared, progress, rebuild=request.rebuild,
-                                resume=request.resume is not None,
-                                stop_after=request.stop_after)
-    if resumed is None:
-        write_resolved(plan, run_dir, spread.images(), hosts=spread.record())
-    else:  # the run's plan stays as it was written; only its run record grows
-        resume.record(run_dir, image_entries(spread.images()), only=request.only,
-                      skip=request.skip, cells=[cell.id for cell in plan.cells])
+    opened = job.open(progress)
+    prepared = job.inputs(opened.plan, opened.run_dir, progress)
+    on_hosts = replace(opened.plan, hosts=()) if job.local else opened.plan
+    stages = schedule.Stages(images=job.images, cells=cells_stage(opened.resumed))
+    spread = schedule.run_hosts(on_hosts, opened.run_dir, prepared, progress, stages,
+                                stop_after=job.stop_after, adjust=job.adjust)
+    job.record(opened, spread)  # also when interrupted: what was built is known
     if spread.interrupted:
-        raise Interrupted(run_dir)
-    outcome = Outcome(run_dir, spread.build_failures)
-    if request.stop_after == "build":
+        raise Interrupted(job.resume_hint(opened.run_dir))
+    outcome = Outcome(opened.run_dir, opened.plan, spread.build_failures, spread.images())
+    if job.stop_after == "build":
         return outcome
     outcome.results = spread.results
     outcome.harness_s = seconds_in_containers(outcome.results, since=started)
-    if request.stop_after == "report":
-        outcome.report_data = write_report(run_dir, progress)
+    if opened.resumed is not None:
+        _say_unfinished(opened.run_dir, opened.resumed, progress)
+    if job.stop_after == "report":
+        outcome.report_data = write_report(opened.run_dir, progress)
         outcome.report_path = outcome.report_data.run_dir.report_path
     return outcome
 
 
-def open_plan(request: Request,
-              progress: Progress) -> tuple[Plan, RunDir, resume.Resumed | None]:
+@dataclass(frozen=True)
+class Run(Job):
+    """`matrix`, `run` and `build`: a new run of the matrix, or --resume of one."""
+
+    request: Request
+
+    @property
+    def stop_after(self) -> Stop:
+        return self.request.stop_after
+
+    def open(self, progress: Progress) -> Opened:
+        return open_plan(self.request, progress)
+
+    def images(self, engine: EngineLike, plan: Plan, *, build_dir: Path,
+               progress: schedule.Progress) -> dict[str, Any]:
+        return build_images(engine, plan, build_dir=build_dir, progress=progress,
+                            rebuild=self.request.rebuild)
+
+    def record(self, opened: Opened, spread: schedule.Spread) -> None:
+        if opened.resumed is None:
+            super().record(opened, spread)
+            return
+        # the run's plan stays as it was written; only its run record grows
+        resume.record(opened.run_dir, image_entries(spread.images()), only=self.request.only,
+                      skip=self.request.skip, cells=[cell.id for cell in opened.plan.cells])
+
+
+@dataclass(frozen=True)
+class Lock(Run):
+    """`lock`: the images from the pins (any lock file ignored) on this machine's engine;
+    `lock` then writes their installed sets beside the matrix."""
+
+    local = True
+
+    @property
+    def stop_after(self) -> Stop:
+        return "build"
+
+    def inputs(self, plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
+        return {}  # no cell is measured
+
+    def images(self, engine: EngineLike, plan: Plan, *, build_dir: Path,
+               progress: schedule.Progress) -> dict[str, Any]:
+        return build_images(engine, plan, build_dir=build_dir, progress=progress,
+                            rebuild=self.request.rebuild, use_lock=False)
+
+    def resume_hint(self, run_dir: RunDir) -> str | None:
+        return None  # `lock` again: its images are reused
+
+
+def run(request: Request, progress: Progress) -> Outcome:
+    """`matrix`, `run`, `build`: every stage, up to `request.stop_after`."""
+    return execute(Run(request), progress)
+
+
+def lock(request: Request, progress: Progress) -> Path:
+    """`lock`: build (or reuse) the images from the pins, ignoring any lock file, read each
+    installed set and write them beside the matrix. Environments left out by --only/--skip
+    keep their entries of an existing lock file."""
+    outcome = execute(Lock(request), progress)
+    if outcome.build_failures:
+        raise BuildError("No lock written: " + "; ".join(f"{b.env_id}: {b.message}"
+                                                         for b in outcome.build_failures))
+    plan = outcome.plan
+    old = locks.load_lock(plan.source)
+    entries = dict(old.environments) if old else {}
+    for env in plan.environments:
+        entries[env.id] = locks.read_installed_file(outcome.run_dir.path / "locks"
+                                                    / f"{env.id}.json")
+    path = locks.write_lock(plan.source, entries)
+    progress("lock", f"{path}: {len(entries)} environment(s)")
+    return path
+
+
+def open_plan(request: Request, progress: Progress) -> Opened:
     """The plan to run now and its run directory: a new run's, or a resumed run's own."""
+    opened = _open_plan(request, progress)
+    progress("run", f"run directory {opened.run_dir.path}")
+    return opened
+
+
+def _open_plan(request: Request, progress: Progress) -> Opened:
     if request.resume is not None:
         run_dir = open_run_dir(request.resume)
         resumed = resume.resume_plan(run_dir, matrix=request.matrix, only=request.only,
@@ -154,7 +236,7 @@ def open_plan(request: Request,
             progress.warn("resume", "--repeats is ignored: a resumed run keeps its own budget "
                                     f"({resumed.selected.measure.repeats} repeats)")
         check_templates(resumed.selected)
-        return resumed.selected, run_dir, resumed
+        return Opened(resumed.selected, run_dir, resumed)
     matrix = request.matrix or Path("matrix.yaml")
     plan = gate.apply(config.load_plan(matrix, only=request.only, skip=request.skip),
                       request.overrides)
@@ -168,7 +250,7 @@ def open_plan(request: Request,
     check_templates(plan)
     run_dir = create_run_dir(request.reports_root, out=request.out)
     write_resolved(plan, run_dir)
-    return plan, run_dir, None
+    return Opened(plan, run_dir)
 
 
 def _say_unfinished(run_dir: RunDir, resumed: resume.Resumed, progress: Progress) -> None:
@@ -186,9 +268,11 @@ def seconds_in_containers(results: list[dict[str, Any]], *, since: str) -> float
                if str(h.get("started_at") or "") >= since)
 
 
-def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = None,
-                   hosts: dict[str, Any] | None = None) -> None:
-    """Record the expanded plan (and image tags once known) so the run can be reported alone."""
+def write_resolved(plan: Plan, run_dir: RunDir, built: Mapping[str, Any] | None = None,
+                   hosts: dict[str, Any] | None = None,
+                   replay: dict[str, Any] | None = None) -> None:
+    """Record the expanded plan (and image tags once known) so the run can be reported alone;
+    a replay also records what it replayed (envmatrix.reproduce.replay)."""
     extra: dict[str, Any] = {
         "run_id": run_dir.run_id,
         "envmatrix_version": __version__,
@@ -198,10 +282,12 @@ def write_resolved(plan: Plan, run_dir: RunDir, built: dict[str, Any] | None = N
         extra["images"] = image_entries(built)
     if hosts:
         extra["hosts"] = hosts  # per host: address, labels, fingerprint, its own images
+    if replay:
+        extra["replay"] = replay
     planfile.dump_resolved(plan, run_dir.resolved_path, extra)
 
 
-def image_entries(built: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def image_entries(built: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The run record's `images:` entry of each environment (plan.ImageRecord): the image
     (tag, id, size; None when unbuilt) and the base it was built on."""
     return {env_id: _image_record(b) for env_id, b in sorted(built.items())}
@@ -217,15 +303,16 @@ def _image_record(built: Any) -> dict[str, Any]:
 
 def prepare_workloads(plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
     """Make zoo models and input tensors on the host once; every cell mounts them read-only."""
-    export = plan.extra.get("model_export", {})
+    # A resolved plan of an older envmatrix may lack model_export: the matrix's defaults.
+    export = ModelExportSpec.model_validate(plan.extra.get("model_export") or {})
     prepared = {}
     for workload in plan.workloads:
         progress("inputs", f"{workload.name}: {workload.model}")
         prepared[workload.name] = inputs.prepare_workload(
             workload,
             run_dir.inputs_dir / workload.name,
-            ir_version=int(export.get("ir_version", 7)),
-            opset=int(export.get("opset", 11)),
+            ir_version=export.ir_version,
+            opset=export.opset,
             base_dir=plan.source.parent,
         )
     return prepared
@@ -259,41 +346,26 @@ def context_ids(plan: Plan) -> dict[str, str]:
     return {env.id: images.context_id(env, plan) for env in plan.environments}
 
 
-def build_images(
-    engine: Engine, plan: Plan, run_dir: RunDir, progress: Progress, *, rebuild: bool
-) -> dict[str, images.BuildOutcome]:
-    """Bases first, then every environment image, built or reused by content hash."""
-    progress("build", f"{len(plan.environments)} environment image(s)")
-    return images.ensure_images(engine, plan, run_dir=run_dir.path, rebuild=rebuild,
-                                progress=progress)
+def build_images(engine: EngineLike, plan: Plan, *, build_dir: Path, progress: schedule.Progress,
+                 rebuild: bool = False, use_lock: bool = True) -> dict[str, images.BuildOutcome]:
+    """The images stage on one engine: bases pinned by digest first (one the registry cannot
+    give ends the run, exit 4), then every environment image, built or reused by content
+    hash, with its installed set (`build_dir`/locks/<env>.json; with `use_lock`, from and
+    checked against the lock file)."""
+    bases.ensure_pinned(engine, plan.bases, build_dir / "logs", progress)
+    pins = "" if use_lock else ", from the pins"
+    progress("build", f"{len(plan.environments)} environment image(s){pins}")
+    return images.ensure_images(engine, plan, run_dir=build_dir, rebuild=rebuild,
+                                progress=progress, use_lock=use_lock)
 
 
-def lock(request: Request, progress: Progress) -> Path:
-    """`lock`: build (or reuse) the images from the pins, ignoring any lock file, read each
-    installed set and write them beside the matrix. Environments left out by --only/--skip
-    keep their entries of an existing lock file."""
-    plan = config.load_plan(request.matrix or Path("matrix.yaml"), only=request.only,
-                            skip=request.skip)
-    check_templates(plan)
-    run_dir = create_run_dir(request.reports_root, out=request.out)
-    progress("run", f"run directory {run_dir.path}")
-    write_resolved(plan, run_dir)
-    engine = Engine.connect()
-    progress("build", f"{len(plan.environments)} environment image(s), from the pins")
-    built = images.ensure_images(engine, plan, run_dir=run_dir.path, rebuild=request.rebuild,
-                                 progress=progress, use_lock=False)
-    write_resolved(plan, run_dir, built)
-    failed = [b for b in built.values() if isinstance(b, images.BuildFailure)]
-    if failed:
-        raise BuildError("No lock written: " + "; ".join(f"{b.env_id}: {b.message}"
-                                                         for b in failed))
-    old = locks.load_lock(plan.source)
-    entries = dict(old.environments) if old else {}
-    for env in plan.environments:
-        entries[env.id] = locks.read_installed_file(run_dir.path / "locks" / f"{env.id}.json")
-    path = locks.write_lock(plan.source, entries)
-    progress("lock", f"{path}: {len(entries)} environment(s)")
-    return path
+def cells_stage(resumed: resume.Resumed | None) -> schedule.CellsStage:
+    """The cells stage (runner.run_cells); a resumed run keeps its finished results and
+    gives new ones the config hashes it recorded."""
+    if resumed is None:
+        return runner.run_cells
+    return functools.partial(runner.run_cells, resume=True,
+                             config_hashes=resumed.resolved.config_hashes)
 
 
 def write_report(run_dir: RunDir, progress: Progress,

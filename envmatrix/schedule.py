@@ -1,8 +1,13 @@
-"""Running one plan across several Docker hosts: one thread per host, one cell at a time each.
+"""Running one plan on its Docker hosts: one thread per host, one cell at a time each.
 
-Each host's thread connects to its engine, builds (or reuses) the images of its own cells with
-`images.ensure_images`, and measures its cells with `runner.run_cells` on a sub-plan holding
-only them: interleaved rounds stay per host, containers on one host never overlap, and hosts
+A matrix without `hosts:` is a hosts list of one, the local engine (`LOCAL`): its work runs in
+the calling thread, where Ctrl-C lands as it always did, and it is no "host" to the user: no
+name before its messages, no fingerprint, and a failure of its engine ends the run (exit 3)
+instead of becoming its cells' status.
+
+Each host's thread connects to its engine, then runs the pipeline's per-host stages that it is
+handed (`Stages`: the images stage, then the cells stage) on a sub-plan holding only its own
+cells: interleaved rounds stay per host, containers on one host never overlap, and hosts
 measure at the same time (measurements never share a machine, so they do not disturb each
 other). Every result lands in the one run directory (one file per cell, so threads never write
 the same file; `rounds.json` is merged under a lock by the runner).
@@ -14,12 +19,13 @@ A host that cannot be reached, or stops answering mid-run, gives its cells the s
 A host whose engine does not share this machine's paths (`hosts.shares_paths`: tcp://, ssh://
 by default) cannot bind-mount the run directory: once per run, its thread copies the run's
 inputs into a volume there (`remote_inputs`), the cells mount it read-only, each cell's
-scratch folder is a fresh volume copied back after its container ends (envmatrix.running.engine), and
-the inputs volume is removed when the host's cells are done, also on Ctrl-C or a lost host.
+scratch folder is a fresh volume copied back after its container ends
+(envmatrix.running.engine), and the inputs volume is removed when the host's cells are done,
+also on Ctrl-C or a lost host.
 
-Ctrl-C reaches the main thread only, so it raises KeyboardInterrupt in each host's thread (and
-stops that host's running container so a thread waiting on it wakes up): `run_cells` then
-records its unfinished cells as it always does.
+With several hosts, Ctrl-C reaches the main thread only, so it raises KeyboardInterrupt in each
+host's thread (and stops that host's running container so a thread waiting on it wakes up):
+`run_cells` then records its unfinished cells as it always does.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from envmatrix.errors import EngineError, EnvmatrixError, HostUnreachableError
 from envmatrix.images import build as images
@@ -42,7 +48,7 @@ from envmatrix.rundir.layout import RunDir, utc_now
 from envmatrix.rundir.plan import Cell, Host, Plan
 from envmatrix.running import hosts, runner
 from envmatrix.running.containers import INPUTS_MOUNT, MANAGED, OWNER_LABEL, RUN_LABEL
-from envmatrix.running.engine import EngineLike
+from envmatrix.running.engine import Engine, EngineLike
 
 Progress = Callable[[str, str], None]
 JOIN_AFTER_INTERRUPT_S = 120.0  # a host thread may be finishing a base bootstrap (debootstrap)
@@ -54,15 +60,41 @@ class HostLost(EnvmatrixError):
     """The host stopped answering between two rounds (raised by the runner's adjust hook)."""
 
 
+LOCAL = Host(hosts.DEFAULT)  # the engine of a matrix without hosts: (Docker's own settings)
+
+
+class ImagesStage(Protocol):
+    """The images of a (sub-)plan on one engine, by environment id (envmatrix.pipeline)."""
+
+    def __call__(self, engine: EngineLike, plan: Plan, *, build_dir: Path,
+                 progress: Progress) -> dict[str, Any]: ...
+
+
+class CellsStage(Protocol):
+    """Every cell of a (sub-)plan measured on one engine (runner.run_cells' signature)."""
+
+    def __call__(self, engine: EngineLike, plan: Plan, run_dir: RunDir, images: Mapping[str, Any],
+                 prepared: Mapping[str, Any], *, progress: Progress | None = None,
+                 adjust: runner.Adjust | None = None,
+                 inputs_volume: str | None = None) -> list[dict[str, Any]]: ...
+
+
+def connect(host: Host) -> EngineLike:
+    """The host's engine: the local one as a run without hosts: always reached it (its error
+    ends the run), a matrix host through hosts.connect (HostUnreachableError)."""
+    return Engine.connect() if host is LOCAL else hosts.connect(host)
+
+
 @dataclass(frozen=True)
 class Stages:
-    """What a host's thread calls; tests hand in fakes (engines without Docker)."""
+    """What a host's thread calls: the pipeline's images and cells stages, and how to reach
+    and describe an engine; tests hand in fakes (engines without Docker)."""
 
-    connect: Callable[[Host], EngineLike] = hosts.connect
+    images: ImagesStage
+    cells: CellsStage = runner.run_cells
+    connect: Callable[[Host], EngineLike] = connect
     fingerprint: Callable[[EngineLike], dict[str, Any]] = hosts.fingerprint
     sweep: Callable[[EngineLike], int] = runner.sweep_leftovers
-    ensure_images: Callable[..., dict[str, Any]] = images.ensure_images
-    run_cells: Callable[..., list[dict[str, Any]]] = runner.run_cells
 
 
 @dataclass
@@ -85,6 +117,11 @@ class HostRun:
     @property
     def name(self) -> str:
         return self.host.name
+
+    @property
+    def listed(self) -> bool:
+        """A host of the matrix's hosts: (not LOCAL): named, described, and may be lost."""
+        return self.host is not LOCAL
 
     def record(self) -> dict[str, Any]:
         """This host in the run record (matrix.resolved.yaml `run.hosts`): no credentials."""
@@ -126,7 +163,8 @@ class Spread:
         return out
 
     def record(self) -> dict[str, Any]:
-        return {run.name: run.record() for run in self.runs}
+        """The run record's `hosts:` (empty for LOCAL: a run without hosts records none)."""
+        return {run.name: run.record() for run in self.runs if run.listed}
 
 
 def sub_plan(plan: Plan, cells: list[Cell]) -> Plan:
@@ -151,32 +189,45 @@ def run_hosts(
     run_dir: RunDir,
     prepared: Mapping[str, Any],
     progress: Progress,
+    stages: Stages,
     *,
-    rebuild: bool = False,
-    resume: bool = False,
     stop_after: str = "report",
-    stages: Stages | None = None,
     adjust: runner.Adjust | None = None,
 ) -> Spread:
     """Every host's cells on that host, hosts in parallel; one result per cell, plan order."""
-    stages = stages or Stages()
     say = _locked(progress)
-    runs = [HostRun(host, sub_plan(plan, cells))
+    if plan.hosts:
+        say("hosts", ", ".join(f"{h.name} ({h.address})" for h in plan.hosts))
+    runs = host_runs(plan)
+    args = (run_dir, prepared, say, stages, adjust, stop_after)
+    if len(runs) == 1:  # no thread: Ctrl-C reaches the one host's work where it runs
+        _host_main(runs[0], *args)
+    else:
+        _in_threads(runs, args)
+    failed = [r.failure for r in runs if r.failure is not None]
+    if failed:
+        raise failed[0]
+    return Spread(runs, _in_plan_order(plan, run_dir, runs))
+
+
+def host_runs(plan: Plan) -> list[HostRun]:
+    """One HostRun per host with cells; LOCAL with the whole plan when it has no hosts:."""
+    if not plan.hosts:
+        return [HostRun(LOCAL, plan)]
+    return [HostRun(host, sub_plan(plan, cells))
             for host, cells in zip(plan.hosts, hosts.cells_by_host(plan.cells, plan.hosts)
                                    .values()) if cells]  # fmt: skip
+
+
+def _in_threads(runs: list[HostRun], args: tuple[Any, ...]) -> None:
     for run in runs:
-        args = (run, run_dir, prepared, say, stages, adjust, rebuild, resume, stop_after)
-        run.thread = threading.Thread(target=_host_main, args=args, daemon=True,
+        run.thread = threading.Thread(target=_host_main, args=(run, *args), daemon=True,
                                       name=f"envmatrix-host-{run.name}")
         run.thread.start()
     try:
         _wait(runs)
     except KeyboardInterrupt:
         interrupt(runs)
-    failed = [r.failure for r in runs if r.failure is not None]
-    if failed:
-        raise failed[0]
-    return Spread(runs, _in_plan_order(plan, run_dir, runs))
 
 
 def _locked(progress: Progress) -> Progress:
@@ -224,53 +275,76 @@ def _raise_in(thread: threading.Thread) -> None:
 
 
 def _host_main(run: HostRun, run_dir: RunDir, prepared: Mapping[str, Any], progress: Progress,
-               stages: Stages, adjust: runner.Adjust | None, rebuild: bool, resume: bool,
-               stop_after: str) -> None:
-    """One host's thread: connect, build, measure; every outcome kept on `run`."""
-    def say(stage: str, message: str) -> None:
-        progress(stage, f"{run.name}: {message}")
-
+               stages: Stages, adjust: runner.Adjust | None, stop_after: str) -> None:
+    """One host's work: connect, the images stage, the cells stage; every outcome kept on
+    `run` (a failure that is not a lost host in `run.failure`, re-raised by run_hosts)."""
+    say = _prefixed(run, progress)
     started = utc_now()
     try:
-        _connect(run, stages, say)
+        engine = _connect(run, stages, say)
         run.phase = "build"
-        run.built = stages.ensure_images(run.engine, run.plan, run_dir=build_dir(
-            run_dir, run.plan, run.name), rebuild=rebuild, progress=say)
+        run.built = stages.images(engine, run.plan,
+                                  build_dir=build_dir(run_dir, run.plan, run.name), progress=say)
         if stop_after == "build":
             return
         run.phase = "run"
         with remote_inputs(run, run_dir, say) as volume:
-            got = stages.run_cells(run.engine, run.plan, run_dir, run.built, prepared,
-                                   resume=resume, progress=say, adjust=_guard(run, adjust),
-                                   inputs_volume=volume)
+            got = stages.cells(engine, run.plan, run_dir, run.built, prepared, progress=say,
+                               adjust=_guard(run, adjust), inputs_volume=volume)
         run.results = {str(r["cell"]): r for r in got}
     except KeyboardInterrupt:
         run.interrupted = True
         return
-    except HostUnreachableError as err:
-        run.unreachable = str(err)
     except Exception as err:  # noqa: BLE001 - a lost host is the cells' outcome, not a crash
-        words = run.engine.unreachable() if run.engine is not None else None
-        if words is None:
+        run.unreachable = _lost(run, err)
+        if run.unreachable is None:
             run.failure = err
             return
-        run.unreachable = f"host {run.name} stopped answering: {words}"
     finally:
         run.phase = "done"
     _after(run, run_dir, started, say)
 
 
-def _connect(run: HostRun, stages: Stages, say: Progress) -> None:
-    say("host", f"connecting to {run.host.address}")
-    run.engine = stages.connect(run.host)
-    run.fingerprint = stages.fingerprint(run.engine)
+def _prefixed(run: HostRun, progress: Progress) -> Progress:
+    """A listed host's messages start with its name; LOCAL's are the run's own."""
+    if not run.listed:
+        return progress
+
+    def say(stage: str, message: str) -> None:
+        progress(stage, f"{run.name}: {message}")
+
+    return say
+
+
+def _lost(run: HostRun, err: Exception) -> str | None:
+    """Why a listed host is lost when `err` says it is; None: a failure that ends the run."""
+    if not run.listed:
+        return None
+    if isinstance(err, HostUnreachableError):
+        return str(err)
+    words = run.engine.unreachable() if run.engine is not None else None
+    return None if words is None else f"host {run.name} stopped answering: {words}"
+
+
+def _connect(run: HostRun, stages: Stages, say: Progress) -> EngineLike:
+    """The host's engine (kept on `run` too), described and swept of earlier leftovers."""
+    if run.listed:
+        say("host", f"connecting to {run.host.address}")
+    run.engine = engine = stages.connect(run.host)
     run.shares_paths = hosts.shares_paths(run.host)
-    fp = run.fingerprint
-    files = "bind mounts" if run.shares_paths else "copied through volumes"
-    say("host", f"engine {fp.get('engine_version')}, {fp.get('cpus')} cores, "
-                f"{fp.get('os')}; {len(run.plan.cells)} cell(s); files: {files}")
+    if run.listed:
+        run.fingerprint = stages.fingerprint(engine)
+        fp = run.fingerprint
+        files = "bind mounts" if run.shares_paths else "copied through volumes"
+        say("host", f"engine {fp.get('engine_version')}, {fp.get('cpus')} cores, "
+                    f"{fp.get('os')}; {len(run.plan.cells)} cell(s); files: {files}")
+    _sweep(engine, stages, say)
+    return engine
+
+
+def _sweep(engine: EngineLike, stages: Stages, say: Progress) -> None:
     try:
-        swept = stages.sweep(run.engine)
+        swept = stages.sweep(engine)
     except EngineError as err:  # e.g. another host thread on the same engine removed one
         say("sweep", f"skipped: {err}")
         return
@@ -328,9 +402,12 @@ def _drop_volume(engine: EngineLike, name: str, say: Progress) -> None:
         say("host", f"volume {name} was left behind ({err}); `nox -s clean` removes it")
 
 
-def _guard(run: HostRun, adjust: runner.Adjust | None) -> runner.Adjust:
-    """Before each round: the host still answers (else HostLost ends its cells), then the
-    caller's own hook. One ping between containers, never during a measurement."""
+def _guard(run: HostRun, adjust: runner.Adjust | None) -> runner.Adjust | None:
+    """Before each round: a listed host still answers (else HostLost ends its cells), then
+    the caller's own hook. One ping between containers, never during a measurement."""
+    if not run.listed:
+        return adjust
+
     def check(cell: Cell, launch: runner.Launch) -> runner.Launch:
         words = run.engine.unreachable() if run.engine is not None else "no engine"
         if words is not None:
@@ -341,8 +418,10 @@ def _guard(run: HostRun, adjust: runner.Adjust | None) -> runner.Adjust:
 
 
 def _after(run: HostRun, run_dir: RunDir, started: str, say: Progress) -> None:
-    """Settle the host's cells once its thread is done: unreachable ones get their status,
-    the measured ones their host's fingerprint."""
+    """Settle a listed host's cells once its work is done: unreachable ones get their
+    status, the measured ones their host's fingerprint (LOCAL has neither)."""
+    if not run.listed:
+        return
     if run.unreachable is None and run.engine is not None and _errors_since(run, started):
         words = _gone(run.engine)  # a run that ended in errors: was it the host?
         if words is not None:

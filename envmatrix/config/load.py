@@ -10,9 +10,7 @@ schema. The names tests and other modules use (`GRAMMARS`, the `*Spec` models, .
 re-exported here, so `envmatrix.config.load` stays the one import for matrix files.
 """
 
-import argparse
 import json
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -59,7 +57,7 @@ __all__ = [
     "REFERENCE", "RESERVED_ENV", "SCHEMA_FILE", "SCHEMA_VERSION", "BaseSpec", "BootstrapSpec",
     "BuildSpec", "ConfigWarning", "EnvironmentSpec", "MatrixEntrySpec", "MatrixFile", "Measure",
     "MeasureSpec", "ModelExportSpec", "VerdictSpec", "WorkloadSpec", "load_plan",
-    "main", "matrix_json_schema",
+    "matrix_json_schema", "schema_text",
 ]
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "matrix.schema.json"
@@ -533,32 +531,6 @@ def matrix_json_schema() -> dict[str, Any]:
             "title": "envmatrix matrix.yaml, version 1", **schema}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m envmatrix.config.load --schema [--write]`, or `--check FILE` to validate."""
-    parser = argparse.ArgumentParser(prog="python -m envmatrix.config.load",
-                                     description=main.__doc__)
-    parser.add_argument("--schema", action="store_true", help="print the JSON schema")
-    parser.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_FILE}")
-    parser.add_argument("--check", metavar="FILE", help="validate a matrix file and list cells")
-    args = parser.parse_args(argv)
-    if args.check:
-        try:
-            plan = load_plan(Path(args.check))
-        except ConfigError as err:
-            print(err, file=sys.stderr)
-            return err.exit_code
-        print("\n".join(cell.id for cell in plan.cells))
-        return 0
-    text = json.dumps(matrix_json_schema(), indent=2, sort_keys=True) + "\n"
-    if args.write:
-        SCHEMA_FILE.parent.mkdir(parents=True, exist_ok=True)
-        SCHEMA_FILE.write_text(text, encoding="utf-8")
-    elif args.schema:
-        sys.stdout.write(text)
-    else:
-        parser.print_help()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def schema_text() -> str:
+    """The JSON schema as committed in SCHEMA_FILE (`python -m envmatrix schema --write`)."""
+    return json.dumps(matrix_json_schema(), indent=2, sort_keys=True) + "\n"

@@ -4,9 +4,10 @@
 select, checks that every image the run recorded is in the engine (by id: exactly those
 images; `--image ENV=REF` names another one, e.g. rebuilt from the run's lock), creates a new
 run directory with the old plan and a byte-identical copy of the old inputs (sha256 checked),
-measures the cells with `runner.run_cells` (the old measure settings, interleaved rounds),
-writes the new run's report and then the comparison old (A) vs new (B) with `compare` (two
-runs: unpaired). Nothing is built or pulled.
+measures the cells (the old measure settings, interleaved rounds), writes the new run's report
+and then the comparison old (A) vs new (B) with `compare` (two runs: unpaired). Nothing is
+built or pulled. The stages are the pipeline's, in its order (`pipeline.execute`): `Replay`
+only opens the new run from the old one, copies its inputs and hands in the chosen images.
 
 The headline says per cell, with the verdict machinery of `stats.measured_comparison` called
 exactly as `compare` calls it (same ids, so the same bootstrap draws and the same numbers):
@@ -27,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envmatrix import __version__
+from rich.console import Console
+
+from envmatrix import pipeline, schedule
 from envmatrix.analysis.rundata import RunData, load_run
 from envmatrix.analysis.stats import (
     FASTER,
@@ -38,7 +41,7 @@ from envmatrix.analysis.stats import (
 )
 from envmatrix.config import expand
 from envmatrix.errors import ConfigError, RunDirError
-from envmatrix.report import build as report
+from envmatrix.progress import Progress
 from envmatrix.report.compare import Comparison, compare
 from envmatrix.reproduce.archive import MissingImages, sha256_file
 from envmatrix.rundir import planfile
@@ -48,14 +51,13 @@ from envmatrix.rundir.layout import (
     atomic_write_text,
     create_run_dir,
     open_run_dir,
-    utc_now,
 )
 from envmatrix.rundir.plan import ImageRecord, Plan, ResolvedPlan
 from envmatrix.rundir.results import load_results
 from envmatrix.running import runner
 from envmatrix.running.engine import Engine, EngineLike
 
-Progress = Callable[[str, str], None]
+Say = Callable[[str, str], None]
 REPLAY_SCHEMA = "envmatrix.replay/1"
 
 
@@ -77,6 +79,7 @@ class ChosenImage:
     image_id: str
     recorded_id: str | None
     source: str  # "recorded" | "--image"
+    size_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def select_plan(plan: Plan, only: Sequence[str], skip: Sequence[str]) -> Plan:
 
 
 def drop_unbuilt(plan: Plan, recorded: Mapping[str, ImageRecord],
-                 overrides: Mapping[str, str], say: Progress) -> Plan:
+                 overrides: Mapping[str, str], say: Say) -> Plan:
     """Without the environments the old run had no image for (failed builds), saying so."""
     unbuilt = [e.id for e in plan.environments
                if not (recorded.get(e.id) or ImageRecord(None, None)).image_id
@@ -161,7 +164,8 @@ def choose_images(engine: EngineLike, plan: Plan, recorded: Mapping[str, ImageRe
                                              "the run recorded no image (its build failed)"))
             continue
         source = "--image" if env.id in overrides else "recorded"
-        chosen[env.id] = ChosenImage(record.tag or str(ref), found, record.image_id, source)
+        chosen[env.id] = ChosenImage(record.tag or str(ref), found, record.image_id, source,
+                                     engine.image_size(found))
     if missing:
         raise MissingImages(
             f"{len(missing)} image(s) of {run_path} are not in the engine:\n  "
@@ -290,53 +294,79 @@ def headlines(old_path: Path, new_path: Path, images: Mapping[str, ChosenImage],
 # ---------------------------------------------------------------- the replay
 
 
-def _record(request: Request, old: RunDir, new: RunDir, resolved: ResolvedPlan,
-            images: Mapping[str, ChosenImage], hashes: Mapping[str, str]) -> dict[str, Any]:
-    where = os.path.relpath(old.path.resolve(), new.path.resolve())  # no machine paths
-    return {"schema": REPLAY_SCHEMA, "of_run": old.run_id, "of_run_dir": where,
-            "of_envmatrix_version": resolved.run.envmatrix_version,
-            "only": list(request.only), "skip": list(request.skip),
-            "images": {env: {"recorded": i.recorded_id, "used": i.image_id, "source": i.source}
-                       for env, i in images.items()},
-            "inputs_sha256": dict(hashes)}
+@dataclass
+class Replay(pipeline.Job):
+    """The pipeline's stages for a replay: the new run opened from the old one (its plan, the
+    images chosen before any run directory), its inputs copied, its images the chosen ones,
+    all on this machine's engine."""
 
+    request: Request
+    old: RunDir
+    resolved: ResolvedPlan
+    plan: Plan  # the selected cells
+    chosen: dict[str, ChosenImage]
+    old_results: dict[str, dict[str, Any]]
+    adjust: runner.Adjust | None = None
+    hashes: dict[str, str] = field(default_factory=dict)  # the copied inputs, once copied
+    local = True  # the images are in this engine, whichever hosts measured the old run
 
-def _write_resolved(plan: Plan, new: RunDir, images: Mapping[str, ChosenImage],
-                    record: dict[str, Any], engine: Engine) -> None:
-    extra = {"run_id": new.run_id, "envmatrix_version": __version__, "started_at": utc_now(),
-             "images": {env: {"tag": i.tag, "image_id": i.image_id,
-                              "size_bytes": engine.image_size(i.image_id)}
-                        for env, i in sorted(images.items())},
-             "replay": record}
-    planfile.dump_resolved(plan, new.resolved_path, extra)
+    def open(self, progress: Progress) -> pipeline.Opened:
+        new = create_run_dir(self.request.reports_root, out=self.request.out)
+        progress("replay", f"new run directory {new.path}")
+        pipeline.write_resolved(self.plan, new)
+        return pipeline.Opened(self.plan, new)
+
+    def inputs(self, plan: Plan, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
+        prepared, self.hashes = copy_inputs(self.old, run_dir, plan, self.old_results)
+        progress("inputs", f"{len(self.hashes)} file(s) copied from the old run, sha256 "
+                           "identical")
+        return dict(prepared)
+
+    def images(self, engine: EngineLike, plan: Plan, *, build_dir: Path,
+               progress: schedule.Progress) -> dict[str, Any]:
+        for env_id, image in self.chosen.items():
+            progress("image", f"{env_id}: {image.image_id[:19]} ({image.source}); nothing is "
+                              "built")
+        return dict(self.chosen)
+
+    def record(self, opened: pipeline.Opened, spread: schedule.Spread) -> None:
+        pipeline.write_resolved(opened.plan, opened.run_dir, spread.images(),
+                                replay=self.summary(opened.run_dir))
+
+    def resume_hint(self, run_dir: RunDir) -> str | None:
+        return None  # a resume would make new inputs: replay again
+
+    def summary(self, new: RunDir) -> dict[str, Any]:
+        """What was replayed, recorded in the new run (matrix.resolved.yaml, replay.json)."""
+        where = os.path.relpath(self.old.path.resolve(), new.path.resolve())  # no machine paths
+        return {"schema": REPLAY_SCHEMA, "of_run": self.old.run_id, "of_run_dir": where,
+                "of_envmatrix_version": self.resolved.run.envmatrix_version,
+                "only": list(self.request.only), "skip": list(self.request.skip),
+                "images": {env: {"recorded": i.recorded_id, "used": i.image_id,
+                                 "source": i.source} for env, i in self.chosen.items()},
+                "inputs_sha256": dict(self.hashes)}
 
 
 def replay(request: Request, progress: Progress | None = None,
            adjust: runner.Adjust | None = None) -> Outcome:
-    say = progress or (lambda stage, message: None)
+    say = progress or Progress(Console(quiet=True))
     old = open_run_dir(request.old_run)
     resolved = planfile.read_resolved(old.resolved_path)
     plan = select_plan(resolved.plan, request.only, request.skip)
     plan = drop_unbuilt(plan, resolved.run.images, request.images, say)
     old_results = {str(r["cell"]): r for r in load_results(old, resolved)}
     say("replay", f"{len(plan.cells)} cell(s) of run {old.run_id} ({old.path})")
-    engine = Engine.connect()
-    images = choose_images(engine, plan, resolved.run.images, request.images, old.path)
-    new = create_run_dir(request.reports_root, out=request.out)
-    say("replay", f"new run directory {new.path}")
-    prepared, hashes = copy_inputs(old, new, plan, old_results)
-    say("inputs", f"{len(hashes)} file(s) copied from the old run, sha256 identical")
-    record = _record(request, old, new, resolved, images, hashes)
-    _write_resolved(plan, new, images, record, engine)
-    for env_id, image in images.items():
-        say("image", f"{env_id}: {image.image_id[:19]} ({image.source}); nothing is built")
-    results = runner.run_cells(engine, plan, new, images, prepared, progress=say, adjust=adjust)
-    outcome = Outcome(new, results, [])
-    outcome.report_path = report.build_report(new.path)
+    # Refused before any run directory exists when an image is missing.
+    chosen = choose_images(Engine.connect(), plan, resolved.run.images, request.images,
+                           old.path)
+    job = Replay(request, old, resolved, plan, chosen, old_results, adjust)
+    ran = pipeline.execute(job, say)
+    new = ran.run_dir
+    outcome = Outcome(new, ran.results, [], report_path=ran.report_path)
     outcome.comparison = compare(old.path, new.path, new.path / f"compare-{old.run_id}.md",
                                  allow_different_hardware=True)
-    outcome.headlines = headlines(old.path, new.path, images)
-    write_summary(new, old, outcome, record)
+    outcome.headlines = headlines(old.path, new.path, chosen)
+    write_summary(new, old, outcome, job.summary(new))
     return outcome
 
 

@@ -74,7 +74,20 @@ def test_cuda_example_loads():
 def test_committed_json_schema_is_current():
     committed = json.loads(config.SCHEMA_FILE.read_text())
     assert committed == json.loads(json.dumps(config.matrix_json_schema())), \
-        "regenerate with: python -m envmatrix.config.load --write"
+        "regenerate with: python -m envmatrix schema --write"
+
+
+def test_the_schema_command_prints_and_writes_the_committed_schema(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envmatrix import cli
+
+    assert cli.main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == config.matrix_json_schema()
+    target = tmp_path / "matrix.schema.json"
+    monkeypatch.setattr(config, "SCHEMA_FILE", target)
+    assert cli.main(["schema", "--write"]) == 0
+    assert target.read_text() == config.schema_text() and not capsys.readouterr().out
 
 
 # -- values as written ----------------------------------------------------------------------

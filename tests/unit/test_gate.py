@@ -183,7 +183,8 @@ def test_cli_hands_its_overrides_to_the_pipeline(monkeypatch: pytest.MonkeyPatch
 
     def record(request: pipeline.Request, progress: Any) -> pipeline.Outcome:
         seen.append(request)
-        return pipeline.Outcome(open_run_dir(run))
+        run_dir = open_run_dir(run)
+        return pipeline.Outcome(run_dir, planfile.read_resolved(run_dir.resolved_path).plan)
 
     monkeypatch.setattr(pipeline, "run", record)
     assert cli.main(["run", "--matrix", str(TWO_ENVS), "--repeats", "8", "--alpha", "0.01"]) == 0
@@ -263,7 +264,8 @@ def _fake_pipeline(monkeypatch: pytest.MonkeyPatch, run: Path, failed: bool) -> 
     """pipeline.run replaced by one that only writes the report of a finished fake run."""
     def report_only(request: pipeline.Request, progress: Any) -> pipeline.Outcome:
         run_dir = open_run_dir(run)
-        outcome = pipeline.Outcome(run_dir, results=[{"status": "ok"}] + (
+        plan = planfile.read_resolved(run_dir.resolved_path).plan
+        outcome = pipeline.Outcome(run_dir, plan, results=[{"status": "ok"}] + (
             [{"status": "crashed", "cell": CAND}] if failed else []))
         outcome.report_data = pipeline.write_report(run_dir, progress, request.overrides)
         outcome.report_path = run_dir.report_path

@@ -176,7 +176,7 @@ def stages(engines: dict[str, Any], unreachable: str | None = None) -> schedule.
 
     return schedule.Stages(connect=connect, fingerprint=lambda e: {"engine_version": "27.0",
                                                                   "cpus": 2},
-                           sweep=lambda e: 0, ensure_images=ensure)
+                           sweep=lambda e: 0, images=ensure)
 
 
 def engines_for(**lost: int) -> dict[str, FakeHostEngine]:

@@ -420,7 +420,9 @@ def test_lock_command_writes_the_lock_and_keeps_other_environments(
     matrix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from envmatrix import cli
+    from test_pipeline_order import spy_execute
+
+    from envmatrix import cli, pipeline
     from envmatrix.running.engine import Engine
 
     engine = trixie_engine()
@@ -430,9 +432,11 @@ def test_lock_command_writes_the_lock_and_keeps_other_environments(
     write_lock_for(matrix, installed(numpy="0.1"))  # ignored: `lock` builds from the pins
     locks.write_lock(matrix, {**locks.load_lock(matrix).environments,  # type: ignore[union-attr]
                               "bullseye-ort1.8.0": kept})
+    jobs = spy_execute(monkeypatch)
     code = cli.main(["lock", "--matrix", str(matrix), "--only", TRIXIE, "--out",
                      str(tmp_path / "lock-run")])
     assert code == 0
+    assert [type(j) for j in jobs] == [pipeline.Lock]  # the pipeline's stages, in its order
     assert capsys.readouterr().out.strip() == f"Lock: {locks.lock_path(matrix)}"
     assert [b.requirements for b in engine.builds] == [""]  # from the pins, not from the old lock
     lock = locks.load_lock(matrix)

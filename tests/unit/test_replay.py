@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fakes import Behaviour, FakeEngine, arg, outcome
+from test_pipeline_order import spy_execute
 from test_report_fakes import BASELINE, CANDIDATE, fake_result, make_run
 
 from envmatrix import cli
@@ -146,7 +147,9 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
     before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
     engine = engine_with({i: i for i in IDS.values()}, {c: 0.005 for c in CELLS})
     fake(monkeypatch, engine)
+    jobs = spy_execute(monkeypatch)
     done = replay.replay(request(tmp_path, old, only=[f"{CANDIDATE}*"], out=tmp_path / "new"))
+    assert [type(j) for j in jobs] == [replay.Replay]  # the pipeline's stages, in its order
     assert done.run_dir.path == tmp_path / "new" and not done.failed
     assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before  # untouched
     # Exactly the recorded image, the old measure settings (5 rounds), nothing built.
