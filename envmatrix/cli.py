@@ -30,7 +30,6 @@ from envmatrix.errors import (
     Interrupted,
 )
 from envmatrix.progress import Progress
-from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import create_run_dir, open_run_dir
 
 if TYPE_CHECKING:  # the report module imports the plotting stack: only when a report is made
@@ -298,14 +297,15 @@ def cmd_report(args: argparse.Namespace, progress: Progress) -> int:
 def cmd_compare(args: argparse.Namespace, progress: Progress) -> int:
     from envmatrix.analysis.stats import rules_for
     from envmatrix.report.compare import compare
+    from envmatrix.rundir.run import load_run
 
     mapping = dict(args.mapping)
     if len(mapping) < len(args.mapping):
         raise ConfigError("--map names an environment of run A twice: give each ENV_A once.")
     # Run B is the candidate: its matrix's verdict settings, under the command line's.
-    settings = planfile.read_resolved(open_run_dir(args.run_b).resolved_path).plan.verdict
-    settings = gate.verdict_settings(settings, _overrides(args))
-    result = compare(args.run_a, args.run_b, args.out, mapping=mapping or None,
+    run_b = load_run(args.run_b)  # read once: its settings here, its numbers in compare
+    settings = gate.verdict_settings(run_b.plan.verdict, _overrides(args))
+    result = compare(args.run_a, run_b, args.out, mapping=mapping or None,
                      allow_different_hardware=args.allow_different_hardware,
                      rules=rules_for(settings))
     for pair in result.parity_failures:

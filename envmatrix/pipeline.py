@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from envmatrix import __version__, gate, schedule
 from envmatrix.analysis import stats
+from envmatrix.analysis.rundata import RunData, analyze
 from envmatrix.config import load as config
 from envmatrix.config.spec import ModelExportSpec
 from envmatrix.errors import BuildError, Interrupted
@@ -41,6 +42,7 @@ from envmatrix.rundir.layout import (
     utc_now,
 )
 from envmatrix.rundir.plan import Plan
+from envmatrix.rundir.run import load_run
 from envmatrix.running import runner
 from envmatrix.running.engine import EngineLike
 
@@ -72,7 +74,7 @@ class Outcome:
     images: dict[str, Any] = field(default_factory=dict)  # env id -> its image (first host's)
     results: list[dict[str, Any]] = field(default_factory=list)  # one per cell, plan order
     report_path: Path | None = None
-    report_data: report.RunData | None = None  # what the report says, for the gate
+    report_data: RunData | None = None  # what the report says, for the gate
     harness_s: float = 0.0  # container time of the cells measured by this invocation
 
     @property
@@ -369,11 +371,11 @@ def cells_stage(resumed: resume.Resumed | None) -> schedule.CellsStage:
 
 
 def write_report(run_dir: RunDir, progress: Progress,
-                 overrides: gate.Overrides | None = None) -> report.RunData:
+                 overrides: gate.Overrides | None = None) -> RunData:
     """Write the report with the plan's verdict settings (or the overrides'); what it says."""
     progress("report", str(run_dir.path))
-    settings = planfile.read_resolved(run_dir.resolved_path).plan.verdict
-    rules = stats.rules_for(gate.verdict_settings(settings, overrides or gate.Overrides()))
-    data = report.load_run(run_dir.path, rules)
+    run = load_run(run_dir)  # read once: its plan's verdict settings, then its analysis
+    settings = gate.verdict_settings(run.plan.verdict, overrides or gate.Overrides())
+    data = analyze(run, stats.rules_for(settings))
     report.write_report_files(data)
     return data

@@ -31,7 +31,6 @@ from typing import Any
 from rich.console import Console
 
 from envmatrix import pipeline, schedule
-from envmatrix.analysis.rundata import RunData, load_run
 from envmatrix.analysis.stats import (
     FASTER,
     SLOWER,
@@ -44,16 +43,15 @@ from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.progress import Progress
 from envmatrix.report.compare import Comparison, compare
 from envmatrix.reproduce.archive import MissingImages, sha256_file
-from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import (
     RunDir,
     atomic_write_json,
     atomic_write_text,
     create_run_dir,
-    open_run_dir,
 )
 from envmatrix.rundir.plan import ImageRecord, Plan, ResolvedPlan
-from envmatrix.rundir.results import load_results
+from envmatrix.rundir.resultfile import Result
+from envmatrix.rundir.run import Run, load_run
 from envmatrix.running import runner
 from envmatrix.running.engine import Engine, EngineLike
 
@@ -256,7 +254,7 @@ def headline_phrase(verdict: str, ratio: float, low: float, high: float,
             "too wide to say it measures the same)")
 
 
-def cell_headline(old: RunData, new: RunData, ida: str, idb: str, origin: str,
+def cell_headline(old: Run, new: Run, ida: str, idb: str, origin: str,
                   rules: VerdictRules) -> Headline:
     """One line for one replayed cell, from the same call `compare` makes for its row."""
     ra, rb = old.results.get(ida) or {}, new.results.get(idb) or {}
@@ -279,10 +277,9 @@ def origin_words(image: ChosenImage) -> str:
     return f"same image {image.image_id.split(':')[-1][:12]}, measured again"
 
 
-def headlines(old_path: Path, new_path: Path, images: Mapping[str, ChosenImage],
+def headlines(old: Run, new: Run, images: Mapping[str, ChosenImage],
               rules: VerdictRules | None = None) -> list[Headline]:
     rules = rules or VerdictRules()
-    old, new = load_run(old_path, rules), load_run(new_path, rules)
     out = []
     for cell in new.plan.cells:
         if cell.id in old.results:
@@ -305,7 +302,7 @@ class Replay(pipeline.Job):
     resolved: ResolvedPlan
     plan: Plan  # the selected cells
     chosen: dict[str, ChosenImage]
-    old_results: dict[str, dict[str, Any]]
+    old_results: Mapping[str, Result]  # the old run's, by cell id
     adjust: runner.Adjust | None = None
     hashes: dict[str, str] = field(default_factory=dict)  # the copied inputs, once copied
     local = True  # the images are in this engine, whichever hosts measured the old run
@@ -350,22 +347,23 @@ class Replay(pipeline.Job):
 def replay(request: Request, progress: Progress | None = None,
            adjust: runner.Adjust | None = None) -> Outcome:
     say = progress or Progress(Console(quiet=True))
-    old = open_run_dir(request.old_run)
-    resolved = planfile.read_resolved(old.resolved_path)
+    recorded = load_run(request.old_run)  # the old run, read once for everything below
+    old, resolved = recorded.run_dir, recorded.resolved
     plan = select_plan(resolved.plan, request.only, request.skip)
     plan = drop_unbuilt(plan, resolved.run.images, request.images, say)
-    old_results = {str(r["cell"]): r for r in load_results(old, resolved)}
     say("replay", f"{len(plan.cells)} cell(s) of run {old.run_id} ({old.path})")
     # Refused before any run directory exists when an image is missing.
     chosen = choose_images(Engine.connect(), plan, resolved.run.images, request.images,
                            old.path)
-    job = Replay(request, old, resolved, plan, chosen, old_results, adjust)
+    job = Replay(request, old, resolved, plan, chosen, recorded.results, adjust)
     ran = pipeline.execute(job, say)
     new = ran.run_dir
+    # The new run as its report read it; read here only when the report stage did not run.
+    measured = ran.report_data.source if ran.report_data else load_run(new)
     outcome = Outcome(new, ran.results, [], report_path=ran.report_path)
-    outcome.comparison = compare(old.path, new.path, new.path / f"compare-{old.run_id}.md",
+    outcome.comparison = compare(recorded, measured, new.path / f"compare-{old.run_id}.md",
                                  allow_different_hardware=True)
-    outcome.headlines = headlines(old.path, new.path, chosen)
+    outcome.headlines = headlines(recorded, measured, chosen)
     write_summary(new, old, outcome, job.summary(new))
     return outcome
 

@@ -37,6 +37,10 @@ STAGES = (
 ALLOWED_UPWARD = {
     ("envmatrix.images", "envmatrix.running.engine"),
     ("envmatrix.images", "envmatrix.running.containers"),
+    # A replay is one of the pipeline's jobs (pipeline.Job, run by pipeline.execute like run
+    # and lock), so the stage order stays written once rather than copied into replay.
+    ("envmatrix.reproduce.replay", "envmatrix.pipeline"),
+    ("envmatrix.reproduce.replay", "envmatrix.schedule"),
 }
 # Exceptions to the rules below, each with why it stands and where it goes; empty: every rule
 # holds. A test fails when an entry is no longer needed, so this list cannot rot.

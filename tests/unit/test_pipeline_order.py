@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import test_runner as tr
+from fakes import FakeEngine
 
 from envmatrix import cli, pipeline
 from envmatrix.config import load as config
@@ -29,14 +30,6 @@ from envmatrix.running import runner
 from envmatrix.running.engine import Engine
 
 TWO_ENVS = Path(__file__).resolve().parents[1] / "integration" / "matrices" / "two_envs.yaml"
-
-
-@dataclass
-class LocalEngine(tr.FakeEngine):
-    """The runner's fake engine as the local one: nothing left behind to sweep."""
-
-    def remove_labelled_containers(self, labels: dict[str, str], **kw: Any) -> int:
-        return 0
 
 
 def spy_execute(monkeypatch: pytest.MonkeyPatch) -> list[pipeline.Job]:
@@ -56,7 +49,7 @@ def spy_execute(monkeypatch: pytest.MonkeyPatch) -> list[pipeline.Job]:
 class Recorder:
     calls: list[str]
     threads: list[threading.Thread]
-    engine: LocalEngine
+    engine: FakeEngine
 
 
 @pytest.fixture
@@ -64,7 +57,7 @@ def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     """Stage calls in the order they happen, through the real pipeline and scheduler."""
     shutil.copy(TWO_ENVS, tmp_path / "matrix.yaml")
     plan = config.load_plan(tmp_path / "matrix.yaml")
-    rec = Recorder([], [], LocalEngine({c.id: tr.harness_ok for c in plan.cells}))
+    rec = Recorder([], [], FakeEngine({c.id: tr.harness_ok for c in plan.cells}))
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: rec.engine))
 
     def inputs(plan: Plan, run_dir: RunDir, progress: Any) -> dict[str, Any]:
@@ -121,7 +114,7 @@ def test_a_run_goes_through_every_stage_once_in_order(recorded: Recorder,
 def test_build_stops_after_the_images_and_still_records_them(recorded: Recorder) -> None:
     outcome = pipeline.run(request(stop_after="build"), Progress())
     assert recorded.calls == ["resolved", "inputs", "images", "resolved with images"]
-    assert not outcome.results and not recorded.engine.calls
+    assert not outcome.results and not recorded.engine.runs
 
 
 def test_the_local_engine_failing_ends_the_run(recorded: Recorder,

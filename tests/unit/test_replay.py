@@ -124,13 +124,14 @@ def test_headline_words(verdict: str, ratio: float, low: float, high: float,
 
 def test_headline_numbers_are_the_comparison_table_numbers(tmp_path: Path) -> None:
     from envmatrix.report.compare import compare
+    from envmatrix.rundir.run import load_run
     cell = CELLS[0]
     a = make_run(tmp_path, [fake_result(cell, p50=0.005, cv=0.01, seed=1)], run_id="a")
     b = make_run(tmp_path, [fake_result(cell, p50=0.0056, cv=0.01, seed=2)], run_id="b")
     rules = VerdictRules(n_boot=300)
     table = compare(a, b, rules=rules).path.read_text()
     image = replay.ChosenImage("t", IDS[BASELINE], IDS[BASELINE], "recorded")
-    [line] = replay.headlines(a, b, {BASELINE: image}, rules)
+    [line] = replay.headlines(load_run(a), load_run(b), {BASELINE: image}, rules)
     row = next(r for r in table.splitlines() if r.startswith("| cnn"))
     change = row.split("|")[7].strip()
     assert f"{change.split(' [')[0]} [" in line.text and change.split(" [")[1] in line.text
