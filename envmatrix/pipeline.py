@@ -4,9 +4,9 @@ The stages: the plan with its templates checked, the run directory with the reso
 the inputs, then on every host (envmatrix.schedule: one thread per host, or the local engine
 of a matrix without hosts:) its bases and images with their installed sets, then its cells;
 then the run record's images, then the report. `execute` runs them in that order, the one
-place it is written. A `Job` says how a command does each stage: `Run` for `matrix`, `run`
-and `build` (which stop after the cells or after the builds), `Lock` for `lock` (the images
-from the pins, then the lock file) and `reproduce.replay.Replay` (a run's cells again in its
+place it is written. A `Job` says how a command does each stage: `RunJob` for `matrix`, `run`
+and `build` (which stop after the cells or after the builds), `LockJob` for `lock` (the images
+from the pins, then the lock file) and `reproduce.replay.ReplayJob` (a run's cells again in its
 recorded images, on a copy of its inputs). The stages raise our exceptions (`errors`); `cli`
 maps them to exit codes. docs/architecture.md follows one cell through the stages.
 """
@@ -149,7 +149,7 @@ def execute(job: Job, progress: Progress) -> Outcome:
 
 
 @dataclass(frozen=True)
-class Run(Job):
+class RunJob(Job):
     """`matrix`, `run` and `build`: a new run of the matrix, or --resume of one."""
 
     request: Request
@@ -176,7 +176,7 @@ class Run(Job):
 
 
 @dataclass(frozen=True)
-class Lock(Run):
+class LockJob(RunJob):
     """`lock`: the images from the pins (any lock file ignored) on this machine's engine;
     `lock` then writes their installed sets beside the matrix."""
 
@@ -200,14 +200,14 @@ class Lock(Run):
 
 def run(request: Request, progress: Progress) -> Outcome:
     """`matrix`, `run`, `build`: every stage, up to `request.stop_after`."""
-    return execute(Run(request), progress)
+    return execute(RunJob(request), progress)
 
 
 def lock(request: Request, progress: Progress) -> Path:
     """`lock`: build (or reuse) the images from the pins, ignoring any lock file, read each
     installed set and write them beside the matrix. Environments left out by --only/--skip
     keep their entries of an existing lock file."""
-    outcome = execute(Lock(request), progress)
+    outcome = execute(LockJob(request), progress)
     if outcome.build_failures:
         raise BuildError("No lock written: " + "; ".join(f"{b.env_id}: {b.message}"
                                                          for b in outcome.build_failures))

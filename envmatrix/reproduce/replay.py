@@ -6,7 +6,7 @@ images; `--image ENV=REF` names another one, e.g. rebuilt from the run's lock), 
 run directory with the old plan and a byte-identical copy of the old inputs (sha256 checked),
 measures the cells (the old measure settings, interleaved rounds), writes the new run's report
 and then the comparison old (A) vs new (B) with `compare` (two runs: unpaired). Nothing is
-built or pulled. The stages are the pipeline's, in its order (`pipeline.execute`): `Replay`
+built or pulled. The stages are the pipeline's, in its order (`pipeline.execute`): `ReplayJob`
 only opens the new run from the old one, copies its inputs and hands in the chosen images.
 
 The headline says per cell, with the verdict machinery of `stats.measured_comparison` called
@@ -292,7 +292,7 @@ def headlines(old: Run, new: Run, images: Mapping[str, ChosenImage],
 
 
 @dataclass
-class Replay(pipeline.Job):
+class ReplayJob(pipeline.Job):
     """The pipeline's stages for a replay: the new run opened from the old one (its plan, the
     images chosen before any run directory), its inputs copied, its images the chosen ones,
     all on this machine's engine."""
@@ -355,7 +355,7 @@ def replay(request: Request, progress: Progress | None = None,
     # Refused before any run directory exists when an image is missing.
     chosen = choose_images(Engine.connect(), plan, resolved.run.images, request.images,
                            old.path)
-    job = Replay(request, old, resolved, plan, chosen, recorded.results, adjust)
+    job = ReplayJob(request, old, resolved, plan, chosen, recorded.results, adjust)
     ran = pipeline.execute(job, say)
     new = ran.run_dir
     # The new run as its report read it; read here only when the report stage did not run.

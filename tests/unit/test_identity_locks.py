@@ -436,7 +436,7 @@ def test_lock_command_writes_the_lock_and_keeps_other_environments(
     code = cli.main(["lock", "--matrix", str(matrix), "--only", TRIXIE, "--out",
                      str(tmp_path / "lock-run")])
     assert code == 0
-    assert [type(j) for j in jobs] == [pipeline.Lock]  # the pipeline's stages, in its order
+    assert [type(j) for j in jobs] == [pipeline.LockJob]  # the pipeline's stages, in its order
     assert capsys.readouterr().out.strip() == f"Lock: {locks.lock_path(matrix)}"
     assert [b.requirements for b in engine.builds] == [""]  # from the pins, not from the old lock
     lock = locks.load_lock(matrix)

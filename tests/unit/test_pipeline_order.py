@@ -102,7 +102,7 @@ def test_a_run_goes_through_every_stage_once_in_order(recorded: Recorder,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = spy_execute(monkeypatch)
     outcome = pipeline.run(request(stop_after="run"), Progress())
-    assert [type(j) for j in jobs] == [pipeline.Run]
+    assert [type(j) for j in jobs] == [pipeline.RunJob]
     assert recorded.calls == ["resolved", "inputs", "images", "cells", "resolved with images"]
     assert [r["status"] for r in outcome.results] == ["ok", "ok"]
     # A matrix without hosts: the local engine's work in this thread, where Ctrl-C lands.
@@ -144,7 +144,7 @@ def test_lock_is_a_job_of_the_same_order(recorded: Recorder,
     jobs = spy_execute(monkeypatch)
     with pytest.raises(FileNotFoundError, match="locks"):  # the fake builds read no sets
         pipeline.lock(request(), Progress())
-    assert [type(j) for j in jobs] == [pipeline.Lock]
+    assert [type(j) for j in jobs] == [pipeline.LockJob]
     assert recorded.calls == ["resolved", "images from the pins", "resolved with images"]
 
 

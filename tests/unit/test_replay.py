@@ -150,7 +150,7 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
     fake(monkeypatch, engine)
     jobs = spy_execute(monkeypatch)
     done = replay.replay(request(tmp_path, old, only=[f"{CANDIDATE}*"], out=tmp_path / "new"))
-    assert [type(j) for j in jobs] == [replay.Replay]  # the pipeline's stages, in its order
+    assert [type(j) for j in jobs] == [replay.ReplayJob]  # the pipeline's stages, in its order
     assert done.run_dir.path == tmp_path / "new" and not done.failed
     assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before  # untouched
     # Exactly the recorded image, the old measure settings (5 rounds), nothing built.
