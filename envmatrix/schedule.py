@@ -475,7 +475,7 @@ def _mark_unreachable(run: HostRun, run_dir: RunDir, started: str) -> None:
 def _on_disk(run_dir: RunDir, cell_id: str) -> dict[str, Any] | None:
     path = run_dir.result_path(cell_id)
     try:
-        return results.read_result(path) if path.is_file() else None
+        return results.as_document(results.read_result(path)) if path.is_file() else None
     except EnvmatrixError:
         return None
 

@@ -280,16 +280,15 @@ def write_result(run_dir: RunDir, result: ResultLike) -> Path:
     return path
 
 
-def read_result(path: Path) -> dict[str, Any]:
-    """One result file, refused (RunDirError) when it is not a result we can interpret.
+def read_result(path: Path) -> Result:
+    """One result file, refused (RunDirError) when it is not a result we can interpret."""
+    return from_json(_parsed(path), path)
 
-    A plain dict still, for the running stage and the front door that hold results as such;
-    `from_json` makes the same check and types the result.
-    """
-    doc = _parsed(path)
-    if not _is_result(doc):
-        raise _refusal(doc, path)
-    return dict(doc)
+
+def as_document(result: Result) -> dict[str, Any]:
+    """A result read back, as the plain document the running stage completes and writes
+    again (a resumed cell kept, a host's machine stamped on it): a copy, typed loosely."""
+    return dict(result)
 
 
 def from_json(doc: object, source: Path | str) -> Result:
@@ -353,7 +352,7 @@ class Identity:
 
 def reuse_check(
     run_dir: RunDir, cell: Cell, expected: Identity, image_tag: str | None = None
-) -> tuple[dict[str, Any] | None, str | None]:
+) -> tuple[Result | None, str | None]:
     """For --resume: (the cell's earlier result, None) when it is ok and still applies, else
     (None, why not); why is None when there is no earlier result at all.
 
@@ -420,7 +419,7 @@ def _tensor_shas(doc: ResultLike) -> tuple[str, ...]:
     return tuple(sorted(str((t or {}).get("sha256")) for t in fed if isinstance(t, dict)))
 
 
-def load_results(run_dir: RunDir, resolved: ResolvedPlan | None) -> list[dict[str, Any]]:
+def load_results(run_dir: RunDir, resolved: ResolvedPlan | None) -> list[Result]:
     """Every result of a run; with the resolved plan, exactly one per plan cell, in plan order.
 
     Unknown schemas raise RunDirError; stale and missing cells become `skipped` (module doc).
@@ -429,7 +428,7 @@ def load_results(run_dir: RunDir, resolved: ResolvedPlan | None) -> list[dict[st
     found = {doc["cell"]: doc for doc in map(read_result, files)}
     if resolved is None:
         return [found[key] for key in sorted(found)]
-    loaded = []
+    loaded: list[Result] = []
     for cell in resolved.plan.cells:
         doc = found.get(cell.id)
         recorded = resolved.config_hash(cell)
@@ -442,7 +441,8 @@ def load_results(run_dir: RunDir, resolved: ResolvedPlan | None) -> list[dict[st
     return loaded
 
 
-def _placeholder(cell: Cell, config_hash: str, reason: str) -> dict[str, Any]:
+def _placeholder(cell: Cell, config_hash: str, reason: str,
+                 stale: dict[str, Any] | None = None) -> Result:
     doc = _skeleton(cell.id, cell.environment.id, cell.workload.name)
     doc.update(
         status="skipped",
@@ -452,15 +452,16 @@ def _placeholder(cell: Cell, config_hash: str, reason: str) -> dict[str, Any]:
         host={"config_hash": config_hash, "exit_code": None, "oom_killed": None,
               "timed_out": None, "signal": None, "duration_s": None},
     )  # fmt: skip
-    return doc
+    if stale is not None:
+        doc["host"]["stale"] = stale
+    return from_json(doc, cell.id)
 
 
-def _stale(doc: ResultLike, cell: Cell, config_hash: str) -> dict[str, Any]:
+def _stale(doc: ResultLike, cell: Cell, config_hash: str) -> Result:
     old_hash = host_of(doc).get("config_hash")
     reason = (
         f"stale: measured with config hash {old_hash}, but the plan now says "
         f"{config_hash} (the cell's settings changed)"
     )
-    stale = _placeholder(cell, config_hash, reason)
-    stale["host"]["stale"] = {"status": doc.get("status"), "config_hash": old_hash}
-    return stale
+    return _placeholder(cell, config_hash, reason,
+                        stale={"status": doc.get("status"), "config_hash": old_hash})

@@ -322,7 +322,7 @@ def _settle_without_container(
         tag = getattr(image, "tag", None)
         kept, why = results.reuse_check(run_dir, cell, resume.of(cell, workload), tag)
         if kept is not None:
-            return kept
+            return results.as_document(kept)
         if why:
             say("resume", f"{cell.id}: measuring again: {why}")
     config_hash = (resume or Identities(plan, {})).config_hash(cell)
