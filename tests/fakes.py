@@ -3,22 +3,30 @@
 `FakeEngine` keeps an image store (ids with their facts, names pointing at ids), builds,
 pulls, pushes, saves and loads like the engine does, keeps volumes and leftover containers,
 and plays each container through a behaviour chosen by its cell. It records what a test may
-ask about afterwards. Tests configure it with keyword arguments and small behaviours; the
-real engine is exercised in tests/integration.
+ask about afterwards. Tests configure it with keyword arguments and small behaviours (the
+common ones are here: a harness that measures, a segfault, Ctrl-C); the real engine is
+exercised in tests/integration. `spy_execute` records the jobs the pipeline runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pytest
+
+from envmatrix import pipeline
 from envmatrix.errors import BuildStepError, EngineError
+from envmatrix.progress import Progress
+from envmatrix.rundir import results
 from envmatrix.running.containers import CELL_LABEL, OUT_MOUNT, ContainerSpec
 from envmatrix.running.engine import ContainerOutcome, EngineLike, ImageFacts
+from envmatrix_harness import measure as harness_measure
 
 # What one cell's container does: it gets its spec and the folder its /envmatrix/out is, writes
 # there what the harness would, and returns how the container ended (or raises as engine.run).
@@ -43,6 +51,37 @@ def outcome(code: int | None, log: str = "", *, oom: bool = False,
 def arg(spec: ContainerSpec, flag: str) -> str:
     """The value after `flag` in a container's command."""
     return spec.command[spec.command.index(flag) + 1]
+
+
+# -- behaviours: what a cell's container does --------------------------------------------------
+
+
+def harness_doc(spec: ContainerSpec, p50: float = 0.004) -> dict[str, Any]:
+    """What the harness writes for one round: one repeat per process it was asked for."""
+    reps = [{"index": i, "session_create_s": 0.2, "first_inference_s": 0.01,
+             "latencies_s": [p50 * f for f in (0.9, 1.0, 1.0, 1.1, 1.3)],
+             "measure_wall_s": 5.3 * p50, "cpu_time_s": 0.1, "peak_rss_bytes": 1 << 20}
+            for i in range(int(arg(spec, "--repeats")))]  # fmt: skip
+    return {"schema": results.SCHEMA, "status": "ok", "cell": arg(spec, "--cell"),
+            "settings": {"repeats": len(reps)}, "repeats": reps,
+            "summary": harness_measure.summarize(reps),
+            "provider": {"requested": "CPUExecutionProvider", "fallback": False}}  # fmt: skip
+
+
+def harness_ok(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+    """The harness measured: its result (and outputs when asked for) in the out folder."""
+    (out / PurePosixPath(arg(spec, "--out")).name).write_text(json.dumps(harness_doc(spec)))
+    if "--save-outputs" in spec.command:
+        (out / "outputs.npz").write_bytes(b"npz")
+    return outcome(0, "measured\n")
+
+
+def segfault(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+    return outcome(139, "Fatal Python error: Segmentation fault\n")
+
+
+def interrupt(spec: ContainerSpec, out: Path) -> ContainerOutcome:
+    raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)
@@ -263,3 +302,19 @@ class FakeEngine:
 
 
 _FAKE_IS_ENGINE_LIKE: type[EngineLike] = FakeEngine  # mypy holds the fake to the protocol
+
+
+# -- the pipeline --------------------------------------------------------------------------------
+
+
+def spy_execute(monkeypatch: pytest.MonkeyPatch) -> list[pipeline.Job]:
+    """The jobs pipeline.execute ran (it still runs them)."""
+    jobs: list[pipeline.Job] = []
+    real = pipeline.execute
+
+    def spy(job: pipeline.Job, progress: Progress) -> pipeline.Outcome:
+        jobs.append(job)
+        return real(job, progress)
+
+    monkeypatch.setattr(pipeline, "execute", spy)
+    return jobs

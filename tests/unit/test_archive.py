@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from fakeruns import plan_dict
 from fakes import FakeEngine
-from test_report_fakes import plan_dict
 
 from envmatrix import cli
 from envmatrix.reproduce import archive

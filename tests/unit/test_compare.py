@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_report_fakes import BASELINE, fake_result, make_run
+from fakeruns import BASELINE, fake_result, make_run
 
 from envmatrix import cli, errors
 from envmatrix.analysis.stats import VerdictRules

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
+from unitlib import HEAD, write
 
 from envmatrix.config import cabundle
 from envmatrix.config import load as config
@@ -19,24 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*are declared but no environmen
 
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = Path(__file__).resolve().parent / "broken"
-
-HEAD = """\
-version: 1
-bases:
-  bookworm: {image: "debian:bookworm"}
-  trixie: {image: "debian:trixie"}
-  bullseye: {image: "debian:bullseye"}
-workloads:
-  cnn: {model: "zoo:cnn"}
-build: {ca_bundle: null}
-"""
-
-
-def write(tmp_path: Path, body: str, head: str = HEAD, name: str = "matrix.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(head + textwrap.dedent(body))
-    return path
-
 
 def load(tmp_path: Path, body: str, **kwargs):
     return config.load_plan(write(tmp_path, body), **kwargs)

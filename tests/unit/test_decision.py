@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_report_fakes import CANDIDATE, fake_result
+from fakeruns import CANDIDATE, fake_result
 
 from envmatrix.analysis import decision
 from envmatrix.analysis.decision import Costs

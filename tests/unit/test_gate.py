@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
+from fakeruns import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
 from envmatrix import cli, gate, pipeline
 from envmatrix.analysis.rundata import load_run

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import test_runner as tr  # tests/unit is on sys.path: the runner tests' plan and harness
-from fakes import FakeEngine
+from fakeruns import IMAGES, make_plan, prepared, run_with_inputs
+from fakes import FakeEngine, harness_ok
 
 from envmatrix import schedule
 from envmatrix.analysis import stats
@@ -132,7 +132,7 @@ def test_the_baseline_cell_is_on_the_candidates_host(tmp_path: Path) -> None:
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> RunDir:
-    return tr.run_dir.__wrapped__(tmp_path)  # type: ignore[attr-defined]
+    return run_with_inputs(tmp_path)
 
 
 @dataclass
@@ -158,7 +158,7 @@ class FakeHostEngine(FakeEngine):
 
 
 def two_host_plan(tmp_path: Path) -> Plan:
-    plan = tr.make_plan(tmp_path)
+    plan = make_plan(tmp_path)
     machines = (Host("a"), Host("b", "tcp://127.0.0.1:1"))
     cells = spread(plan.cells, {e.id: ["a", "b"] for e in plan.environments}, machines)
     return replace(plan, cells=tuple(cells), hosts=machines)
@@ -172,7 +172,7 @@ def stages(engines: dict[str, Any], unreachable: str | None = None) -> schedule.
         return engines[host.name]
 
     def ensure(engine: Any, plan: Plan, **kw: Any) -> dict[str, Any]:
-        return {e.id: tr.IMAGES[e.id] for e in plan.environments}
+        return {e.id: IMAGES[e.id] for e in plan.environments}
 
     return schedule.Stages(connect=connect, fingerprint=lambda e: {"engine_version": "27.0",
                                                                   "cpus": 2},
@@ -188,7 +188,7 @@ def engines_for(**lost: int) -> dict[str, FakeHostEngine]:
 
 def ok_everywhere(engines: dict[str, FakeHostEngine], plan: Plan) -> None:
     for engine in engines.values():
-        engine.behaviours = {c.id: tr.harness_ok for c in plan.cells}
+        engine.behaviours = {c.id: harness_ok for c in plan.cells}
 
 
 def run_two_hosts_ok(tmp_path: Path, run_dir: RunDir
@@ -199,7 +199,7 @@ def run_two_hosts_ok(tmp_path: Path, run_dir: RunDir
     engines = engines_for()
     ok_everywhere(engines, plan)
     said: list[str] = []
-    spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir),
+    spread = schedule.run_hosts(plan, run_dir, prepared(run_dir),
                                 lambda s, m: said.append(m), stages=stages(engines))
     assert [r["status"] for r in spread.results] == ["ok"] * 4
     return plan, engines, spread, said
@@ -221,7 +221,7 @@ def test_an_unreachable_host_gets_its_own_status(tmp_path: Path, run_dir: RunDir
     plan = two_host_plan(tmp_path)
     engines = engines_for()
     ok_everywhere(engines, plan)
-    spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir), lambda s, m: None,
+    spread = schedule.run_hosts(plan, run_dir, prepared(run_dir), lambda s, m: None,
                                 stages=stages(engines, unreachable="b"))
     by_host = {r["cell"]: r for r in spread.results}
     for cell in plan.cells:
@@ -237,7 +237,7 @@ def test_a_host_lost_mid_run_settles_its_remaining_cells(tmp_path: Path,
     plan = two_host_plan(tmp_path)
     engines = engines_for(b=1)
     ok_everywhere(engines, plan)
-    spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir), lambda s, m: None,
+    spread = schedule.run_hosts(plan, run_dir, prepared(run_dir), lambda s, m: None,
                                 stages=stages(engines))
     statuses = {r["cell"]: r["status"] for r in spread.results}
     assert all(s == "ok" for c, s in statuses.items() if c.endswith("--host-a"))
@@ -261,7 +261,7 @@ def test_ctrl_c_stops_every_host(tmp_path: Path, run_dir: RunDir) -> None:
     schedule._host_main = spy  # type: ignore[assignment]
     try:
         timer.start()
-        spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir), lambda s, m: None,
+        spread = schedule.run_hosts(plan, run_dir, prepared(run_dir), lambda s, m: None,
                                     stages=stages(engines))
     finally:
         schedule._host_main = real_main  # type: ignore[assignment]
@@ -366,7 +366,7 @@ def test_inputs_that_cannot_be_copied_make_the_host_unusable(tmp_path: Path,
     engines = engines_for()
     ok_everywhere(engines, plan)
     engines["b"].fill_fails = True
-    spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir), lambda s, m: None,
+    spread = schedule.run_hosts(plan, run_dir, prepared(run_dir), lambda s, m: None,
                                 stages=stages(engines))
     lost = [r for r in spread.results if r["cell"].endswith("--host-b")]
     assert [r["status"] for r in lost] == ["host_unreachable"] * 2
@@ -382,7 +382,7 @@ def test_a_lost_remote_host_leaves_its_volume_to_the_sweep(tmp_path: Path,
     engines = engines_for(b=1)
     ok_everywhere(engines, plan)
     said: list[str] = []
-    spread = schedule.run_hosts(plan, run_dir, tr.prepared(run_dir),
+    spread = schedule.run_hosts(plan, run_dir, prepared(run_dir),
                                 lambda s, m: said.append(m), stages=stages(engines))
     assert {r["status"] for r in spread.results if r["cell"].endswith("--host-b")} == {
         "host_unreachable"}

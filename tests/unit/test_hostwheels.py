@@ -9,8 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_config import write
-from test_render import harness, make_env, make_plan  # noqa: F401 - `harness` is a fixture
+from unitlib import make_env, make_plan, write
 
 from envmatrix.config import hostwheels as wanted
 from envmatrix.config import load as config
@@ -98,7 +97,7 @@ def test_an_environment_of_unknown_python_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_hash_reads_the_requirement_lines_and_only_where_set(tmp_path: Path,
-                                                                 harness: Path) -> None:  # noqa: F811
+                                                                 harness: Path) -> None:
     env = make_env(packages=(("onnxruntime", "1.20.1"), ("torch", "2.13.0+cpu")))
 
     def render(name: str, plan_env: Environment, **kw: object) -> tuple[str, Path]:

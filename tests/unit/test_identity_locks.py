@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeEngine, outcome
-from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
+from fakeruns import BASELINE, CANDIDATE, failed_result, fake_result, make_run
+from fakes import FakeEngine, outcome, spy_execute
 
 from envmatrix import grammar
 from envmatrix.config import load as config
@@ -420,8 +420,6 @@ def test_lock_command_writes_the_lock_and_keeps_other_environments(
     matrix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_pipeline_order import spy_execute
-
     from envmatrix import cli, pipeline
     from envmatrix.running.engine import Engine
 

@@ -455,7 +455,7 @@ def test_verdicts_pair_knob_variants(tmp_path):
 
 
 def test_report_of_a_threads_axis_has_the_column_and_a_verdict_t2_against_t1(tmp_path):
-    from test_report_fakes import fake_result
+    from fakeruns import fake_result
 
     from envmatrix.rundir.layout import create_run_dir
     plan = load(tmp_path, """\

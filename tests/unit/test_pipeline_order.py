@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_runner as tr
-from fakes import FakeEngine
+from fakeruns import Built, Prepared
+from fakes import FakeEngine, harness_ok, interrupt, spy_execute
 
 from envmatrix import cli, pipeline
 from envmatrix.config import load as config
@@ -32,19 +32,6 @@ from envmatrix.running.engine import Engine
 TWO_ENVS = Path(__file__).resolve().parents[1] / "integration" / "matrices" / "two_envs.yaml"
 
 
-def spy_execute(monkeypatch: pytest.MonkeyPatch) -> list[pipeline.Job]:
-    """The jobs pipeline.execute ran (it still runs them)."""
-    jobs: list[pipeline.Job] = []
-    real = pipeline.execute
-
-    def spy(job: pipeline.Job, progress: Progress) -> pipeline.Outcome:
-        jobs.append(job)
-        return real(job, progress)
-
-    monkeypatch.setattr(pipeline, "execute", spy)
-    return jobs
-
-
 @dataclass
 class Recorder:
     calls: list[str]
@@ -57,7 +44,7 @@ def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     """Stage calls in the order they happen, through the real pipeline and scheduler."""
     shutil.copy(TWO_ENVS, tmp_path / "matrix.yaml")
     plan = config.load_plan(tmp_path / "matrix.yaml")
-    rec = Recorder([], [], FakeEngine({c.id: tr.harness_ok for c in plan.cells}))
+    rec = Recorder([], [], FakeEngine({c.id: harness_ok for c in plan.cells}))
     monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: rec.engine))
 
     def inputs(plan: Plan, run_dir: RunDir, progress: Any) -> dict[str, Any]:
@@ -66,14 +53,14 @@ def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recorder:
         folder.mkdir(parents=True)
         (folder / "model.onnx").write_bytes(b"onnx")
         (folder / "inputs.npz").write_bytes(b"npz")
-        return {"mlp": tr.Prepared(folder / "model.onnx", folder / "inputs.npz")}
+        return {"mlp": Prepared(folder / "model.onnx", folder / "inputs.npz")}
 
     def images(engine: Any, plan: Plan, *, build_dir: Path, progress: Any,
                **kw: Any) -> dict[str, Any]:
         assert engine is rec.engine and build_dir.name == "run"  # one engine: no hosts/ folder
         rec.calls.append("images" if kw.get("use_lock", True) else "images from the pins")
         rec.threads.append(threading.current_thread())
-        return {e.id: tr.Built(f"envmatrix/{e.id}:1", f"sha256:{e.id}") for e in plan.environments}
+        return {e.id: Built(f"envmatrix/{e.id}:1", f"sha256:{e.id}") for e in plan.environments}
 
     real_cells, real_resolved = runner.run_cells, pipeline.write_resolved
 
@@ -132,7 +119,7 @@ def test_the_local_engine_failing_ends_the_run(recorded: Recorder,
 
 def test_ctrl_c_in_the_cells_keeps_the_record_and_names_the_resume(recorded: Recorder) -> None:
     second = sorted(recorded.engine.behaviours)[1]
-    recorded.engine.behaviours[second] = tr.interrupt
+    recorded.engine.behaviours[second] = interrupt
     with pytest.raises(Interrupted) as stop:
         pipeline.run(request(), Progress())
     assert stop.value.hint is not None and "--resume" in stop.value.hint

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fakeruns import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
 from envmatrix.analysis import decision
 from envmatrix.analysis.rundata import RunData, load_run

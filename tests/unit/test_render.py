@@ -1,4 +1,6 @@
-"""Rendering every template path, the build context it writes, its hash, and the lint."""
+"""Rendering every template path, the build context it writes, its hash, and the lint.
+
+The `harness` folder fixture is tests/unit/conftest.py's."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from unitlib import BULLSEYE, make_env, make_plan
 
 from envmatrix.errors import ConfigError
 from envmatrix.images.render import (
@@ -14,28 +17,11 @@ from envmatrix.images.render import (
     render_dockerfile,
     render_environment,
 )
-from envmatrix.rundir.plan import Base, Bootstrap, Environment, Measure, Plan
+from envmatrix.rundir.plan import Base, Environment, Plan
 
-BULLSEYE = Base("bullseye", "debian:bullseye", "debian", Bootstrap("bullseye"))
 UBUNTU_DEADSNAKES = Base("focal-py", "ubuntu:20.04", "ubuntu", python_source="deadsnakes")
 PYTHON_IMAGE = Base("py38", "python:3.8-slim-bullseye", "debian", python_source="image")
 CUDA = Base("cuda118", "nvidia/cuda:11.8.0-runtime-ubuntu22.04", "ubuntu", cuda="11.8")
-
-PINS = (("numpy", "1.23.5"), ("onnxruntime", "1.8.0"))
-
-
-def make_env(base: Base = BULLSEYE, python: str = "system", **kw: object) -> Environment:
-    fields: dict[str, object] = {
-        "id": "env-a", "base": base, "python": python, "packages": PINS, "providers": ("cpu",),
-    }
-    fields.update(kw)
-    return Environment(**fields)  # type: ignore[arg-type]
-
-
-def make_plan(**kw: object) -> Plan:
-    return Plan(source=Path("matrix.yaml"), bases=(), environments=(), workloads=(),
-                measure=Measure(), baseline="env-a", cells=(), **kw)  # type: ignore[arg-type]
-
 
 PATHS = {
     "debian-system": make_env(),
@@ -43,17 +29,6 @@ PATHS = {
     "python-image": make_env(PYTHON_IMAGE, "3.8"),
     "cuda-ubuntu": make_env(CUDA, packages=(("onnxruntime-gpu", "1.16.3"),)),
 }
-
-
-@pytest.fixture()
-def harness(tmp_path: Path) -> Path:
-    pkg = tmp_path / "harness"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("VERSION = '1'\n")
-    (pkg / "__main__.py").write_text("print('hi')\n")
-    (pkg / "__pycache__").mkdir()
-    (pkg / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
-    return pkg
 
 
 def final_stage(text: str) -> str:

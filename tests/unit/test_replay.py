@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import Behaviour, FakeEngine, arg, outcome
-from test_pipeline_order import spy_execute
-from test_report_fakes import BASELINE, CANDIDATE, fake_result, make_run
+from fakeruns import BASELINE, CANDIDATE, fake_result, make_run
+from fakes import Behaviour, FakeEngine, arg, outcome, spy_execute
 
 from envmatrix import cli
 from envmatrix.analysis.stats import FASTER, SLOWER, UNCHANGED, VerdictRules

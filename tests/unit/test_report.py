@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report_fakes import BASELINE, CANDIDATE, failed_result, fake_result, make_run
+from fakeruns import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
 from envmatrix.analysis.stats import VerdictRules
 from envmatrix.report.build import build_report

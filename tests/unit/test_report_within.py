@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from test_report_fakes import BASELINE, CANDIDATE, fake_result, make_run
+from fakeruns import BASELINE, CANDIDATE, fake_result, make_run
 
 from envmatrix import gate
 from envmatrix.analysis.rundata import load_run

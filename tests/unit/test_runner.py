@@ -1,7 +1,8 @@
 """Runner logic with a fake engine: least-privilege specs, failure isolation, interrupt, resume.
 
 The real engine and harness are exercised in tests/integration/test_runner*.py; here a fake
-`run` plays the container's part by writing what a harness would into the scratch folder.
+`run` plays the container's part by writing what a harness would into the scratch folder
+(tests/fakes.py's behaviours; the plan, images and inputs are tests/fakeruns.py's).
 """
 
 from __future__ import annotations
@@ -10,107 +11,27 @@ import hashlib
 import json
 import re
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-from fakes import Behaviour, FakeEngine, arg, outcome
+from fakeruns import IMAGES, MEASURE, Built, Failed, Prepared, make_plan, prepared, run_with_inputs
+from fakes import Behaviour, FakeEngine, arg, harness_doc, harness_ok, interrupt, outcome, segfault
 
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, GpuUnavailableError
-from envmatrix.rundir import results
-from envmatrix.rundir.layout import RunDir, create_run_dir
-from envmatrix.rundir.plan import Base, Cell, Environment, Measure, Plan, Workload
+from envmatrix.rundir.layout import RunDir
+from envmatrix.rundir.plan import Cell, Measure
 from envmatrix.running import containers, runner
 from envmatrix.running.containers import ContainerSpec
 from envmatrix.running.engine import ContainerOutcome
 from envmatrix_harness import measure as harness_measure
 
 
-@dataclass(frozen=True)
-class Built:
-    tag: str
-    image_id: str
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-    log_tail: str
-
-
-@dataclass(frozen=True)
-class Prepared:
-    model_path: Path
-    inputs_path: Path
-    torchscript_path: Path | None = None
-
-
-def harness_doc(spec: ContainerSpec, p50: float = 0.004) -> dict[str, Any]:
-    """What the harness writes for one round: one repeat per process it was asked for."""
-    reps = [{"index": i, "session_create_s": 0.2, "first_inference_s": 0.01,
-             "latencies_s": [p50 * f for f in (0.9, 1.0, 1.0, 1.1, 1.3)],
-             "measure_wall_s": 5.3 * p50, "cpu_time_s": 0.1, "peak_rss_bytes": 1 << 20}
-            for i in range(int(arg(spec, "--repeats")))]  # fmt: skip
-    return {"schema": results.SCHEMA, "status": "ok", "cell": arg(spec, "--cell"),
-            "settings": {"repeats": len(reps)}, "repeats": reps,
-            "summary": harness_measure.summarize(reps),
-            "provider": {"requested": "CPUExecutionProvider", "fallback": False}}  # fmt: skip
-
-
-def harness_ok(spec: ContainerSpec, out: Path) -> ContainerOutcome:
-    (out / PurePosixPath(arg(spec, "--out")).name).write_text(json.dumps(harness_doc(spec)))
-    if "--save-outputs" in spec.command:
-        (out / "outputs.npz").write_bytes(b"npz")
-    return outcome(0, "measured\n")
-
-
-def segfault(spec: ContainerSpec, out: Path) -> ContainerOutcome:
-    return outcome(139, "Fatal Python error: Segmentation fault\n")
-
-
-def interrupt(spec: ContainerSpec, out: Path) -> ContainerOutcome:
-    raise KeyboardInterrupt
-
-
-MEASURE = Measure(warmup=2, min_iterations=5, min_time_s=0.25, repeats=2, threads=1,
-                  cpuset="1", timeout_s=30, memory_limit="512m", pids_limit=64)  # fmt: skip
-
-
-def make_plan(tmp_path: Path, providers: tuple[str, ...] = ("cpu",)) -> Plan:
-    base = Base(name="bullseye", image="debian:bullseye", family="debian")
-    envs = tuple(
-        Environment(id=f"env{v}", base=base, python="system",
-                    packages=(("onnxruntime", v),), providers=("cpu", "openvino"))
-        for v in ("1.8.0", "1.16.0")
-    )  # fmt: skip
-    wl = Workload(name="cnn", model="zoo:cnn")
-    cells = tuple(
-        Cell(id=f"{e.id}--cnn--{p}", environment=e, workload=wl, provider=p,
-             provider_options=(("device_type", "CPU"),) if p == "openvino" else ())
-        for e in envs for p in providers
-    )  # fmt: skip
-    return Plan(source=tmp_path / "matrix.yaml", bases=(base,), environments=envs,
-                workloads=(wl,), measure=MEASURE, baseline=envs[0].id, cells=cells)  # fmt: skip
-
-
 @pytest.fixture
 def run_dir(tmp_path: Path) -> RunDir:
-    run = create_run_dir(tmp_path / "reports", "r1")
-    (run.inputs_dir / "cnn").mkdir()
-    (run.inputs_dir / "cnn" / "model.onnx").write_bytes(b"onnx")
-    (run.inputs_dir / "cnn" / "inputs.npz").write_bytes(b"npz")
-    return run
-
-
-def prepared(run: RunDir) -> dict[str, Prepared]:
-    folder = run.inputs_dir / "cnn"
-    return {"cnn": Prepared(folder / "model.onnx", folder / "inputs.npz")}
-
-
-IMAGES = {"env1.8.0": Built("envmatrix/env1.8.0:aa", "sha256:aa"),
-          "env1.16.0": Built("envmatrix/env1.16.0:bb", "sha256:bb")}  # fmt: skip
+    return run_with_inputs(tmp_path)
 
 
 def test_harness_command_carries_every_setting() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_report_fakes import BASELINE, CANDIDATE, fake_result, plan_cell, typed_plan
+from fakeruns import BASELINE, CANDIDATE, fake_result, plan_cell, typed_plan
 
 from envmatrix import grammar
 from envmatrix.analysis import stats

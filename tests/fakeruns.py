@@ -1,4 +1,6 @@
-"""Realistic fake results and run directories for the report tests (and tests of the fakes).
+"""Fake runs: the results and run directories a finished run leaves (for the report, compare,
+gate and replay tests), and the plan, images and inputs the runner is handed (for the runner,
+scheduler and pipeline tests). Tests of the fakes themselves: tests/unit/test_fakes.py.
 
 A fake cell draws per-process p50s around a true p50 with a chosen spread across processes
 (CV), then per-iteration latencies from a lognormal around each process's p50: the shape
@@ -8,15 +10,17 @@ real measurements have (docs/result-schema.md; shared/ENVIRONMENT.md's noise fig
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from envmatrix.analysis.stats import check_validity
-from envmatrix.rundir.layout import create_run_dir
-from envmatrix.rundir.plan import Cell, Plan, plan_from_dict
+from envmatrix.rundir.layout import RunDir, create_run_dir
+from envmatrix.rundir.plan import Base, Cell, Environment, Measure, Plan, Workload, plan_from_dict
+
+# -- results and run directories, as a finished run leaves them -------------------------------
 
 BASELINE = "bullseye-ort1.8.0"
 CANDIDATE = "bookworm-ort1.20.1"
@@ -42,7 +46,7 @@ def fake_result(
     env, workload, _prov = cell.split("--")
     rng = np.random.default_rng(seed)
     packages = packages or {"onnxruntime": "1.8.0", "numpy": "1.21.6"}
-    reps = []
+    reps: list[dict[str, Any]] = []
     for i in range(repeats):
         proc_p50 = p50 * float(np.exp(rng.normal(0.0, cv)))
         lat = proc_p50 * np.exp(rng.normal(0.0, 0.05, size=iterations))
@@ -135,17 +139,76 @@ def make_run(root: Path, results: list[dict[str, Any]],
     for res in results:
         (run.results_dir / f"{res['cell']}.json").write_text(json.dumps(res))
     for cell, arrays in (outputs or {}).items():
-        np.savez(run.outputs_dir / f"{cell}.npz", **arrays)
+        named: dict[str, Any] = dict(arrays)  # savez's own keywords are typed apart
+        np.savez(run.outputs_dir / f"{cell}.npz", **named)
     return run.path
 
 
-def test_fake_result_is_valid_and_has_the_asked_p50() -> None:
-    res = fake_result(f"{BASELINE}--cnn--cpu", p50=0.004, cv=0.0)
-    assert check_validity(res).valid
-    assert abs(res["summary"]["latency_s"]["p50"] - 0.004) / 0.004 < 0.01
+
+# -- a plan, its images and its inputs, as the runner is handed them --------------------------
 
 
-def test_failed_result_is_invalid_with_its_status() -> None:
-    verdict = check_validity(failed_result(f"{BASELINE}--cnn--cpu"))
-    assert not verdict.valid
-    assert "build_failed" in verdict.reasons[0]
+@dataclass(frozen=True)
+class Built:
+    """An environment whose image was built."""
+
+    tag: str
+    image_id: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An environment whose image failed to build."""
+
+    message: str
+    log_tail: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A workload's prepared inputs."""
+
+    model_path: Path
+    inputs_path: Path
+    torchscript_path: Path | None = None
+
+
+MEASURE = Measure(warmup=2, min_iterations=5, min_time_s=0.25, repeats=2, threads=1,
+                  cpuset="1", timeout_s=30, memory_limit="512m", pids_limit=64)  # fmt: skip
+
+
+def make_plan(tmp_path: Path, providers: tuple[str, ...] = ("cpu",)) -> Plan:
+    """Two environments (onnxruntime 1.8.0 and 1.16.0) times workload cnn times `providers`."""
+    base = Base(name="bullseye", image="debian:bullseye", family="debian")
+    envs = tuple(
+        Environment(id=f"env{v}", base=base, python="system",
+                    packages=(("onnxruntime", v),), providers=("cpu", "openvino"))
+        for v in ("1.8.0", "1.16.0")
+    )  # fmt: skip
+    wl = Workload(name="cnn", model="zoo:cnn")
+    cells = tuple(
+        Cell(id=f"{e.id}--cnn--{p}", environment=e, workload=wl, provider=p,
+             provider_options=(("device_type", "CPU"),) if p == "openvino" else ())
+        for e in envs for p in providers
+    )  # fmt: skip
+    return Plan(source=tmp_path / "matrix.yaml", bases=(base,), environments=envs,
+                workloads=(wl,), measure=MEASURE, baseline=envs[0].id, cells=cells)  # fmt: skip
+
+
+IMAGES = {"env1.8.0": Built("envmatrix/env1.8.0:aa", "sha256:aa"),
+          "env1.16.0": Built("envmatrix/env1.16.0:bb", "sha256:bb")}  # fmt: skip
+
+
+def run_with_inputs(tmp_path: Path) -> RunDir:
+    """Run r1 under tmp_path/reports with workload cnn's model and inputs in place."""
+    run = create_run_dir(tmp_path / "reports", "r1")
+    (run.inputs_dir / "cnn").mkdir()
+    (run.inputs_dir / "cnn" / "model.onnx").write_bytes(b"onnx")
+    (run.inputs_dir / "cnn" / "inputs.npz").write_bytes(b"npz")
+    return run
+
+
+def prepared(run: RunDir) -> dict[str, Prepared]:
+    """What the inputs stage hands on for run_with_inputs's run."""
+    folder = run.inputs_dir / "cnn"
+    return {"cnn": Prepared(folder / "model.onnx", folder / "inputs.npz")}
