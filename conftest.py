@@ -5,8 +5,10 @@ skips the tests that need it, with the reason. In CI those skips would let a gre
 that the cross-version harness tests, the TorchScript tests or the engine tests never ran, so
 there every skip is turned into a failure that carries the skip's own reason.
 
-It also puts tests/ on sys.path, for the helpers every test folder shares (tests/testlib.py,
-tests/fakes.py).
+It also puts tests/ on sys.path, for the helpers every test folder shares: tests/testlib.py
+(in_ci, this checkout's CLI in a subprocess), tests/fakes.py (the one fake engine and its
+containers) and tests/fakeruns.py (fake results, runs and plans). No test module is imported
+by another.
 """
 
 from __future__ import annotations
