@@ -29,6 +29,7 @@ missing on one side.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +86,13 @@ def tolerance_for(dtype: np.dtype, scale: float) -> tuple[float, float]:
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    # Exactly rounded sums (math.fsum) rather than BLAS's dot and norm: their last digit
+    # depends on the BLAS kernel (OPENBLAS_CORETYPE), so a report rebuilt on another machine
+    # would not be byte for byte the one written; elementwise products are exact IEEE anywhere.
+    na, nb = math.sqrt(math.fsum((a * a).tolist())), math.sqrt(math.fsum((b * b).tolist()))
     if na == 0.0 or nb == 0.0:
         return 1.0 if na == nb else 0.0
-    return float(np.dot(a, b) / (na * nb))
+    return math.fsum((a * b).tolist()) / (na * nb)
 
 
 def _worst(base: np.ndarray, cand: np.ndarray, excess: np.ndarray) -> tuple[Offender, ...]:
