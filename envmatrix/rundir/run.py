@@ -16,7 +16,7 @@ from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, open_run_dir
 from envmatrix.rundir.plan import Plan, ResolvedPlan, RunRecord
 from envmatrix.rundir.resultfile import Result
-from envmatrix.rundir.results import from_json, load_results
+from envmatrix.rundir.results import load_results
 from envmatrix.rundir.rounds import RoundsFile, read_rounds
 
 
@@ -56,8 +56,5 @@ def load_run(where: Path | RunDir) -> Run:
     """
     run_dir = where if isinstance(where, RunDir) else open_run_dir(where)
     resolved = planfile.read_resolved(run_dir.resolved_path)
-    results = {}
-    for doc in load_results(run_dir, resolved):
-        result = from_json(doc, run_dir.result_path(str(doc["cell"])))
-        results[result["cell"]] = result
+    results = {result["cell"]: result for result in load_results(run_dir, resolved)}
     return Run(run_dir, resolved, results, read_rounds(run_dir))
