@@ -376,6 +376,6 @@ def write_report(run_dir: RunDir, progress: Progress,
     progress("report", str(run_dir.path))
     run = load_run(run_dir)  # read once: its plan's verdict settings, then its analysis
     settings = gate.verdict_settings(run.plan.verdict, overrides or gate.Overrides())
-    data = analyze(run, stats.rules_for(settings))
+    data = analyze(run, stats.rules_for(settings, run.plan.measure))
     report.write_report_files(data)
     return data

@@ -32,6 +32,7 @@ from envmatrix.analysis.stats import (
     rules_for,
     run_verdicts,
 )
+from envmatrix.analysis.stopping import within_cell_groups
 from envmatrix.rundir import run as rundir_run
 from envmatrix.rundir.idwords import knob_names, knob_values
 from envmatrix.rundir.layout import RunDir
@@ -100,7 +101,7 @@ def analyze(run: Run, rules: VerdictRules | None = None) -> RunData:
     """
     results = run.results
     data = RunData(run, run.run_dir, run.plan, run.record, results,
-                   rules or rules_for(run.plan.verdict))
+                   rules or rules_for(run.plan.verdict, run.plan.measure))
     data.validity = {cid: check_validity(r, data.rules) for cid, r in results.items()}
     data.verdicts = run_verdicts(data.plan, results, data.rules)
     data.costs = {cid: cell_costs(r) for cid, r in results.items()}
@@ -121,10 +122,8 @@ BATCH_DIFFERS = "batch differs"  # CellParity.reason of cells whose outputs are 
 
 def within_groups(data: RunData) -> list[WithinGroup]:
     """Every (environment, network, host) with two or more cells, in plan order."""
-    groups: dict[tuple[str, str, str | None], list[Cell]] = {}
-    for c in data.cells:
-        groups.setdefault((c.environment.id, c.workload.network_name, c.host), []).append(c)
-    return [_within_group(data, key, cells) for key, cells in groups.items() if len(cells) > 1]
+    return [_within_group(data, key, cells)
+            for key, cells in within_cell_groups(data.cells).items()]
 
 
 def _within_group(data: RunData, key: tuple[str, str, str | None],

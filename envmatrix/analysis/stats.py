@@ -34,16 +34,16 @@ that the number, the interval and the verdict visibly come from the same estimat
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from envmatrix.analysis import sequential
 from envmatrix.grammar import version_mismatches
-from envmatrix.rundir.plan import Cell, Plan, VerdictSettings
+from envmatrix.rundir.plan import Cell, Measure, Plan, VerdictSettings
 from envmatrix.rundir.resultfile import (
     Provider,
     Repeat,
@@ -60,8 +60,13 @@ from envmatrix.rundir.resultfile import (
 
 FASTER = "faster"
 SLOWER = "slower"
-UNCHANGED = "no significant change"
+EQUIVALENT = "equivalent"  # the interval lies inside +-equivalence
+INCONCLUSIVE = "inconclusive"  # none of the above at the end of the budget
 INVALID = "invalid"
+SETTLED = (FASTER, SLOWER, EQUIVALENT)  # a comparison with one of these may stop measuring
+# Per-comparison error rate (each interval holds alpha) or per-run (Holm across the run's
+# verdicts against the baseline): VerdictSettings.error_rate.
+PER_COMPARISON, PER_RUN = "comparison", "run"
 NOISY_PREFIX = "noisy:"  # how the noise warning of `check_validity` starts
 
 # How a comparison was made (Verdict.method, RatioCI.method).
@@ -78,35 +83,58 @@ _LOG_EPS = 1e-12
 
 @dataclass(frozen=True)
 class VerdictRules:
-    """The knobs of the verdict; defaults justified by benchmarks/sensitivity.py."""
+    """The knobs of the verdict (VerdictSettings and the plan's Measure); defaults justified
+    by benchmarks/sensitivity.py."""
 
-    # Kept for callers that print it: the verdict's level is the interval's, 1 - confidence.
+    # The error rate of the intervals, all looks together (sequential.design).
     alpha: float = 0.05
-    # Changes smaller than this are reported as "no significant change" even when the
-    # interval excludes no change: two measurements of one unchanged image drift apart
-    # systematically (other moments, other processes). Applied symmetrically on the log
-    # scale: slower above 1 + min_effect, faster below 1 / (1 + min_effect).
+    # Changes smaller than this are not called faster or slower even when the interval
+    # excludes no change: two measurements of one unchanged image drift apart systematically
+    # (other moments, other processes). Applied symmetrically on the log scale: slower above
+    # 1 + min_effect, faster below 1 / (1 + min_effect).
     min_effect: float = 0.02
+    # "equivalent" when the interval lies inside [1 / (1 + equivalence), 1 + equivalence].
+    equivalence: float = 0.05
     cv_warn: float = 0.05  # noise warning when the repeats' p50s spread more than this
     # A warning when the requested execution provider ran less than this share of the
     # compute nodes (profiled placement; 1.0: every compute node on the requested provider).
     min_node_share: float = 1.0
-    confidence: float = 0.95  # level of the bootstrap intervals, and so of the verdict
-    n_boot: int = 2000
-    seed: int = 0
-    # Unused since verdicts work on per-process statistics; kept so old callers still build.
-    max_points_per_repeat: int = 400
+    confidence: float = 0.95  # 1 - alpha: the level printed with the intervals
+    # The planned looks: every `look_every` rounds up to `budget` (the plan's rounds); None:
+    # one look at whatever rounds the comparison has (a fixed budget, or an unknown plan).
+    budget: int | None = None
+    look_every: int | None = None
+    error_rate: str = PER_COMPARISON
 
     @property
     def level_alpha(self) -> float:
         """Two-sided error rate of the interval that decides: 1 - confidence."""
         return 1.0 - self.confidence
 
+    def at_level(self, alpha: float) -> VerdictRules:
+        """The same rules at another error rate (Holm's per-comparison levels)."""
+        return replace(self, alpha=alpha, confidence=1.0 - alpha)
 
-def rules_for(settings: VerdictSettings) -> VerdictRules:
-    """The rules of a plan's `verdict:` settings: alpha sets the level of the intervals."""
+    def design_for(self, n: int) -> tuple[sequential.Design, tuple[int, ...]]:
+        """The design a paired comparison with n shared rounds is read with, and its looks
+        up to n. The design is the plan's (its looks fixed before any data); a comparison
+        that holds fewer rounds than the first look (or an unknown plan) gets one look at n."""
+        if self.budget is not None and n <= self.budget:
+            looks = sequential.looks_for(self.budget, self.look_every)
+            upto = tuple(look for look in looks if look <= n)
+            if upto:
+                return sequential.design(looks, self.level_alpha), upto
+        return sequential.design((max(n, 1),), self.level_alpha), (max(n, 1),)
+
+
+def rules_for(settings: VerdictSettings, measure: Measure | None = None) -> VerdictRules:
+    """The rules of a plan's `verdict:` settings and, for the looks, its `measure:`."""
+    budget = measure.round_count if measure is not None else None
+    every = measure.look_every if measure is not None and measure.adaptive else None
     return VerdictRules(alpha=settings.alpha, min_effect=settings.min_effect,
-                        confidence=1.0 - settings.alpha, min_node_share=settings.min_node_share)
+                        equivalence=settings.equivalence, confidence=1.0 - settings.alpha,
+                        min_node_share=settings.min_node_share, budget=budget,
+                        look_every=every, error_rate=settings.error_rate)
 
 
 @dataclass(frozen=True)
@@ -120,8 +148,9 @@ class Validity:
 class RatioCI:
     """candidate / baseline for one metric: the estimate, its interval and what they say.
 
-    `base` and `cand` are the two cells' points (`point_value`): cand / base == ratio. low and
-    high are NaN when there were too few units for an interval; then verdict is UNCHANGED.
+    `base` and `cand` are the two cells' points: cand / base == ratio. low and high are
+    infinite when there were too few units for an interval (the verdict is inconclusive), NaN
+    when a side has no usable value.
     """
 
     metric: str
@@ -130,11 +159,18 @@ class RatioCI:
     high: float
     base: float | None = None
     cand: float | None = None
-    verdict: str | None = None  # FASTER | SLOWER | UNCHANGED (decide_interval)
+    verdict: str | None = None  # FASTER | SLOWER | EQUIVALENT | INCONCLUSIVE (decide_interval)
     method: str | None = None  # PAIRED | UNPAIRED
-    n_base: int | None = None  # units used: rounds (paired: shared rounds) or processes
+    n_base: int | None = None  # units used: rounds at the deciding look (paired) or all units
     n_cand: int | None = None
-    p_value: float | None = None  # bootstrap two-sided p: < 1 - confidence iff 1 is outside
+    look: int | None = None  # paired: the rounds at the look that decided
+    planned: int | None = None  # paired: the most rounds the plan allowed (None: unknown)
+    # Per-run error rate only: the smallest alpha at which this interval excludes 1 (Holm).
+    p_value: float | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.verdict in SETTLED
 
 
 @dataclass(frozen=True)
@@ -144,9 +180,9 @@ class Verdict:
     environment: str
     workload: str
     provider: str
-    verdict: str  # FASTER | SLOWER | UNCHANGED | INVALID (from p50)
+    verdict: str  # FASTER | SLOWER | EQUIVALENT | INCONCLUSIVE | INVALID (decided_by's)
     ratios: dict[str, RatioCI] = field(default_factory=dict)
-    p_value: float | None = None  # p50's bootstrap p-value (supplementary)
+    p_value: float | None = None  # per-run error rate only: the deciding metric's (Holm)
     reasons: tuple[str, ...] = ()  # why invalid
     notes: tuple[str, ...] = ()  # e.g. "compared with the baseline's cpu cell", noise
     method: str | None = None  # PAIRED | UNPAIRED; None when no test ran (invalid)
@@ -392,47 +428,33 @@ def placement_warning(result: ResultLike, min_share: float = 1.0,
 
 
 def min_rounds_for(alpha: float) -> int:
-    """Fewest shared rounds from which a paired bootstrap interval may decide, at `alpha`.
-
-    A percentile bootstrap has no floor of its own: when all n per-round ratios lie on one
-    side of 1, every resample does too and the interval excludes 1, with 2 rounds as with
-    20. Under no change that happens with probability 2 / 2**n (50% with 2 rounds, 6% with
-    5), and the nearly unanimous patterns add about as much again twice over: simulated
-    (docs/report.md), the false-positive rate is 25% at 3 rounds, 6-7% at 5-7, at or below
-    alpha from 8. So: the smallest n with 2 / 2**n <= alpha / 4 (8 at alpha 0.05).
-    """
-    n = 1
-    while 2.0 / 2**n > alpha / 4.0:
-        n += 1
-    return n
+    """Fewest rounds from which one look's paired interval can be finite at `alpha`: the
+    smallest n with 2 / 2**n <= alpha (6 at 0.05; sequential.fewest_units). Fewer rounds
+    than that, or than the design's first finite look, end "inconclusive" (too few rounds)."""
+    return sequential.fewest_units(alpha)
 
 
 def min_repeats_for(alpha: float) -> int:
-    """Fewest units a side from which an unpaired bootstrap interval may decide, at `alpha`.
-
-    The unpaired counterpart of `min_rounds_for`: when the n candidate units all lie below
-    (or above) the n baseline units, probability 2 / C(2n, n) under no change, every resample
-    of the two medians is ordered the same way. Simulated, the false-positive rate is 10% at
-    3 a side, 7% at 4, 4% at 5. So: the smallest n with 2 / C(2n, n) <= alpha / 4 (5 at 0.05).
-    """
+    """Fewest units a side from which the unpaired (Mann-Whitney) interval can be finite at
+    `alpha`: the smallest n with 2 / C(2n, n) <= alpha (4 at 0.05)."""
     n = 1
-    while 2.0 / math.comb(2 * n, n) > alpha / 4.0:
+    while 2.0 / math.comb(2 * n, n) > alpha:
         n += 1
     return n
 
 
 def too_few_note(method: str, n_base: int, n_cand: int,
                  rules: VerdictRules | None = None) -> str | None:
-    """Why a comparison with these unit counts has no interval or verdict; None when it has."""
+    """Why a comparison with these unit counts has no finite interval; None when it has."""
     rules = rules or VerdictRules()
-    alpha = rules.level_alpha
     if method == PAIRED:
-        need = min_rounds_for(alpha)
-        if min(n_base, n_cand) < need:
-            return (f"too few rounds for its test: {min(n_base, n_cand)} shared rounds, a "
-                    f"paired interval at {rules.confidence:.0%} needs {need}")
-        return None
-    need = min_repeats_for(alpha)
+        n = min(n_base, n_cand)
+        look_design, looks = rules.design_for(n)
+        if any(look_design.rank_at(look) for look in looks):
+            return None
+        return (f"too few rounds for its test: {n} shared rounds, a paired interval at "
+                f"{rules.confidence:.0%} needs {min_rounds_for(rules.level_alpha)}")
+    need = min_repeats_for(rules.level_alpha)
     if min(n_base, n_cand) < need:
         return (f"too few rounds for its test: {n_base} vs {n_cand} rounds (or processes), an "
                 f"unpaired interval at {rules.confidence:.0%} needs at least {need} per side")
@@ -440,92 +462,86 @@ def too_few_note(method: str, n_base: int, n_cand: int,
 
 
 def decide_interval(estimate: float, low: float, high: float, min_effect: float,
-                    higher_is_better: bool = False) -> str:
+                    higher_is_better: bool = False, margin: float | None = None) -> str:
     """The verdict word, a pure function of the estimate and its interval.
 
     Slower: the whole interval above 1 and the estimate above 1 + min_effect. Faster: the
     whole interval below 1 and the estimate below 1 / (1 + min_effect), the same factor the
-    other way, so that swapping baseline and candidate swaps the two words. Else (NaN
-    included) no significant change. For a metric where more is better (throughput) the two
-    words trade places.
+    other way, so that swapping baseline and candidate swaps the two words. Equivalent: the
+    whole interval inside [1 / (1 + margin), 1 + margin]. Else (NaN or an infinite interval
+    included) inconclusive. For a metric where more is better (throughput) faster and slower
+    trade places.
     """
     up, down = (FASTER, SLOWER) if higher_is_better else (SLOWER, FASTER)
     if low > 1.0 and estimate > 1.0 + min_effect:
         return up
     if high < 1.0 and estimate < 1.0 / (1.0 + min_effect):
         return down
-    return UNCHANGED
+    if margin is not None and low >= 1.0 / (1.0 + margin) and high <= 1.0 + margin:
+        return EQUIVALENT
+    return INCONCLUSIVE
 
 
-def comparison_rng(rules: VerdictRules, base_id: str, cand_id: str) -> np.random.Generator:
-    """A generator that depends only on the rules' seed and the pair of cells compared."""
-    first, second = sorted((base_id, cand_id))
-    digest = hashlib.sha256(f"{rules.seed}\0{first}\0{second}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+def below_min_effect(ci: RatioCI, min_effect: float) -> bool:
+    """Does the interval exclude no change while the estimate is within the minimum effect?
+    ("+1.1%, below the 2% that counts")."""
+    excludes = ci.low > 1.0 or ci.high < 1.0
+    return excludes and 1.0 / (1.0 + min_effect) <= ci.ratio <= 1.0 + min_effect
 
 
-def draw_units(rules: VerdictRules, base_id: str, cand_id: str, n_base: int, n_cand: int,
-               paired: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Bootstrap resamples of unit indices, (n_boot, n) for each side.
+def _looked(metric: str, logs: np.ndarray, rules: VerdictRules) -> tuple[float, float, float,
+                                                                          str, int]:
+    """The paired sequential procedure on per-round log ratios in round order: at each planned
+    look (sequential.design), the median and the order-statistic interval of the rounds so far;
+    the first look whose verdict is settled decides, else the last. (log estimate, log low,
+    log high, word, rounds at that look)."""
+    look_design, looks = rules.design_for(logs.size)
+    better = metric in HIGHER_IS_BETTER
+    for look in looks:
+        part = logs[:look]
+        est = float(np.median(part))
+        low, high = sequential.sign_interval(part, look_design.rank_at(look))
+        word = decide_interval(math.exp(est), math.exp(low), math.exp(high), rules.min_effect,
+                               better, rules.equivalence)
+        if word in SETTLED:
+            break
+    return est, low, high, word, look
 
-    Paired: the same round indices for both. Unpaired: independent, drawn in the order of the
-    sorted cell ids, so that swapping baseline and candidate gives each cell the same draws.
-    """
-    rng = comparison_rng(rules, base_id, cand_id)
-    if paired:
-        picks = rng.integers(0, n_base, size=(rules.n_boot, n_base))
-        return picks, picks
-    if cand_id < base_id:
-        cand_picks = rng.integers(0, n_cand, size=(rules.n_boot, n_cand))
-        return rng.integers(0, n_base, size=(rules.n_boot, n_base)), cand_picks
-    base_picks = rng.integers(0, n_base, size=(rules.n_boot, n_base))
-    return base_picks, rng.integers(0, n_cand, size=(rules.n_boot, n_cand))
 
-
-def ratio_ci(metric: str, base_units: np.ndarray, cand_units: np.ndarray,
-             picks: tuple[np.ndarray, np.ndarray] | None, method: str,
+def ratio_ci(metric: str, base_units: np.ndarray, cand_units: np.ndarray, method: str,
              rules: VerdictRules) -> RatioCI:
-    """The point of each side, their ratio, its percentile bootstrap interval and the verdict.
+    """The point of each side, their ratio, its interval and the verdict (module docstring).
 
-    base_units and cand_units are the units' values (paired: in the same round order); picks
-    come from `draw_units`, None when there are too few units (`too_few_note`): then the
-    interval is NaN and the verdict "no significant change".
+    Paired: base_units and cand_units in the same round order; the sequential looks decide
+    (`_looked`) and the points are over the deciding look's rounds. Unpaired: the
+    Hodges-Lehmann ratio and its Mann-Whitney interval over every unit. Either way the
+    candidate's point is the baseline's times the ratio, so the two points divide to it.
     """
-    base_pt, cand_pt = float(np.median(base_units)), float(np.median(cand_units))
-    ok = base_pt > 0 and cand_pt > 0 and math.isfinite(base_pt) and math.isfinite(cand_pt)
-    ratio = cand_pt / base_pt if ok else float("nan")
-    paired = method == PAIRED and ok and base_units.size == cand_units.size
+    base_units = np.asarray(base_units, dtype=float)
+    cand_units = np.asarray(cand_units, dtype=float)
+    ok = (base_units.size > 0 and cand_units.size > 0 and bool(np.all(base_units > 0))
+          and bool(np.all(cand_units > 0)) and bool(np.all(np.isfinite(base_units)))
+          and bool(np.all(np.isfinite(cand_units))))
+    paired = method == PAIRED and base_units.size == cand_units.size
+    if not ok:
+        return RatioCI(metric, float("nan"), float("nan"), float("nan"), verdict=INCONCLUSIVE,
+                       method=method, n_base=int(base_units.size), n_cand=int(cand_units.size))
     if paired:
-        # The median of the per-round log ratios: the machine's drift from round to round
-        # hits both cells of a round alike and cancels in each ratio, which a ratio of the
-        # two medians does not (benchmarks/sensitivity.py: at 20 rounds with the runtime's
-        # default threads, 71% against 34% of 5% slowdowns found). The candidate's point is
-        # then the baseline's times that ratio: its p50 corrected for the baseline's drift,
-        # so the two points still divide exactly to the change.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_ratios = np.log(cand_units) - np.log(base_units)
-        ratio = float(np.exp(np.median(log_ratios)))
-        cand_pt = base_pt * ratio
-    low = high = float("nan")
-    p_value = None
-    if picks is not None and ok:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if paired:
-                boot = np.median(log_ratios[picks[0]], axis=1)
-            else:
-                boot = (np.log(np.median(cand_units[picks[1]], axis=1))
-                        - np.log(np.median(base_units[picks[0]], axis=1)))
-        boot = np.sort(boot)
-        n = boot.size
-        # k resamples excluded in each tail; the interval excludes 1 exactly when p < alpha.
-        k = max(math.ceil(rules.level_alpha * n / 2.0 - 1e-9) - 1, 0)
-        low, high = float(np.exp(boot[k])), float(np.exp(boot[n - 1 - k]))
-        below, above = int(np.sum(boot <= 0.0)), int(np.sum(boot >= 0.0))
-        p_value = min(1.0, 2.0 * min(below, above) / n)
-    word = decide_interval(ratio, low, high, rules.min_effect, metric in HIGHER_IS_BETTER)
-    return RatioCI(metric, ratio, low, high, base=base_pt, cand=cand_pt, verdict=word,
-                   method=method, n_base=int(base_units.size), n_cand=int(cand_units.size),
-                   p_value=p_value)
+        est, low, high, word, look = _looked(metric, np.log(cand_units) - np.log(base_units),
+                                             rules)
+        base_pt = float(np.median(base_units[:look]))
+        n_base = n_cand = look
+    else:
+        est, low, high = sequential.shift_interval(np.log(base_units), np.log(cand_units),
+                                                   rules.level_alpha)
+        word = decide_interval(math.exp(est), math.exp(low), math.exp(high), rules.min_effect,
+                               metric in HIGHER_IS_BETTER, rules.equivalence)
+        base_pt = float(np.median(base_units))
+        n_base, n_cand, look = int(base_units.size), int(cand_units.size), None
+    ratio = math.exp(est)
+    return RatioCI(metric, ratio, math.exp(low), math.exp(high), base=base_pt,
+                   cand=base_pt * ratio, verdict=word, method=method, n_base=n_base,
+                   n_cand=n_cand, look=look, planned=rules.budget)
 
 
 def compare_units(base_id: str, base_units: Mapping[int, float], cand_id: str,
@@ -533,9 +549,11 @@ def compare_units(base_id: str, base_units: Mapping[int, float], cand_id: str,
                   metric: str = "p50") -> RatioCI:
     """One metric of two cells from their unit values ({round: value}, `unit_values`).
 
-    Paired uses the rounds both have; the caller decides whether pairing is legitimate
-    (`pairing`). benchmarks/sensitivity.py calls this on recorded rounds.
+    Paired uses the rounds both have, in round order; the caller decides whether pairing is
+    legitimate (`pairing`). benchmarks/sensitivity.py calls this on recorded rounds. The two
+    ids are kept for callers that name the comparison; the procedure draws nothing at random.
     """
+    del base_id, cand_id  # deterministic procedure: no per-pair random stream any more
     if paired:
         shared = sorted(set(base_units) & set(cand_units))
         base = np.array([base_units[r] for r in shared], dtype=float)
@@ -543,28 +561,33 @@ def compare_units(base_id: str, base_units: Mapping[int, float], cand_id: str,
     else:
         base = np.array(list(base_units.values()), dtype=float)
         cand = np.array(list(cand_units.values()), dtype=float)
-    method = PAIRED if paired else UNPAIRED
-    few = too_few_note(method, base.size, cand.size, rules) if base.size and cand.size else "-"
-    picks = None if few else draw_units(rules, base_id, cand_id, base.size, cand.size, paired)
-    return ratio_ci(metric, base, cand, picks, method, rules)
+    return ratio_ci(metric, base, cand, PAIRED if paired else UNPAIRED, rules)
+
+
+def _shared_prefix(base: Mapping[int, float], cand: Mapping[int, float]) -> int:
+    """How many rounds 0, 1, 2... both cells hold: a cell that left the rounds when its
+    comparisons settled holds a prefix of the rounds the baseline holds."""
+    n = 0
+    while n in base and n in cand:
+        n += 1
+    return n
 
 
 def pairing(base_res: ResultLike, cand_res: ResultLike,
             rules: VerdictRules) -> tuple[bool, int, str | None]:
-    """(pair?, shared rounds, note): pair when measured in the same interleaved rounds, both
-    cells hold the same rounds, and there are at least `min_rounds_for` of them."""
+    """(pair?, shared rounds, note): pair when measured in the same interleaved rounds and
+    one cell's rounds are the first rounds of the other's (adaptive runs stop cells early)."""
+    del rules  # any number of shared rounds pairs; too few of them end inconclusive
     base, cand = round_p50s(base_res), round_p50s(cand_res)
     if base is None or cand is None or not interleaved(base_res, cand_res):
         return False, 0, None
-    if set(base) != set(cand):
+    shared = _shared_prefix(base, cand)
+    if shared < min(len(base), len(cand)):
         return False, len(set(base) & set(cand)), (
             "the two cells hold different rounds: compared unpaired")
-    need = min_rounds_for(rules.level_alpha)
-    if len(base) < need:
-        note = (f"only {len(base)} shared rounds (pairing needs {need}): compared unpaired"
-                if len(base) > 1 else None)  # rounds: 1 chose no interleaving
-        return False, len(base), note
-    return True, len(base), None
+    if shared < 2:
+        return False, shared, None  # rounds: 1 chose no interleaving
+    return True, shared, None
 
 
 # ---------------------------------------------------------------- one comparison
@@ -633,7 +656,7 @@ def measured_comparison(
 
     One procedure for every metric (module docstring): `verdict` is the `decide` metric's
     (p50's, or throughput's across loads), `tail_verdict` p99's (when computed, and only
-    beside p50's), `p_value` the deciding metric's bootstrap p-value, supplementary.
+    beside p50's), `p_value` the deciding metric's (per-run error rate only, `holm`).
     """
     paired, shared, note = pairing(base_res, cand_res, rules)
     notes = list(notes) + ([note] if note else [])
@@ -653,10 +676,11 @@ def measured_comparison(
 def method_phrase(method: str) -> str:
     """How a verdict was made, in words for reports."""
     if method == PAIRED:
-        return ("the median over rounds of each cell, compared with a paired percentile "
-                "bootstrap over rounds (cells measured in interleaved rounds)")
-    return ("the median over rounds (or processes) of each cell, compared with an unpaired "
-            "percentile bootstrap")
+        return ("the median of the per-round ratios (cells measured in interleaved rounds), "
+                "with the sign test's order-statistic interval, looked at every few rounds at "
+                "levels that hold the error rate over all looks together")
+    return ("the Hodges-Lehmann ratio of the two cells' rounds (or processes) with the "
+            "Mann-Whitney interval (unpaired)")
 
 
 # ---------------------------------------------------------------- a whole run
@@ -709,12 +733,64 @@ def run_verdicts(
     results: Mapping[str, ResultLike],
     rules: VerdictRules | None = None,
 ) -> list[Verdict]:
-    """A verdict for every non-baseline cell of a plan, in plan order."""
+    """A verdict for every non-baseline cell of a plan, in plan order; with the per-run
+    error rate, each at its Holm level (`holm`)."""
     rules = rules or VerdictRules()
-    verdicts = []
+    pairs = []
     for cell in plan.cells:
-        if is_baseline_cell(plan, cell):
-            continue
-        base_cell, notes = match_baseline(plan.cells, plan.baseline, cell)
-        verdicts.append(compare_cells(base_cell, cell, results, rules, notes))
+        if not is_baseline_cell(plan, cell):
+            pairs.append((cell, *match_baseline(plan.cells, plan.baseline, cell)))
+    verdicts = [compare_cells(base, cell, results, rules, notes) for cell, base, notes in pairs]
+    if rules.error_rate != PER_RUN:
+        return verdicts
+    valid = [i for i, v in enumerate(verdicts) if v.verdict != INVALID]
+    p_values = [p_value_of(verdicts[i], results, rules) for i in valid]
+    for i, level, p in zip(valid, holm(p_values, rules.level_alpha), p_values):
+        cell, base, notes = pairs[i]
+        note = (f"per-run error rate: Holm's level {level:.2%} for this comparison "
+                f"({rules.level_alpha:.0%} over {len(valid)} comparisons)")
+        redone = compare_cells(base, cell, results, rules.at_level(level), [*notes, note])
+        verdicts[i] = replace(redone, p_value=p)
     return verdicts
+
+
+def holm(p_values: Sequence[float], alpha: float) -> list[float]:
+    """Each comparison's level under Holm's step-down at family rate alpha.
+
+    In order of p: the k-th smallest (0-based) gets alpha / (m - k) while every smaller one
+    was below its level; from the first that is not, all the rest get that first failing
+    level, so each interval read at its level agrees with Holm's decision.
+    """
+    m = len(p_values)
+    levels = [0.0] * m
+    stuck: float | None = None
+    for k, i in enumerate(sorted(range(m), key=lambda j: p_values[j])):
+        level = alpha / (m - k)
+        if stuck is None and p_values[i] > level:
+            stuck = level
+        levels[i] = stuck if stuck is not None else level
+    return levels
+
+
+def p_value_of(verdict: Verdict, results: Mapping[str, ResultLike],
+               rules: VerdictRules, floor: float = 1e-6) -> float:
+    """The smallest alpha at which the verdict's own procedure ends with an interval that
+    excludes no change (bisection on the log scale): the p-value Holm orders by."""
+    base_res, cand_res = results[verdict.baseline or ""], results[verdict.candidate]
+    paired = pairing(base_res, cand_res, rules)[0]
+    metric = verdict.decided_by
+    base, cand = unit_values(base_res, metric), unit_values(cand_res, metric)
+
+    def excludes(alpha: float) -> bool:
+        ci = compare_units("", base, "", cand, paired, rules.at_level(alpha), metric)
+        return ci.low > 1.0 or ci.high < 1.0
+
+    if excludes(floor):
+        return floor
+    low, high = math.log(floor), 0.0
+    if not excludes(0.999):
+        return 1.0
+    for _ in range(30):
+        mid = (low + high) / 2.0
+        low, high = (low, mid) if excludes(math.exp(mid)) else (mid, high)
+    return math.exp(high)

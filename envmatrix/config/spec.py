@@ -449,6 +449,11 @@ class MeasureSpec(_Strict):
     pids_limit: Annotated[int, Field(ge=16, le=1_000_000)] = _MEASURE.pids_limit
     gpus: Gpus = Field(default=_MEASURE.gpus, description="GPUs of cuda and tensorrt cells (all, "
                        "or indexes/UUIDs); an environment's gpus: wins")
+    adaptive: bool = Field(default=_MEASURE.adaptive, description=(
+        "look at each comparison every look_every rounds and stop a cell once all its "
+        "comparisons are settled (repeats is then the most rounds); false: every round"))
+    look_every: Annotated[int, Field(ge=1, le=100, description=(
+        "rounds between two looks of an adaptive run"))] = _MEASURE.look_every
 
     @model_validator(mode="after")
     def _rounds_divide_repeats(self) -> "MeasureSpec":
@@ -482,6 +487,12 @@ class VerdictSpec(_Strict):
     min_node_share: Annotated[float, Field(ge=0, le=1, description=(
         "warn when the requested execution provider ran less than this share of the compute "
         "nodes (1: all of them)"))] = _VERDICT.min_node_share
+    equivalence: Annotated[float, Field(gt=0, le=1, description=(
+        "equivalent when the whole interval lies within +-equivalence (0.05 = 5%)"))] = \
+        _VERDICT.equivalence
+    error_rate: Literal["comparison", "run"] = Field(
+        default="comparison", description=("comparison: each verdict errs at most alpha; run: "
+                                           "all the run's verdicts together (Holm)"))
 
     @field_validator("fail_on")
     @classmethod

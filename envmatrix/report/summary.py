@@ -17,7 +17,7 @@ from envmatrix.analysis.stats import (
     INVALID,
     NOISY_PREFIX,
     SLOWER,
-    UNCHANGED,
+    INCONCLUSIVE as UNCHANGED,
     UNPAIRED,
     Verdict,
     load_of,

@@ -104,6 +104,7 @@ class Measure:
     min_time_s: float = 1.0  # per process; the verdicts rely on repeats, not on long loops
     # Fresh processes per cell (one per round): 40 rounds detect 95% of 5% slowdowns at the
     # runtime's default threads on a 2-core VM (benchmarks/sensitivity.py, docs/report.md).
+    # With `adaptive`, the most a comparison may take.
     repeats: int = 40
     # Interleaved rounds: round 1 of every cell, then round 2 of every cell..., each round one
     # container running repeats/rounds processes, so that slow drift of the machine hits every
@@ -116,6 +117,11 @@ class Measure:
     memory_limit: str = "4g"
     pids_limit: int = 512
     gpus: str = "all"  # GPUs of cuda/tensorrt cells: "all" or indexes/UUIDs ("0,1")
+    # Look at every comparison each `look_every` rounds and let a cell leave the rounds once
+    # every comparison it takes part in is settled (analysis.sequential); False: every cell
+    # runs every round, and each comparison is read once, at the end.
+    adaptive: bool = True
+    look_every: int = 8
 
     @property
     def round_count(self) -> int:
@@ -143,8 +149,14 @@ class VerdictSettings:
     numbers, never the numbers, so a report can be rebuilt with other settings.
     """
 
-    alpha: float = 0.05  # the intervals are (1 - alpha) intervals
-    min_effect: float = 0.02  # smaller changes are "no significant change"
+    alpha: float = 0.05  # the intervals are (1 - alpha) intervals, over all looks together
+    min_effect: float = 0.02  # smaller changes are not called faster or slower
+    # "equivalent" when the whole interval lies within +-equivalence (docs/report.md says how
+    # the default was measured).
+    equivalence: float = 0.05
+    # "comparison": each verdict's error rate is alpha; "run": alpha for the whole run's
+    # verdicts against the baseline together (Holm).
+    error_rate: str = "comparison"
     fail_on: tuple[str, ...] = ()  # FAIL_ON_WORDS that make `matrix`/`report` exit 11
     # A warning when the requested provider ran less than this share of the compute nodes.
     min_node_share: float = 1.0
@@ -204,6 +216,9 @@ class Cell:
         cell, settings = asdict(self), asdict(measure)
         cell["environment"].pop("gpus", None)
         settings.pop("gpus", None)
+        # When to stop, not how a round measures: a round's numbers are the same either way.
+        settings.pop("adaptive", None)
+        settings.pop("look_every", None)
         # Keys added after results existed count only when set, so old hashes stay valid.
         for part, key in ((cell, "gpus"), (cell, "host"), (cell["environment"]["base"], "cudnn"),
                           (cell["workload"], "batch"), (cell["knobs"], "concurrency")):
@@ -451,7 +466,9 @@ def _verdict(doc: Any) -> VerdictSettings:
                            min_effect=float(doc.get("min_effect", default.min_effect)),
                            fail_on=tuple(str(w) for w in doc.get("fail_on") or ()),
                            min_node_share=float(doc.get("min_node_share",
-                                                        default.min_node_share)))
+                                                        default.min_node_share)),
+                           equivalence=float(doc.get("equivalence", default.equivalence)),
+                           error_rate=str(doc.get("error_rate", default.error_rate)))
 
 
 def _image_record(rec: dict[str, Any]) -> ImageRecord:

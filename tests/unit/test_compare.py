@@ -15,7 +15,7 @@ from envmatrix.analysis.stats import VerdictRules
 from envmatrix.errors import ConfigError
 from envmatrix.report.compare import DifferentHardwareError, compare
 
-RULES = VerdictRules(n_boot=300)
+RULES = VerdictRules()
 CELL = f"{BASELINE}--cnn--cpu"
 
 

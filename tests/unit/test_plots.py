@@ -25,7 +25,7 @@ BASE = f"{BASELINE}--cnn--cpu"
 CAND = f"{CANDIDATE}--cnn--cpu"
 OTHER = "trixie-ort1.32.0--cnn--cpu"
 BROKEN = "bad$env--cnn--cpu"  # '$' would start mathtext if a label were not made plain
-RULES = VerdictRules(n_boot=300)
+RULES = VerdictRules()
 EXAMPLE = Path(__file__).resolve().parents[2] / "reports" / "example"
 KINDS = ("ratio", "cost", "latency", "rounds", "throughput")
 
@@ -127,7 +127,7 @@ def test_legends_and_verdict_words_stay_off_the_data(data: RunData) -> None:
 
 @pytest.mark.skipif(not (EXAMPLE / "results").is_dir(), reason="no example run directory")
 def test_the_example_runs_figures_keep_their_legends_off_the_data() -> None:
-    example = load_run(EXAMPLE, VerdictRules(n_boot=300))
+    example = load_run(EXAMPLE, VerdictRules())
     for workload in ("cnn", "transformer"):
         figures = plot_figures(example, workload)
         assert len(figures) == 5  # the example's old harness recorded no cold start: 2 costs

@@ -127,7 +127,7 @@ def test_headline_numbers_are_the_comparison_table_numbers(tmp_path: Path) -> No
     cell = CELLS[0]
     a = make_run(tmp_path, [fake_result(cell, p50=0.005, cv=0.01, seed=1)], run_id="a")
     b = make_run(tmp_path, [fake_result(cell, p50=0.0056, cv=0.01, seed=2)], run_id="b")
-    rules = VerdictRules(n_boot=300)
+    rules = VerdictRules()
     table = compare(a, b, rules=rules).path.read_text()
     image = replay.ChosenImage("t", IDS[BASELINE], IDS[BASELINE], "recorded")
     [line] = replay.headlines(load_run(a), load_run(b), {BASELINE: image}, rules)

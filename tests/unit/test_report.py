@@ -19,7 +19,7 @@ BASE = f"{BASELINE}--cnn--cpu"
 CAND = f"{CANDIDATE}--cnn--cpu"
 HOSTILE_ENV = "evil|<img src=x>`rm`*x*\nnext"
 HOSTILE = f"{HOSTILE_ENV}--cnn--cpu"
-RULES = VerdictRules(n_boot=300)  # fewer resamples: same code paths, faster tests
+RULES = VerdictRules()  # fewer resamples: same code paths, faster tests
 
 
 def _run(root: Path, parity_broken: bool = False) -> Path:

@@ -26,7 +26,7 @@ from envmatrix.analysis.stats import VerdictRules, point_value, process_stat, un
 from envmatrix.report.build import build_report
 from envmatrix.rundir.layout import create_run_dir
 
-RULES = VerdictRules(n_boot=400)  # fewer resamples: same code paths, faster tests
+RULES = VerdictRules()  # fewer resamples: same code paths, faster tests
 ENV = "bookworm-ort1.20.1"
 OV = "bookworm-ortov1.24.1"
 ORT, TORCH, B8 = (f"{ENV}--cnn-{w}--cpu" for w in ("ort", "torch", "b8"))

@@ -13,7 +13,7 @@ from envmatrix.rundir.plan import Cell
 
 BASE = f"{BASELINE}--cnn--cpu"
 CAND = f"{CANDIDATE}--cnn--cpu"
-FAST_RULES = VerdictRules(n_boot=300)  # the verdict word does not depend on n_boot
+FAST_RULES = VerdictRules()  # the verdict word does not depend on n_boot
 
 
 def _cell(cid: str) -> Cell:
@@ -48,7 +48,7 @@ def _units(values: np.ndarray) -> dict[int, float]:
 
 def test_identical_distributions_are_flagged_at_about_alpha_without_a_floor() -> None:
     rng = np.random.default_rng(7)
-    rules = VerdictRules(min_effect=0.0, n_boot=1000)
+    rules = VerdictRules(min_effect=0.0)
     flagged = 0
     trials = 400
     for t in range(trials):
@@ -68,7 +68,7 @@ def test_the_effect_floor_keeps_tiny_significant_shifts_unchanged() -> None:
 def test_ci_covers_the_true_ratio() -> None:
     trials, covered = 30, 0
     for seed in range(trials):
-        v = _verdict(0.005, 0.0045, seed, cv=0.02, rules=VerdictRules(n_boot=500))
+        v = _verdict(0.005, 0.0045, seed, cv=0.02, rules=VerdictRules())
         covered += v.ratios["p50"].low <= 0.9 <= v.ratios["p50"].high
     # Five repeats a side make the repeat-level bootstrap a little narrow; measured ~90%.
     assert covered / trials >= 0.8

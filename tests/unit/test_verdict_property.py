@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from envmatrix.analysis import stats
 from envmatrix.analysis.stats import FASTER, SLOWER, UNCHANGED, VerdictRules
 
-RULES = VerdictRules(n_boot=400)
+RULES = VerdictRules()
 SWAP = {FASTER: SLOWER, SLOWER: FASTER, UNCHANGED: UNCHANGED}
 log_ratio = st.floats(min_value=-0.3, max_value=0.3, allow_nan=False, allow_infinity=False)
 p50 = st.floats(min_value=1e-4, max_value=1.0, allow_nan=False, allow_infinity=False)
