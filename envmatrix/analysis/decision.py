@@ -10,7 +10,7 @@ deterministic, so the report built from it rebuilds byte for byte.
 Costs are per-cell figures of the same kind as the latency's: each process's figure (CPU time
 over its timed loop's wall time, CPU time per inference, cold start, peak RSS), the median per
 round, the median over rounds; a change against the baseline is the ratio of two such figures
-with the same bootstrap interval as the verdict's (`cost_ratios`, stats.compare_units), so the
+with the same interval as the verdict's (`cost_ratios`, stats.compare_units), so the
 summary table, the cost plot and results.csv show one number (docs/report.md).
 """
 
@@ -103,15 +103,16 @@ def cost_units(result: ResultLike, key: str) -> dict[int, float]:
 def cost_ratios(base_id: str, base_res: ResultLike, cand_id: str,
                 cand_res: ResultLike, rules: VerdictRules) -> dict[str, RatioCI]:
     """candidate / baseline of each cost metric both cells recorded, by the verdict's own
-    procedure (envmatrix.analysis.stats.compare_units: median over units, the same paired or
-    unpaired bootstrap and seed); the two cells must both be valid."""
+    procedure (envmatrix.analysis.stats.compare_units: the same paired looks or unpaired
+    interval); the two cells must both be valid."""
     paired = pairing(base_res, cand_res, rules)[0]
     out = {}
     for name, key, _label in COST_METRICS:
         base, cand = cost_units(base_res, key), cost_units(cand_res, key)
         if base and cand:
-            out[name] = compare_units(base_id, base, cand_id, cand, paired and set(base) == set(
-                cand), rules, name)
+            # Paired on the rounds both hold (a cell that left the rounds early holds the
+            # first ones), as the latency's comparison is.
+            out[name] = compare_units(base_id, base, cand_id, cand, paired, rules, name)
     return out
 
 

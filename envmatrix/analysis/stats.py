@@ -1,8 +1,7 @@
-"""Verdicts: is a candidate environment faster, slower or unchanged against the baseline?
+"""Verdicts: is a candidate environment faster, slower, equivalent, or is it not yet known?
 
-Everything here works on result dicts (docs/result-schema.md) and is deterministic: the
-bootstrap draws from a numpy Generator seeded from the rule seed and the two cell ids (in
-sorted order, so swapping baseline and candidate draws the same resamples).
+Everything here works on result dicts (docs/result-schema.md) and is deterministic: nothing is
+drawn at random, so the same run directory always gives the same verdicts.
 
 One procedure per metric gives the table's number of each cell, the change, its interval and
 the verdict (docs/report.md, "How a verdict is made"):
@@ -11,25 +10,25 @@ the verdict (docs/report.md, "How a verdict is made"):
   processes of the per-process statistic (p50, p99, mean latency, throughput);
 - paired (the two cells were measured in the same interleaved rounds): the *change* is the
   median over rounds of the per-round ratio candidate/baseline, so the machine's drift from
-  round to round cancels; its *interval* a percentile bootstrap of that median drawing whole
-  rounds; the baseline's *point* is the median of its units' values (`point_value`) and the
-  candidate's is the baseline's times the change (its value corrected for the baseline's
-  drift), so the table's two columns divide to the change exactly;
-- unpaired (other runs, a resumed cell, too few shared rounds): each cell's point is the
-  median of its units' values, the change their ratio, its interval a bootstrap drawing each
-  cell's units independently;
-- the *verdict* is a pure function of (estimate, interval, min_effect) (`decide_interval`),
-  on p50; on samples/s when the two cells keep different numbers of requests in flight
-  (`decided_by`): a request's latency under load is not comparable to one alone, and what
-  more requests in flight are for is throughput.
-  With fewer units than the bootstrap can be trusted with (`min_rounds_for`,
-  `min_repeats_for`) there is no interval (NaN) and no verdict (`too_few_note` says why).
+  round to round cancels; its *interval* the sign test's order-statistic interval of those
+  ratios, read at the plan's looks at levels that hold alpha over all looks together
+  (envmatrix.analysis.sequential); the first look whose verdict is settled decides. The
+  baseline's *point* is the median of its units at that look and the candidate's is the
+  baseline's times the change, so the table's two columns divide to the change exactly;
+- unpaired (other runs, a resumed cell): the Hodges-Lehmann ratio of the two cells' units and
+  its exact Mann-Whitney interval, one look;
+- the *verdict* is a pure function of (estimate, interval, min_effect, equivalence)
+  (`decide_interval`): faster, slower, equivalent or inconclusive; on p50, or on samples/s
+  when the two cells keep different numbers of requests in flight (`decided_by`): a request's
+  latency under load is not comparable to one alone, and what more requests in flight are for
+  is throughput. With too few units the interval is infinite and the verdict inconclusive
+  (`too_few_note` says why). With the per-run error rate, Holm's levels (`run_verdicts`).
 A cell is *valid* only when it measured what was asked (provider, package versions,
 iteration count and time); an invalid cell gets the verdict "invalid" with its reasons.
 
 Why it is long (over 600 lines): this is the one verdict procedure, and validity, the units,
-the paired and unpaired estimates, the bootstrap and the decision must read as one piece so
-that the number, the interval and the verdict visibly come from the same estimate.
+the paired and unpaired estimates and the decision must read as one piece so that the number,
+the interval and the verdict visibly come from the same estimate.
 """
 
 from __future__ import annotations
