@@ -458,6 +458,13 @@ def _workload(doc: dict[str, Any]) -> Workload:
         network=str(doc.get("network") or ""))
 
 
+def _measure(doc: Any) -> Measure:
+    """The `measure:` part. A plan written before adaptive runs measured every cell in every
+    round: it is read as what it was, a fixed budget with one look at the end."""
+    doc = doc if isinstance(doc, dict) else {}
+    return Measure(**{"adaptive": False, **doc})
+
+
 def _verdict(doc: Any) -> VerdictSettings:
     """The `verdict:` part; plans written before it existed get the defaults."""
     doc = doc if isinstance(doc, dict) else {}
@@ -507,7 +514,7 @@ def plan_from_dict(doc: dict[str, Any]) -> ResolvedPlan:
     plan = Plan(
         source=Path(str(doc.get("source") or "matrix.yaml")),
         bases=tuple(bases.values()), environments=tuple(envs.values()),
-        workloads=tuple(workloads.values()), measure=Measure(**(doc.get("measure") or {})),
+        workloads=tuple(workloads.values()), measure=_measure(doc.get("measure")),
         baseline=str(doc["baseline"]), cells=cells,
         ca_bundle=build.get("ca_bundle_resolved"), wheelhouse=build.get("wheelhouse"),
         host_wheels=tuple(build.get("host_wheels") or ()),
