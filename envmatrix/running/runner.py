@@ -17,12 +17,18 @@ is not what its environment asked for: a pin not met, or, when the matrix has a 
 distribution that differs from the lock (`locks.cell_problems`). Its raw repeats are kept; the
 summary goes, as for every status but ok, so its numbers reach no comparison.
 
+An adaptive run (`measure.adaptive`, and a `Looker` handed in by the pipeline, which builds
+analysis.stopping.Monitor: this stage cannot import analysis) looks at the comparisons after
+every `look_every` rounds; a cell whose comparisons are all settled leaves the rounds and its
+result is merged from the rounds it has. Each look is recorded in `looks.json` (rundir.looks).
+
 A failing round never stops the other cells: its outcome is classified (results.classify) and
 written as the cell's result with a status, and that cell sits out the later rounds. Ctrl-C
 stops the current container (engine.run removes it), writes an `interrupted` result for every
 cell that started but did not finish its rounds, keeps every finished one and re-raises, so the
 CLI can print `RunDir.resume_hint()`; `--resume` later keeps ok results that still apply and
-measures the rest completely, interleaved among themselves.
+measures the rest completely, interleaved among themselves (their comparisons with a kept cell
+cannot settle early: those cells run the full budget).
 
 Why it is long (over 600 lines): the round loop, its failure isolation, Ctrl-C and --resume
 interlock (which cell sits out which round, what an interrupted round leaves): kept together

@@ -9,6 +9,8 @@ swings +-25% round by round against a steady baseline stays open to the end of t
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -17,8 +19,11 @@ from typing import Any
 import pytest
 from fakeruns import MEASURE, Built, make_plan, prepared, run_with_inputs
 from fakes import Behaviour, FakeEngine, arg, harness_doc, outcome, segfault
+from unitlib import write
 
 from envmatrix import pipeline
+from envmatrix.config import load as config
+from envmatrix.errors import ConfigError
 from envmatrix.rundir.layout import RunDir
 from envmatrix.rundir.looks import LOOKS_SCHEMA, read_looks
 from envmatrix.rundir.plan import Cell, Environment, Plan
@@ -130,7 +135,7 @@ def test_the_baseline_runs_on_while_one_of_its_comparisons_is_open(
         (FAST, True), (SWINGS, False)]
     assert [(c["candidate"], c["verdict"]) for c in later["comparisons"]] == [
         (SWINGS, "inconclusive")]
-    assert f"[look at round 16] nothing settled; 1 comparison(s) still open" in said
+    assert "[look at round 16] nothing settled; 1 comparison(s) still open" in said
 
 
 def test_a_failed_cell_closes_its_comparisons(tmp_path: Path, run_dir: RunDir) -> None:
@@ -203,3 +208,29 @@ def test_an_interrupted_adaptive_run_keeps_its_looks_and_resumes(
     assert (ran(engine, BASE), ran(engine, FAST), ran(engine, SWINGS)) == (40, 0, 40)
     assert [r["status"] for r in got] == ["ok", "ok", "ok"]
     assert len((read_looks(run_dir) or {"invocations": []})["invocations"]) == 2
+
+
+@pytest.mark.parametrize(("measure", "error"), [
+    ("{repeats: 10, look_every: 10}", "look_every: 10 leaves no look before the last of 10"),
+    ("{repeats: 20, rounds: 4, look_every: 6}", "look_every: 6 leaves no look before the "
+                                                "last of 4"),
+    ("{repeats: 10, look_every: 5}", None),
+    ("{repeats: 10, look_every: 10, adaptive: false}", None),
+    ("{repeats: 5}", None),  # the default look_every: one look, at the end
+])
+def test_look_every_must_leave_a_look_before_the_budget(tmp_path: Path, measure: str,
+                                                        error: str | None) -> None:
+    matrix = write(tmp_path, f"""\
+        environments:
+          - {{id: a, base: bullseye, packages: {{onnxruntime: "1.8.0"}}}}
+        baseline: a
+        measure: {measure}
+        """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # HEAD's unused bases
+        if error is None:
+            config.load_plan(matrix)
+            return
+        with pytest.raises(ConfigError, match=r"matrix.yaml:\d+: measure: " + re.escape(error)
+                           + r"[\s\S]*Fix: set look_every below"):
+            config.load_plan(matrix)
