@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from envmatrix import __version__, gate, schedule
-from envmatrix.analysis import stats
+from envmatrix.analysis import stats, stopping
 from envmatrix.analysis.rundata import RunData, analyze
 from envmatrix.config import load as config
 from envmatrix.config.spec import ModelExportSpec
@@ -129,7 +129,7 @@ def execute(job: Job, progress: Progress) -> Outcome:
     opened = job.open(progress)
     prepared = job.inputs(opened.plan, opened.run_dir, progress)
     on_hosts = replace(opened.plan, hosts=()) if job.local else opened.plan
-    stages = schedule.Stages(images=job.images, cells=cells_stage(opened.resumed))
+    stages = schedule.Stages(images=job.images, cells=cells_stage(opened.plan, opened.resumed))
     spread = schedule.run_hosts(on_hosts, opened.run_dir, prepared, progress, stages,
                                 stop_after=job.stop_after, adjust=job.adjust)
     job.record(opened, spread)  # also when interrupted: what was built is known
@@ -361,13 +361,23 @@ def build_images(engine: EngineLike, plan: Plan, *, build_dir: Path, progress: s
                                 progress=progress, use_lock=use_lock)
 
 
-def cells_stage(resumed: resume.Resumed | None) -> schedule.CellsStage:
-    """The cells stage (runner.run_cells); a resumed run keeps its finished results and
-    gives new ones the config hashes it recorded."""
+def cells_stage(plan: Plan, resumed: resume.Resumed | None) -> schedule.CellsStage:
+    """The cells stage (runner.run_cells) with the looks of an adaptive run; a resumed run
+    keeps its finished results and gives new ones the config hashes it recorded."""
+    looker = looker_for(resumed.resolved.plan if resumed is not None else plan)
     if resumed is None:
-        return runner.run_cells
-    return functools.partial(runner.run_cells, resume=True,
+        return functools.partial(runner.run_cells, looker=looker)
+    return functools.partial(runner.run_cells, resume=True, looker=looker,
                              config_hashes=resumed.resolved.config_hashes)
+
+
+def looker_for(plan: Plan) -> runner.LookerFactory:
+    """What the runner builds each invocation's (each host's) Monitor with, from the cells it
+    measures. The whole plan's comparisons (a resume's too, not only the cells selected now):
+    one whose other cell is kept or on another host then never settles early, and its cell runs
+    the full budget, as the report reads it (stopping's docstring). The plan's own verdict
+    settings decide when to stop; a report rebuilt with other ones reads the same rounds."""
+    return functools.partial(stopping.Monitor, plan, stats.rules_for(plan.verdict, plan.measure))
 
 
 def write_report(run_dir: RunDir, progress: Progress,

@@ -71,7 +71,9 @@ class ImagesStage(Protocol):
 
 
 class CellsStage(Protocol):
-    """Every cell of a (sub-)plan measured on one engine (runner.run_cells' signature)."""
+    """Every cell of a (sub-)plan measured on one engine (runner.run_cells' signature). The
+    pipeline binds the looker (pipeline.cells_stage): each host's call builds its own Monitor
+    from the cells it measures, so only comparisons within one host can settle early."""
 
     def __call__(self, engine: EngineLike, plan: Plan, run_dir: RunDir, images: Mapping[str, Any],
                  prepared: Mapping[str, Any], *, progress: Progress | None = None,

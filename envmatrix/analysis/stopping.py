@@ -17,6 +17,7 @@ and hands it to the runner, which only knows the `Looker` protocol it implements
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,12 +90,39 @@ class Look:
         """The look as looks.json keeps it: every comparison read, settled or not."""
         def entry(pair: Pair, ci: RatioCI, settled: bool) -> dict[str, Any]:
             return {"baseline": pair.base, "candidate": pair.cand, "kind": pair.kind,
-                    "metric": pair.metric, "ratio": ci.ratio, "low": ci.low, "high": ci.high,
-                    "verdict": ci.verdict, "look": ci.look, "settled": settled}
+                    "metric": pair.metric, "ratio": _finite(ci.ratio), "low": _finite(ci.low),
+                    "high": _finite(ci.high), "verdict": ci.verdict, "look": ci.look,
+                    "settled": settled}
         return {"round": self.rounds,
                 "comparisons": [entry(p, ci, True) for p, ci in self.settled]
                 + [entry(p, ci, False) for p, ci in self.open],
                 "leaving": list(self.leaving)}
+
+    def describe(self) -> str:
+        """One progress line: what settled, how many stay open, which cells leave."""
+        said = "; ".join(f"{p.cand} vs {p.base}: {_change(ci)}" for p, ci in self.settled)
+        parts = [said or "nothing settled"]
+        if self.open:
+            parts.append(f"{len(self.open)} comparison(s) still open")
+        if self.leaving:
+            parts.append(f"leaving the rounds: {', '.join(self.leaving)}")
+        return "; ".join(parts)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity (an interval too wide to bound) nor NaN: null instead."""
+    return value if math.isfinite(value) else None
+
+
+def _percent(ratio: float) -> str:
+    return f"{(ratio - 1.0) * 100:+.1f}%" if math.isfinite(ratio) else "unbounded"
+
+
+def _change(ci: RatioCI) -> str:
+    """`faster -41.2% [-46.0%, -37.1%]`: the verdict, the change and its interval."""
+    metric = "" if ci.metric == "p50" else f" ({ci.metric})"
+    return (f"{ci.verdict} {_percent(ci.ratio)} [{_percent(ci.low)}, {_percent(ci.high)}]"
+            f"{metric}")
 
 
 class Monitor:

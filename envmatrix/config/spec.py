@@ -453,7 +453,7 @@ class MeasureSpec(_Strict):
         "look at each comparison every look_every rounds and stop a cell once all its "
         "comparisons are settled (repeats is then the most rounds); false: every round"))
     look_every: Annotated[int, Field(ge=1, le=100, description=(
-        "rounds between two looks of an adaptive run"))] = _MEASURE.look_every
+        "rounds between two looks of an adaptive run; below the rounds"))] = _MEASURE.look_every
 
     @model_validator(mode="after")
     def _rounds_divide_repeats(self) -> "MeasureSpec":
@@ -466,6 +466,19 @@ class MeasureSpec(_Strict):
                           "round runs repeats/rounds processes of every cell).",
                           f"set rounds to one of {divisors}, or null for {self.repeats} rounds "
                           "of one process each.")
+        return self
+
+    @model_validator(mode="after")
+    def _looks_before_the_budget(self) -> "MeasureSpec":
+        # A look_every asked for but at or past the budget would never look before the end:
+        # an adaptive run that silently runs every round. The default (8) is left alone, so a
+        # small quick matrix (repeats: 5) simply has its one look at the end.
+        rounds = self.rounds if self.rounds is not None else self.repeats
+        if self.adaptive and "look_every" in self.model_fields_set and self.look_every >= rounds:
+            raise _custom(f"look_every: {self.look_every} leaves no look before the last of "
+                          f"{rounds} rounds, so no cell could leave the rounds early.",
+                          f"set look_every below {rounds} (8 is the default), raise "
+                          "repeats/rounds, or set adaptive: false to run every round.")
         return self
 
 

@@ -163,8 +163,9 @@ class Settings(TypedDict, total=False):
     warmup: int
     min_iterations: int
     min_time_s: float
-    repeats: int
-    rounds: int
+    repeats: int  # planned for the rounds it ran (a cell may leave an adaptive run early)
+    rounds: int  # the rounds it ran
+    rounds_planned: int  # the budget: the most rounds it could have run (measure.rounds)
     threads: int | None
     seed: int
     shapes: dict[str, list[int]]

@@ -1,10 +1,12 @@
-"""A run directory read back, once: its plan, its run record, one result per cell, its rounds.
+"""A run directory read back, once: its plan, its run record, one result per cell, its rounds
+and looks.
 
 The one place a finished (or interrupted) run is read: the report, compare, the gate and
 replay take a `Run` instead of opening the folder, the plan and the results each on their own.
 Reading goes through the owners of each file: `layout.open_run_dir` (the marker),
 `planfile.read_resolved` (matrix.resolved.yaml), `results.load_results` (results/*.json: one
-per plan cell, missing and stale cells as `skipped` placeholders) and `rounds.read_rounds`.
+per plan cell, missing and stale cells as `skipped` placeholders), `rounds.read_rounds` and
+`looks.read_looks`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from envmatrix.rundir import planfile
 from envmatrix.rundir.layout import RunDir, open_run_dir
+from envmatrix.rundir.looks import LooksFile, read_looks
 from envmatrix.rundir.plan import Plan, ResolvedPlan, RunRecord
 from envmatrix.rundir.resultfile import Result
 from envmatrix.rundir.results import load_results
@@ -28,6 +31,7 @@ class Run:
     resolved: ResolvedPlan  # the plan the run used and its run record
     results: dict[str, Result]  # cell id -> result: every plan cell, in plan order
     rounds: RoundsFile | None = None  # the order cells ran in; None without rounds.json
+    looks: LooksFile | None = None  # what an adaptive run decided; None without looks.json
 
     @property
     def path(self) -> Path:
@@ -57,4 +61,4 @@ def load_run(where: Path | RunDir) -> Run:
     run_dir = where if isinstance(where, RunDir) else open_run_dir(where)
     resolved = planfile.read_resolved(run_dir.resolved_path)
     results = {result["cell"]: result for result in load_results(run_dir, resolved)}
-    return Run(run_dir, resolved, results, read_rounds(run_dir))
+    return Run(run_dir, resolved, results, read_rounds(run_dir), read_looks(run_dir))

@@ -17,12 +17,18 @@ is not what its environment asked for: a pin not met, or, when the matrix has a 
 distribution that differs from the lock (`locks.cell_problems`). Its raw repeats are kept; the
 summary goes, as for every status but ok, so its numbers reach no comparison.
 
+An adaptive run (`measure.adaptive`, and a `Looker` handed in by the pipeline, which builds
+analysis.stopping.Monitor: this stage cannot import analysis) looks at the comparisons after
+every `look_every` rounds; a cell whose comparisons are all settled leaves the rounds and its
+result is merged from the rounds it has. Each look is recorded in `looks.json` (rundir.looks).
+
 A failing round never stops the other cells: its outcome is classified (results.classify) and
 written as the cell's result with a status, and that cell sits out the later rounds. Ctrl-C
 stops the current container (engine.run removes it), writes an `interrupted` result for every
 cell that started but did not finish its rounds, keeps every finished one and re-raises, so the
 CLI can print `RunDir.resume_hint()`; `--resume` later keeps ok results that still apply and
-measures the rest completely, interleaved among themselves.
+measures the rest completely, interleaved among themselves (their comparisons with a kept cell
+cannot settle early: those cells run the full budget).
 
 Why it is long (over 600 lines): the round loop, its failure isolation, Ctrl-C and --resume
 interlock (which cell sits out which round, what an interrupted round leaves): kept together
@@ -32,14 +38,12 @@ so that "every outcome kept" can be checked in one file.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import socket
-import threading
 import time
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, Union, cast
@@ -49,7 +53,9 @@ import numpy as np
 from envmatrix.errors import EngineError, GpuUnavailableError
 from envmatrix.images import locks
 from envmatrix.rundir import results
-from envmatrix.rundir.layout import RunDir, atomic_write_json, utc_now
+from envmatrix.rundir.invocations import InvocationEntry
+from envmatrix.rundir.layout import RunDir, utc_now
+from envmatrix.rundir.looks import LooksLog
 from envmatrix.rundir.plan import Cell, Measure, Plan
 from envmatrix.rundir.rounds import ROUNDS_FILE, ROUNDS_SCHEMA
 from envmatrix.running.containers import (
@@ -68,7 +74,6 @@ from envmatrix.running.engine import ContainerOutcome, EngineLike
 from envmatrix_harness import measure as harness_measure
 from envmatrix_harness import modelinfo as harness_modelinfo
 
-_ROUNDS_LOCK = threading.Lock()
 T = TypeVar("T")
 
 
@@ -103,6 +108,32 @@ class PreparedLike(Protocol):
 
 ImageEntry = Union[BuiltImageLike, BuildFailureLike]
 Progress = Callable[[str, str], None]
+
+
+class LookLike(Protocol):
+    """What the runner needs of one look (analysis.stopping.Look)."""
+
+    @property
+    def leaving(self) -> Sequence[str]: ...  # cells whose comparisons are all settled
+    def record(self) -> dict[str, Any]: ...  # the look as looks.json keeps it
+    def describe(self) -> str: ...  # the look in one progress line
+
+
+class Looker(Protocol):
+    """The sequential design as the runner sees it (analysis.stopping.Monitor): when to look
+    at the comparisons, and which cells may leave the rounds. The runner sits below analysis,
+    so the pipeline builds it and hands it in through a `LookerFactory`."""
+
+    def is_look(self, rounds_done: int) -> bool: ...
+    def look(self, rounds_done: int, docs: Mapping[str, Sequence[Mapping[str, Any]]],
+             running: Iterable[str]) -> LookLike: ...
+    def fail(self, cell_id: str) -> None: ...  # a cell ended without numbers
+    def design(self) -> dict[str, Any]: ...  # the design as looks.json records it
+
+
+# Builds the Looker of one invocation from the cells it measures (not those a --resume keeps,
+# nor another host's): only comparisons between two of them can settle early.
+LookerFactory = Callable[[list[str]], Looker]
 
 
 @dataclass(frozen=True)
@@ -192,6 +223,7 @@ def run_cells(
     adjust: Adjust | None = None,
     inputs_volume: str | None = None,
     config_hashes: Mapping[str, str] | None = None,
+    looker: LookerFactory | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every cell of the plan in interleaved rounds; one result per cell, in plan order.
 
@@ -200,7 +232,9 @@ def run_cells(
     engine does not share our paths and holds a copy of the inputs in this volume
     (envmatrix.schedule), so cells mount volumes instead of the run directory.
     `config_hashes`: each cell's hash as its run recorded it (--resume), so old and new
-    results carry the same one.
+    results carry the same one. `looker`: with `measure.adaptive`, the comparisons are looked
+    at between rounds and a cell whose comparisons are all settled leaves the rounds with the
+    rounds it has (`_Looks`); without one, every cell runs every round.
     """
     say = progress or (lambda stage, message: None)
     total, rounds = len(plan.cells), plan.measure.round_count
@@ -221,17 +255,21 @@ def run_cells(
             measuring.append(_Measuring(index, cell, image, workload,
                                         identities.of(cell, workload), lock=lock))
     current: _Measuring | None = None
-    orders = RoundOrders(run_dir, host=plan.cells[0].host if plan.cells else None)
+    host = plan.cells[0].host if plan.cells else None
+    orders = RoundOrders(run_dir, host=host)
+    looks = _Looks.start(looker, plan, run_dir, measuring, host)
     # Asked once per run, recorded with each GPU cell's result (host.engine_gpu).
     engine_gpu = engine.gpu_support() if any(m.cell.gpus for m in measuring) else None
     try:
         for round_index in range(rounds):
             order = round_order([m for m in measuring if m.cell.id not in done], round_index)
+            if not order:
+                break  # every cell has its result: no empty rounds to record
             orders.record(round_index, [m.cell.id for m in order])
             for item in order:
                 where = f"[{item.index}/{total}] {item.cell.id}"
                 if rounds > 1:
-                    where = f"[round {round_index + 1}/{rounds}] {where}"
+                    where = f"[round {round_index + 1}/{rounds}] {where}"  # the budget: the most
                 say("run", where)
                 current = item
                 result = _run_round(engine, plan, run_dir, item, round_index, adjust, engine_gpu,
@@ -239,15 +277,61 @@ def run_cells(
                 current = None
                 if result is not None:
                     done[item.cell.id] = result
+                    looks.ended(result)
                     say("run", f"{where}: {_summary_line(result)}")
                 else:
                     say("run", f"{where}: {_round_line(item)}")
+            running = [m for m in measuring if m.cell.id not in done]
+            for item in looks.leaving(round_index + 1, running, say):
+                done[item.cell.id] = _finish_ok(run_dir, item, plan)
+                say("run", f"[{item.index}/{total}] {item.cell.id}: left the rounds after "
+                           f"{len(item.docs)}/{rounds}: {_summary_line(done[item.cell.id])}")
     except KeyboardInterrupt:
         for unfinished in measuring:  # a container stopped mid-round recorded its own
             if unfinished is not current and unfinished.cell.id not in done and unfinished.docs:
                 _record_unfinished(run_dir, plan, unfinished)
         raise
     return [done[cell.id] for cell in plan.cells]
+
+
+class _Looks:
+    """An adaptive run's looks: taken after the planned rounds, each recorded in looks.json.
+
+    Without a looker, or with `measure.adaptive: false`, it never looks and writes nothing:
+    every cell runs every round, as a fixed-budget run always did.
+    """
+
+    def __init__(self, looker: Looker | None = None, log: LooksLog | None = None) -> None:
+        self.looker, self.log = looker, log
+
+    @classmethod
+    def start(cls, factory: LookerFactory | None, plan: Plan, run_dir: RunDir,
+              measuring: Sequence[_Measuring], host: str | None) -> _Looks:
+        if factory is None or not plan.measure.adaptive or not measuring:
+            return cls()
+        looker = factory([m.cell.id for m in measuring])
+        # The design is written before any round, so even a run stopped early says how it
+        # meant to look.
+        return cls(looker, LooksLog(run_dir, looker.design(), host))
+
+    def ended(self, result: Mapping[str, Any]) -> None:
+        """A cell's result came from its rounds: without numbers, its comparisons close."""
+        if self.looker is not None and result.get("status") != "ok":
+            self.looker.fail(str(result.get("cell")))
+
+    def leaving(self, rounds_done: int, running: Sequence[_Measuring],
+                say: Progress) -> list[_Measuring]:
+        """The cells that leave the rounds now (a look is planned after this round)."""
+        if self.looker is None or self.log is None or not running:
+            return []
+        if not self.looker.is_look(rounds_done):
+            return []
+        look = self.looker.look(rounds_done, {m.cell.id: m.docs for m in running},
+                                [m.cell.id for m in running])
+        self.log.add(look.record())  # before the cells leave: an interrupt keeps the decision
+        say("run", f"[look at round {rounds_done}] {look.describe()}")
+        gone = set(look.leaving)
+        return [m for m in running if m.cell.id in gone]
 
 
 def round_order(items: Sequence[T], round_index: int) -> list[T]:
@@ -266,37 +350,23 @@ def round_order(items: Sequence[T], round_index: int) -> list[T]:
 class RoundOrders:
     """`rounds.json` in the run directory: the order the cells ran in, per round.
 
-    One entry per invocation (a resumed run adds its own), written after every round starts,
-    so the order of an interrupted run is on disk too.
+    One entry per invocation (a resumed run adds its own, each host of a multi-host run too;
+    rundir.invocations), written after every round starts, so the order of an interrupted run
+    is on disk too.
     """
 
     def __init__(self, run_dir: RunDir, host: str | None = None) -> None:
-        self.path = run_dir.path / ROUNDS_FILE
-        self.doc = self._read()
-        self.entry: dict[str, Any] = {"started_at": utc_now(),
-                                      "rule": "rotate by one place per round", "rounds": []}
-        if host is not None:  # one entry per host of a multi-host run (envmatrix.schedule)
-            self.entry["host"] = host
-        self.doc["invocations"].append(self.entry)
+        self._file = InvocationEntry(run_dir.path / ROUNDS_FILE, ROUNDS_SCHEMA,
+                                     {"rule": "rotate by one place per round", "rounds": []},
+                                     host)
 
-    def _read(self) -> dict[str, Any]:
-        try:
-            doc = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {"schema": ROUNDS_SCHEMA, "invocations": []}
-        ok = isinstance(doc, dict) and isinstance(doc.get("invocations"), list)
-        return doc if ok else {"schema": ROUNDS_SCHEMA, "invocations": []}
+    @property
+    def entry(self) -> dict[str, Any]:
+        return self._file.entry
 
     def record(self, round_index: int, cell_ids: list[str]) -> None:
         self.entry["rounds"].append({"round": round_index, "order": cell_ids})
-        with _ROUNDS_LOCK:  # hosts measure in threads: merge with their entries, never clobber
-            others = [e for e in self._read()["invocations"] if not self._mine(e)]
-            self.doc["invocations"] = [*others, self.entry]
-            atomic_write_json(self.path, self.doc)
-
-    def _mine(self, entry: Any) -> bool:
-        return isinstance(entry, dict) and all(
-            entry.get(k) == self.entry.get(k) for k in ("started_at", "host"))
+        self._file.save()
 
 
 def _settle_without_container(
@@ -686,8 +756,11 @@ def merge_rounds(docs: list[dict[str, Any]], measure: Measure) -> dict[str, Any]
     merged["repeats"] = repeats
     merged["summary"] = harness_measure.summarize(repeats)
     # The cell's settings, not one round's: validity checks all repeats arrived.
-    merged["settings"] = {**(merged.get("settings") or {}), "repeats": measure.repeats,
-                          "rounds": len(docs)}  # fmt: skip
+    # A cell that left the rounds early (an adaptive run) planned the repeats of the rounds it
+    # ran: validity asks for those; the budget it might have taken is kept beside them.
+    merged["settings"] = {**(merged.get("settings") or {}),
+                          "repeats": measure.repeats_per_round * len(docs), "rounds": len(docs),
+                          "rounds_planned": measure.round_count}  # fmt: skip
     merged["finished_at"] = docs[-1].get("finished_at")
     fell_back = [d["provider"] for d in docs if (d.get("provider") or {}).get("fallback")]
     if fell_back:

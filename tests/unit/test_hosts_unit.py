@@ -16,13 +16,14 @@ import pytest
 from fakeruns import IMAGES, make_plan, prepared, run_with_inputs
 from fakes import FakeEngine, harness_ok
 
-from envmatrix import schedule
+from envmatrix import pipeline, schedule
 from envmatrix.analysis import stats
 from envmatrix.config import load as config
 from envmatrix.config.hosts import spread
 from envmatrix.errors import ConfigError, HostUnreachableError
 from envmatrix.report.sections import TABLE_HEADERS, with_host_column
 from envmatrix.rundir.layout import RunDir
+from envmatrix.rundir.looks import read_looks
 from envmatrix.rundir.plan import Cell, Host, Plan
 from envmatrix.running import hosts
 from envmatrix.running.containers import ContainerSpec
@@ -215,6 +216,22 @@ def test_hosts_measure_in_parallel_one_cell_at_a_time_each(tmp_path: Path,
     assert any(m.startswith("a: ") for m in said) and any(m.startswith("b: ") for m in said)
     orders = json.loads((run_dir.path / "rounds.json").read_text())["invocations"]
     assert sorted(e["host"] for e in orders) == ["a", "b"]  # neither thread clobbered the other
+
+
+def test_each_host_looks_at_its_own_cells_and_records_its_looks(tmp_path: Path,
+                                                                run_dir: RunDir) -> None:
+    """The pipeline's cells stage builds one Monitor per host from the cells it measures;
+    each host adds its own entry to looks.json, beside the other's."""
+    plan = two_host_plan(tmp_path)
+    engines = engines_for()
+    ok_everywhere(engines, plan)
+    cells = pipeline.cells_stage(plan, None)
+    spread = schedule.run_hosts(plan, run_dir, prepared(run_dir), lambda s, m: None,
+                                stages=replace(stages(engines), cells=cells))
+    assert [r["status"] for r in spread.results] == ["ok"] * 4
+    looks = read_looks(run_dir)
+    assert looks is not None
+    assert sorted(str(e.get("host")) for e in looks["invocations"]) == ["a", "b"]
 
 
 def test_an_unreachable_host_gets_its_own_status(tmp_path: Path, run_dir: RunDir) -> None:
