@@ -203,17 +203,24 @@ def half_width(low: float, high: float) -> float:
     return max(abs(low - 1.0), abs(high - 1.0))
 
 
-def look_half_widths(base: np.ndarray, cand: np.ndarray, rules: VerdictRules) -> list[float]:
-    """The interval's half-width at every planned look (the design the procedure reads with,
+def margin_needed(low: float, high: float) -> float:
+    """The smallest verdict.equivalence m that calls this interval equivalent: the product's
+    margin is symmetric on the log scale, [1 / (1 + m), 1 + m] (stats.decide_interval)."""
+    return max(1.0 / low - 1.0 if low > 0 else math.inf, high - 1.0)
+
+
+def look_intervals(base: np.ndarray, cand: np.ndarray,
+                   rules: VerdictRules) -> list[tuple[float, float]]:
+    """The interval (low, high) at every planned look (the design the procedure reads with,
     `VerdictRules.design_for`, and its order-statistic interval, `sequential.sign_interval`),
-    whether or not the comparison would have stopped before: inf where no finite interval."""
+    whether or not the comparison would have stopped before: infinite where none is finite."""
     look_design, looks = rules.design_for(base.size)
     logs = np.log(cand) - np.log(base)
-    widths = []
+    intervals = []
     for look in looks:
         low, high = sequential.sign_interval(logs[:look], look_design.rank_at(look))
-        widths.append(half_width(math.exp(low), math.exp(high)))
-    return widths
+        intervals.append((math.exp(low), math.exp(high)))
+    return intervals
 
 
 class Tally:
@@ -240,11 +247,11 @@ class Tally:
 
 def replay(table: dict[str, np.ndarray], picks: list[np.ndarray], procedures: dict[str,
            VerdictRules], model_truth: float) -> tuple[dict[tuple[str, str], Tally],
-                                                       dict[str, list[list[float]]]]:
+                                                       dict[str, list[list[tuple[float, float]]]]]:
     """Every trial through every procedure: a Tally per (change, procedure), and per
-    procedure the half-widths of A' vs A at each of its looks (one list per trial)."""
+    procedure the intervals of A' vs A at each of its looks (one list per trial)."""
     tallies: dict[tuple[str, str], Tally] = {}
-    widths: dict[str, list[list[float]]] = {name: [] for name in procedures}
+    widths: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in procedures}
     for pick in picks:
         base, again = table["base"][pick], table["again"][pick]
         cases = [(f"{s:.0%}", again * (1.0 + s), 1.0 + s) for s in CHANGES]
@@ -252,7 +259,7 @@ def replay(table: dict[str, np.ndarray], picks: list[np.ndarray], procedures: di
         for name, rules in procedures.items():
             for label, cand, truth in cases:
                 tallies.setdefault((label, name), Tally()).add(compare(base, cand, rules), truth)
-            widths[name].append(look_half_widths(base, again, rules))
+            widths[name].append(look_intervals(base, again, rules))
     return tallies, widths
 
 
@@ -352,24 +359,30 @@ def report(rec: dict[str, Any], args: argparse.Namespace) -> None:
           "covers truth: the interval at the deciding look holds 1 + change "
           f"(goal {1 - rules.alpha:.0%})")
 
-    print(f"\nequivalence margin this machine reaches: A' vs A (no change), the interval's "
-          f"half-width max(|low-1|, |high-1|) at each look, whether or not the comparison "
-          f"would have stopped earlier ({trials} trials each)")
-    margins = (0.02, 0.03, 0.05, 0.10)
-    head = ["procedure", "rounds", "trials", "median", "p90"] + [f"<= {m:.0%}" for m in margins]
+    print(f"\nequivalence margin this machine reaches: A' vs A (no change), the interval at "
+          f"each look, whether or not the comparison would have stopped earlier ({trials} "
+          f"trials each). half-width: max(|low-1|, |high-1|); margin needed: the smallest "
+          f"verdict.equivalence m that calls it equivalent, max(1/low - 1, high - 1)")
+    margins = (0.02, 0.03, 0.05, 0.075, 0.10)
+    head = ["procedure", "rounds", "trials", "half-width median", "p90", "margin needed median",
+            "p90"] + [f"equiv at {m:.1%}".replace(".0%", "%") for m in margins]
     rows = []
     for name in procedures:
         looks = procedures[name].design_for(args.budget)[1]
-        per_look = np.array(widths[name], dtype=float)
+        per_look = np.array(widths[name], dtype=float)  # trials x looks x (low, high)
         for k, look in enumerate(looks):
-            col = per_look[:, k]
-            rows.append([name, str(look), str(col.size), _pct(float(np.median(col))),
-                         _pct(float(np.percentile(col, 90)))]
-                        + [_pct(float(np.mean(col <= m))) for m in margins])
+            lows, highs = per_look[:, k, 0], per_look[:, k, 1]
+            half = np.array([half_width(lo, hi) for lo, hi in zip(lows, highs)])
+            need = np.array([margin_needed(lo, hi) for lo, hi in zip(lows, highs)])
+            rows.append([name, str(look), str(half.size)]
+                        + [_pct(float(np.percentile(x, q))) for x in (half, need)
+                           for q in (50, 90)]
+                        + [_pct(float(np.mean(need <= m + 1e-12))) for m in margins])
     print_table(head, rows)
-    print("  <= m: the share of trials whose interval lies inside +-m at that look: the share "
-          "an A/A comparison would be called equivalent there with verdict.equivalence m "
-          "(fixed: at the end; adaptive: at that look, if it got that far)")
+    print("  equiv at m: the share of trials whose interval lies inside [1/(1+m), 1+m] at that "
+          "look: called equivalent there at verdict.equivalence m (fixed: at the end; "
+          "adaptive: at that look, had it got that far). Half-widths are of one recording: "
+          "the trials share its rounds (above)")
 
 
 def main() -> None:
