@@ -144,9 +144,9 @@ def outcome_word(word: str | None, equivalence: float) -> str | None:
 def _at_round(ci: RatioCI | None) -> str:
     """` (round 16 of 40)` after a settled paired verdict; empty otherwise."""
     look = settled_round(ci)
-    if look is None or ci is None:
+    if look is None or ci is None or not ci.planned:  # one look at an unknown plan: no news
         return ""
-    return f" (round {look} of {ci.planned})" if ci.planned else f" (round {look})"
+    return f" (round {look} of {ci.planned})"
 
 
 def outcome_cell(ci: RatioCI | None, equivalence: float) -> str | None:
@@ -175,8 +175,7 @@ def outcome_phrase(ci: RatioCI, rules: VerdictRules) -> str:
     small = (f"{fmt_pct(ci.ratio)}, below the {rules.min_effect:.0%} that counts"
              if bounded(ci) and below_min_effect(ci, rules.min_effect) else "")
     settled = settled_round(ci)
-    where = (f"; settled at round {settled} of {ci.planned}" if settled and ci.planned
-             else f"; settled at round {settled}" if settled else "")
+    where = f"; settled at round {settled} of {ci.planned}" if settled and ci.planned else ""
     if ci.verdict in (FASTER, SLOWER):
         return f"{ci.verdict} ({fmt_pct(ci.ratio)}, {_interval_text(ci)}{where})"
     if ci.verdict == EQUIVALENT:

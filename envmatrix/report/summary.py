@@ -185,9 +185,8 @@ def change_detail(ci: RatioCI, rules: VerdictRules) -> list[str]:
                      f"{measured_span(ci)}: more rounds or a quieter machine needed"
                      if bounded(ci) else f"too few rounds for an interval ({measured_span(ci)})")
     look = settled_round(ci)
-    if look is not None:
-        parts.append(f"settled at round {look} of {ci.planned}" if ci.planned
-                     else f"settled at round {look}")
+    if look is not None and ci.planned:
+        parts.append(f"settled at round {look} of {ci.planned}")
     return parts
 
 
