@@ -161,7 +161,7 @@ def measured_span(ci: RatioCI) -> str:
     """How much a comparison read: `40 rounds` (paired), `12 and 12 rounds` (unpaired)."""
     if ci.method == PAIRED:
         return f"{ci.look or ci.n_base} rounds"
-    return f"{ci.n_base} and {ci.n_cand} rounds (or processes)"
+    return f"{ci.n_base} vs {ci.n_cand} rounds"
 
 
 def _interval_text(ci: RatioCI) -> str:
@@ -235,15 +235,17 @@ def procedure_phrase(method: str, rules: VerdictRules | None) -> str:
             f"looks together keep the error rate")
 
 
-def error_rate_phrase(rules: VerdictRules, comparisons: int) -> str:
-    """Which error rate the verdicts hold, in a manager's words."""
+def error_rate_phrase(rules: VerdictRules, comparisons: int, looks: bool = True) -> str:
+    """Which error rate the verdicts hold, in a manager's words (`looks`: some comparison was
+    read at several looks)."""
     alpha = rules.level_alpha
     if rules.error_rate == PER_RUN:
         return (f"per run: the {comparisons} comparison(s) with the baseline together are "
                 f"wrong at most {alpha:.0%} of the time (Holm's method: each comparison is "
                 "read at its own, stricter level, given in its note)")
-    return (f"per comparison: each verdict is wrong at most {alpha:.0%} of the time, over all "
-            "its looks together; with many comparisons a few may be wrong by chance")
+    over = ", over all its looks together" if looks else ""
+    return (f"per comparison: each verdict is wrong at most {alpha:.0%} of the time{over}; "
+            "with many comparisons a few may be wrong by chance")
 
 
 def _fmt_g(x: float | None) -> str | None:

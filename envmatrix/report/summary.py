@@ -18,6 +18,7 @@ from envmatrix.analysis.stats import (
     INCONCLUSIVE,
     INVALID,
     NOISY_PREFIX,
+    PAIRED,
     SLOWER,
     UNPAIRED,
     RatioCI,
@@ -88,13 +89,14 @@ def procedure_note(data: RunData) -> str:
     """The procedure, the four outcomes and the error rate, in one paragraph."""
     rules = data.rules
     valid = len([v for v in data.verdicts if v.verdict != INVALID])
+    looks = any(v.method == PAIRED for v in data.verdicts) and rules.look_every is not None
     return (f"Verdicts: {verdict_methods(data.verdicts, rules)}, at "
             f"{rules.confidence:.0%} confidence. Four outcomes: \"faster\" or \"slower\" "
             "when the whole interval is on that side of no change and the estimate is beyond "
             f"a {rules.min_effect:.0%} change; \"equivalent\" when the whole interval lies "
             f"within {band(rules.equivalence)}; else \"inconclusive\", shown with the "
             "interval reached. The same rule on p99 gives the tail verdict."
-            f"{_load_rule(data)} Error rate {error_rate_phrase(rules, valid)}. CPU, cold "
+            f"{_load_rule(data)} Error rate {error_rate_phrase(rules, valid, looks)}. CPU, cold "
             "start and memory changes: the same estimate and interval on those figures, "
             "without a verdict (docs/report.md).")
 
@@ -183,7 +185,7 @@ def change_detail(ci: RatioCI, rules: VerdictRules) -> list[str]:
     if ci.verdict == INCONCLUSIVE:
         parts.append(f"between {fmt_pct(ci.low)} and {fmt_pct(ci.high)} after "
                      f"{measured_span(ci)}: more rounds or a quieter machine needed"
-                     if bounded(ci) else f"too few rounds for an interval ({measured_span(ci)})")
+                     if bounded(ci) else f"too few rounds for an interval, {measured_span(ci)}")
     look = settled_round(ci)
     if look is not None and ci.planned:
         parts.append(f"settled at round {look} of {ci.planned}")
