@@ -90,8 +90,8 @@ def procedure_note(data: RunData) -> str:
     rules = data.rules
     valid = len([v for v in data.verdicts if v.verdict != INVALID])
     looks = any(v.method == PAIRED for v in data.verdicts) and rules.look_every is not None
-    return (f"Verdicts: {verdict_methods(data.verdicts, rules)}, at "
-            f"{rules.confidence:.0%} confidence. Four outcomes: \"faster\" or \"slower\" "
+    return (f"Verdicts, at {rules.confidence:.0%} confidence: "
+            f"{verdict_methods(data.verdicts, rules)}. Four outcomes: \"faster\" or \"slower\" "
             "when the whole interval is on that side of no change and the estimate is beyond "
             f"a {rules.min_effect:.0%} change; \"equivalent\" when the whole interval lies "
             f"within {band(rules.equivalence)}; else \"inconclusive\", shown with the "

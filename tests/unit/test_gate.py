@@ -282,7 +282,7 @@ def test_the_matrix_alpha_reaches_the_report(tmp_path: Path,
     run = fake_run(tmp_path, 0.008, verdict={"alpha": 0.01, "min_effect": 0.05})
     assert run_cli(["report", str(run)], capsys)[0] == 0
     text = (run / "report.md").read_text()
-    assert "at 99% confidence" in text and "wrong at most 1% of the time" in text
+    assert "at 99% confidence:" in text and "wrong at most 1% of the time" in text
     rules = json.loads((run / "results.json").read_text())["rules"]
     assert (rules["alpha"], rules["min_effect"]) == (0.01, 0.05)
 
