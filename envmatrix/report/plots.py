@@ -220,7 +220,7 @@ def ratio_figure(fig_title: str, series: Sequence[Series], min_effect: float,
     with matplotlib.rc_context(_STYLE):
         fig, ax = _new(_height(len(rows)) + 0.35)
         ax.axvspan(pct(1.0 / (1.0 + equivalence)), pct(1.0 + equivalence), color="#dbe9f6",
-                   label=f"within ±{equivalence * 100:g}%: equivalent if the whole interval is")
+                   label=f"within ±{equivalence * 100:g}%: the equivalence margin")
         ax.axvspan(pct(1.0 / (1.0 + min_effect)), pct(1.0 + min_effect), color="0.85",
                    label=f"within ±{min_effect * 100:g}%: below the minimum effect")
         ax.axvline(0.0, color="0.4", linewidth=1)
