@@ -265,7 +265,7 @@ def _outcome_label(ax: Axes, text: str, y: float, verdict: str, metric: str) -> 
 
 def cost_figure(fig_title: str, series: Sequence[Series]) -> Figure:
     """CPU per inference, cold start and peak RSS of every candidate as % change vs the
-    baseline, with the bootstrap interval where there are enough units for one."""
+    baseline, with the verdict procedure's interval where there are enough units for one."""
     rows = [s for s in series if not s.baseline and s.cost]
     names = [m for m in COST_METRICS if any(m[0] in s.cost for s in rows)]
     step = 0.6 / max(len(names), 1)

@@ -199,12 +199,15 @@ def test_the_node_share_threshold_is_a_verdict_setting(tmp_path: Path) -> None:
 
 
 def test_a_change_without_an_interval_says_so() -> None:
-    """Too few rounds for a bootstrap: the change is shown with "no interval", never nan."""
+    """Too few rounds for an interval (NaN, or 0 to infinity): "no interval", never nan/inf."""
     from envmatrix.analysis.stats import RatioCI, Verdict
     from envmatrix.report.markdown import fmt_change
     few = RatioCI("p50", 1.25, float("nan"), float("nan"))
-    verdict = Verdict("c", "b", "e", "w", "cpu", "no significant change", ratios={"p50": few})
+    verdict = Verdict("c", "b", "e", "w", "cpu", "inconclusive", ratios={"p50": few})
     assert fmt_change(verdict) == "+25.0% [no interval]"
+    unbounded = RatioCI("p50", 1.25, 0.0, float("inf"), verdict="inconclusive")
+    assert fmt_change(Verdict("c", "b", "e", "w", "cpu", "inconclusive",
+                              ratios={"p50": unbounded})) == "+25.0% [no interval]"
     sure = RatioCI("p50", 1.25, 1.2, 1.3)
     assert fmt_change(Verdict("c", "b", "e", "w", "cpu", "slower", ratios={"p50": sure})) \
         == "+25.0% [+20.0%, +30.0%]"
