@@ -70,6 +70,14 @@ def _verdict_args(parser: argparse.ArgumentParser, *, fail_on: bool = True) -> N
     parser.add_argument("--min-effect", type=gate.min_effect_value, default=None,
                         metavar="FRACTION", help="smallest p50 change that counts, e.g. 0.05 "
                                                  "(default: verdict.min_effect, else 0.02)")
+    parser.add_argument("--equivalence", type=gate.equivalence_value, default=None,
+                        metavar="FRACTION", help="\"equivalent\" when the whole interval lies "
+                                                 "within ±FRACTION (default: "
+                                                 "verdict.equivalence, else 0.05)")
+    parser.add_argument("--error-rate", type=gate.error_rate_value, default=None,
+                        metavar="comparison|run",
+                        help="alpha per comparison, or for all the run's verdicts together "
+                             "(Holm) (default: verdict.error_rate, else comparison)")
     if fail_on:
         parser.add_argument("--fail-on", type=gate.fail_on_words, default=None,
                             metavar="slower,parity,invalid",
@@ -79,7 +87,8 @@ def _verdict_args(parser: argparse.ArgumentParser, *, fail_on: bool = True) -> N
 
 def _overrides(args: argparse.Namespace) -> gate.Overrides:
     return gate.Overrides(repeats=getattr(args, "repeats", None), alpha=args.alpha,
-                          min_effect=args.min_effect, fail_on=getattr(args, "fail_on", None))
+                          min_effect=args.min_effect, fail_on=getattr(args, "fail_on", None),
+                          equivalence=args.equivalence, error_rate=args.error_rate)
 
 
 def build_parser() -> argparse.ArgumentParser:

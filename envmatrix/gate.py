@@ -2,8 +2,12 @@
 
 `--fail-on slower,parity,invalid` (any subset; or matrix.yaml `verdict.fail_on`) names the
 findings that make `matrix`, `report` and `compare` exit with `GateFailed.exit_code` (11):
-- `slower`: a candidate cell whose p50 verdict is "slower". The tail (p99) verdict does not
-  count: with the small budgets CI affords, p99 is noisy, and it is shown in the report;
+- `slower`: a candidate cell whose verdict is "slower" (on p50; on samples/s across loads).
+  The tail (p99) verdict does not count: with the small budgets CI affords, p99 is noisy, and
+  it is shown in the report. "inconclusive" does not fail the gate (nothing was shown slower:
+  the report says how far the interval reached), nor does "equivalent". The verdicts hold the
+  error rate the plan names: per comparison by default, per run (Holm) with
+  `verdict.error_rate: run` or `--error-rate run`;
 - `parity`: a candidate cell whose outputs differ from the baseline's (parity "fail"; outputs
   that could not be compared do not count);
 - `invalid`: any cell without valid numbers (the baseline's and failed cells included), and
@@ -11,8 +15,9 @@ findings that make `matrix`, `report` and `compare` exit with `GateFailed.exit_c
 The gate's code wins over 10 (some cells failed): the gate is what CI asked about, and the
 failed cells are listed either way.
 
-`--repeats`, `--alpha` and `--min-effect` enter the plan (`apply`), so matrix.resolved.yaml,
-the cells' config hashes and the report show what was really used.
+`--repeats`, `--alpha`, `--min-effect`, `--equivalence` and `--error-rate` enter the plan
+(`apply`), so matrix.resolved.yaml, the cells' config hashes and the report show what was
+really used.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from envmatrix.analysis.stats import INVALID, SLOWER, RatioCI
+from envmatrix.analysis.stats import INVALID, PER_COMPARISON, PER_RUN, SLOWER, RatioCI
 from envmatrix.config.spec import ALPHA_RANGE, MIN_EFFECT_RANGE
 from envmatrix.problems import did_you_mean
 from envmatrix.rundir.plan import FAIL_ON_WORDS, Measure, Plan, VerdictSettings
@@ -45,6 +50,8 @@ class Overrides:
     alpha: float | None = None
     min_effect: float | None = None
     fail_on: tuple[str, ...] | None = None
+    equivalence: float | None = None
+    error_rate: str | None = None  # stats.PER_COMPARISON | stats.PER_RUN
 
 
 # ---------------------------------------------------------------- argparse types
@@ -82,6 +89,31 @@ def _bounded(name: str, low: float, high: float) -> Callable[[str], float]:
 
 alpha_value = _bounded("alpha", *ALPHA_RANGE)
 min_effect_value = _bounded("min-effect", *MIN_EFFECT_RANGE)
+ERROR_RATES = (PER_COMPARISON, PER_RUN)
+
+
+def equivalence_value(text: str) -> float:
+    """`--equivalence 0.05`: the margin of "equivalent", above 0 and at most 1 (as in
+    matrix.yaml's verdict.equivalence)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"equivalence must be a number above 0 and at most 1 "
+                                         f"(0.05 = ±5%), not {text!r}")
+    return value
+
+
+def error_rate_value(text: str) -> str:
+    """`--error-rate comparison|run`: which error rate the verdicts hold."""
+    word = text.strip()
+    if word not in ERROR_RATES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an error rate{did_you_mean(word, ERROR_RATES)}: give "
+            f"{PER_COMPARISON} (each verdict wrong at most alpha of the time) or {PER_RUN} "
+            "(all the run's verdicts together, Holm)")
+    return word
 
 
 def repeats_value(text: str) -> int:
@@ -103,8 +135,8 @@ def with_repeats(measure: Measure, repeats: int) -> Measure:
 
 
 def verdict_settings(settings: VerdictSettings, overrides: Overrides) -> VerdictSettings:
-    changed = {k: getattr(overrides, k) for k in ("alpha", "min_effect", "fail_on")
-               if getattr(overrides, k) is not None}
+    keys = ("alpha", "min_effect", "fail_on", "equivalence", "error_rate")
+    changed = {k: getattr(overrides, k) for k in keys if getattr(overrides, k) is not None}
     return replace(settings, **changed)
 
 

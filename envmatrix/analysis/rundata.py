@@ -19,6 +19,7 @@ from envmatrix.analysis.decision import COST_METRICS, Costs, Noise, cell_costs, 
 from envmatrix.analysis.parity import CellParity, cell_parity
 from envmatrix.analysis.stats import (
     INVALID,
+    PAIRED,
     RatioCI,
     Validity,
     Verdict,
@@ -235,11 +236,26 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000.0
 
 
-def _ci(v: Verdict | None, metric: str) -> tuple[Any, Any, Any, Any]:
+def interval_bounds(ci: RatioCI) -> tuple[float | None, float | None]:
+    """(low, high) as results.csv/json carry them: both None when the interval has no finite
+    bound (too few rounds: on the ratio scale it runs from 0 to infinity) or no value."""
+    finite = ci.low > 0.0 and math.isfinite(ci.low) and math.isfinite(ci.high)
+    return (ci.low, ci.high) if finite else (None, None)
+
+
+def _ci(v: Verdict | None, metric: str) -> tuple[Any, Any, Any]:
     ci = v.ratios.get(metric) if v else None
     if ci is None:
-        return None, None, None, None
-    return ci.ratio, ci.low, ci.high, ci.p_value
+        return None, None, None
+    return (ci.ratio if math.isfinite(ci.ratio) else None, *interval_bounds(ci))
+
+
+def settled_round(ci: RatioCI | None) -> int | None:
+    """The round at whose look a paired comparison settled (faster, slower or equivalent);
+    None when unpaired, inconclusive or not compared."""
+    if ci is None or ci.method != PAIRED or not ci.settled:
+        return None
+    return ci.look
 
 
 def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
@@ -278,10 +294,15 @@ def cell_numbers(data: RunData, cell: Cell) -> dict[str, Any]:
         "peak_rss_mib": rss / 2**20 if rss else None,
         "image_size_mb": size / 1e6 if size else None,
         "cv": repeat_cv(res) if ok else None,
-        "p50_ratio": p50[0], "p50_low": p50[1], "p50_high": p50[2], "p50_p_value": p50[3],
-        "p99_ratio": p99[0], "p99_low": p99[1], "p99_high": p99[2], "p99_p_value": p99[3],
+        "p50_ratio": p50[0], "p50_low": p50[1], "p50_high": p50[2],
+        "p99_ratio": p99[0], "p99_low": p99[1], "p99_high": p99[2],
         "throughput_ratio": rate[0], "throughput_low": rate[1], "throughput_high": rate[2],
         "method": v.method if v else None,
+        # the deciding metric's look: where it settled, and the most rounds it could take
+        "settled_round": settled_round(v.decided if v else None),
+        "rounds_planned": v.decided.planned if v and v.decided else None,
+        "error_rate": data.rules.error_rate if v else None,
+        "p_value": v.p_value if v else None,  # per-run error rate only (Holm's ordering)
         "units_base": v.p50.n_base if v and v.p50 else None,
         "units_cand": v.p50.n_cand if v and v.p50 else None,
         **_cost_columns(data, cid),
@@ -310,9 +331,9 @@ def _cost_columns(data: RunData, cid: str) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for name, _key, _label in COST_METRICS:
         ci = ratios.get(name)
+        low, high = interval_bounds(ci) if ci else (None, None)
         out.update({f"{name}_ratio": ci.ratio if ci else None,
-                    f"{name}_low": ci.low if ci else None,
-                    f"{name}_high": ci.high if ci else None})
+                    f"{name}_low": low, f"{name}_high": high})
     return out
 
 

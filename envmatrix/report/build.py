@@ -1,8 +1,8 @@
 """The upgrade-impact report of one run directory: report.md, results.json/csv, plots/.
 
 Built from the run directory alone (resolved plan, results/, outputs/) and byte-for-byte
-reproducible: no clock is read, keys and rows are sorted or in plan order, the bootstrap is
-seeded per comparison (envmatrix.analysis.stats) and the figures are deterministic
+reproducible: no clock is read, keys and rows are sorted or in plan order, the verdict
+procedure draws nothing at random (envmatrix.analysis.stats) and the figures are deterministic
 (envmatrix.report.plots). This module puts the sections together and writes the files.
 """
 
@@ -94,7 +94,8 @@ def plot_figures(data: RunData, network: str) -> dict[str, plots.Figure]:
     figures = {}
     if any(s.p50 for s in series):
         figures[f"plots/{name}-ratio.png"] = plots.ratio_figure(
-            title("latency change"), series, data.rules.min_effect, data.rules.confidence)
+            title("latency change"), series, data.rules.min_effect, data.rules.confidence,
+            data.rules.equivalence)
     if any(s.cost for s in series):
         figures[f"plots/{name}-cost.png"] = plots.cost_figure(title("cost change"), series)
     figures[f"plots/{name}-latency.png"] = plots.latency_figure(title("latency"), series)

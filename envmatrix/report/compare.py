@@ -30,6 +30,7 @@ from envmatrix.analysis.rundata import RunData, analyze
 from envmatrix.analysis.stats import (
     INVALID,
     UNPAIRED,
+    Verdict,
     VerdictRules,
     check_validity,
     measured_comparison,
@@ -37,7 +38,17 @@ from envmatrix.analysis.stats import (
     point_value,
 )
 from envmatrix.errors import ConfigError, DifferentHardwareError
-from envmatrix.report.markdown import DASH, fmt_ms, fmt_pct, md, parity_tables, provider_name, table
+from envmatrix.report.markdown import (
+    DASH,
+    band,
+    fmt_change,
+    fmt_ms,
+    md,
+    outcome_phrase,
+    parity_tables,
+    provider_name,
+    table,
+)
 from envmatrix.report.sections import cpu_flags_diff
 from envmatrix.rundir.layout import atomic_write_text
 from envmatrix.rundir.run import Run, load_run
@@ -226,15 +237,15 @@ def _row(a: RunData, b: RunData, pair: Pair, rules: VerdictRules) -> list[Any]:
         return lead + [None, None, f"**{INVALID}**: {md('; '.join(why))}", parity]
     res = measured_comparison(f"A:{ida}", ra, f"B:{idb}", rb, rules)
     p50 = res["ratios"]["p50"]
-    change = f"{fmt_pct(p50.ratio)} [{fmt_pct(p50.low)}, {fmt_pct(p50.high)}]"
+    shown = Verdict(idb, ida, cell.environment.id, cell.workload.name, cell.provider,
+                    res["verdict"], ratios=res["ratios"])
     notes = "; ".join(md(n) for n in res["notes"])
-    word = res["verdict"] + (f" ({notes})" if notes else "")
-    p_value = f"{res['p_value']:.3f}" if res["p_value"] is not None else None
-    return lead + [change, p_value, word, parity]
+    word = md(outcome_phrase(p50, rules)) + (f" ({notes})" if notes else "")
+    return lead + [fmt_change(shown, "p50"), word, parity]
 
 
 HEADERS = ("workload", "provider", "cell in A", "cell in B", "p50 A (ms)", "p50 B (ms)",
-           "p50 change B vs A [95% CI]", "p-value", "verdict", "output parity")
+           "p50 change B vs A [95% CI]", "verdict", "output parity")
 
 
 def parity_headline(a: RunData, b: RunData, failures: tuple[Pair, ...]) -> list[str]:
@@ -285,8 +296,13 @@ def render_comparison(a: RunData, b: RunData, comparison: Comparison,
         lines += ["Cells without a partner in the other run:", ""]
         lines += [f"- {md(u)}" for u in comparison.unmatched] + [""]
     # Two runs are never measured in shared rounds, so their cells compare unpaired.
-    lines += [f"Verdicts: {method_phrase(UNPAIRED)} at alpha {rules.alpha}, "
-              f"at least a {rules.min_effect:.0%} change in p50 (docs/report.md).", ""]
+    lines += [f"Verdicts: {method_phrase(UNPAIRED)}, at {rules.confidence:.0%} confidence, on "
+              "p50. Four outcomes: \"faster\" or \"slower\" when the whole interval is on "
+              f"that side of no change and the estimate is beyond a {rules.min_effect:.0%} "
+              f"change; \"equivalent\" when the whole interval lies within "
+              f"{band(rules.equivalence)}; else \"inconclusive\", with the interval reached. "
+              f"Error rate per comparison: each verdict is wrong at most "
+              f"{rules.level_alpha:.0%} of the time (docs/report.md).", ""]
     lines.append(section_parity(comparison.pairs))
     return "\n".join(lines) + "\n"
 

@@ -68,11 +68,24 @@ def json_text(obj: Any) -> str:
 
 
 def _strict(obj: Any) -> Any:
-    """NaN and infinities as null: results.json is strict JSON like every result file."""
+    """NaN and infinities as null: results.json is strict JSON like every result file. An
+    interval without a finite bound (too few rounds: 0 to infinity as a ratio) is null at
+    both ends, as in results.csv (rundata.interval_bounds)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
+        if _unbounded(obj):
+            obj = {**obj, "low": None, "high": None}
         return {str(k): _strict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_strict(v) for v in obj]
     return obj
+
+
+def _unbounded(obj: dict[Any, Any]) -> bool:
+    """Is this a comparison (asdict of a RatioCI) whose interval has no finite bound?"""
+    if not {"metric", "ratio", "low", "high"} <= set(obj):
+        return False
+    low, high = obj["low"], obj["high"]
+    return isinstance(low, float) and isinstance(high, float) and not (
+        low > 0.0 and math.isfinite(low) and math.isfinite(high))

@@ -14,8 +14,24 @@ from typing import Any
 
 from tabulate import tabulate
 
+from envmatrix.analysis import sequential
 from envmatrix.analysis.parity import CellParity
-from envmatrix.analysis.stats import FASTER, INVALID, SLOWER, UNPAIRED, Verdict, method_phrase
+from envmatrix.analysis.rundata import interval_bounds, settled_round
+from envmatrix.analysis.stats import (
+    EQUIVALENT,
+    FASTER,
+    INCONCLUSIVE,
+    INVALID,
+    PAIRED,
+    PER_RUN,
+    SLOWER,
+    UNPAIRED,
+    RatioCI,
+    Verdict,
+    VerdictRules,
+    below_min_effect,
+    method_phrase,
+)
 
 DASH = "–"
 PROVIDER_DISPLAY = {"cpu": "CPU", "openvino": "OpenVINO", "cuda": "CUDA",
@@ -90,11 +106,18 @@ def fmt_number(value: float | None, spec: str) -> str | None:
     return None if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def bounded(ci: RatioCI) -> bool:
+    """Has the interval two finite bounds? (Too few rounds: none, the ratio's lower end is 0.)"""
+    return interval_bounds(ci)[0] is not None
+
+
 def fmt_change(v: Verdict, metric: str = "p50") -> str | None:
     ci = v.ratios.get(metric)
     if ci is None:
         return None
-    if not (math.isfinite(ci.low) and math.isfinite(ci.high)):
+    if not math.isfinite(ci.ratio):
+        return None
+    if not bounded(ci):
         return f"{fmt_pct(ci.ratio)} [no interval]"  # too few rounds: the notes say why
     return f"{fmt_pct(ci.ratio)} [{fmt_pct(ci.low)}, {fmt_pct(ci.high)}]"
 
@@ -103,26 +126,126 @@ def provider_name(short: str) -> str:
     return PROVIDER_DISPLAY.get(short, short)
 
 
-def verdict_words(word: str, tail: str | None, decided_by: str | None = "p50") -> str:
-    """The verdict column: `**faster** / no significant change` (p50 / p99), or the
+def band(margin: float) -> str:
+    """`±5%`: a margin as the report prints it."""
+    return f"±{margin * 100:g}%"
+
+
+def outcome_word(word: str | None, equivalence: float) -> str | None:
+    """One of the four outcomes in a table cell: **faster**, **slower**, equivalent ±5%,
+    inconclusive (and **invalid**)."""
+    if word in (FASTER, SLOWER, INVALID):
+        return f"**{word}**"
+    if word == EQUIVALENT:
+        return f"equivalent {band(equivalence)}"
+    return word
+
+
+def _at_round(ci: RatioCI | None) -> str:
+    """` (round 16 of 40)` after a settled paired verdict; empty otherwise."""
+    look = settled_round(ci)
+    if look is None or ci is None or not ci.planned:  # one look at an unknown plan: no news
+        return ""
+    return f" (round {look} of {ci.planned})"
+
+
+def outcome_cell(ci: RatioCI | None, equivalence: float) -> str | None:
+    """The word of one comparison with the round it settled at: `**faster** (round 8 of 40)`."""
+    if ci is None:
+        return None
+    word = outcome_word(ci.verdict, equivalence)
+    return f"{word}{_at_round(ci)}" if word else None
+
+
+def measured_span(ci: RatioCI) -> str:
+    """How much a comparison read: `40 rounds` (paired), `12 and 12 rounds` (unpaired)."""
+    if ci.method == PAIRED:
+        return f"{ci.look or ci.n_base} rounds"
+    return f"{ci.n_base} vs {ci.n_cand} rounds"
+
+
+def _interval_text(ci: RatioCI) -> str:
+    return f"interval {fmt_pct(ci.low)} to {fmt_pct(ci.high)}"
+
+
+def outcome_phrase(ci: RatioCI, rules: VerdictRules) -> str:
+    """One comparison in a reader's words: the outcome, the interval (or the bound reached)
+    and where it settled, e.g. "inconclusive: between -46.0% and +1.0% after 40 rounds: more
+    rounds or a quieter machine needed"."""
+    small = (f"{fmt_pct(ci.ratio)}, below the {rules.min_effect:.0%} that counts"
+             if bounded(ci) and below_min_effect(ci, rules.min_effect) else "")
+    settled = settled_round(ci)
+    where = f"; settled at round {settled} of {ci.planned}" if settled and ci.planned else ""
+    if ci.verdict in (FASTER, SLOWER):
+        return f"{ci.verdict} ({fmt_pct(ci.ratio)}, {_interval_text(ci)}{where})"
+    if ci.verdict == EQUIVALENT:
+        tail = f": {small}" if small else ""
+        return (f"equivalent within {band(rules.equivalence)} ({_interval_text(ci)}{where})"
+                f"{tail}")
+    if ci.verdict == INCONCLUSIVE and not math.isfinite(ci.ratio):
+        return "inconclusive: no usable values"
+    if ci.verdict == INCONCLUSIVE and not bounded(ci):
+        return (f"inconclusive: {fmt_pct(ci.ratio)}, but {measured_span(ci)} are too few for "
+                "an interval: more rounds needed")
+    if ci.verdict == INCONCLUSIVE:
+        lead = f"{small}, " if small else ""
+        return (f"inconclusive: {lead}between {fmt_pct(ci.low)} and {fmt_pct(ci.high)} after "
+                f"{measured_span(ci)}: more rounds or a quieter machine needed")
+    return str(ci.verdict)
+
+
+def verdict_words(v: Verdict, equivalence: float) -> str:
+    """The verdict column: `**faster** (round 8 of 40) / equivalent ±5%` (p50 / p99), or the
     samples/s verdict of two cells at different loads: `**faster** (samples/s)`."""
-    if word.startswith("baseline"):
-        return word
-    if word == INVALID:
+    if v.verdict == INVALID:
         return f"**{INVALID}**"
-    shown = f"**{word}**" if word in (FASTER, SLOWER) else word
-    if decided_by == "throughput":
+    shown = outcome_cell(v.decided, equivalence) or str(outcome_word(v.verdict, equivalence))
+    if v.decided_by == "throughput":
         return f"{shown} (samples/s)"
+    tail = outcome_cell(v.p99, equivalence) or outcome_word(v.tail_verdict, equivalence)
     return f"{shown} / {tail}"
 
 
-def verdict_methods(verdicts: Sequence[Verdict]) -> str:
-    """Which test(s) the verdicts used, with how many cells each where they differ."""
+def verdict_methods(verdicts: Sequence[Verdict], rules: VerdictRules | None = None) -> str:
+    """Which test(s) the verdicts used, with how many cells each where they differ; paired,
+    with the looks the rules plan."""
     used = [v.method for v in verdicts if v.method]
     methods = list(dict.fromkeys(used)) or [UNPAIRED]
+    phrases = {m: procedure_phrase(m, rules) for m in methods}
     if len(methods) == 1:
-        return method_phrase(methods[0])
-    return "; ".join(f"{method_phrase(m)} ({used.count(m)} cells)" for m in methods)
+        return phrases[methods[0]]
+    return "; ".join(f"{phrases[m]} ({used.count(m)} cells)" for m in methods)
+
+
+def procedure_phrase(method: str, rules: VerdictRules | None) -> str:
+    """How a verdict was made, in words: paired with its looks, or unpaired."""
+    if method != PAIRED:
+        return method_phrase(method)
+    head = ("the median of the per-round ratios (cells measured in interleaved rounds) with "
+            "the sign test's interval")
+    if rules is None or rules.budget is None:
+        return f"{head}, read once after all rounds"
+    looks = sequential.looks_for(rules.budget, rules.look_every)
+    if len(looks) == 1:
+        return f"{head}, read once after all {rules.budget} rounds"
+    plan = sequential.design(looks, rules.level_alpha)
+    shown = ", ".join(str(n) for n in looks[:-1]) + f" and {looks[-1]}"
+    return (f"{head}, looked at after {shown} rounds and stopped at the first look that "
+            f"settles it; each look reads its interval at {1 - plan.nominal:.1%} so that all "
+            f"looks together keep the error rate")
+
+
+def error_rate_phrase(rules: VerdictRules, comparisons: int, looks: bool = True) -> str:
+    """Which error rate the verdicts hold, in a manager's words (`looks`: some comparison was
+    read at several looks)."""
+    alpha = rules.level_alpha
+    if rules.error_rate == PER_RUN:
+        return (f"per run: the {comparisons} comparison(s) with the baseline together are "
+                f"wrong at most {alpha:.0%} of the time (Holm's method: each comparison is "
+                "read at its own, stricter level, given in its note)")
+    over = ", over all its looks together" if looks else ""
+    return (f"per comparison: each verdict is wrong at most {alpha:.0%} of the time{over}; "
+            "with many comparisons a few may be wrong by chance")
 
 
 def _fmt_g(x: float | None) -> str | None:

@@ -4,8 +4,10 @@ One set per network (envmatrix.report.build.write_plots: the cells of a network'
 cnn-ort and cnn-torch; a network that is one workload keeps that workload's file names), each
 titled "<network>: <what>, baseline <environment>" (`title`):
 - ratio: p50 and p99 as % change vs the baseline, the very numbers the text prints
-  ((ratio - 1) * 100 with the verdict's bootstrap interval), the no-change band of
-  ±min_effect shaded, and the verdict word of each marker beside its row;
+  ((ratio - 1) * 100 with the verdict's interval; an interval without finite bounds, too few
+  rounds, as a dotted double arrow across the axes), the equivalence band ±equivalence and,
+  inside it, the minimum effect ±min_effect shaded, and the outcome of each marker beside its
+  row in its colour (faster green, slower red, equivalent blue, inconclusive grey);
 - cost: % change vs the baseline of CPU per inference, cold start and peak RSS (`cost_ratios`:
   the verdict's procedure applied to those per-process numbers);
 - latency: every cell's latencies as a box plot (whiskers at p1 and p99, no fliers);
@@ -37,7 +39,11 @@ from matplotlib.ticker import MaxNLocator
 
 from envmatrix.analysis.decision import COST_METRICS, has_rounds, timed_repeats, unit_keys
 from envmatrix.analysis.stats import (
+    EQUIVALENT,
+    FASTER,
+    INCONCLUSIVE,
     INVALID,
+    SLOWER,
     RatioCI,
     process_stat,
     unit_values,
@@ -57,7 +63,8 @@ _HORIZONTAL: Any = (
 BASELINE_COLOR = "black"
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
            "tab:pink", "tab:olive", "tab:cyan")
-_VERDICT_COLORS = {"faster": "tab:green", "slower": "tab:red", INVALID: "tab:red"}
+_VERDICT_COLORS = {FASTER: "tab:green", SLOWER: "tab:red", EQUIVALENT: "tab:blue",
+                   INCONCLUSIVE: "0.45", INVALID: "tab:red"}
 
 @dataclass(frozen=True)
 class Series:
@@ -145,14 +152,42 @@ def _legend_below(fig: Figure, ax: Axes, ncols: int) -> None:
                frameon=False)
 
 
+def _finite(ci: RatioCI) -> bool:
+    return ci.low > 0.0 and math.isfinite(ci.low) and math.isfinite(ci.high)
+
+
 def _errorbars(ax: Axes, xs: Sequence[float], ys: Sequence[float], cis: Sequence[RatioCI],
                color: str, label: str, gid: str) -> None:
-    """Markers at xs (% change) with each interval where there is one."""
-    lo = [x - pct(c.low) if math.isfinite(c.low + x) else 0.0 for x, c in zip(xs, cis)]
-    hi = [pct(c.high) - x if math.isfinite(c.high + x) else 0.0 for x, c in zip(xs, cis)]
+    """Markers at xs (% change) with each interval where it has finite bounds (the others:
+    `_unbounded`)."""
+    lo = [x - pct(c.low) if _finite(c) else 0.0 for x, c in zip(xs, cis)]
+    hi = [pct(c.high) - x if _finite(c) else 0.0 for x, c in zip(xs, cis)]
     bars = ax.errorbar(xs, ys, xerr=[[max(v, 0.0) for v in lo], [max(v, 0.0) for v in hi]],
                        fmt="o", color=color, label=label, capsize=3, markersize=5)
     bars.lines[0].set_gid(gid)
+
+
+def _span(cis: Sequence[RatioCI], margin: float) -> tuple[float, float]:
+    """The x range (% change) the finite intervals, the estimates and the bands need."""
+    xs = [pct(1.0 / (1.0 + margin)), pct(1.0 + margin)]
+    for ci in cis:
+        xs += [pct(ci.low), pct(ci.high)] if _finite(ci) else []
+        xs += [pct(ci.ratio)] if math.isfinite(ci.ratio) else []
+    low, high = min(xs), max(xs)
+    pad = 0.08 * (high - low)
+    return low - pad, high + pad
+
+
+def _unbounded(ax: Axes, found: Sequence[tuple[float, RatioCI]], color: str,
+               span: tuple[float, float], gid: str) -> None:
+    """An interval without finite bounds (too few rounds): a dotted double arrow across the
+    whole axes, so it reads "anywhere" rather than as a point known exactly."""
+    for y, ci in found:
+        if _finite(ci):
+            continue
+        ax.annotate("", xy=(span[0], y), xytext=(span[1], y), gid=f"unbounded-{gid}",
+                    arrowprops={"arrowstyle": "<->", "linestyle": ":", "color": color,
+                                "shrinkA": 0, "shrinkB": 0})
 
 
 def latency_figure(fig_title: str, series: Sequence[Series]) -> Figure:
@@ -174,48 +209,63 @@ def latency_figure(fig_title: str, series: Sequence[Series]) -> Figure:
 
 
 def ratio_figure(fig_title: str, series: Sequence[Series], min_effect: float,
-                 confidence: float = 0.95) -> Figure:
-    """p50 and p99 of every candidate as % change vs the baseline with their intervals, the
-    no-change band shaded (decide_interval's thresholds: -min_effect/(1+min_effect) and
-    +min_effect), and each marker's verdict word in the right margin."""
+                 confidence: float = 0.95, equivalence: float = 0.05) -> Figure:
+    """p50 and p99 of every candidate as % change vs the baseline with their intervals (a
+    dotted double arrow where there is no finite one), the equivalence band ±equivalence and
+    inside it the minimum effect (decide_interval's thresholds: -m/(1+m) and +m), and each
+    marker's outcome in the right margin, in its colour."""
     rows = [s for s in series if not s.baseline and (s.p50 is not None or s.verdict)]
+    cis = [ci for s in rows for ci in (s.p50, s.p99) if ci is not None]
+    span = _span(cis, max(equivalence, min_effect))
     with matplotlib.rc_context(_STYLE):
         fig, ax = _new(_height(len(rows)) + 0.35)
-        ax.axvspan(pct(1.0 / (1.0 + min_effect)), pct(1.0 + min_effect), color="0.88",
-                   label=f"within ±{min_effect * 100:g}%: no significant change")
+        ax.axvspan(pct(1.0 / (1.0 + equivalence)), pct(1.0 + equivalence), color="#dbe9f6",
+                   label=f"within ±{equivalence * 100:g}%: the equivalence margin")
+        ax.axvspan(pct(1.0 / (1.0 + min_effect)), pct(1.0 + min_effect), color="0.85",
+                   label=f"within ±{min_effect * 100:g}%: below the minimum effect")
         ax.axvline(0.0, color="0.4", linewidth=1)
         for offset, metric, color in ((-0.15, "p50", "tab:blue"), (0.15, "p99", "tab:orange")):
             found = [(i, getattr(s, metric)) for i, s in enumerate(rows)
-                     if getattr(s, metric) is not None]
-            cis = [ci for _i, ci in found]
-            xs = [pct(ci.ratio) for ci in cis]
-            if cis:
-                _errorbars(ax, xs, [i + offset for i, _ci in found], cis, color,
+                     if getattr(s, metric) is not None and math.isfinite(getattr(s, metric).ratio)]
+            if found:
+                _errorbars(ax, [pct(ci.ratio) for _i, ci in found],
+                           [i + offset for i, _ci in found], [ci for _i, ci in found], color,
                            f"{metric} [{confidence:.0%} interval]", metric)
-            for i, ci in found:
-                word = ci.verdict or ""
-                if not (math.isfinite(ci.low) and math.isfinite(ci.high)):
-                    word += " (no interval)"
-                ax.annotate(f"{metric}: {word}", (1.01, i + offset),
-                            xycoords=("axes fraction", "data"), va="center", fontsize="small",
-                            color=_VERDICT_COLORS.get(ci.verdict or "", "0.25"),
-                            annotation_clip=False, gid=f"verdict-{metric}")
+                _unbounded(ax, [(i + offset, ci) for i, ci in found], color, span, metric)
+            for i, s in enumerate(rows):
+                ci = getattr(s, metric)
+                if ci is not None:
+                    _outcome_label(ax, f"{metric}: {_outcome_text(ci, equivalence)}",
+                                   i + offset, ci.verdict or "", metric)
         for i, s in enumerate(rows):
             if s.p50 is None:
-                ax.annotate(s.verdict or INVALID, (1.01, i), xycoords=("axes fraction", "data"),
-                            va="center", fontsize="small", color=_VERDICT_COLORS[INVALID],
-                            annotation_clip=False, gid="verdict-p50")
+                _outcome_label(ax, s.verdict or INVALID, i, INVALID, "p50")
+        ax.set_xlim(*span)
         _rows_axis(ax, [s.label for s in rows])
         ax.set_xlabel("% change vs baseline (negative is faster)")
         ax.set_title(plain(fig_title))
         ax.grid(axis="x", alpha=0.3)
-        _legend_below(fig, ax, 3)
+        _legend_below(fig, ax, 2)
         return fig
+
+
+def _outcome_text(ci: RatioCI, equivalence: float) -> str:
+    """The outcome as the report words it, short enough for the margin."""
+    if ci.verdict == EQUIVALENT:
+        return f"equivalent ±{equivalence * 100:g}%"
+    word = ci.verdict or ""
+    return f"{word} (no interval)" if not _finite(ci) else word
+
+
+def _outcome_label(ax: Axes, text: str, y: float, verdict: str, metric: str) -> None:
+    ax.annotate(text, (1.01, y), xycoords=("axes fraction", "data"), va="center",
+                fontsize="small", color=_VERDICT_COLORS.get(verdict, "0.25"),
+                annotation_clip=False, gid=f"verdict-{metric}")
 
 
 def cost_figure(fig_title: str, series: Sequence[Series]) -> Figure:
     """CPU per inference, cold start and peak RSS of every candidate as % change vs the
-    baseline, with the bootstrap interval where there are enough units for one."""
+    baseline, with the verdict procedure's interval where there are enough units for one."""
     rows = [s for s in series if not s.baseline and s.cost]
     names = [m for m in COST_METRICS if any(m[0] in s.cost for s in rows)]
     step = 0.6 / max(len(names), 1)

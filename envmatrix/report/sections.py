@@ -64,7 +64,8 @@ def _table_cells(data: RunData, cell: Cell) -> list[Any]:
     n = cell_numbers(data, cell)
     v = data.verdict_of(cell.id)
     baseline = n["verdict"].startswith("baseline")
-    verdict = verdict_words(n["verdict"], n["tail_verdict"], n["verdict_on"])
+    verdict = (n["verdict"] if baseline or v is None
+               else verdict_words(v, data.rules.equivalence))
     return [md(n["environment"]), md(provider_name(n["provider"])),
             fmt_number(None if n["node_share"] is None else 100 * n["node_share"], ".0f"),
             fmt_ms(shown_point(data, cell, "p50")),

@@ -13,23 +13,34 @@ from typing import Any
 from envmatrix.analysis.decision import Costs, change, cores_phrase
 from envmatrix.analysis.rundata import RunData, cost_changes, image_size
 from envmatrix.analysis.stats import (
+    EQUIVALENT,
     FASTER,
+    INCONCLUSIVE,
     INVALID,
     NOISY_PREFIX,
+    PAIRED,
     SLOWER,
-    INCONCLUSIVE as UNCHANGED,
     UNPAIRED,
+    RatioCI,
     Verdict,
+    VerdictRules,
+    below_min_effect,
     load_of,
     too_few_note,
 )
 from envmatrix.report.markdown import (
+    band,
+    bounded,
+    error_rate_phrase,
     fmt_bytes,
     fmt_change,
     fmt_pct,
     fmt_ratio,
     md,
+    measured_span,
+    outcome_word,
     provider_name,
+    settled_round,
     table,
     verdict_methods,
     verdict_words,
@@ -70,21 +81,30 @@ def section_summary(data: RunData) -> str:
     lines += ["", note] if note else []
     notes = trust_notes(data)
     lines += ["", *notes] if notes else []
-    rules = data.rules
-    lines += ["", f"Verdicts: {verdict_methods(data.verdicts)} at alpha "
-                  f"{1 - rules.confidence:.2g}: \"faster\" or \"slower\" only when the whole "
-                  f"{rules.confidence:.0%} interval is on that side of no change and the estimate "
-                  f"is beyond a {rules.min_effect:.0%} change; the same rule on p99 gives the "
-                  f"tail verdict.{_load_rule(data)} CPU, cold start and memory changes: the same "
-                  "estimate and interval on those figures, without a verdict (docs/report.md)."]
+    lines += ["", procedure_note(data)]
     return "\n".join(lines)
+
+
+def procedure_note(data: RunData) -> str:
+    """The procedure, the four outcomes and the error rate, in one paragraph."""
+    rules = data.rules
+    valid = len([v for v in data.verdicts if v.verdict != INVALID])
+    looks = any(v.method == PAIRED for v in data.verdicts) and rules.look_every is not None
+    return (f"Verdicts, at {rules.confidence:.0%} confidence: "
+            f"{verdict_methods(data.verdicts, rules)}. Four outcomes: \"faster\" or \"slower\" "
+            "when the whole interval is on that side of no change and the estimate is beyond "
+            f"a {rules.min_effect:.0%} change; \"equivalent\" when the whole interval lies "
+            f"within {band(rules.equivalence)}; else \"inconclusive\", shown with the "
+            "interval reached. The same rule on p99 gives the tail verdict."
+            f"{_load_rule(data)} Error rate {error_rate_phrase(rules, valid, looks)}. CPU, cold "
+            "start and memory changes: the same estimate and interval on those figures, "
+            "without a verdict (docs/report.md).")
 
 
 def summary_row(data: RunData, v: Verdict) -> list[Any]:
     costs = cost_changes(data, v)
     parity = data.parity.get(v.candidate)
-    words = v.verdict if v.verdict == INVALID else verdict_words(v.verdict, v.tail_verdict,
-                                                                 v.decided_by)
+    words = verdict_words(v, data.rules.equivalence)
     return [md(candidate_name(data, v)), md(v.workload), md(provider_name(v.provider)),
             fmt_change(v, "p50"), fmt_change(v, "p99"), fmt_change(v, "throughput"),
             fmt_ratio(costs["cpu_per_inference"]),
@@ -144,22 +164,48 @@ def _group_verdicts(data: RunData) -> dict[tuple[str, str], list[Verdict]]:
 
 # What a verdict word says, by the metric that made it: per request (p50), or in samples/s
 # for cells at different loads (more requests in flight trade latency for throughput).
-_WORDS_ON = {"p50": {FASTER: "faster per request", SLOWER: "slower per request"},
+_WORDS_ON = {"p50": {FASTER: "faster per request", SLOWER: "slower per request",
+                     EQUIVALENT: "equivalent per request within {band}",
+                     INCONCLUSIVE: "inconclusive per request"},
              "throughput": {FASTER: "more samples/s", SLOWER: "fewer samples/s",
-                            UNCHANGED: "no significant change in samples/s"}}
+                            EQUIVALENT: "equivalent in samples/s within {band}",
+                            INCONCLUSIVE: "inconclusive in samples/s"}}
+
+
+def change_detail(ci: RatioCI, rules: VerdictRules) -> list[str]:
+    """What a sentence says after a workload's name: the change, the interval where the
+    outcome rests on it, and the round it settled at or the rounds it ran out of."""
+    if not math.isfinite(ci.ratio):
+        return []
+    small = below_min_effect(ci, rules.min_effect) if bounded(ci) else False
+    parts = [f"{fmt_pct(ci.ratio)}, below the {rules.min_effect:.0%} that counts" if small
+             else fmt_pct(ci.ratio)]
+    if ci.verdict == EQUIVALENT:
+        parts.append(f"interval {fmt_pct(ci.low)} to {fmt_pct(ci.high)}")
+    if ci.verdict == INCONCLUSIVE:
+        parts.append(f"between {fmt_pct(ci.low)} and {fmt_pct(ci.high)} after "
+                     f"{measured_span(ci)}: more rounds or a quieter machine needed"
+                     if bounded(ci) else f"too few rounds for an interval, {measured_span(ci)}")
+    look = settled_round(ci)
+    if look is not None and ci.planned:
+        parts.append(f"settled at round {look} of {ci.planned}")
+    return parts
 
 
 def _change_words(data: RunData, vs: Sequence[Verdict]) -> str:
-    """"faster per request on cnn (-41%) and transformer (-43%)", grouped by verdict words;
-    a verdict across loads in samples/s: "more samples/s on cnn (+10.4%, 2 in flight)"."""
+    """"faster per request on cnn (-41.1%, settled at round 8 of 40) and transformer (...)",
+    grouped by verdict words; across loads in samples/s: "more samples/s on cnn (+10.4%, 2 in
+    flight)"."""
     by_word: dict[str, list[str]] = {}
     for v in vs:
         ci = v.decided
-        pct = f"{fmt_pct(ci.ratio)}" if ci is not None and math.isfinite(ci.ratio) else ""
+        parts = change_detail(ci, data.rules) if ci is not None else []
         if v.decided_by == "throughput":
-            pct = ", ".join(p for p in (pct, _in_flight(data, v)) if p)
+            parts += [p for p in (_in_flight(data, v),) if p]
         words = _WORDS_ON.get(v.decided_by, {}).get(v.verdict, v.verdict)
-        by_word.setdefault(words, []).append(f"{md(v.workload)} ({pct})" if pct else
+        words = words.format(band=band(data.rules.equivalence))
+        detail = "; ".join(parts) if v.verdict == INCONCLUSIVE else ", ".join(parts)
+        by_word.setdefault(words, []).append(f"{md(v.workload)} ({detail})" if detail else
                                              md(v.workload))
     return "; ".join(f"{words} on {' and '.join(items)}" for words, items in by_word.items())
 
@@ -198,7 +244,7 @@ def candidate_sentence(data: RunData, key: tuple[str, str], vs: Sequence[Verdict
     valid = [v for v in vs if v.verdict != INVALID]
     parts = [_change_words(data, valid)] if valid else []
     parts += _cost_words(data, valid)
-    tails = [f"{md(v.workload)} p99 {v.tail_verdict}" for v in valid
+    tails = [f"{md(v.workload)} p99 {_plain_word(v.tail_verdict, data.rules)}" for v in valid
              if v.tail_verdict and v.tail_verdict != v.verdict]
     if tails:
         parts.append("but " + ", ".join(tails))
@@ -212,6 +258,13 @@ def candidate_sentence(data: RunData, key: tuple[str, str], vs: Sequence[Verdict
     if invalid:
         parts.append(f"invalid on {', '.join(md(v.workload) for v in invalid)} (see below)")
     return f"{head}: " + "; ".join(parts) + "."
+
+
+def _plain_word(word: str, rules: VerdictRules) -> str:
+    """A verdict word in a sentence: "equivalent within ±5%", the others as they are."""
+    if word == EQUIVALENT:
+        return f"equivalent within {band(rules.equivalence)}"
+    return str(outcome_word(word, rules.equivalence)).strip("*")
 
 
 def trust_notes(data: RunData) -> list[str]:

@@ -21,8 +21,17 @@ from envmatrix.analysis.rundata import (
     samples_per_request,
     within_point,
 )
-from envmatrix.analysis.stats import FASTER, INVALID, SLOWER, RatioCI, Verdict
+from envmatrix.analysis.stats import (
+    EQUIVALENT,
+    INVALID,
+    RatioCI,
+    Verdict,
+    VerdictRules,
+    below_min_effect,
+)
 from envmatrix.report.markdown import (
+    band,
+    bounded,
     code,
     fmt_change,
     fmt_ms,
@@ -30,6 +39,9 @@ from envmatrix.report.markdown import (
     fmt_pct,
     fmt_rate,
     md,
+    outcome_cell,
+    outcome_word,
+    settled_round,
     table,
     verdict_methods,
 )
@@ -44,8 +56,8 @@ def section_within(data: RunData) -> str:
     lines = ["## Within each environment", "",
              "The cells of one network in one environment (backends, batch sizes, providers, "
              "knobs), each against the first in plan order (the reference), by the verdicts' "
-             f"own procedure: {verdict_methods(verdicts)}. samples/s: samples per second "
-             "(requests completed x batch / wall time of the timed loop). Parity: outputs "
+             f"own procedure: {verdict_methods(verdicts, data.rules)}. samples/s: samples per "
+             "second (requests completed x batch / wall time of the timed loop). Parity: outputs "
              "against the reference's on identical inputs; outputs named differently by two "
              "backends are matched by position.", ""]
     for group in data.within:
@@ -95,7 +107,7 @@ def within_table(data: RunData, group: WithinGroup) -> str:
         point = functools.partial(within_point, data, group, cell)
         rows.append([code(settings[cell.id]) + (" (reference)" if ref else ""),
                      fmt_ms(point("p50")), fmt_ms(point("p99")), fmt_rate(point("throughput")),
-                     *_within_changes(group.verdicts.get(cell.id)),
+                     *_within_changes(group.verdicts.get(cell.id), data.rules.equivalence),
                      fmt_number(n["cpu_per_inference_ms"], ".3g"),
                      *([fmt_number(n["cpu_per_sample_ms"], ".3g")] if per_sample else []),
                      fmt_number(n["cold_start_ms"], ".0f"), fmt_number(n["peak_rss_mib"], ".0f"),
@@ -103,20 +115,14 @@ def within_table(data: RunData, group: WithinGroup) -> str:
     return table(headers, rows)
 
 
-def _word(ci: RatioCI | None) -> str | None:
-    if ci is None:
-        return None
-    return f"**{ci.verdict}**" if ci.verdict in (FASTER, SLOWER) else ci.verdict
-
-
-def _within_changes(v: Verdict | None) -> list[Any]:
-    """p50 change, samples/s change, and the verdict word of each."""
+def _within_changes(v: Verdict | None, equivalence: float) -> list[Any]:
+    """p50 change, samples/s change, and the verdict word of each (with its settling round)."""
     if v is None:
         return ["reference", "reference", None, None]
     if v.verdict == INVALID:
         return [None, None, f"**{INVALID}**", f"**{INVALID}**"]
-    return [fmt_change(v, "p50"), fmt_change(v, "throughput"), _word(v.p50),
-            _word(v.ratios.get("throughput"))]
+    return [fmt_change(v, "p50"), fmt_change(v, "throughput"), outcome_cell(v.p50, equivalence),
+            outcome_cell(v.ratios.get("throughput"), equivalence)]
 
 
 def _within_parity_text(p: CellParity | None) -> str | None:
@@ -175,12 +181,21 @@ def _pair(metric: str, first: float | None, second: float | None) -> str:
     return f"{both} samples/s" if metric == "throughput" else f"p50 {both} ms"
 
 
-def _change_phrase(ci: RatioCI, confidence: float) -> str:
-    """`+103.0% [95%: +95.0%, +111.0%], faster`: the comparison's estimate, interval, verdict."""
-    word = ci.verdict if ci.verdict in (FASTER, SLOWER) else "no significant difference"
-    if not (math.isfinite(ci.low) and math.isfinite(ci.high)):
+def _change_phrase(ci: RatioCI, rules: VerdictRules) -> str:
+    """`+103.0% [95%: +95.0%, +111.0%], faster, settled at round 8 of 40`: the comparison's
+    estimate, interval and outcome (equivalent within ±5%, inconclusive: the highest number
+    is then not a reliably higher one)."""
+    word = str(outcome_word(ci.verdict, rules.equivalence)).strip("*")
+    if ci.verdict == EQUIVALENT:
+        word = f"equivalent within {band(rules.equivalence)}"
+    look = settled_round(ci)
+    word += f", settled at round {look} of {ci.planned}" if look and ci.planned else ""
+    if not bounded(ci):
         return f"{fmt_pct(ci.ratio)}, no interval (too few rounds), {word}"
-    return f"{fmt_pct(ci.ratio)} [{confidence:.0%}: {fmt_pct(ci.low)}, {fmt_pct(ci.high)}], {word}"
+    if below_min_effect(ci, rules.min_effect):
+        word += f": below the {rules.min_effect:.0%} that counts"
+    return (f"{fmt_pct(ci.ratio)} [{rules.confidence:.0%}: {fmt_pct(ci.low)}, "
+            f"{fmt_pct(ci.high)}], {word}")
 
 
 def winner_sentence(data: RunData, group: WithinGroup, names: Mapping[str, str],
@@ -202,7 +217,7 @@ def winner_sentence(data: RunData, group: WithinGroup, names: Mapping[str, str],
     shown = pick(rest, key=point) if best is ref else best
     v = group.verdicts[shown.id]
     main, side = v.ratios[metric], v.ratios[other]
-    change = _change_phrase(main, data.rules.confidence)
+    change = _change_phrase(main, data.rules)
     if best is ref:
         return (f"{head}: {code(names[ref.id])} (the reference), {_amount(metric, main.base)}; "
                 f"next {code(names[shown.id])}, {_amount(metric, main.cand)} ({change}), at "

@@ -10,11 +10,11 @@ built or pulled. The stages are the pipeline's, in its order (`pipeline.execute`
 only opens the new run from the old one, copies its inputs and hands in the chosen images.
 
 The headline says per cell, with the verdict machinery of `stats.measured_comparison` called
-exactly as `compare` calls it (same ids, so the same bootstrap draws and the same numbers):
-"N% slower" / "N% faster" when the verdict says so; "measures the same" when the verdict is no
-significant change and the whole interval lies within the verdict's ±min_effect (a change as
-large as min_effect is excluded); "no significant change" otherwise (the interval includes 1
-and reaches beyond ±min_effect, or there were too few rounds for an interval).
+exactly as `compare` calls it (unpaired: two runs share no rounds), in the four outcomes:
+"N% slower" / "N% faster" when the verdict says so; "measures the same" when it is
+"equivalent" (the whole interval lies within ±verdict.equivalence); "inconclusive" otherwise,
+with the interval it reached (or too few rounds for one), and a change that is real but below
+the minimum effect said as such.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from rich.console import Console
 
 from envmatrix import pipeline, schedule
 from envmatrix.analysis.stats import (
+    EQUIVALENT,
     FASTER,
     SLOWER,
     VerdictRules,
@@ -237,21 +238,23 @@ def pct(ratio: float) -> str:
 
 
 def headline_phrase(verdict: str, ratio: float, low: float, high: float,
-                    min_effect: float) -> str:
+                    min_effect: float, equivalence: float) -> str:
     """The verdict in the issue's words (module docstring)."""
     if verdict == SLOWER:
         return f"measures {(ratio - 1.0) * 100:.0f}% slower"
     if verdict == FASTER:
         return f"measures {(1.0 - ratio) * 100:.0f}% faster"
-    band = (1.0 / (1.0 + min_effect), 1.0 + min_effect)
-    finite = math.isfinite(low) and math.isfinite(high)
-    if finite and band[0] <= low and high <= band[1]:
-        return (f"measures the same (no significant change; the interval lies within "
-                f"±{min_effect:.0%})")
-    if not finite:
-        return "shows no significant change (too few rounds for an interval)"
-    return (f"shows no significant change (the interval reaches beyond ±{min_effect:.0%}, "
-            "too wide to say it measures the same)")
+    margin = f"±{equivalence * 100:g}%"
+    if verdict == EQUIVALENT:
+        return f"measures the same (equivalent within {margin}: the whole interval lies within it)"
+    if not (low > 0.0 and math.isfinite(low) and math.isfinite(high)):
+        return "is inconclusive (too few rounds for an interval)"
+    reached = f"between {pct(low)} and {pct(high)}"
+    if (low > 1.0 or high < 1.0) and 1.0 / (1.0 + min_effect) <= ratio <= 1.0 + min_effect:
+        return (f"is inconclusive ({pct(ratio)}, below the {min_effect:.0%} that counts, "
+                f"{reached}: too wide to say it measures the same within {margin})")
+    return (f"is inconclusive ({reached}: too wide to say it measures the same within "
+            f"{margin})")
 
 
 def cell_headline(old: Run, new: Run, ida: str, idb: str, origin: str,
@@ -264,11 +267,14 @@ def cell_headline(old: Run, new: Run, ida: str, idb: str, origin: str,
         return Headline(idb, f"{idb}: {origin}, not compared: {'; '.join(why)}", None)
     res = measured_comparison(f"A:{ida}", ra, f"B:{idb}", rb, rules)
     p50 = res["ratios"]["p50"]
-    phrase = headline_phrase(res["verdict"], p50.ratio, p50.low, p50.high, rules.min_effect)
-    figures = (f"p50 {p50.base * 1e3:.3f} -> {p50.cand * 1e3:.3f} ms, {pct(p50.ratio)} "
-               f"[{pct(p50.low)}, {pct(p50.high)}]")
+    phrase = headline_phrase(res["verdict"], p50.ratio, p50.low, p50.high, rules.min_effect,
+                             rules.equivalence)
+    finite = p50.low > 0.0 and math.isfinite(p50.low) and math.isfinite(p50.high)
+    interval = f"[{pct(p50.low)}, {pct(p50.high)}]" if finite else "[no interval]"
+    figures = f"p50 {p50.base * 1e3:.3f} -> {p50.cand * 1e3:.3f} ms, {pct(p50.ratio)} {interval}"
+    # replay.json is strict JSON: an interval without finite bounds is null at both ends
     return Headline(idb, f"{idb}: {origin}, this cell {phrase} ({figures})", res["verdict"],
-                    p50.ratio, p50.low, p50.high)
+                    p50.ratio, p50.low if finite else None, p50.high if finite else None)
 
 
 def origin_words(image: ChosenImage) -> str:

@@ -15,7 +15,7 @@ from fakeruns import BASELINE, CANDIDATE, failed_result, fake_result, make_run
 
 from envmatrix import cli, gate, pipeline
 from envmatrix.analysis.rundata import load_run
-from envmatrix.analysis.stats import SLOWER, UNCHANGED, VerdictRules, rules_for
+from envmatrix.analysis.stats import EQUIVALENT, INCONCLUSIVE, SLOWER, VerdictRules, rules_for
 from envmatrix.config import load as config
 from envmatrix.errors import CellsFailed, ConfigError, GateFailed
 from envmatrix.report.summary import budget_note, section_summary
@@ -79,7 +79,8 @@ def _no_job_summary(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_verdict_section_lands_in_the_plan(tmp_path: Path) -> None:
     plan = load(tmp_path, "verdict: {alpha: 0.01, min_effect: 0.1, fail_on: [slower, parity]}\n")
-    assert plan.verdict == VerdictSettings(0.01, 0.1, ("slower", "parity"))
+    assert plan.verdict == VerdictSettings(alpha=0.01, min_effect=0.1,
+                                           fail_on=("slower", "parity"))
     assert load(tmp_path, "").verdict == VerdictSettings()
     rules = rules_for(plan.verdict)
     assert (rules.alpha, rules.min_effect) == (0.01, 0.1)
@@ -99,7 +100,7 @@ def test_verdict_section_lands_in_the_plan(tmp_path: Path) -> None:
     ("verdict: {fail_on: slower}\n", 10, "verdict.fail_on", "expected a list",
      "write a YAML list"),
     ("verdict:\n  alfa: 0.1\n", 11, "verdict.alfa", "did you mean 'alpha'",
-     "remove it or use one of: alpha, fail_on, min_effect"),
+     "remove it or use one of: alpha, equivalence, error_rate, fail_on, min_effect"),
     ("verdict: {alpha: fast}\n", 10, "verdict.alpha", "expected a number", "2.5"),
 ])
 def test_verdict_section_errors_name_file_line_key_and_fix(
@@ -115,7 +116,8 @@ def test_resolved_plans_keep_the_verdict_and_old_ones_still_load(tmp_path: Path)
     plan = load(tmp_path, "verdict: {alpha: 0.1, fail_on: [invalid]}\n")
     doc = json.loads(json.dumps(plan_to_dict(plan)))
     assert doc["verdict"] == {"alpha": 0.1, "min_effect": 0.02, "fail_on": ["invalid"],
-                              "min_node_share": 1.0}
+                              "min_node_share": 1.0, "equivalence": 0.05,
+                              "error_rate": "comparison"}
     assert plan_from_dict(doc).plan.verdict == plan.verdict
     del doc["verdict"]  # a run directory written before the section existed
     assert plan_from_dict(doc).plan.verdict == VerdictSettings()
@@ -138,6 +140,11 @@ def test_fail_on_takes_any_subset_or_none() -> None:
     (["report", "x", "--alpha", "0"], "alpha must be a number from 0.001 to 0.5, not '0'"),
     (["compare", "a", "b", "--alpha", "nan"], "alpha must be a number from 0.001 to 0.5"),
     (["matrix", "--min-effect", "-0.1"], "min-effect must be a number from 0.0 to 1.0"),
+    (["report", "x", "--equivalence", "0"], "equivalence must be a number above 0 and at most 1"),
+    (["matrix", "--equivalence", "5%"], "equivalence must be a number above 0 and at most 1"),
+    (["report", "x", "--error-rate", "runs"], "'runs' is not an error rate (did you mean "
+                                              "'run'?): give comparison"),
+    (["compare", "a", "b", "--error-rate", "holm"], "'holm' is not an error rate"),
     (["matrix", "--repeats", "0"], "repeats must be a whole number from 1 to 100, not '0'"),
     (["run", "--repeats", "2.5"], "repeats must be a whole number from 1 to 100"),
     (["run", "--fail-on", "slower"], "unrecognized arguments: --fail-on"),
@@ -200,7 +207,7 @@ def test_a_slowdown_is_found_and_an_unchanged_run_is_not(tmp_path: Path) -> None
     found = gate.run_findings(slow, ["slower"])
     assert len(found) == 1 and found[0].startswith(f"slower: {CAND} (p50 +")
     same = load_run(fake_run(tmp_path / "same", 0.005))
-    assert same.verdicts[0].verdict == UNCHANGED
+    assert same.verdicts[0].verdict == EQUIVALENT
     assert gate.run_findings(same, ["slower", "parity", "invalid"]) == []
     assert gate.run_findings(slow, ["parity", "invalid"]) == []  # only what was asked
 
@@ -233,6 +240,26 @@ def test_report_exits_with_the_gate_code_on_a_slowdown(tmp_path: Path,
     assert run_cli(["report", str(run), "--fail-on", "parity,invalid"], capsys)[0] == 0
 
 
+def test_inconclusive_does_not_fail_the_gate(tmp_path: Path) -> None:
+    """Too few rounds for any interval: inconclusive, which shows nothing slower."""
+    few = load_run(fake_run(tmp_path, 0.008, repeats=3))
+    assert few.verdicts[0].verdict == INCONCLUSIVE
+    assert gate.run_findings(few, ["slower"]) == []
+
+
+def test_equivalence_and_error_rate_from_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = fake_run(tmp_path, 0.005)
+    assert run_cli(["report", str(run), "--equivalence", "0.1", "--error-rate", "run"],
+                   capsys)[0] == 0
+    rules = json.loads((run / "results.json").read_text())["rules"]
+    assert (rules["equivalence"], rules["error_rate"]) == (0.1, "run")
+    text = (run / "report.md").read_text()
+    assert "equivalent per request within ±10%" in text and "Error rate per run" in text
+    assert gate.verdict_settings(VerdictSettings(), gate.Overrides(error_rate="run")) == \
+        VerdictSettings(error_rate="run")
+
+
 def test_report_exits_0_on_an_unchanged_run(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     run = fake_run(tmp_path, 0.005)
@@ -255,7 +282,7 @@ def test_the_matrix_alpha_reaches_the_report(tmp_path: Path,
     run = fake_run(tmp_path, 0.008, verdict={"alpha": 0.01, "min_effect": 0.05})
     assert run_cli(["report", str(run)], capsys)[0] == 0
     text = (run / "report.md").read_text()
-    assert "at alpha 0.01" in text and "the whole 99% interval" in text
+    assert "at 99% confidence:" in text and "wrong at most 1% of the time" in text
     rules = json.loads((run / "results.json").read_text())["rules"]
     assert (rules["alpha"], rules["min_effect"]) == (0.01, 0.05)
 
@@ -330,6 +357,6 @@ def test_too_few_rounds_are_said_once_in_the_summary(tmp_path: Path) -> None:
     few = load_run(fake_run(tmp_path / "few", 0.008, repeats=3))
     note = budget_note(few)
     assert note is not None and "Too few rounds for a verdict" in note
-    assert "at least 5 per side" in note and "--repeats N" in note
+    assert "at least 4 per side" in note and "--repeats N" in note
     assert section_summary(few).count("Too few rounds for a verdict") == 1
     assert budget_note(load_run(fake_run(tmp_path / "enough", 0.008))) is None

@@ -15,7 +15,7 @@ from fakeruns import BASELINE, CANDIDATE, fake_result, make_run
 from fakes import Behaviour, FakeEngine, arg, outcome, spy_execute
 
 from envmatrix import cli
-from envmatrix.analysis.stats import FASTER, SLOWER, UNCHANGED, VerdictRules
+from envmatrix.analysis.stats import EQUIVALENT, FASTER, INCONCLUSIVE, SLOWER, VerdictRules
 from envmatrix.config import load as config
 from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.reproduce import replay
@@ -111,14 +111,15 @@ def test_a_missing_image_is_named_with_both_fixes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("verdict", "ratio", "low", "high", "words"), [
     (SLOWER, 1.07, 1.04, 1.10, "measures 7% slower"),
     (FASTER, 0.88, 0.85, 0.91, "measures 12% faster"),
-    (UNCHANGED, 1.004, 0.99, 1.015, "measures the same (no significant change"),
-    (UNCHANGED, 1.01, 0.95, 1.08, "shows no significant change (the interval reaches beyond"),
-    (UNCHANGED, 1.015, 1.005, 1.03, "shows no significant change (the interval reaches"),
-    (UNCHANGED, 1.2, math.nan, math.nan, "shows no significant change (too few rounds"),
+    (EQUIVALENT, 1.004, 0.99, 1.015, "measures the same (equivalent within ±5%"),
+    (INCONCLUSIVE, 1.01, 0.95, 1.08, "is inconclusive (between -5.0% and +8.0%: too wide"),
+    (INCONCLUSIVE, 1.015, 1.005, 1.06, "is inconclusive (+1.5%, below the 2% that counts"),
+    (INCONCLUSIVE, 1.2, math.nan, math.nan, "is inconclusive (too few rounds"),
+    (INCONCLUSIVE, 1.2, 0.0, math.inf, "is inconclusive (too few rounds"),
 ])
 def test_headline_words(verdict: str, ratio: float, low: float, high: float,
                         words: str) -> None:
-    assert replay.headline_phrase(verdict, ratio, low, high, 0.02).startswith(words)
+    assert replay.headline_phrase(verdict, ratio, low, high, 0.02, 0.05).startswith(words)
 
 
 def test_headline_numbers_are_the_comparison_table_numbers(tmp_path: Path) -> None:
@@ -167,7 +168,7 @@ def test_replay_measures_again_in_a_new_run_and_compares(tmp_path: Path,
     assert summary["of_run_dir"] == "../old/old" and summary["of_run"] == "old"
     assert summary["images"][CANDIDATE]["source"] == "recorded"
     [line] = done.headlines
-    assert line.cell == f"{CANDIDATE}--cnn--cpu" and line.verdict == UNCHANGED
+    assert line.cell == f"{CANDIDATE}--cnn--cpu" and line.verdict == EQUIVALENT
     assert line.text in (new / "replay.md").read_text()
 
 

@@ -199,12 +199,55 @@ def test_the_node_share_threshold_is_a_verdict_setting(tmp_path: Path) -> None:
 
 
 def test_a_change_without_an_interval_says_so() -> None:
-    """Too few rounds for a bootstrap: the change is shown with "no interval", never nan."""
+    """Too few rounds for an interval (NaN, or 0 to infinity): "no interval", never nan/inf."""
     from envmatrix.analysis.stats import RatioCI, Verdict
     from envmatrix.report.markdown import fmt_change
     few = RatioCI("p50", 1.25, float("nan"), float("nan"))
-    verdict = Verdict("c", "b", "e", "w", "cpu", "no significant change", ratios={"p50": few})
+    verdict = Verdict("c", "b", "e", "w", "cpu", "inconclusive", ratios={"p50": few})
     assert fmt_change(verdict) == "+25.0% [no interval]"
+    unbounded = RatioCI("p50", 1.25, 0.0, float("inf"), verdict="inconclusive")
+    assert fmt_change(Verdict("c", "b", "e", "w", "cpu", "inconclusive",
+                              ratios={"p50": unbounded})) == "+25.0% [no interval]"
     sure = RatioCI("p50", 1.25, 1.2, 1.3)
     assert fmt_change(Verdict("c", "b", "e", "w", "cpu", "slower", ratios={"p50": sure})) \
         == "+25.0% [+20.0%, +30.0%]"
+
+
+def _rounds(res: dict, n: int) -> dict:
+    """Every repeat its own interleaved round (one process a round), in one run's window."""
+    for i, rep in enumerate(res["repeats"][:n]):
+        rep["round"] = i
+    res["host"].update(started_at="2026-11-23T12:00:00Z", finished_at="2026-11-23T12:00:14Z")
+    return res
+
+
+def test_exports_say_where_a_comparison_settled_and_leave_no_interval_empty(
+        tmp_path: Path) -> None:
+    """16 paired rounds, half the time: settled at the first look that can settle it. Too
+    few rounds: no interval, empty in results.csv and null in results.json at both ends."""
+    run = make_run(tmp_path / "paired", [_rounds(fake_result(BASE, p50=0.010, repeats=16,
+                                                             seed=1), 16),
+                                         _rounds(fake_result(CAND, p50=0.005, repeats=16,
+                                                             seed=2), 16)])
+    rules = VerdictRules(budget=16, look_every=8)
+    build_report(run, rules)
+    cand = list(csv.DictReader((run / "results.csv").open()))[1]
+    assert (cand["verdict"], cand["settled_round"], cand["rounds_planned"]) == (
+        "faster", "8", "16")
+    assert cand["error_rate"] == "comparison" and cand["p_value"] == ""
+    report = (run / "report.md").read_text()
+    assert "**faster** (round 8 of 16)" in report and "settled at round 8 of 16" in report
+    few = make_run(tmp_path / "few", [fake_result(BASE, p50=0.010, repeats=3, seed=1),
+                                      fake_result(CAND, p50=0.005, repeats=3, seed=2)])
+    build_report(few, RULES)
+    row = list(csv.DictReader((few / "results.csv").open()))[1]
+    assert (row["verdict"], row["p50_low"], row["p50_high"], row["settled_round"]) == (
+        "inconclusive", "", "", "")
+    assert float(row["p50_ratio"]) < 1.0
+    doc = json.loads((few / "results.json").read_text())
+    assert (doc["rows"][1]["p50_low"], doc["rows"][1]["p50_high"]) == (None, None)
+    p50 = doc["verdicts"][0]["ratios"]["p50"]
+    assert (p50["low"], p50["high"], p50["verdict"]) == (None, None, "inconclusive")
+    text = (few / "report.md").read_text()
+    assert "[no interval]" in text and "too few rounds for an interval" in text
+    assert "inf%" not in text and not re.search(r"\bnan\b", text, flags=re.I)
