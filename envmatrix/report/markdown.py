@@ -141,10 +141,20 @@ def outcome_word(word: str | None, equivalence: float) -> str | None:
     return word
 
 
+def settled_early(ci: RatioCI | None) -> int | None:
+    """The round a comparison settled at, when that was before its budget: the news a reader
+    wants ("settled at round 8 of 40"). A comparison read at its last look says nothing more
+    than the run's own "Measured: 40 rounds" does."""
+    look = settled_round(ci)
+    if look is None or ci is None or not ci.planned or look >= ci.planned:
+        return None
+    return look
+
+
 def _at_round(ci: RatioCI | None) -> str:
     """` (round 16 of 40)` after a settled paired verdict; empty otherwise."""
-    look = settled_round(ci)
-    if look is None or ci is None or not ci.planned:  # one look at an unknown plan: no news
+    look = settled_early(ci)
+    if look is None or ci is None:
         return ""
     return f" (round {look} of {ci.planned})"
 
@@ -174,7 +184,7 @@ def outcome_phrase(ci: RatioCI, rules: VerdictRules) -> str:
     rounds or a quieter machine needed"."""
     small = (f"{fmt_pct(ci.ratio)}, below the {rules.min_effect:.0%} that counts"
              if bounded(ci) and below_min_effect(ci, rules.min_effect) else "")
-    settled = settled_round(ci)
+    settled = settled_early(ci)
     where = f"; settled at round {settled} of {ci.planned}" if settled and ci.planned else ""
     if ci.verdict in (FASTER, SLOWER):
         return f"{ci.verdict} ({fmt_pct(ci.ratio)}, {_interval_text(ci)}{where})"

@@ -40,7 +40,7 @@ from envmatrix.report.markdown import (
     measured_span,
     outcome_word,
     provider_name,
-    settled_round,
+    settled_early,
     table,
     verdict_methods,
     verdict_words,
@@ -186,7 +186,7 @@ def change_detail(ci: RatioCI, rules: VerdictRules) -> list[str]:
         parts.append(f"between {fmt_pct(ci.low)} and {fmt_pct(ci.high)} after "
                      f"{measured_span(ci)}: more rounds or a quieter machine needed"
                      if bounded(ci) else f"too few rounds for an interval, {measured_span(ci)}")
-    look = settled_round(ci)
+    look = settled_early(ci)
     if look is not None and ci.planned:
         parts.append(f"settled at round {look} of {ci.planned}")
     return parts

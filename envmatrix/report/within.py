@@ -41,7 +41,7 @@ from envmatrix.report.markdown import (
     md,
     outcome_cell,
     outcome_word,
-    settled_round,
+    settled_early,
     table,
     verdict_methods,
 )
@@ -188,7 +188,7 @@ def _change_phrase(ci: RatioCI, rules: VerdictRules) -> str:
     word = str(outcome_word(ci.verdict, rules.equivalence)).strip("*")
     if ci.verdict == EQUIVALENT:
         word = f"equivalent within {band(rules.equivalence)}"
-    look = settled_round(ci)
+    look = settled_early(ci)
     word += f", settled at round {look} of {ci.planned}" if look and ci.planned else ""
     if not bounded(ci):
         return f"{fmt_pct(ci.ratio)}, no interval (too few rounds), {word}"
