@@ -40,7 +40,7 @@ TWO_ENVS = Path(__file__).resolve().parent / "matrices" / "two_envs.yaml"
 ENV = "bullseye-ort1.8.0"
 CELL = f"{ENV}--mlp--cpu"
 HEADLINE = re.compile(rf"^{re.escape(CELL)}: same image [0-9a-f]{{12}}, measured again, this "
-                      r"cell (measures the same|shows no significant change|measures \d+% "
+                      r"cell (measures the same|is inconclusive|measures \d+% "
                       r"(slower|faster))\b.*\(p50 [\d.]+ -> [\d.]+ ms, [+-][\d.]+% \[",
                       re.MULTILINE)
 

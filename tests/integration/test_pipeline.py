@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 GOOD = MATRICES / "two_envs.yaml"
 BAD_PIN = MATRICES / "bad_pin.yaml"
 BAD_ENV = "bullseye-ort1.8.99"
-VERDICT = re.compile(r"\b(faster|slower|no significant change)\b")
+VERDICT = re.compile(r"\b(faster|slower|equivalent|inconclusive)\b")
 
 
 @pytest.fixture(scope="module")
