@@ -38,7 +38,7 @@ from envmatrix.report.summary import section_summary
 from envmatrix.report.within import section_within
 from envmatrix.rundir.idwords import WORKLOAD_FIELDS, file_slug, setting_parts
 from envmatrix.rundir.layout import atomic_write_bytes, atomic_write_text
-from envmatrix.rundir.plan import Cell
+from envmatrix.rundir.plan import Cell, Measure
 
 
 def build_report(run_dir: Path, rules: VerdictRules | None = None) -> Path:
@@ -60,9 +60,9 @@ def render_markdown(data: RunData, plot_files: Mapping[str, Sequence[str]]) -> s
     head = [f"# Upgrade-impact report: run {md(data.run_dir.run_id)}", "",
             f"Matrix {md(data.plan.source)}; baseline environment **{md(data.baseline)}**; "
             f"{len(data.cells)} cells in {len(data.plan.environments)} environments. Measured: "
-            f"{m.round_count} interleaved rounds of {m.repeats_per_round} fresh process(es) "
-            f"per cell, {t['processes']} processes and {t['iterations']} timed inferences in "
-            f"all ({t['measured_s']:.0f} s timed)."]
+            f"{_rounds_phrase(m)} of {m.repeats_per_round} fresh process(es) per cell, "
+            f"{t['processes']} processes and {t['iterations']} timed inferences in all "
+            f"({t['measured_s']:.0f} s timed)."]
     sections = ["\n".join(head), section_summary(data)]
     sections += [section_within(data)] if data.within else []
     sections += [section_network(data, n, plot_files.get(n, ())) for n in networks(data)]
@@ -71,6 +71,14 @@ def render_markdown(data: RunData, plot_files: Mapping[str, Sequence[str]]) -> s
                  section_provenance(data), section_measured(data), section_reproduce(data),
                  section_appendix(data)]
     return "\n\n".join(sections) + "\n"
+
+
+def _rounds_phrase(m: Measure) -> str:
+    """"40 interleaved rounds", or for an adaptive run what its budget meant."""
+    if m.looks_early:
+        return (f"up to {m.round_count} interleaved rounds (looking every {m.look_every}: a "
+                "cell left the rounds once its comparisons were settled)")
+    return f"{m.round_count} interleaved rounds"
 
 
 def write_plots(data: RunData, network: str) -> list[str]:

@@ -313,7 +313,9 @@ def section_measured(data: RunData) -> str:
                      else None, f"{cv:.1%}" if cv is not None else None])
     return "\n".join([
         "## How much was measured", "",
-        f"Settings: {m.repeats} fresh processes per cell, each {m.warmup} warm-up "
+        f"Settings: {'up to ' if m.looks_early else ''}{m.repeats} fresh processes per cell "
+        f"({'each cell stopped once its comparisons were settled; ' if m.looks_early else ''}"
+        f"the table gives each cell's own count), each {m.warmup} warm-up "
         f"iterations then at least {m.min_iterations} timed iterations and "
         f"{m.min_time_s} s. In all: {t['processes']} processes, {t['iterations']} timed "
         f"iterations, {t['measured_s']:.1f} s measured, {t['cpu_s']:.1f} s CPU time.", "",

@@ -129,6 +129,12 @@ class Measure:
         return self.repeats if self.rounds is None else self.rounds
 
     @property
+    def looks_early(self) -> bool:
+        """Can a cell leave the rounds before the budget (an adaptive run with a look before
+        the last round)?"""
+        return self.adaptive and self.look_every < self.round_count
+
+    @property
     def repeats_per_round(self) -> int:
         """Fresh processes in each round's container; config checks that rounds divide repeats."""
         if not 1 <= self.round_count <= self.repeats or self.repeats % self.round_count:
