@@ -130,7 +130,7 @@ def test_the_example_runs_figures_keep_their_legends_off_the_data() -> None:
     example = load_run(EXAMPLE, VerdictRules())
     for workload in ("cnn", "transformer"):
         figures = plot_figures(example, workload)
-        assert len(figures) == 5  # the example's old harness recorded no cold start: 2 costs
+        assert len(figures) == 5  # latency, per-round, change, samples/s and cost figures
         _assert_nothing_covers_the_data(figures)
 
 
