@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from fakeruns import BASELINE, CANDIDATE, fake_result, typed_plan
 
 from envmatrix.analysis import sequential, stats
 from envmatrix.analysis.stats import VerdictRules
@@ -165,3 +167,47 @@ def test_holm_levels_step_down_and_stop_at_the_first_failure() -> None:
     assert stats.holm([0.001, 0.02, 0.04, 0.5], 0.05) == pytest.approx(
         [0.0125, 0.05 / 3, 0.05 / 3, 0.05 / 3])
     assert stats.holm([0.001, 0.01, 0.03], 0.05) == pytest.approx([0.05 / 3, 0.025, 0.05])
+
+
+# ---------------------------------------------------------------- the per-run error rate
+
+
+def _in_rounds(cell: str, ratios: np.ndarray) -> dict:
+    """An ok result of one process per round whose round r has p50 0.005 * ratios[r]."""
+    res = fake_result(cell, repeats=ratios.size, seed=1)
+    for r, (rep, ratio) in enumerate(zip(res["repeats"], ratios)):
+        rep["latencies_s"] = [0.005 * float(ratio)] * 60
+        rep["round"] = r
+    res["summary"]["repeat_p50_s"] = [0.005 * float(x) for x in ratios]
+    res["host"].update(started_at="2026-11-23T12:00:00Z", finished_at="2026-11-23T12:05:00Z")
+    return res
+
+
+def test_the_per_run_error_rate_reads_each_comparison_at_its_holm_level() -> None:
+    envs = [BASELINE, CANDIDATE, "trixie-ort1.32.0", "bookworm-ortov1.24.1"]
+    cells = [f"{env}--cnn--cpu" for env in envs]
+    plan = typed_plan(cells)
+    rng = np.random.default_rng(4)
+    noise = np.exp(rng.normal(0, 0.03, size=(4, 40)))
+    # round by round: a 30% slowdown, a 4% one and no change
+    shifts = [1.0, 1.3, 1.04, 1.0]
+    results = {c: _in_rounds(c, shift * noise[i]) for i, (c, shift) in
+               enumerate(zip(cells, shifts))}
+    each = stats.run_verdicts(plan, results, FIXED)
+    run = stats.run_verdicts(plan, results, replace(FIXED, error_rate=stats.PER_RUN))
+    assert [v.verdict for v in each] == [stats.SLOWER, stats.SLOWER, stats.EQUIVALENT]
+    assert [v.p_value for v in each] == [None, None, None]
+    assert [v.verdict for v in run] == [stats.SLOWER, stats.SLOWER, stats.EQUIVALENT]
+    for v in run:
+        assert v.p_value is not None and any("Holm's level" in n for n in v.notes)
+        ci = v.p50
+        assert ci is not None
+        # the word still agrees with the interval read at the comparison's own level
+        assert (v.verdict in DECISIVE) == (ci.low > 1.0 or ci.high < 1.0) or \
+            stats.below_min_effect(ci, FIXED.min_effect)
+    strongest = min(run, key=lambda v: v.p_value or 1.0)
+    assert strongest.candidate == cells[1] and strongest.verdict == stats.SLOWER
+    # Holm's intervals are wider than the per-comparison ones: never narrower.
+    for a, b in zip(each, run):
+        assert a.p50 is not None and b.p50 is not None
+        assert b.p50.low <= a.p50.low and b.p50.high >= a.p50.high
