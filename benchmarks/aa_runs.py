@@ -89,7 +89,9 @@ def write_matrix(args: argparse.Namespace, path: Path) -> None:
     measure: dict[str, Any] = {
         "warmup": args.warmup, "min_iterations": args.min_iterations,
         "min_time_s": args.min_time_s, "repeats": args.repeats, "threads": args.threads,
-        "adaptive": not args.fixed, "look_every": args.look_every, "timeout_s": 600}
+        "adaptive": not args.fixed, "timeout_s": 600}
+    if args.look_every < args.repeats:  # else one look at the end: the matrix says nothing
+        measure["look_every"] = args.look_every
     verdict: dict[str, Any] = {}
     if args.equivalence is not None:
         verdict["equivalence"] = args.equivalence
