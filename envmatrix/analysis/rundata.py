@@ -239,8 +239,7 @@ def _ms(seconds: float | None) -> float | None:
 def interval_bounds(ci: RatioCI) -> tuple[float | None, float | None]:
     """(low, high) as results.csv/json carry them: both None when the interval has no finite
     bound (too few rounds: on the ratio scale it runs from 0 to infinity) or no value."""
-    finite = ci.low > 0.0 and math.isfinite(ci.low) and math.isfinite(ci.high)
-    return (ci.low, ci.high) if finite else (None, None)
+    return (ci.low, ci.high) if ci.bounded else (None, None)
 
 
 def _ci(v: Verdict | None, metric: str) -> tuple[Any, Any, Any]:

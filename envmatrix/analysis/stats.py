@@ -171,6 +171,17 @@ class RatioCI:
     def settled(self) -> bool:
         return self.verdict in SETTLED
 
+    @property
+    def bounded(self) -> bool:
+        """Has the interval two finite bounds (`finite_interval`)?"""
+        return finite_interval(self.low, self.high)
+
+
+def finite_interval(low: float, high: float) -> bool:
+    """Two finite bounds? Too few rounds give none: on the ratio scale the interval then runs
+    from 0 to infinity (NaN when a side has no value)."""
+    return low > 0.0 and math.isfinite(low) and math.isfinite(high)
+
 
 @dataclass(frozen=True)
 class Verdict:

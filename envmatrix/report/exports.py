@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from envmatrix.analysis.rundata import RunData, cell_numbers
+from envmatrix.analysis.stats import finite_interval
 
 REPORT_SCHEMA = "envmatrix.report/1"
 
@@ -87,5 +88,4 @@ def _unbounded(obj: dict[Any, Any]) -> bool:
     if not {"metric", "ratio", "low", "high"} <= set(obj):
         return False
     low, high = obj["low"], obj["high"]
-    return isinstance(low, float) and isinstance(high, float) and not (
-        low > 0.0 and math.isfinite(low) and math.isfinite(high))
+    return isinstance(low, float) and isinstance(high, float) and not finite_interval(low, high)

@@ -16,7 +16,7 @@ from tabulate import tabulate
 
 from envmatrix.analysis import sequential
 from envmatrix.analysis.parity import CellParity
-from envmatrix.analysis.rundata import interval_bounds, settled_round
+from envmatrix.analysis.rundata import settled_round
 from envmatrix.analysis.stats import (
     EQUIVALENT,
     FASTER,
@@ -106,18 +106,13 @@ def fmt_number(value: float | None, spec: str) -> str | None:
     return None if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def bounded(ci: RatioCI) -> bool:
-    """Has the interval two finite bounds? (Too few rounds: none, the ratio's lower end is 0.)"""
-    return interval_bounds(ci)[0] is not None
-
-
 def fmt_change(v: Verdict, metric: str = "p50") -> str | None:
     ci = v.ratios.get(metric)
     if ci is None:
         return None
     if not math.isfinite(ci.ratio):
         return None
-    if not bounded(ci):
+    if not ci.bounded:
         return f"{fmt_pct(ci.ratio)} [no interval]"  # too few rounds: the notes say why
     return f"{fmt_pct(ci.ratio)} [{fmt_pct(ci.low)}, {fmt_pct(ci.high)}]"
 
@@ -183,7 +178,7 @@ def outcome_phrase(ci: RatioCI, rules: VerdictRules) -> str:
     and where it settled, e.g. "inconclusive: between -46.0% and +1.0% after 40 rounds: more
     rounds or a quieter machine needed"."""
     small = (f"{fmt_pct(ci.ratio)}, below the {rules.min_effect:.0%} that counts"
-             if bounded(ci) and below_min_effect(ci, rules.min_effect) else "")
+             if ci.bounded and below_min_effect(ci, rules.min_effect) else "")
     settled = settled_early(ci)
     where = f"; settled at round {settled} of {ci.planned}" if settled and ci.planned else ""
     if ci.verdict in (FASTER, SLOWER):
@@ -194,7 +189,7 @@ def outcome_phrase(ci: RatioCI, rules: VerdictRules) -> str:
                 f"{tail}")
     if ci.verdict == INCONCLUSIVE and not math.isfinite(ci.ratio):
         return "inconclusive: no usable values"
-    if ci.verdict == INCONCLUSIVE and not bounded(ci):
+    if ci.verdict == INCONCLUSIVE and not ci.bounded:
         return (f"inconclusive: {fmt_pct(ci.ratio)}, but {measured_span(ci)} are too few for "
                 "an interval: more rounds needed")
     if ci.verdict == INCONCLUSIVE:

@@ -152,16 +152,12 @@ def _legend_below(fig: Figure, ax: Axes, ncols: int) -> None:
                frameon=False)
 
 
-def _finite(ci: RatioCI) -> bool:
-    return ci.low > 0.0 and math.isfinite(ci.low) and math.isfinite(ci.high)
-
-
 def _errorbars(ax: Axes, xs: Sequence[float], ys: Sequence[float], cis: Sequence[RatioCI],
                color: str, label: str, gid: str) -> None:
     """Markers at xs (% change) with each interval where it has finite bounds (the others:
     `_unbounded`)."""
-    lo = [x - pct(c.low) if _finite(c) else 0.0 for x, c in zip(xs, cis)]
-    hi = [pct(c.high) - x if _finite(c) else 0.0 for x, c in zip(xs, cis)]
+    lo = [x - pct(c.low) if c.bounded else 0.0 for x, c in zip(xs, cis)]
+    hi = [pct(c.high) - x if c.bounded else 0.0 for x, c in zip(xs, cis)]
     bars = ax.errorbar(xs, ys, xerr=[[max(v, 0.0) for v in lo], [max(v, 0.0) for v in hi]],
                        fmt="o", color=color, label=label, capsize=3, markersize=5)
     bars.lines[0].set_gid(gid)
@@ -171,7 +167,7 @@ def _span(cis: Sequence[RatioCI], margin: float) -> tuple[float, float]:
     """The x range (% change) the finite intervals, the estimates and the bands need."""
     xs = [pct(1.0 / (1.0 + margin)), pct(1.0 + margin)]
     for ci in cis:
-        xs += [pct(ci.low), pct(ci.high)] if _finite(ci) else []
+        xs += [pct(ci.low), pct(ci.high)] if ci.bounded else []
         xs += [pct(ci.ratio)] if math.isfinite(ci.ratio) else []
     low, high = min(xs), max(xs)
     pad = 0.08 * (high - low)
@@ -183,7 +179,7 @@ def _unbounded(ax: Axes, found: Sequence[tuple[float, RatioCI]], color: str,
     """An interval without finite bounds (too few rounds): a dotted double arrow across the
     whole axes, so it reads "anywhere" rather than as a point known exactly."""
     for y, ci in found:
-        if _finite(ci):
+        if ci.bounded:
             continue
         ax.annotate("", xy=(span[0], y), xytext=(span[1], y), gid=f"unbounded-{gid}",
                     arrowprops={"arrowstyle": "<->", "linestyle": ":", "color": color,
@@ -254,7 +250,7 @@ def _outcome_text(ci: RatioCI, equivalence: float) -> str:
     if ci.verdict == EQUIVALENT:
         return f"equivalent ±{equivalence * 100:g}%"
     word = ci.verdict or ""
-    return f"{word} (no interval)" if not _finite(ci) else word
+    return f"{word} (no interval)" if not ci.bounded else word
 
 
 def _outcome_label(ax: Axes, text: str, y: float, verdict: str, metric: str) -> None:

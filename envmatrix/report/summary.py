@@ -30,7 +30,6 @@ from envmatrix.analysis.stats import (
 )
 from envmatrix.report.markdown import (
     band,
-    bounded,
     error_rate_phrase,
     fmt_bytes,
     fmt_change,
@@ -177,7 +176,7 @@ def change_detail(ci: RatioCI, rules: VerdictRules) -> list[str]:
     outcome rests on it, and the round it settled at or the rounds it ran out of."""
     if not math.isfinite(ci.ratio):
         return []
-    small = below_min_effect(ci, rules.min_effect) if bounded(ci) else False
+    small = below_min_effect(ci, rules.min_effect) if ci.bounded else False
     parts = [f"{fmt_pct(ci.ratio)}, below the {rules.min_effect:.0%} that counts" if small
              else fmt_pct(ci.ratio)]
     if ci.verdict == EQUIVALENT:
@@ -185,7 +184,7 @@ def change_detail(ci: RatioCI, rules: VerdictRules) -> list[str]:
     if ci.verdict == INCONCLUSIVE:
         parts.append(f"between {fmt_pct(ci.low)} and {fmt_pct(ci.high)} after "
                      f"{measured_span(ci)}: more rounds or a quieter machine needed"
-                     if bounded(ci) else f"too few rounds for an interval, {measured_span(ci)}")
+                     if ci.bounded else f"too few rounds for an interval, {measured_span(ci)}")
     look = settled_early(ci)
     if look is not None and ci.planned:
         parts.append(f"settled at round {look} of {ci.planned}")

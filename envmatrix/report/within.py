@@ -31,7 +31,6 @@ from envmatrix.analysis.stats import (
 )
 from envmatrix.report.markdown import (
     band,
-    bounded,
     code,
     fmt_change,
     fmt_ms,
@@ -190,7 +189,7 @@ def _change_phrase(ci: RatioCI, rules: VerdictRules) -> str:
         word = f"equivalent within {band(rules.equivalence)}"
     look = settled_early(ci)
     word += f", settled at round {look} of {ci.planned}" if look and ci.planned else ""
-    if not bounded(ci):
+    if not ci.bounded:
         return f"{fmt_pct(ci.ratio)}, no interval (too few rounds), {word}"
     if below_min_effect(ci, rules.min_effect):
         word += f": below the {rules.min_effect:.0%} that counts"

@@ -20,7 +20,6 @@ the minimum effect said as such.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -35,14 +34,18 @@ from envmatrix.analysis.stats import (
     EQUIVALENT,
     FASTER,
     SLOWER,
+    RatioCI,
     VerdictRules,
+    below_min_effect,
     check_validity,
+    finite_interval,
     measured_comparison,
 )
 from envmatrix.config import expand
 from envmatrix.errors import ConfigError, RunDirError
 from envmatrix.progress import Progress
 from envmatrix.report.compare import Comparison, compare
+from envmatrix.report.markdown import fmt_pct
 from envmatrix.reproduce.archive import MissingImages, sha256_file
 from envmatrix.rundir.layout import (
     RunDir,
@@ -233,10 +236,6 @@ def _check_model(files: CopiedWorkload, workload: str, plan: Plan,
 # ---------------------------------------------------------------- headlines
 
 
-def pct(ratio: float) -> str:
-    return f"{(ratio - 1.0) * 100:+.1f}%"
-
-
 def headline_phrase(verdict: str, ratio: float, low: float, high: float,
                     min_effect: float, equivalence: float) -> str:
     """The verdict in the issue's words (module docstring)."""
@@ -247,11 +246,11 @@ def headline_phrase(verdict: str, ratio: float, low: float, high: float,
     margin = f"±{equivalence * 100:g}%"
     if verdict == EQUIVALENT:
         return f"measures the same (equivalent within {margin}: the whole interval lies within it)"
-    if not (low > 0.0 and math.isfinite(low) and math.isfinite(high)):
+    if not finite_interval(low, high):
         return "is inconclusive (too few rounds for an interval)"
-    reached = f"between {pct(low)} and {pct(high)}"
-    if (low > 1.0 or high < 1.0) and 1.0 / (1.0 + min_effect) <= ratio <= 1.0 + min_effect:
-        return (f"is inconclusive ({pct(ratio)}, below the {min_effect:.0%} that counts, "
+    reached = f"between {fmt_pct(low)} and {fmt_pct(high)}"
+    if below_min_effect(RatioCI("p50", ratio, low, high), min_effect):
+        return (f"is inconclusive ({fmt_pct(ratio)}, below the {min_effect:.0%} that counts, "
                 f"{reached}: too wide to say it measures the same within {margin})")
     return (f"is inconclusive ({reached}: too wide to say it measures the same within "
             f"{margin})")
@@ -269,9 +268,10 @@ def cell_headline(old: Run, new: Run, ida: str, idb: str, origin: str,
     p50 = res["ratios"]["p50"]
     phrase = headline_phrase(res["verdict"], p50.ratio, p50.low, p50.high, rules.min_effect,
                              rules.equivalence)
-    finite = p50.low > 0.0 and math.isfinite(p50.low) and math.isfinite(p50.high)
-    interval = f"[{pct(p50.low)}, {pct(p50.high)}]" if finite else "[no interval]"
-    figures = f"p50 {p50.base * 1e3:.3f} -> {p50.cand * 1e3:.3f} ms, {pct(p50.ratio)} {interval}"
+    finite = p50.bounded
+    interval = f"[{fmt_pct(p50.low)}, {fmt_pct(p50.high)}]" if finite else "[no interval]"
+    figures = (f"p50 {p50.base * 1e3:.3f} -> {p50.cand * 1e3:.3f} ms, {fmt_pct(p50.ratio)} "
+               f"{interval}")
     # replay.json is strict JSON: an interval without finite bounds is null at both ends
     return Headline(idb, f"{idb}: {origin}, this cell {phrase} ({figures})", res["verdict"],
                     p50.ratio, p50.low if finite else None, p50.high if finite else None)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from envmatrix.analysis import stats
 from envmatrix.analysis.stats import EQUIVALENT, FASTER, INCONCLUSIVE, SLOWER, VerdictRules
-from envmatrix.report.markdown import bounded, outcome_phrase
+from envmatrix.report.markdown import outcome_phrase
 
 FIXED = VerdictRules()  # one look at whatever rounds there are
 LOOKS = VerdictRules(budget=40, look_every=8)  # the default plan: looks at 8, 16, ..., 40
@@ -38,7 +38,7 @@ def _check_words(ci: stats.RatioCI, rules: VerdictRules) -> None:
     """The sentence the report prints says the verdict and never an interval it lacks."""
     phrase = outcome_phrase(ci, rules)
     assert phrase.startswith(str(ci.verdict)), phrase
-    if not bounded(ci):
+    if not ci.bounded:
         assert ci.verdict == INCONCLUSIVE and "too few" in phrase, phrase
         assert "inf" not in phrase and "between" not in phrase, phrase
 
@@ -59,7 +59,7 @@ def _check(ci: stats.RatioCI, swapped: stats.RatioCI, rules: VerdictRules) -> No
         assert ci.high < 1.0 and ci.ratio < 1.0 / (1.0 + m)
     if ci.verdict == EQUIVALENT:
         assert 1.0 / (1.0 + e) <= ci.low <= ci.high <= 1.0 + e
-    if not bounded(ci):  # too few rounds: the whole line, so nothing is settled
+    if not ci.bounded:  # too few rounds: the whole line, so nothing is settled
         assert ci.low == 0.0 and math.isinf(ci.high) and ci.verdict == INCONCLUSIVE
     assert ci.low <= ci.ratio <= ci.high
     _check_words(ci, rules)
@@ -69,11 +69,11 @@ def _check(ci: stats.RatioCI, swapped: stats.RatioCI, rules: VerdictRules) -> No
     assume(not any(_near(x, edge) for x, edge in edges))
     assert swapped.verdict == SWAP[ci.verdict]
     assert swapped.look == ci.look  # the same look settles both ways round
-    if bounded(ci):
+    if ci.bounded:
         assert math.isclose(swapped.low, 1.0 / ci.high, rel_tol=1e-12)
         assert math.isclose(swapped.high, 1.0 / ci.low, rel_tol=1e-12)
     else:
-        assert not bounded(swapped)
+        assert not swapped.bounded
 
 
 def _paired(rounds: list[tuple[float, float]], shift: float, rules: VerdictRules,
@@ -135,5 +135,5 @@ def test_too_few_rounds_are_inconclusive_and_print_no_interval() -> None:
     cand = {r: 0.010 for r in range(4)}  # twice as slow in every round, but 4 rounds
     ci = stats.compare_units("base", base, "cand", cand, True, LOOKS)
     assert (ci.verdict, ci.low, ci.high) == (INCONCLUSIVE, 0.0, math.inf)
-    assert not bounded(ci)
+    assert not ci.bounded
     assert np.isfinite(ci.ratio) and "too few for an interval" in outcome_phrase(ci, LOOKS)
